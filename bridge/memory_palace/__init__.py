@@ -1,0 +1,30 @@
+"""Memory Palace: shared, persistent memory and push messaging for AI agents."""
+
+from .config import Settings, load_settings
+from .errors import (
+    BackendUnavailable,
+    Conflict,
+    ConfigError,
+    EmbedderUnavailable,
+    InvalidParams,
+    MemoryPalaceError,
+    NotFound,
+    Timeout,
+)
+from .palace import Palace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Palace",
+    "Settings",
+    "load_settings",
+    "MemoryPalaceError",
+    "ConfigError",
+    "InvalidParams",
+    "NotFound",
+    "Conflict",
+    "BackendUnavailable",
+    "EmbedderUnavailable",
+    "Timeout",
+]

@@ -1,0 +1,74 @@
+"""Database URLs: derivation for named databases, masking, and driver normalisation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.engine import URL, make_url
+
+from ..config import type_from_url
+from ..errors import ConfigError, InvalidParams
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+PG_PREFIX = "memory_palace_"
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidParams(
+            f"invalid database name {name!r}: use 1-48 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def sqlite_path(url: str) -> Path:
+    """The file behind a sqlite URL; '~' is expanded (sqlite:///~/x.db works)."""
+    rest = url.split(":", 1)[1]
+    if not rest.startswith("///"):
+        raise ConfigError(f"SQLite URL {url!r} must look like sqlite:///path/to/file.db")
+    path = rest[3:].split("?", 1)[0]
+    if not path or path == ":memory:":
+        raise ConfigError(f"SQLite URL {url!r} must name a file; in-memory databases are not shared")
+    return Path(path).expanduser()
+
+
+def derive_url(default_url: str, name: str) -> str:
+    """The URL a named database gets when it is not configured.
+
+    postgresql://h/memory_palace + life -> postgresql://h/memory_palace_life
+    sqlite:///dir/memories.db    + life -> sqlite:///dir/memories_life.db
+    """
+    check_name(name)
+    kind = type_from_url(default_url)
+    if kind == "postgres":
+        parts = urlsplit(default_url)
+        dbname = name if name.startswith(PG_PREFIX) else PG_PREFIX + name
+        return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+    path = sqlite_path(default_url)
+    return "sqlite:///" + str(path.with_name(f"{path.stem}_{name}{path.suffix or '.db'}"))
+
+
+def sqlalchemy_url(url: str) -> URL:
+    """Normalise to the drivers we ship: psycopg2 for PostgreSQL, stdlib sqlite3."""
+    if type_from_url(url) == "sqlite":
+        return URL.create("sqlite", database=str(sqlite_path(url)))
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg2")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, parsed, never string-replaced."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - masking must never raise
+        return "<unparseable url>"
+    if parsed.password is None:
+        return parsed.render_as_string(hide_password=False)
+    return parsed.render_as_string(hide_password=True)
+
+
+def pg_database_name(url: str) -> str:
+    return make_url(url).database or "postgres"
