@@ -1,0 +1,497 @@
+/**
+ * Supervisor and client for the Python bridge (newline JSON on stdio): one spawn shared by
+ * concurrent first calls, ready handshake with a timeout, per-call timeouts and abort that send
+ * `_cancel`, restart with capped exponential backoff, re-subscription after a restart, and a
+ * graceful stop (_shutdown, then SIGTERM, then SIGKILL). It never logs stdout line by line.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import type { BridgeLaunch } from "./config.js";
+import { BridgeError, PLUGIN_CODES } from "./errors.js";
+
+export interface BridgeLogger {
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+  debug?(message: string): void;
+}
+
+export interface ServiceHealth {
+  reportFailure(error: unknown): void;
+  clearFailure(): void;
+}
+
+export interface ReadyInfo {
+  readonly version?: string;
+  readonly tools?: number;
+  readonly pid: number;
+  /** 0 for the first start, then counts restarts. */
+  readonly generation: number;
+}
+
+export interface BridgeClientOptions {
+  readonly launch: BridgeLaunch;
+  readonly readyTimeoutMs: number;
+  readonly logger: BridgeLogger;
+  readonly onEvent?: (event: string, data: unknown) => void;
+  /** Runs after every ready line, after the known channels were subscribed again. */
+  readonly onReady?: (info: ReadyInfo) => void;
+  readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
+  /** A bridge that stays up this long resets the backoff. */
+  readonly stableAfterMs?: number;
+  readonly stop?: { readonly shutdownMs: number; readonly termMs: number; readonly killMs: number };
+}
+
+export interface CallOptions {
+  readonly timeoutMs: number;
+  readonly signal?: AbortSignal;
+}
+
+interface Pending {
+  readonly method: string;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (error: Error) => void;
+  readonly cleanup: () => void;
+}
+
+interface Proc {
+  readonly child: ChildProcessWithoutNullStreams;
+  readonly generation: number;
+  readonly stderrTail: string[];
+  ready: boolean;
+  ended: boolean;
+  stdoutBuffer: string;
+  stderrBuffer: string;
+  settleStart?: (error?: Error, info?: ReadyInfo) => void;
+  readyTimer?: NodeJS.Timeout;
+  stableTimer?: NodeJS.Timeout;
+  exited: Promise<void>;
+}
+
+type State = "idle" | "starting" | "ready" | "backoff" | "stopping" | "stopped";
+
+const STDERR_TAIL = 20;
+
+export class BridgeClient {
+  private readonly opts: BridgeClientOptions;
+  private readonly pending = new Map<number, Pending>();
+  private readonly channels = new Set<string>();
+  private proc: Proc | undefined;
+  private startPromise: Promise<ReadyInfo> | undefined;
+  private restartTimer: NodeJS.Timeout | undefined;
+  private restartWaiters: Array<{ resolve: (i: ReadyInfo) => void; reject: (e: Error) => void }> = [];
+  private nextId = 1;
+  private generation = 0;
+  private failures = 0;
+  private junkLines = 0;
+  private lastFailure: Error | undefined;
+  private health: ServiceHealth | undefined;
+  private stateValue: State = "idle";
+
+  constructor(opts: BridgeClientOptions) {
+    this.opts = opts;
+  }
+
+  get state(): State {
+    return this.stateValue;
+  }
+
+  get pid(): number | undefined {
+    return this.proc && !this.proc.ended ? this.proc.child.pid : undefined;
+  }
+
+  get subscribedChannels(): readonly string[] {
+    return [...this.channels];
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Service health sink (ctx.serviceHealth): failures are reported, recoveries cleared. */
+  setHealth(health: ServiceHealth | undefined): void {
+    this.health = health;
+  }
+
+  /** Start the bridge (or join the start in progress). Rejects with an actionable BridgeError. */
+  start(): Promise<ReadyInfo> {
+    if (this.stateValue === "stopped" || this.stateValue === "stopping") {
+      return Promise.reject(new BridgeError(PLUGIN_CODES.stopped, "the bridge was stopped with its service"));
+    }
+    if (this.stateValue === "ready" && this.proc && !this.proc.ended) {
+      return Promise.resolve(this.readyInfo(this.proc));
+    }
+    if (this.stateValue === "backoff") return this.waitForRestart();
+    if (!this.startPromise) {
+      this.startPromise = this.spawnOnce().catch((error: unknown) => {
+        // A failed start must not poison later attempts: reset the lazy promise.
+        this.startPromise = undefined;
+        throw error;
+      });
+    }
+    return this.startPromise;
+  }
+
+  /** Send one request. The per-call timeout also covers waiting for a (re)start. */
+  async call(method: string, params: Record<string, unknown>, options: CallOptions): Promise<unknown> {
+    const { signal, timeoutMs } = options;
+    if (signal?.aborted) throw abortError(method, signal);
+    const deadline = Date.now() + timeoutMs;
+    await withDeadline(this.start(), timeoutMs, signal, method);
+    const proc = this.proc;
+    if (!proc || proc.ended || !proc.ready) {
+      throw new BridgeError(PLUGIN_CODES.unavailable, `the bridge is not running; ${method} was not sent`);
+    }
+    const id = this.nextId++;
+    return new Promise<unknown>((resolve, reject) => {
+      const remaining = Math.max(1, deadline - Date.now());
+      const timer = setTimeout(() => {
+        this.cancel(id, new BridgeError(
+          PLUGIN_CODES.timeout,
+          `${method} timed out after ${timeoutMs} ms; the bridge was told to cancel it. ` +
+            "Raise requestTimeoutMs (or llmRequestTimeoutMs) if the call needs longer.",
+        ));
+      }, remaining);
+      const onAbort = () => this.cancel(id, abortError(method, signal));
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const cleanup = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+      };
+      this.pending.set(id, { method, resolve, reject, cleanup });
+      this.write(proc, { id, method, params });
+    });
+  }
+
+  /** LISTEN on a channel now (if running) and again after every restart. */
+  async subscribe(channel: string): Promise<void> {
+    this.channels.add(channel);
+    if (this.stateValue === "ready") await this.call("_subscribe", { channel }, { timeoutMs: 10_000 });
+  }
+
+  async unsubscribe(channel: string): Promise<void> {
+    if (!this.channels.delete(channel)) return;
+    if (this.stateValue === "ready") await this.call("_unsubscribe", { channel }, { timeoutMs: 10_000 });
+  }
+
+  /** Stop for good: _shutdown, then SIGTERM, then SIGKILL. Resolves once the process is gone. */
+  async stop(): Promise<void> {
+    if (this.stateValue === "stopped") return;
+    this.stateValue = "stopping";
+    clearTimeout(this.restartTimer);
+    this.restartTimer = undefined;
+    const stopped = new BridgeError(PLUGIN_CODES.stopped, "the bridge was stopped with its service");
+    for (const waiter of this.restartWaiters.splice(0)) waiter.reject(stopped);
+    const proc = this.proc;
+    if (proc && !proc.ended) {
+      const t = this.opts.stop ?? { shutdownMs: 2000, termMs: 2000, killMs: 2000 };
+      if (proc.ready) {
+        this.write(proc, { id: this.nextId++, method: "_shutdown", params: {} });
+        proc.child.stdin.end();
+      }
+      if (!(await settlesWithin(proc.exited, proc.ready ? t.shutdownMs : 0))) {
+        proc.child.kill("SIGTERM");
+        if (!(await settlesWithin(proc.exited, t.termMs))) {
+          this.opts.logger.warn(`memory-palace: bridge pid ${proc.child.pid} ignored SIGTERM; sending SIGKILL`);
+          proc.child.kill("SIGKILL");
+          await settlesWithin(proc.exited, t.killMs);
+        }
+      }
+    }
+    this.failPending(stopped);
+    this.stateValue = "stopped";
+  }
+
+  private readyInfo(proc: Proc, line?: Record<string, unknown>): ReadyInfo {
+    return {
+      version: typeof line?.version === "string" ? line.version : undefined,
+      tools: typeof line?.tools === "number" ? line.tools : undefined,
+      pid: proc.child.pid ?? -1,
+      generation: proc.generation,
+    };
+  }
+
+  private spawnOnce(): Promise<ReadyInfo> {
+    const { launch, logger, readyTimeoutMs } = this.opts;
+    this.stateValue = "starting";
+    const generation = this.generation++;
+    return new Promise<ReadyInfo>((resolve, reject) => {
+      let child: ChildProcessWithoutNullStreams;
+      try {
+        child = spawn(launch.command, [...launch.args], {
+          env: { ...process.env, ...launch.env },
+          stdio: ["pipe", "pipe", "pipe"],
+        });
+      } catch (cause) {
+        const error = this.unavailable(`could not start \`${launch.command}\``, cause);
+        this.onStartFailed(error);
+        reject(error);
+        return;
+      }
+      let markExited: () => void = () => {};
+      const exited = new Promise<void>((r) => (markExited = r));
+      const proc: Proc = {
+        child, generation, stderrTail: [], ready: false, ended: false,
+        stdoutBuffer: "", stderrBuffer: "", exited,
+      };
+      this.proc = proc;
+      proc.settleStart = (error, info) => {
+        proc.settleStart = undefined;
+        clearTimeout(proc.readyTimer);
+        if (error) {
+          this.onStartFailed(error);
+          reject(error);
+        } else if (info) {
+          resolve(info);
+        }
+      };
+      proc.readyTimer = setTimeout(() => {
+        const error = this.unavailable(
+          `\`${describe(launch)}\` did not print its ready line within ${readyTimeoutMs} ms and was killed`,
+          undefined, proc);
+        child.kill("SIGKILL");
+        proc.settleStart?.(error);
+      }, readyTimeoutMs);
+      child.stdout.setEncoding("utf8");
+      child.stderr.setEncoding("utf8");
+      child.stdout.on("data", (chunk: string) => this.onStdout(proc, chunk));
+      child.stderr.on("data", (chunk: string) => this.onStderr(proc, chunk));
+      child.stdin.on("error", () => {
+        /* EPIPE after the child died: the close handler reports it. */
+      });
+      child.on("error", (cause: NodeJS.ErrnoException) => {
+        const what = cause.code === "ENOENT" ? `\`${launch.command}\` was not found` : `\`${launch.command}\` failed`;
+        const error = this.unavailable(what, cause, proc);
+        proc.settleStart?.(error);
+        if (!proc.ended) this.onClose(proc, null, null);
+      });
+      child.on("close", (code, signal) => {
+        markExited();
+        this.onClose(proc, code, signal);
+      });
+      logger.info(`memory-palace: starting bridge \`${describe(launch)}\` (pid ${child.pid ?? "?"})`);
+    });
+  }
+
+  private unavailable(what: string, cause?: unknown, proc?: Proc): BridgeError {
+    const tail = proc?.stderrTail.length ? `\nbridge stderr (last lines):\n${proc.stderrTail.join("\n")}` : "";
+    return new BridgeError(
+      PLUGIN_CODES.unavailable,
+      `the Memory Palace bridge is unavailable: ${what}. To fix it, ${this.opts.launch.installHint}.${tail}`,
+      { cause },
+    );
+  }
+
+  private onStdout(proc: Proc, chunk: string): void {
+    proc.stdoutBuffer += chunk;
+    let newline: number;
+    while ((newline = proc.stdoutBuffer.indexOf("\n")) >= 0) {
+      const line = proc.stdoutBuffer.slice(0, newline).trim();
+      proc.stdoutBuffer = proc.stdoutBuffer.slice(newline + 1);
+      if (line) this.onLine(proc, line);
+    }
+  }
+
+  private onLine(proc: Proc, line: string): void {
+    let msg: Record<string, unknown>;
+    try {
+      const parsed: unknown = JSON.parse(line);
+      if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("not an object");
+      msg = parsed as Record<string, unknown>;
+    } catch {
+      // Summarised, never echoed: stdout lines may carry memory content.
+      if (this.junkLines++ % 100 === 0) {
+        this.opts.logger.warn(`memory-palace: bridge wrote non-protocol output to stdout (${this.junkLines} lines so far)`);
+      }
+      return;
+    }
+    if (msg.ready === true && !proc.ready) {
+      this.onReadyLine(proc, msg);
+    } else if (typeof msg.event === "string") {
+      try {
+        this.opts.onEvent?.(msg.event, msg.data);
+      } catch (error) {
+        this.opts.logger.error(`memory-palace: ${msg.event} handler failed: ${String(error)}`);
+      }
+    } else if (typeof msg.id === "number") {
+      const pending = this.pending.get(msg.id);
+      if (!pending) return; // a reply to a cancelled or timed-out call
+      this.pending.delete(msg.id);
+      pending.cleanup();
+      if (msg.error && typeof msg.error === "object") {
+        const err = msg.error as { code?: unknown; message?: unknown; data?: unknown };
+        const code = typeof err.code === "string" ? err.code : "TOOL_ERROR";
+        const message = typeof err.message === "string" ? err.message : "the bridge reported an error";
+        pending.reject(new BridgeError(code, `${pending.method}: ${message}`, { data: err.data }));
+      } else {
+        pending.resolve(msg.result);
+      }
+    } else if (msg.error) {
+      const err = msg.error as { message?: unknown };
+      this.opts.logger.warn(`memory-palace: bridge rejected a request line: ${String(err.message)}`);
+    }
+  }
+
+  private onReadyLine(proc: Proc, line: Record<string, unknown>): void {
+    proc.ready = true;
+    this.stateValue = "ready";
+    const info = this.readyInfo(proc, line);
+    this.opts.logger.info(
+      `memory-palace: bridge ready (pid ${info.pid}, version ${info.version ?? "?"}, ${info.tools ?? "?"} tools)`,
+    );
+    if (this.lastFailure) {
+      this.health?.clearFailure();
+      this.lastFailure = undefined;
+    }
+    proc.stableTimer = setTimeout(() => (this.failures = 0), this.opts.stableAfterMs ?? 30_000);
+    proc.stableTimer.unref();
+    for (const channel of this.channels) {
+      this.call("_subscribe", { channel }, { timeoutMs: 10_000 }).catch((error: unknown) => {
+        this.opts.logger.warn(`memory-palace: could not LISTEN on ${channel}: ${String(error)}`);
+      });
+    }
+    proc.settleStart?.(undefined, info);
+    for (const waiter of this.restartWaiters.splice(0)) waiter.resolve(info);
+    try {
+      this.opts.onReady?.(info);
+    } catch (error) {
+      this.opts.logger.error(`memory-palace: ready handler failed: ${String(error)}`);
+    }
+  }
+
+  private onStderr(proc: Proc, chunk: string): void {
+    proc.stderrBuffer += chunk;
+    let newline: number;
+    while ((newline = proc.stderrBuffer.indexOf("\n")) >= 0) {
+      const line = proc.stderrBuffer.slice(0, newline).trimEnd();
+      proc.stderrBuffer = proc.stderrBuffer.slice(newline + 1);
+      if (!line) continue;
+      proc.stderrTail.push(line);
+      if (proc.stderrTail.length > STDERR_TAIL) proc.stderrTail.shift();
+      const text = `memory-palace bridge: ${line}`;
+      const { logger } = this.opts;
+      if (/\b(ERROR|CRITICAL)\b|Traceback/.test(line)) logger.error(text);
+      else if (/\bWARNING\b/.test(line)) logger.warn(text);
+      else (logger.debug ?? logger.info).call(logger, text);
+    }
+  }
+
+  private onClose(proc: Proc, code: number | null, signal: NodeJS.Signals | null): void {
+    if (proc.ended) return;
+    proc.ended = true;
+    clearTimeout(proc.readyTimer);
+    clearTimeout(proc.stableTimer);
+    if (proc.settleStart) {
+      const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+      proc.settleStart(this.unavailable(`\`${describe(this.opts.launch)}\` ${how} before it was ready`, undefined, proc));
+    }
+    if (this.proc !== proc) return;
+    if (this.stateValue === "stopping" || this.stateValue === "stopped") return;
+    if (!proc.ready) return; // start failures are handled by onStartFailed
+    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    const tail = proc.stderrTail.length ? `\nbridge stderr (last lines):\n${proc.stderrTail.join("\n")}` : "";
+    const error = new BridgeError(
+      PLUGIN_CODES.exited,
+      `the Memory Palace bridge ${how}; the call was lost and the bridge is restarting. Retry the call.${tail}`,
+    );
+    this.opts.logger.error(error.message);
+    this.failPending(error);
+    this.startPromise = undefined;
+    this.scheduleRestart(error);
+  }
+
+  private onStartFailed(error: Error): void {
+    this.opts.logger.error(error.message);
+    this.failPending(error);
+    if (this.stateValue === "stopping" || this.stateValue === "stopped") return;
+    this.scheduleRestart(error);
+  }
+
+  private scheduleRestart(error: Error): void {
+    this.lastFailure = error;
+    this.health?.reportFailure(error);
+    const backoff = this.opts.backoff ?? { initialMs: 250, maxMs: 30_000 };
+    const delay = Math.min(backoff.maxMs, backoff.initialMs * 2 ** this.failures);
+    this.failures++;
+    this.stateValue = "backoff";
+    this.opts.logger.warn(`memory-palace: restarting the bridge in ${delay} ms (attempt ${this.failures})`);
+    clearTimeout(this.restartTimer);
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = undefined;
+      if (this.stateValue !== "backoff") return;
+      this.startPromise = undefined;
+      this.start().catch(() => {
+        /* onStartFailed already logged, reported and scheduled the next attempt */
+      });
+    }, delay);
+    this.restartTimer.unref();
+  }
+
+  private waitForRestart(): Promise<ReadyInfo> {
+    return new Promise((resolve, reject) => this.restartWaiters.push({ resolve, reject }));
+  }
+
+  private cancel(id: number, error: Error): void {
+    const pending = this.pending.get(id);
+    if (!pending) return;
+    this.pending.delete(id);
+    pending.cleanup();
+    pending.reject(error);
+    const proc = this.proc;
+    if (proc?.ready && !proc.ended && !pending.method.startsWith("_")) {
+      this.write(proc, { id: this.nextId++, method: "_cancel", params: { id } });
+    }
+  }
+
+  private failPending(error: Error): void {
+    for (const [id, pending] of this.pending) {
+      this.pending.delete(id);
+      pending.cleanup();
+      pending.reject(error);
+    }
+  }
+
+  private write(proc: Proc, message: Record<string, unknown>): void {
+    if (proc.ended || !proc.child.stdin.writable) return;
+    proc.child.stdin.write(`${JSON.stringify(message)}\n`);
+  }
+}
+
+function describe(launch: BridgeLaunch): string {
+  return [launch.command, ...launch.args].join(" ");
+}
+
+function abortError(method: string, signal?: AbortSignal): BridgeError {
+  return new BridgeError(PLUGIN_CODES.aborted, `${method} was aborted by the caller; the bridge was told to cancel it`, {
+    cause: signal?.reason,
+  });
+}
+
+async function settlesWithin(promise: Promise<void>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Wait for a start with the call's own budget and abort signal. */
+async function withDeadline<T>(promise: Promise<T>, ms: number, signal: AbortSignal | undefined, method: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const guard = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new BridgeError(PLUGIN_CODES.timeout, `${method} timed out after ${ms} ms waiting for the bridge to start`)),
+      ms,
+    );
+    onAbort = () => reject(abortError(method, signal));
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([promise, guard]);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
+  }
+}
