@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 
 #: Preference order when no model is configured (then: any model whose name contains "embed").
 PREFERRED_MODELS = ("nomic-embed-text", "mxbai-embed-large")
-#: Query instruction for models trained with the E5-mistral / SFR "Instruct: …\nQuery: …" format.
+#: Query instruction for "Instruct: …\nQuery: …" models (E5-mistral, SFR and the like).
 INSTRUCTION = "Given a memory search query, retrieve relevant memories."
 INSTRUCT_MARKERS = ("sfr-embedding", "e5-mistral", "gte-qwen", "qwen3-embedding", "linq-embed")
 #: Context length (tokens) of common embedding models, used to cut overlong input client-side.
-CONTEXT_TOKENS = {"nomic-embed-text": 8192, "mxbai-embed-large": 512,
+CONTEXT_TOKENS = {"nomic-embed-text-v2": 512, "nomic-embed-text": 8192,
+                  "mxbai-embed-large": 512,
                   "snowflake-arctic-embed2": 8192, "snowflake-arctic-embed": 512,
                   "all-minilm": 256, "bge-m3": 8192, "bge-large": 512}
 DEFAULT_CONTEXT_TOKENS = 2048
