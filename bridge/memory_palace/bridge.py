@@ -1,0 +1,401 @@
+"""The JSON-lines bridge for the OpenClaw plugin: requests on stdin, replies and push events on
+stdout (one JSON object per line), tools run on a worker pool, listeners push `new_message`.
+
+Protocol. Request `{"id": str|int, "method": str, "params": {}}`; reply `{"id", "result"}` or
+`{"id", "error": {"code", "message", "data"?}}`. Events `{"event": "new_message"|"listener_status",
+"data": {...}}`. Errors have ONE channel: a failed call never returns a result, and a result never
+holds an `error` key. Codes: PARSE_ERROR (id null), INVALID_REQUEST, METHOD_NOT_FOUND,
+INVALID_PARAMS, TOOL_ERROR (the tool refused), INTERNAL_ERROR (a bug; traceback on stderr). For
+INVALID_PARAMS and TOOL_ERROR, `error.data.kind` is the specific MemoryPalaceError code (NOT_FOUND,
+CONFLICT, BACKEND_UNAVAILABLE, ...) and the rest of `error.data` is that error's data.
+
+Management methods: _health, _shutdown, _get_instance_routes, _cancel {id} (a cancelled request
+gets no reply), _subscribe / _unsubscribe {channel, database?} (LISTEN/UNLISTEN on PostgreSQL; on
+SQLite the poller adds or drops the name instead; `result.mode` says "listen" or "poll").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import orjson
+
+from . import __version__
+from .config import load_settings
+from .errors import InvalidParams, MemoryPalaceError
+from .listener import Listeners, _valid
+from .palace import Palace
+from .services import messages
+
+log = logging.getLogger("memory_palace.bridge")
+
+MAX_LINE = 16 * 1024 * 1024
+WORKERS = 8
+SHUTDOWN_GRACE = 10.0
+INSTANCE_PARAMS = ("instance_id", "from_instance", "to_instance")
+MANAGEMENT = ("_health", "_shutdown", "_get_instance_routes", "_cancel", "_subscribe",
+              "_unsubscribe")
+
+
+class RequestError(Exception):
+    """A protocol-level error (not a tool error)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Pending:
+    method: str
+    received: float
+    future: Future | None = None
+    running: bool = False
+    cancelled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bridge:
+    def __init__(self, palace: Palace, out: BinaryIO, workers: int = WORKERS) -> None:
+        self.palace = palace
+        self._out = out
+        self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self.pending: dict[Any, Pending] = {}
+        self.started = time.monotonic()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="mp-worker")
+        self.listeners = Listeners(palace, self.write)
+        self.tools = {t.name: t.name for t in palace.tools}
+        self.tools.update({t.openclaw_name: t.name for t in palace.tools if t.openclaw_name})
+        self.database_error: dict[str, Any] | None = None
+
+    # -- output ---------------------------------------------------------------------------
+    def write(self, obj: dict[str, Any]) -> None:
+        """Write one protocol line; the only writer of the protocol stream."""
+        try:
+            data = orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError as exc:
+            log.error("cannot encode a reply as JSON: %s", exc)
+            data = orjson.dumps({"id": obj.get("id"), "error": {
+                "code": "INTERNAL_ERROR", "message": f"the result could not be encoded: {exc}"}})
+        with self._write_lock:
+            try:
+                self._out.write(data + b"\n")
+                self._out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                pass  # the plugin went away; EOF on stdin ends us
+
+    def error(self, rid: Any, code: str, message: str, data: dict[str, Any] | None = None) -> None:
+        err: dict[str, Any] = {"code": code, "message": message}
+        if data:
+            err["data"] = data
+        self.write({"id": rid, "error": err})
+
+    # -- start and stop -------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        """Initialise the default database and its listener; return the ready line."""
+        ready: dict[str, Any] = {"ready": True, "version": __version__,
+                                 "tools": len(self.palace.tools),
+                                 "instance_id": self.palace.settings.instance_id,
+                                 "database": self.palace.catalog.default}
+        try:
+            self.palace.database()
+            listener = self.listeners.ensure()
+            ready["listener"] = {"kind": listener.kind, "state": listener.state}
+        except MemoryPalaceError as exc:
+            log.error("default database unavailable: %s", exc.message)
+            self.database_error = exc.to_dict()
+            ready["database_error"] = self.database_error
+        return ready
+
+    def shutdown(self) -> bool:
+        """Finish in-flight requests (up to a grace period), stop listeners. True if clean."""
+        with self._pending_lock:
+            futures = [p.future for p in self.pending.values() if p.future is not None]
+        _, not_done = wait(futures, timeout=SHUTDOWN_GRACE)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.listeners.stop()
+        self.palace.close()
+        return not not_done
+
+    # -- requests -------------------------------------------------------------------------
+    def handle_line(self, line: bytes) -> bool:
+        """Handle one request line. Returns False when the bridge should stop."""
+        try:
+            req = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            self.error(None, "PARSE_ERROR", f"the line is not valid JSON ({exc}); send one JSON "
+                       "object per line")
+            return True
+        if not isinstance(req, dict):
+            self.error(None, "INVALID_REQUEST", "a request must be a JSON object "
+                       "{\"id\", \"method\", \"params\"}")
+            return True
+        rid = req.get("id")
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+            self.error(None, "INVALID_REQUEST", "a request needs an \"id\" that is a string or an "
+                       f"integer, got {type(rid).__name__ if 'id' in req else 'none'}")
+            return True
+        method = req.get("method")
+        if not isinstance(method, str) or not method:
+            self.error(rid, "INVALID_REQUEST", "a request needs a \"method\" string")
+            return True
+        params = req.get("params")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            self.error(rid, "INVALID_PARAMS", f"{method}: \"params\" must be a JSON object, got "
+                       f"{type(params).__name__}", {"kind": "INVALID_PARAMS", "param": "params"})
+            return True
+        if method not in self.tools and method not in MANAGEMENT:
+            self.error(rid, "METHOD_NOT_FOUND", f"unknown method {method!r}; methods are the "
+                       f"tools ({', '.join(sorted(set(self.tools.values())))}) and "
+                       f"{', '.join(MANAGEMENT)}")
+            return True
+        if method == "_shutdown":
+            self.write({"id": rid, "result": {"success": True, "shutting_down": True}})
+            return False
+        if method in ("_health", "_cancel"):  # answered at once, never queued behind work
+            self._run_inline(rid, method, params)
+            return True
+        pending = Pending(method, time.monotonic())
+        with self._pending_lock:
+            if rid in self.pending:
+                self.error(rid, "INVALID_REQUEST", f"id {rid!r} is already used by a pending "
+                           "request; use a fresh id per request")
+                return True
+            self.pending[rid] = pending
+            pending.future = self.pool.submit(self._work, rid, method, params, pending)
+        return True
+
+    def _run_inline(self, rid: Any, method: str, params: dict[str, Any]) -> None:
+        try:
+            self.write({"id": rid, "result": self.dispatch(method, params)})
+        except Exception as exc:  # noqa: BLE001 - mapped to a protocol error
+            self._write_exception(rid, method, exc)
+
+    def _work(self, rid: Any, method: str, params: dict[str, Any], pending: Pending) -> None:
+        pending.running = True
+        reply: dict[str, Any] | None = None
+        try:
+            reply = {"id": rid, "result": self.dispatch(method, params)}
+        except Exception as exc:  # noqa: BLE001 - mapped to a protocol error
+            if not pending.cancelled:
+                self._write_exception(rid, method, exc)
+        finally:
+            with self._pending_lock:
+                if self.pending.get(rid) is pending:
+                    del self.pending[rid]
+        if reply is not None and not pending.cancelled:
+            self.write(reply)
+        elif pending.cancelled:
+            log.info("dropped the reply to cancelled request %r (%s)", rid, method)
+
+    def _write_exception(self, rid: Any, method: str, exc: Exception) -> None:
+        if isinstance(exc, RequestError):
+            self.error(rid, exc.code, exc.message)
+        elif isinstance(exc, MemoryPalaceError):
+            code = "INVALID_PARAMS" if isinstance(exc, InvalidParams) else "TOOL_ERROR"
+            self.error(rid, code, exc.message, {"kind": exc.code, **exc.data})
+        else:
+            log.error("internal error in %s (request %r)", method, rid, exc_info=exc)
+            self.error(rid, "INTERNAL_ERROR", f"internal error in {method}: "
+                       f"{type(exc).__name__}: {exc}; the traceback is in the bridge's stderr log")
+
+    # -- methods --------------------------------------------------------------------------
+    def dispatch(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method in MANAGEMENT:
+            return getattr(self, "m" + method)(**_management_params(method, params))
+        tool = self.tools[method]
+        self._discover(params)
+        result = self.palace.call(tool, params)
+        if tool == "message":
+            self._after_message(params, result)
+        return result
+
+    def _discover(self, params: dict[str, Any]) -> None:
+        """Auto-subscription: LISTEN on the channel of every instance a request names."""
+        for key in INSTANCE_PARAMS:
+            value = params.get(key)
+            if isinstance(value, str) and value != messages.BROADCAST and _valid(value):
+                try:
+                    self.listeners.discover(value)
+                except MemoryPalaceError as exc:
+                    log.warning("cannot listen for instance %r: %s", value, exc.message)
+
+    def _after_message(self, params: dict[str, Any], result: dict[str, Any]) -> None:
+        """Messages in a named database push too; stored subscriptions are LISTENed at once."""
+        database = params.get("database")
+        try:
+            if database is not None:
+                self.listeners.ensure(database)
+            action = params.get("action")
+            if action == "subscribe" and result.get("success"):
+                self.listeners.add(result["channel"], database)
+            elif action == "unsubscribe" and result.get("subscribers_left") == 0:
+                self.listeners.remove(result["channel"], database)
+        except MemoryPalaceError as exc:
+            log.warning("listener update after message %s failed: %s", params.get("action"),
+                        exc.message)
+
+    def m_health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._pending_lock:
+            inflight = [{"id": rid, "method": p.method, "running": p.running,
+                         "age_ms": round((now - p.received) * 1000, 1)}
+                        for rid, p in self.pending.items()]
+        listeners = self.listeners.status()
+        default = listeners.get(self.palace.catalog.default)
+        channels = sorted({c for st in listeners.values() for c in st["channels"]})
+        out = {"ok": self.database_error is None, "version": __version__, "pid": os.getpid(),
+               "uptime_s": round(now - self.started, 3), "in_flight": len(inflight),
+               "in_flight_requests": inflight,
+               "listener_state": default["state"] if default else "none",
+               "listened_channels": channels, "listeners": listeners,
+               "tools": len(self.palace.tools)}
+        if self.database_error:
+            out["database_error"] = self.database_error
+        return out
+
+    def m_cancel(self, id: Any) -> dict[str, Any]:
+        with self._pending_lock:
+            pending = self.pending.get(id)
+            if pending is None:
+                return {"cancelled": False, "id": id, "state": "unknown",
+                        "note": "no pending request has this id (finished already?)"}
+            pending.cancelled = True
+            if pending.future is not None and pending.future.cancel():
+                del self.pending[id]
+                return {"cancelled": True, "id": id, "state": "queued"}
+        return {"cancelled": True, "id": id, "state": "running",
+                "note": "the work finishes in the background; its reply is dropped"}
+
+    def m_get_instance_routes(self) -> dict[str, Any]:
+        s = self.palace.settings
+        return {"instances": list(s.instances), "instance_routes": dict(s.instance_routes),
+                "instance_id": s.instance_id}
+
+    def m_subscribe(self, channel: str, database: str | None = None) -> dict[str, Any]:
+        name = _channel_name(channel)
+        listener = self.listeners.add(name, database)
+        return {"success": True, "channel": messages.pg_channel(name), "name": name,
+                "database": listener.database, "mode": listener.kind, "state": listener.state}
+
+    def m_unsubscribe(self, channel: str, database: str | None = None) -> dict[str, Any]:
+        name = _channel_name(channel)
+        listener = self.listeners.remove(name, database)
+        return {"success": True, "channel": messages.pg_channel(name), "name": name,
+                "database": listener.database, "mode": listener.kind}
+
+    def m_shutdown(self) -> dict[str, Any]:  # handled in handle_line; here for completeness
+        return {"success": True}
+
+
+def _channel_name(channel: str) -> str:
+    """Accept 'ops' or 'memory_palace_msg_ops'; validate the bare name."""
+    if channel.startswith(messages.CHANNEL_PREFIX):
+        channel = channel[len(messages.CHANNEL_PREFIX):]
+    return messages.check_name(channel, "channel")
+
+
+MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "_health": {},
+    "_shutdown": {},
+    "_get_instance_routes": {},
+    "_cancel": {"id": ((str, int), True)},
+    "_subscribe": {"channel": ((str,), True), "database": ((str,), False)},
+    "_unsubscribe": {"channel": ((str,), True), "database": ((str,), False)},
+}
+
+
+def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    spec = MANAGEMENT_PARAMS[method]
+    for key in params:
+        if key not in spec:
+            raise InvalidParams(f"{method}: unknown parameter {key!r}; expected "
+                                f"{', '.join(spec) or 'no parameters'}", param=key)
+    for key, (types, required) in spec.items():
+        value = params.get(key)
+        if value is None:
+            if required:
+                raise InvalidParams(f"{method}: missing required parameter {key!r}", param=key)
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise InvalidParams(f"{method}: parameter {key!r} must be "
+                                f"{' or '.join(t.__name__ for t in types)}", param=key)
+    return dict(params)
+
+
+def read_lines(stream: BinaryIO, bridge: Bridge) -> None:
+    """Feed request lines to the bridge until EOF or _shutdown; oversized lines get an error."""
+    while True:
+        line = stream.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE:
+            while not line.endswith(b"\n"):  # discard the rest of the oversized line
+                line = stream.readline(1 << 20)
+                if not line:
+                    break
+            bridge.error(None, "INVALID_REQUEST", f"request line longer than {MAX_LINE} bytes; "
+                         "send smaller requests (store large content in pieces)")
+            continue
+        line = line.strip()
+        if line and not bridge.handle_line(line):
+            return
+
+
+def _protocol_stdout() -> BinaryIO:
+    """Keep the real stdout for protocol lines; send every stray write (print, C libs) to stderr."""
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    return out
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    out = _protocol_stdout()
+    logging.basicConfig(stream=sys.stderr,
+                        level=os.environ.get("MEMORY_PALACE_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        settings = load_settings()
+    except MemoryPalaceError as exc:
+        log.error("%s", exc.message)
+        out.write(orjson.dumps({"ready": False, "version": __version__,
+                                "error": exc.to_dict()}) + b"\n")
+        out.flush()
+        return 2
+    bridge = Bridge(Palace(settings), out)
+    clean = True
+    try:
+        bridge.write(bridge.start())
+        read_lines(sys.stdin.buffer, bridge)
+    except KeyboardInterrupt:
+        log.info("terminated")
+    finally:
+        clean = bridge.shutdown()
+        out.flush()
+    if not clean:  # a worker is stuck in a call: don't wait for it at interpreter exit
+        log.warning("exiting with requests still running")
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The JSON-lines bridge as a real subprocess: ready line, protocol errors, huge lines, one error
+channel, management methods, clean exit, and SQLite polling events."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import pytest
+
+from memory_palace.tools import enabled_tools
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BridgeProcess:
+    """Drive `python -m memory_palace.bridge` over stdio; every stdout line is checked as JSON."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_PALACE_")}
+        full_env.update(MEMORY_PALACE_DATA_DIR=str(data_dir), **(env or {}))
+        self.stderr_path = data_dir / "bridge.stderr"
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "memory_palace.bridge"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr, env=full_env, cwd=ROOT)
+        self.lines: list[Any] = []
+        self.bad_lines: list[bytes] = []
+        self.replies: dict[Any, list[dict[str, Any]]] = {}
+        self.events: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._next = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.ready = self.wait_for(lambda: self.lines[0] if self.lines else None, 60)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+            with self._cond:
+                if not isinstance(obj, dict) or not raw.endswith(b"\n"):
+                    self.bad_lines.append(raw)
+                else:
+                    self.lines.append(obj)
+                    if "event" in obj:
+                        self.events.append(obj)
+                    elif "id" in obj:
+                        self.replies.setdefault(obj["id"], []).append(obj)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, probe: Callable[[], Any], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = probe()
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out; stderr:\n{self.stderr()[-3000:]}")
+                self._cond.wait(min(left, 0.5))
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def send_raw(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def submit(self, method: str, params: dict[str, Any] | None = None) -> str:
+        self._next += 1
+        rid = f"r{self._next}"
+        req: dict[str, Any] = {"id": rid, "method": method}
+        if params is not None:
+            req["params"] = params
+        self.send_raw(orjson.dumps(req) + b"\n")
+        return rid
+
+    def reply(self, rid: Any, timeout: float = 30.0) -> dict[str, Any]:
+        return self.wait_for(lambda: (self.replies.get(rid) or [None])[0], timeout)
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.reply(self.submit(method, params))
+
+    def result(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        reply = self.call(method, params)
+        assert "result" in reply, reply
+        return reply["result"]
+
+    def event(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict:
+        return self.wait_for(lambda: next((e for e in self.events if pred(e)), None), timeout)
+
+    def new_messages(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return [e["data"] for e in self.events if e["event"] == "new_message"]
+
+    def close(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._reader.join(5)
+            self._stderr.close()
+
+
+def write_config(data_dir: Path, url: str, **config: Any) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config.setdefault("embedder", "hash")
+    config.setdefault("instances", ["prime", "sandy"])
+    config.setdefault("database", {"url": url})
+    (data_dir / "config.json").write_bytes(orjson.dumps(config))
+    return data_dir
+
+
+@pytest.fixture
+def spawn(tmp_path: Path):
+    """spawn(url, env=None, **config) -> a running BridgeProcess; closed (and checked) after."""
+    started: list[BridgeProcess] = []
+
+    def make(url: str, env: dict[str, str] | None = None, **config: Any) -> BridgeProcess:
+        data_dir = write_config(tmp_path / f"bridge{len(started)}", url, **config)
+        bridge = BridgeProcess(data_dir, env)
+        started.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in started:
+        bridge.close()
+        assert bridge.bad_lines == [], bridge.bad_lines[:3]
+
+
+def test_ready_first_then_only_json_lines(spawn, sqlite_url: str) -> None:
+    b = spawn(sqlite_url, env={"MEMORY_PALACE_INSTANCE_ID": "prime"})
+    assert b.lines[0] is b.ready
+    assert b.ready["ready"] is True and b.ready["tools"] == len(enabled_tools(()))
+    assert b.ready["version"] and b.ready["instance_id"] == "prime"
+    stats = b.result("memory_stats")
+    assert isinstance(stats, dict) and "error" not in stats
+    assert b.close() == 0
+    assert b.bad_lines == [] and len(b.lines) == 2
+
+
+@pytest.mark.parametrize("line, code, has_id", [
+    (b"{not json", "PARSE_ERROR", False),
+    (b"[1, 2, 3]", "INVALID_REQUEST", False),
+    (b'"just a string"', "INVALID_REQUEST", False),
+    (b'{"method": "_health"}', "INVALID_REQUEST", False),
+    (b'{"id": {"x": 1}, "method": "_health"}', "INVALID_REQUEST", False),
+    (b'{"id": true, "method": "_health"}', "INVALID_REQUEST", False),
+    (b'{"id": 7, "method": 42}', "INVALID_REQUEST", True),
+    (b'{"id": 7, "method": "memory_stats", "params": [1]}', "INVALID_PARAMS", True),
+    (b'{"id": 7, "method": "no_such_tool"}', "METHOD_NOT_FOUND", True),
+    (b'{"id": 7, "method": "message", "params": {"action": "get", "limit": "ten"}}',
+     "INVALID_PARAMS", True),
+    (b'{"id": 7, "method": "message", "params": {"action": "shout"}}', "INVALID_PARAMS", True),
+    (b'{"id": 7, "method": "message", "params": {"action": "get", "nope": 1}}',
+     "INVALID_PARAMS", True),
+    (b'{"id": 7, "method": "_subscribe", "params": {"channel": 5}}', "INVALID_PARAMS", True),
+    (b'{"id": 7, "method": "message", "params": {"action": "mark_read", "instance_id": "prime",'
+     b' "message_id": 99999}}', "TOOL_ERROR", True),
+])
+def test_bad_requests_get_their_error_and_the_bridge_keeps_serving(
+        spawn, sqlite_url: str, line: bytes, code: str, has_id: bool) -> None:
+    b = spawn(sqlite_url)
+    b.send_raw(line + b"\n")
+    rid = 7 if has_id else None
+    reply = b.reply(rid)
+    assert reply["error"]["code"] == code, reply
+    assert "result" not in reply and reply["error"]["message"]
+    if code == "TOOL_ERROR":
+        assert reply["error"]["data"]["kind"] == "NOT_FOUND"
+    if code == "INVALID_PARAMS" and b"limit" in line:
+        assert reply["error"]["data"]["param"] == "limit" and "limit" in reply["error"]["message"]
+    assert b.result("_health")["ok"] is True
+
+
+def test_huge_line_is_refused_without_a_crash(spawn, sqlite_url: str) -> None:
+    b = spawn(sqlite_url)
+    content = "x" * (17 * 1024 * 1024)
+    big = orjson.dumps({"id": "big", "method": "message", "params": {
+        "action": "send", "from_instance": "prime", "to_instance": "sandy", "content": content}})
+    b.send_raw(big + b"\n")
+    reply = b.reply(None, timeout=60)
+    assert reply["error"]["code"] == "INVALID_REQUEST" and "longer than" in reply["error"]["message"]
+    assert "big" not in b.replies
+    sent = b.result("message", {"action": "send", "from_instance": "prime",
+                                "to_instance": "sandy", "content": "small"})
+    assert sent["success"]
+    got = b.result("message", {"action": "get", "instance_id": "sandy"})
+    assert [m["content"] for m in got["messages"]] == ["small"]
+
+
+def test_management_methods(spawn, sqlite_url: str) -> None:
+    b = spawn(sqlite_url, instance_routes={"sandy": {"url": "http://127.0.0.1:1/hooks"}})
+    routes = b.result("_get_instance_routes")
+    assert routes["instances"] == ["prime", "sandy"]
+    assert routes["instance_routes"] == {"sandy": {"url": "http://127.0.0.1:1/hooks"}}
+    health = b.result("_health")
+    assert health["listener_state"] == "polling" and health["in_flight"] == 0
+    assert "memory_palace_msg_all" in health["listened_channels"]
+    assert health["uptime_s"] >= 0
+    cancel = b.result("_cancel", {"id": "nothing-pending"})
+    assert cancel == {"cancelled": False, "id": "nothing-pending", "state": "unknown",
+                      "note": cancel["note"]}
+    sub = b.result("_subscribe", {"channel": "memory_palace_msg_ops"})
+    assert sub["mode"] == "poll" and sub["channel"] == "memory_palace_msg_ops"
+    assert "memory_palace_msg_ops" in b.result("_health")["listened_channels"]
+    b.result("_unsubscribe", {"channel": "ops"})
+    assert "memory_palace_msg_ops" not in b.result("_health")["listened_channels"]
+    bad = b.call("_subscribe", {"channel": "x" * 60})
+    assert bad["error"]["code"] == "INVALID_PARAMS" and "45 bytes" in bad["error"]["message"]
+
+
+def test_duplicate_pending_id_and_out_of_order_ids(spawn, sqlite_url: str) -> None:
+    b = spawn(sqlite_url)
+    lines = b"".join(orjson.dumps({"id": i, "method": "message", "params": {
+        "action": "send", "from_instance": "prime", "to_instance": "sandy",
+        "content": f"m{i}"}}) + b"\n" for i in range(40))
+    b.send_raw(lines)
+    replies = [b.reply(i) for i in range(40)]
+    assert all(r["result"]["success"] for r in replies)
+    assert len({r["result"]["id"] for r in replies}) == 40
+    got = b.result("message", {"action": "get", "instance_id": "sandy", "limit": 100})
+    assert got["count"] == 40
+
+
+def test_shutdown_replies_then_exits(spawn, sqlite_url: str) -> None:
+    b = spawn(sqlite_url)
+    assert b.result("_shutdown")["success"] is True
+    assert b.proc.wait(30) == 0
+
+
+def test_eof_exits_cleanly_after_finishing_requests(spawn, sqlite_url: str) -> None:
+    b = spawn(sqlite_url)
+    rid = b.submit("message", {"action": "send", "from_instance": "prime", "to_instance": "sandy",
+                               "content": "last words"})
+    assert b.close() == 0
+    assert b.replies[rid][0]["result"]["success"]
+
+
+def test_sqlite_polling_emits_events(spawn, make_palace, sqlite_url: str) -> None:
+    b = spawn(sqlite_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
+    other = make_palace(sqlite_url, instances=["prime", "sandy"])
+    direct = other.call("message", {"action": "send", "from_instance": "prime",
+                                    "to_instance": "sandy", "content": "wake", "subject": "hi"})
+    event = b.event(lambda e: e.get("data", {}).get("message_id") == direct["id"])
+    assert event["event"] == "new_message"
+    assert event["data"]["subject"] == "hi" and event["data"]["from_instance"] == "prime"
+    # A raw _subscribe works on SQLite too: the poller adds the name.
+    assert b.result("_subscribe", {"channel": "ops"})["mode"] == "poll"
+    chan = other.call("message", {"action": "send", "from_instance": "prime", "channel": "ops",
+                                  "content": "deploy"})
+    b.event(lambda e: e.get("data", {}).get("message_id") == chan["id"])
+    # Messages for instances nobody listens to are not emitted.
+    other.call("message", {"action": "send", "from_instance": "prime", "to_instance": "zed",
+                           "content": "not ours"})
+    last = other.call("message", {"action": "send", "from_instance": "prime",
+                                  "to_instance": "all", "content": "everyone"})
+    b.event(lambda e: e.get("data", {}).get("message_id") == last["id"])
+    ids = [d["message_id"] for d in b.new_messages()]
+    assert ids == [direct["id"], chan["id"], last["id"]]
