@@ -6,6 +6,7 @@ which would unload the model after every call.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -14,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -104,7 +106,7 @@ class OllamaEmbedder:
 
     def __init__(self, base_url: str = "http://localhost:11434", model: str | None = None,
                  dim: int | None = None, *, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 0.5, batch_size: int = 64,
+                 backoff: float = 0.25, batch_size: int = 64,
                  keep_alive: str | int | None = None) -> None:
         if keep_alive is not None and str(keep_alive).strip() in ("0", "0s", "0m", "0h"):
             raise ConfigError("keep_alive 0 would unload the Ollama model after every call; "
@@ -120,6 +122,11 @@ class OllamaEmbedder:
         self.batch_size = max(1, batch_size)
         self.keep_alive = keep_alive
         self._lock = threading.Lock()
+        host = urlsplit(self.base_url).hostname or ""
+        # A local Ollama must not be sent through an HTTP(S)_PROXY from the environment.
+        local = host in ("localhost", "::1") or host.startswith("127.")
+        self._opener = urllib.request.build_opener(
+            *([urllib.request.ProxyHandler({})] if local else []))
 
     # -- identity (lazy: may need the server) --------------------------------------------------
 
@@ -163,7 +170,7 @@ class OllamaEmbedder:
         req = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with self._opener.open(req, timeout=timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
@@ -176,7 +183,7 @@ class OllamaEmbedder:
         except (TimeoutError, socket.timeout) as exc:
             raise _HTTPFailure(f"no answer within {timeout:g} s", status=None,
                                retry=True) from exc
-        except (urllib.error.URLError, ConnectionError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 raise _HTTPFailure(f"no answer within {timeout:g} s", status=None,
