@@ -7,8 +7,9 @@ Names are compared exactly: '_' and '%' in values never act as wildcards.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..db.engine import Database
 
@@ -50,6 +51,19 @@ def type_pattern(memory_type: str) -> str | None:
     return "%".join(like_escape(part) for part in memory_type.split("*"))
 
 
+def glob_pattern(memory_type: str) -> str:
+    """SQLite GLOB pattern for a '*' wildcard type. GLOB, unlike SQLite's LIKE, is
+    case-sensitive, like PostgreSQL's LIKE and the vector index; '?' and '[' are literal."""
+    special = {"?": "[?]", "[": "[[]"}
+    return "*".join("".join(special.get(c, c) for c in part) for part in memory_type.split("*"))
+
+
+def type_matcher(memory_type: str) -> Callable[[str], bool]:
+    """In-process twin of the SQL type filter: only '*' is a wildcard, case-sensitive."""
+    rx = re.compile(".*".join(re.escape(p) for p in memory_type.split("*")), re.DOTALL)
+    return lambda value: rx.fullmatch(value) is not None
+
+
 def projects_sql(db: Database, projects: tuple[str, ...], params: dict[str, Any],
                  col: str = "memories.projects") -> str:
     if db.is_postgres:
@@ -81,9 +95,12 @@ def where(db: Database, f: Filters, alias: str = "memories") -> tuple[str, dict[
         if pattern is None:
             parts.append(f"{alias}.memory_type = :f_type")
             params["f_type"] = f.memory_type
-        else:
+        elif db.is_postgres:
             parts.append(f"{alias}.memory_type LIKE :f_type ESCAPE '\\'")
             params["f_type"] = pattern
+        else:
+            parts.append(f"{alias}.memory_type GLOB :f_type")
+            params["f_type"] = glob_pattern(f.memory_type)
     if f.subject:
         op = "ILIKE" if db.is_postgres else "LIKE"
         parts.append(f"{alias}.subject {op} :f_subject ESCAPE '\\'")

@@ -9,7 +9,6 @@ through the filter indexes when the filter is selective, so the limit is always 
 
 from __future__ import annotations
 
-import fnmatch
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from sqlalchemy import bindparam, text
 
 from ..db.engine import Database
 from ..db.values import list_out, vector_out, vector_param, vector_sql
-from .filters import Filters, where
+from .filters import Filters, type_matcher, where
 
 EXACT_SCAN_ROWS = 3000  # PG: estimated matching rows below which an exact scan is cheaper
 FULL_RELOAD_CHANGES = 20000
@@ -120,8 +119,8 @@ class _Matrix:
             m &= self._rows(self.by_project, list(f.projects))
         if f.memory_type:
             if "*" in f.memory_type:
-                keys = [t for t in self.by_type if t is not None
-                        and fnmatch.fnmatchcase(t, f.memory_type.replace("[", "[[]"))]
+                match = type_matcher(f.memory_type)
+                keys = [t for t in self.by_type if t is not None and match(t)]
             else:
                 keys = [f.memory_type]
             m &= self._rows(self.by_type, keys)

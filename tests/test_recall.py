@@ -1,0 +1,257 @@
+"""memory_recall on both backends: semantic and keyword search, every filter, limits and scores."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from memory_palace import Palace
+from memory_palace.db.engine import Database, pg_connect
+from memory_palace.db.values import list_param, time_param, utcnow, vector_param
+from memory_palace.errors import InvalidParams
+from memory_palace.services import vectors
+from memory_palace.services.filters import Filters
+
+MODEL = "hash:v1-384"
+
+
+def add(palace: Palace, content: str, **kw: Any) -> int:
+    kw.setdefault("auto_link", False)
+    return palace.call("memory_set", {"content": content, **kw})["id"]
+
+
+def recall(palace: Palace, query: str, **kw: Any) -> list[tuple[int, str]]:
+    out = palace.call("memory_recall", {"query": query, "include_graph": False, **kw})
+    return [(m["id"], m["found_by"]) for m in out["memories"]]
+
+
+def ids(palace: Palace, query: str, **kw: Any) -> list[int]:
+    return sorted(i for i, _ in recall(palace, query, **kw))
+
+
+def test_semantic_recall_ranks_shared_words_first(palace: Palace) -> None:
+    cat = add(palace, "the cat sleeps on the warm windowsill all afternoon")
+    car = add(palace, "the car needs new winter tyres before december")
+    tax = add(palace, "file the tax return before the end of april")
+    assert recall(palace, "where does the cat sleep")[0] == (cat, "both")
+    # a misspelt query: no keyword hit, the character n-grams of the embedding still find it
+    out = palace.call("memory_recall", {"query": "windwsill aftrnoon", "include_graph": False})
+    assert out["search_method"] == "vector"
+    assert [(m["id"], m["found_by"]) for m in out["memories"]][0] == (cat, "vector")
+    assert {m["id"] for m in out["memories"]} == {cat, car, tax}
+    assert recall(palace, "winter tyres for the car")[0] == (car, "both")
+
+
+def test_keyword_recall_finds_exact_terms_vectors_miss(palace: Palace) -> None:
+    err = add(palace, "the proxy drops idle sockets; clients log ERR_CONN_RESET after 60s")
+    ticket = add(palace, "PROJ-4711 tracks the flaky login test")
+    add(palace, "reset the connection pool when the proxy restarts")
+    db = palace.database()
+    with db.write() as conn:  # vectors cannot find these any more: only keywords can
+        conn.execute(text("UPDATE memories SET embedding = NULL, embedding_model = NULL "
+                          "WHERE id IN (:a, :b)"), {"a": err, "b": ticket})
+    # only keyword search can find them; RRF ranks a keyword-only rank 1 like a vector-only one
+    for query, want in (("ERR_CONN_RESET", err), ("PROJ-4711", ticket)):
+        hits = recall(palace, query)
+        assert [i for i, how in hits if how != "vector"] == [want], query
+        assert dict(hits)[want] == "keyword"
+    out = palace.call("memory_recall", {"query": "PROJ-4711", "include_graph": False})
+    assert out["search_method"] == "hybrid"
+
+
+def test_found_by_both_and_normalised_score(palace: Palace) -> None:
+    a = add(palace, "grafana dashboards live in the monitoring repo")
+    add(palace, "lunch is at noon")
+    out = palace.call("memory_recall", {"query": "grafana dashboards monitoring repo",
+                                        "include_graph": False})
+    top = out["memories"][0]
+    assert (top["id"], top["found_by"]) == (a, "both")
+    # rank 1 in both lists, no accesses, no links: relevance 1.0 times the similarity weight
+    assert top["score"] == pytest.approx(0.7, abs=1e-4)
+    assert 0 < top["similarity_score"] <= 1
+
+
+def test_centrality_counts_deliberate_links_only(palace: Palace) -> None:
+    target = add(palace, "the incident runbook lives in the wiki")
+    others = [add(palace, f"unrelated note number {i}") for i in range(5)]
+    db = palace.database()
+
+    def score() -> float:
+        with db.write() as conn:
+            conn.execute(text("UPDATE memories SET access_count = 0"))
+        hit = palace.call("memory_recall", {"query": "incident runbook wiki",
+                                            "include_graph": False})["memories"][0]
+        assert hit["id"] == target
+        return hit["score"]
+
+    base = score()
+    with db.write() as conn:
+        for o in others:
+            conn.execute(text("INSERT INTO memory_edges (created_at, source_id, target_id, "
+                              "relation_type, strength, auto_linked) VALUES "
+                              "(:now, :s, :t, 'relates_to', 0.9, :a)"),
+                         {"now": time_param(db, utcnow()), "s": o, "t": target, "a": True})
+    assert score() == base
+    for o in others:
+        palace.call("memory_link", {"source_id": o, "target_id": target,
+                                    "relation_type": "derived_from"})
+    assert score() > base
+
+
+def test_recall_counts_accesses_and_notes_synthesis(palace: Palace) -> None:
+    a = add(palace, "the staging database is refreshed on sundays")
+    out = palace.call("memory_recall", {"query": "staging database refresh", "synthesize": True,
+                                        "include_graph": False})
+    assert "note" in out and out["memories"][0]["id"] == a
+    palace.call("memory_recall", {"query": "staging database refresh"})
+    got = palace.call("memory_get", {"memory_ids": a, "include_graph": False})["memory"]
+    assert got["access_count"] == 3
+
+
+@pytest.fixture
+def filtered(palace: Palace) -> tuple[Palace, dict[str, int]]:
+    m = {
+        "a_c": add(palace, "widget alpha", project="a_c", memory_type="code_python",
+                   subject="Alpha Notes", instance_id="prime"),
+        "abc": add(palace, "widget beta", project="abc", memory_type="code-js",
+                   subject="beta notes", instance_id="other"),
+        "pct": add(palace, "widget gamma", project="100%", memory_type="fact",
+                   subject="50% off", foundational=True),
+        "1000": add(palace, "widget delta", project=["1000", "shared"], memory_type="decision",
+                    subject="under_score"),
+        "arch": add(palace, "widget epsilon", project="a_c", memory_type="code_python"),
+    }
+    palace.call("memory_archive", {"memory_ids": [m["arch"]], "dry_run": False})
+    return palace, m
+
+
+def test_project_filter_is_exact_and_overlaps(filtered: tuple[Palace, dict[str, int]]) -> None:
+    palace, m = filtered
+    assert ids(palace, "widget") == sorted([m["a_c"], m["abc"], m["pct"], m["1000"]])
+    assert recall(palace, "widget", project="a_c") == [(m["a_c"], "both")]
+    assert ids(palace, "widget", project="abc") == [m["abc"]]
+    assert ids(palace, "widget", project="100%") == [m["pct"]]
+    assert ids(palace, "widget", project="1000") == [m["1000"]]
+    assert ids(palace, "widget", project="shared") == [m["1000"]]
+    for wildcard in ("a%", "a_", "_bc", "%", "10%", "100_"):
+        assert recall(palace, "widget", project=wildcard) == [], wildcard
+    assert ids(palace, "widget", project=["a_c", "1000"]) == sorted([m["a_c"], m["1000"]])
+    assert ids(palace, "widget", project=["a%", "100%"]) == [m["pct"]]
+    assert recall(palace, "widget", project=[]) == []
+    assert ids(palace, "widget", project="a_c", include_archived=True) == sorted(
+        [m["a_c"], m["arch"]])
+
+
+def test_type_subject_instance_foundational_filters(
+        filtered: tuple[Palace, dict[str, int]]) -> None:
+    palace, m = filtered
+    assert ids(palace, "widget", memory_type="code*") == sorted([m["a_c"], m["abc"]])
+    assert ids(palace, "widget", memory_type="code_python") == [m["a_c"]]
+    assert ids(palace, "widget", memory_type="code_*") == [m["a_c"]]  # '_' is literal
+    assert recall(palace, "widget", memory_type="code?python") == []  # only '*' is a wildcard
+    assert recall(palace, "widget", memory_type="code[_]python") == []
+    assert recall(palace, "widget", memory_type="CODE*") == []  # types are case-sensitive
+    assert recall(palace, "widget", memory_type="code") == []
+    assert ids(palace, "widget", memory_type="*") == ids(palace, "widget")
+    assert ids(palace, "widget", memory_type="*i*") == sorted([m["1000"]])
+    assert ids(palace, "widget", subject="alpha") == [m["a_c"]]  # case-insensitive contains
+    assert ids(palace, "widget", subject="NOTES") == sorted([m["a_c"], m["abc"]])
+    assert ids(palace, "widget", subject="%") == [m["pct"]]
+    assert ids(palace, "widget", subject="_") == [m["1000"]]
+    assert recall(palace, "widget", subject="r%s") == []
+    assert recall(palace, "widget", instance_id="prime") == [(m["a_c"], "both")]
+    assert recall(palace, "widget", min_foundational=True) == [(m["pct"], "both")]
+    assert ids(palace, "widget", include_archived=True, memory_type="code_python") == sorted(
+        [m["a_c"], m["arch"]])
+    assert recall(palace, "widget", project="a_c", instance_id="other") == []
+
+
+def test_limit_cap(palace: Palace) -> None:
+    add(palace, "something to find")
+    with pytest.raises(InvalidParams, match="limit 101 is above the maximum 100"):
+        palace.call("memory_recall", {"query": "something", "limit": 101})
+    assert palace.call("memory_recall", {"query": "something", "limit": 100})["count"] == 1
+
+
+def bulk_insert(db: Database, n: int, every: int, seed: int = 7) -> np.ndarray:
+    """Insert n embedded rows fast (one statement batch); every `every`-th is in project 'ten'."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, 384)).astype(np.float32)
+    vecs = centres[rng.integers(0, 20, n)] + 0.6 * rng.normal(size=(n, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    now = time_param(db, utcnow())
+    rows = [(now, now, "default", ["ten"] if i % every == 0 else ["rest"], "fact",
+             f"bulk row {i}", vecs[i]) for i in range(n)]
+    if db.is_postgres:
+        from psycopg2.extras import execute_values
+
+        conn = pg_connect(db.url, autocommit=False)
+        try:
+            with conn.cursor() as cur:
+                execute_values(cur, "INSERT INTO memories (created_at, updated_at, instance_id, "
+                               "projects, memory_type, content, embedding, embedding_model, "
+                               "embedding_dim) VALUES %s",
+                               [(a, b, c, d, e, f, vector_param(db, v), MODEL, 384)
+                                for a, b, c, d, e, f, v in rows],
+                               template="(%s, %s, %s, %s, %s, %s, %s::vector, %s, %s)",
+                               page_size=1000)
+                cur.execute("ANALYZE memories")
+            conn.commit()
+        finally:
+            conn.close()
+    else:
+        with db.write() as conn:
+            conn.execute(text("INSERT INTO memories (created_at, updated_at, instance_id, "
+                              "projects, memory_type, content, embedding, embedding_model, "
+                              "embedding_dim) VALUES (:a, :b, :c, :d, :e, :f, :v, :m, 384)"),
+                         [{"a": a, "b": b, "c": c, "d": list_param(db, d), "e": e, "f": f,
+                           "v": vector_param(db, v), "m": MODEL} for a, b, c, d, e, f, v in rows])
+    return vecs
+
+
+@pytest.mark.parametrize("force_hnsw", [False, True], ids=["planned", "hnsw"])
+def test_filtered_recall_fills_the_limit(palace: Palace, force_hnsw: bool,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    db = palace.database()
+    if force_hnsw and not db.is_postgres:
+        pytest.skip("the HNSW path exists on PostgreSQL only")
+    if force_hnsw:  # never take the exact scan up front: exercises ef_search + over-fetch
+        monkeypatch.setattr(vectors, "EXACT_SCAN_ROWS", 0)
+    n = 6000
+    vecs = bulk_insert(db, n, every=10)
+    with db.read() as conn:
+        id_of = {int(r[1].split()[-1]): int(r[0]) for r in conn.execute(
+            text("SELECT id, content FROM memories"))}
+    ten = np.array([i for i in range(n) if i % 10 == 0])
+    rng = np.random.default_rng(1)
+    for trial in range(5):
+        q = vecs[rng.integers(0, n)] + 0.3 * rng.normal(size=384).astype(np.float32)
+        q /= np.linalg.norm(q)
+        hits = vectors.search(db, MODEL, 384, q, 100, Filters.make(project="ten"))
+        assert len(hits) == 100
+        exact = ten[np.argsort(-(vecs[ten] @ q))[:100]]
+        want = {id_of[int(i)] for i in exact}
+        overlap = len(want & {h for h, _ in hits}) / 100
+        assert overlap >= 0.9, (trial, overlap)
+        assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    out = palace.call("memory_recall", {"query": "bulk row", "project": "ten", "limit": 100,
+                                        "include_graph": False})
+    assert out["count"] == 100
+    assert all(mem["projects"] == ["ten"] for mem in out["memories"])
+    unfiltered = vectors.search(db, MODEL, 384, vecs[3], 50, Filters.make())
+    assert len(unfiltered) == 50 and unfiltered[0][0] == id_of[3]
+
+
+@pytest.mark.parametrize("query", ['"quoted phrase" here', "-verbose flag", "a OR b AND NOT c",
+                                   "it's: (x & y) | !z <-> w*", "the", "???", "NEAR(a b)",
+                                   "col:value ^start"])
+def test_operator_like_queries_are_plain_words(palace: Palace, query: str) -> None:
+    verbose = add(palace, "the verbose flag prints every request")
+    add(palace, "a quoted phrase about lunch")
+    hits = recall(palace, query)
+    assert len(hits) <= 2
+    if query == "-verbose flag":  # a leading '-' must not turn into 'everything without verbose'
+        assert hits[0] == (verbose, "both")
