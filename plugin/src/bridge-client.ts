@@ -418,6 +418,7 @@ export class BridgeClient {
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined;
       if (this.stateValue !== "backoff") return;
+      this.stateValue = "idle";
       this.startPromise = undefined;
       this.start().catch(() => {
         /* onStartFailed already logged, reported and scheduled the next attempt */

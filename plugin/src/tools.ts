@@ -46,13 +46,23 @@ export function validateParams(spec: ToolSpec, raw: unknown): Record<string, unk
   if (raw !== undefined && raw !== null && (typeof raw !== "object" || Array.isArray(raw))) {
     throw new BridgeError(PLUGIN_CODES.invalidParams, `${spec.name}: params must be a JSON object`);
   }
-  const cloned: unknown = structuredClone(raw ?? {});
+  // Models often send null for "not given"; the bridge treats a missing value the same way.
+  const given = Object.entries((raw ?? {}) as Record<string, unknown>).filter(([, v]) => v !== null && v !== undefined);
+  const cloned: unknown = structuredClone(Object.fromEntries(given));
   const params = Value.Default(spec.parameters, Value.Convert(spec.parameters, cloned));
   if (!Value.Check(spec.parameters, params)) {
-    const problems = [...Value.Errors(spec.parameters, params)].slice(0, 3).map((e) => {
-      const where = e.instancePath ? `parameter ${e.instancePath.slice(1).replace(/\//g, ".")}` : "params";
-      return `${where} ${e.message}`;
-    });
+    const known = Object.keys((spec.parameters as { properties?: object }).properties ?? {});
+    const problems = [...Value.Errors(spec.parameters, params)]
+      .filter((e) => e.keyword !== "boolean")
+      .slice(0, 3)
+      .map((e) => {
+        if (e.keyword === "additionalProperties") {
+          const extra = (e.params as { additionalProperties?: string[] }).additionalProperties ?? [];
+          return `unknown parameter ${extra.join(", ")}; expected one of ${known.join(", ")}`;
+        }
+        const where = e.instancePath ? `parameter ${e.instancePath.slice(1).replace(/\//g, ".")}` : "params";
+        return `${where} ${e.message}`;
+      });
     throw new BridgeError(PLUGIN_CODES.invalidParams, `${spec.name}: ${problems.join("; ")}`);
   }
   return params as Record<string, unknown>;

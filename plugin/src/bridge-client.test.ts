@@ -1,0 +1,192 @@
+// Supervisor protocol edge cases against a small fake bridge process (real child processes,
+// real pipes). Restart and timeout against the real Python bridge are in bridge-real.test.ts.
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterEach, describe, expect, it } from "vitest";
+import { BridgeClient, type BridgeLogger } from "./bridge-client.js";
+import { BridgeError } from "./errors.js";
+
+const FAKE = fileURLToPath(new URL("../test-support/fake-bridge.mjs", import.meta.url));
+
+export function memoryLogger(): BridgeLogger & { lines: string[] } {
+  const lines: string[] = [];
+  return {
+    lines,
+    info: (m) => lines.push(`info ${m}`),
+    warn: (m) => lines.push(`warn ${m}`),
+    error: (m) => lines.push(`error ${m}`),
+    debug: (m) => lines.push(`debug ${m}`),
+  };
+}
+
+/** Resolve when `predicate` holds, polling every 10 ms, or fail after `ms`. */
+export async function until(predicate: () => boolean, ms = 10_000, what = "condition"): Promise<void> {
+  const end = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+export function alive(pid: number | undefined): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const clients: BridgeClient[] = [];
+
+function fake(mode: string, extra: Partial<ConstructorParameters<typeof BridgeClient>[0]> = {}) {
+  const dir = mkdtempSync(join(tmpdir(), "mp-fake-"));
+  const log = join(dir, "starts.log");
+  const events: Array<{ event: string; data: unknown }> = [];
+  const logger = memoryLogger();
+  const client = new BridgeClient({
+    launch: {
+      command: process.execPath,
+      args: [FAKE],
+      env: { FAKE_BRIDGE_MODE: mode, FAKE_BRIDGE_LOG: log },
+      installHint: "install the bridge with `pip install memory-palace`",
+    },
+    readyTimeoutMs: 3000,
+    logger,
+    onEvent: (event, data) => events.push({ event, data }),
+    backoff: { initialMs: 50, maxMs: 400 },
+    stop: { shutdownMs: 500, termMs: 500, killMs: 2000 },
+    ...extra,
+  });
+  clients.push(client);
+  const starts = () => readFileSync(log, "utf8").trim().split("\n").filter(Boolean).length;
+  return { client, events, logger, starts };
+}
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.stop()));
+});
+
+describe("BridgeClient with a fake bridge", () => {
+  it("shares one spawn between concurrent first calls", async () => {
+    const { client, starts } = fake("normal");
+    const results = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => client.call("echo", { i }, { timeoutMs: 5000 })),
+    );
+    expect(results).toEqual(Array.from({ length: 8 }, (_, i) => ({ i })));
+    expect(starts()).toBe(1);
+  });
+
+  it("turns bridge errors into BridgeError with the bridge's code", async () => {
+    const { client } = fake("normal");
+    const error = await client.call("fail", {}, { timeoutMs: 5000 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(BridgeError);
+    expect((error as BridgeError).code).toBe("TOOL_ERROR");
+    expect((error as BridgeError).message).toContain("fail: it refused");
+  });
+
+  it("kills a bridge that never gets ready and says how to install it", async () => {
+    const { client } = fake("never-ready", { readyTimeoutMs: 300 });
+    const started = client.start();
+    await until(() => client.pid !== undefined, 2000, "spawn");
+    const pid = client.pid;
+    const error = (await started.catch((e: unknown) => e)) as BridgeError;
+    expect(error.code).toBe("BRIDGE_UNAVAILABLE");
+    expect(error.message).toMatch(/did not print its ready line within 300 ms and was killed/);
+    expect(error.message).toContain("pip install memory-palace");
+    await until(() => !alive(pid), 3000, "the child to die");
+  });
+
+  it("reports a missing command with the install hint", async () => {
+    const client = new BridgeClient({
+      launch: { command: "/nonexistent/memory-palace-bridge", args: [], env: {}, installHint: "install the bridge with `pip install memory-palace`" },
+      readyTimeoutMs: 2000,
+      logger: memoryLogger(),
+      backoff: { initialMs: 60_000, maxMs: 60_000 },
+    });
+    clients.push(client);
+    const error = (await client.call("echo", {}, { timeoutMs: 2000 }).catch((e: unknown) => e)) as BridgeError;
+    expect(error.code).toBe("BRIDGE_UNAVAILABLE");
+    expect(error.message).toMatch(/`\/nonexistent\/memory-palace-bridge` was not found/);
+    expect(error.message).toContain("pip install memory-palace");
+  });
+
+  it("rejects pending calls on exit, restarts with backoff, reports health and re-subscribes", async () => {
+    const health = { failures: [] as unknown[], cleared: 0 };
+    const { client, events, starts } = fake("normal");
+    client.setHealth({ reportFailure: (e) => health.failures.push(e), clearFailure: () => health.cleared++ });
+    await client.subscribe("memory_palace_msg_b");
+    await client.start();
+    await until(() => events.some((e) => e.event === "subscribed"), 3000, "first subscribe");
+    const firstPid = client.pid;
+    const pending = client.call("sleep", { ms: 10_000 }, { timeoutMs: 20_000 });
+    const crash = client.call("crash", { code: 7 }, { timeoutMs: 5000 });
+    for (const p of [pending, crash]) {
+      const error = (await p.catch((e: unknown) => e)) as BridgeError;
+      expect(error.code).toBe("BRIDGE_EXITED");
+      expect(error.message).toMatch(/exited with code 7.*restarting/s);
+    }
+    expect(health.failures).toHaveLength(1);
+    // The next call waits for the backoff restart instead of failing.
+    expect(await client.call("echo", { again: true }, { timeoutMs: 5000 })).toEqual({ again: true });
+    expect(client.pid).not.toBe(firstPid);
+    expect(starts()).toBe(2);
+    expect(health.cleared).toBe(1);
+    await until(() => events.filter((e) => e.event === "subscribed").length === 2, 3000, "re-subscribe");
+    const last = events.filter((e) => e.event === "subscribed").at(-1)?.data as { channel: string; pid: number };
+    expect(last).toEqual({ channel: "memory_palace_msg_b", pid: client.pid });
+  });
+
+  it("times out a call and tells the bridge to cancel it", async () => {
+    const { client, events } = fake("normal");
+    const error = (await client.call("sleep", { ms: 5000 }, { timeoutMs: 200 }).catch((e: unknown) => e)) as BridgeError;
+    expect(error.code).toBe("TIMEOUT");
+    await until(() => events.some((e) => e.event === "cancelled"), 3000, "the _cancel");
+    expect(events.find((e) => e.event === "cancelled")?.data).toEqual({ id: expect.any(Number), found: true });
+    expect(await client.call("echo", { ok: 1 }, { timeoutMs: 2000 })).toEqual({ ok: 1 });
+  });
+
+  it("honours an abort signal and cancels in the bridge", async () => {
+    const { client, events } = fake("normal");
+    await client.start();
+    const controller = new AbortController();
+    const call = client.call("sleep", { ms: 5000 }, { timeoutMs: 10_000, signal: controller.signal });
+    setTimeout(() => controller.abort(new Error("user pressed stop")), 50);
+    const error = (await call.catch((e: unknown) => e)) as BridgeError;
+    expect(error.code).toBe("ABORTED");
+    await until(() => events.some((e) => e.event === "cancelled"), 3000, "the _cancel");
+  });
+
+  it("stops a stubborn bridge with SIGKILL within stop()", async () => {
+    const { client, logger } = fake("stubborn");
+    await client.start();
+    const pid = client.pid;
+    const started = Date.now();
+    await client.stop();
+    expect(alive(pid)).toBe(false);
+    expect(Date.now() - started).toBeLessThan(4000);
+    expect(logger.lines.some((l) => l.includes("ignored SIGTERM; sending SIGKILL"))).toBe(true);
+    const error = (await client.call("echo", {}, { timeoutMs: 1000 }).catch((e: unknown) => e)) as BridgeError;
+    expect(error.code).toBe("BRIDGE_STOPPED");
+  });
+
+  it("stops a well-behaved bridge with _shutdown", async () => {
+    const { client, logger } = fake("normal");
+    await client.start();
+    const pid = client.pid;
+    await client.stop();
+    expect(alive(pid)).toBe(false);
+    expect(logger.lines.some((l) => l.includes("SIGKILL"))).toBe(false);
+  });
+
+  it("sends stderr to the logger and never echoes stdout lines", async () => {
+    const { client, logger } = fake("junk");
+    await client.call("echo", {}, { timeoutMs: 5000 });
+    expect(logger.lines.some((l) => l.includes("memory-palace bridge: fake bridge"))).toBe(true);
+    expect(logger.lines.some((l) => l.includes("this is not json"))).toBe(false);
+    expect(logger.lines.some((l) => l.includes("non-protocol output to stdout (1 lines"))).toBe(true);
+  });
+});

@@ -1,0 +1,225 @@
+// Registers the real entry against a hand-made mock of the SDK's OpenClawPluginApi and drives the
+// tools, the hook, the service and the gateway method; the bridge is the fake bridge process.
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { AnyAgentTool, OpenClawPluginApi, OpenClawPluginServiceContext, OpenClawPluginToolContext } from "openclaw/plugin-sdk/plugin-entry";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { alive, memoryLogger, until } from "./bridge-client.test.js";
+import { BridgeError } from "./errors.js";
+import entry from "./index.js";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const FAKE = join(ROOT, "plugin/test-support/fake-bridge.mjs");
+const MANIFEST = JSON.parse(readFileSync(join(ROOT, "openclaw.plugin.json"), "utf8")) as {
+  id: string;
+  kind: string;
+  contracts: { tools: string[] };
+  configSchema: { additionalProperties: boolean; properties: Record<string, unknown> };
+};
+
+type Handler = (...args: unknown[]) => unknown;
+type Factory = (ctx: OpenClawPluginToolContext) => AnyAgentTool | AnyAgentTool[] | null;
+type Service = Parameters<OpenClawPluginApi["registerService"]>[0];
+
+interface Recorded {
+  factories: Array<{ factory: Factory; opts: unknown }>;
+  hooks: Map<string, Handler>;
+  services: Service[];
+  methods: Map<string, Handler>;
+  memory: unknown[];
+  events: Array<{ text: string; opts: Record<string, unknown> }>;
+  beats: Array<Record<string, unknown>>;
+}
+
+function mockApi(pluginConfig: Record<string, unknown>): { api: OpenClawPluginApi; rec: Recorded; logger: ReturnType<typeof memoryLogger> } {
+  const rec: Recorded = { factories: [], hooks: new Map(), services: [], methods: new Map(), memory: [], events: [], beats: [] };
+  const logger = memoryLogger();
+  const partial: Partial<OpenClawPluginApi> = {
+    id: "memory-palace",
+    pluginConfig,
+    logger,
+    registrationMode: "full",
+    registerTool: ((tool: AnyAgentTool | Factory, opts?: unknown) => {
+      rec.factories.push({ factory: typeof tool === "function" ? tool : () => tool, opts });
+    }) as OpenClawPluginApi["registerTool"],
+    on: ((name: string, handler: Handler) => {
+      rec.hooks.set(name, handler);
+    }) as OpenClawPluginApi["on"],
+    registerService: (service) => {
+      rec.services.push(service);
+    },
+    registerGatewayMethod: ((method: string, handler: Handler) => {
+      rec.methods.set(method, handler);
+    }) as OpenClawPluginApi["registerGatewayMethod"],
+    registerMemoryCapability: (capability) => {
+      rec.memory.push(capability);
+    },
+    runtime: {
+      system: {
+        enqueueSystemEvent: (text: string, opts: Record<string, unknown>) => {
+          rec.events.push({ text, opts });
+          return true;
+        },
+        requestHeartbeat: (opts: Record<string, unknown>) => {
+          rec.beats.push(opts);
+        },
+      },
+    } as unknown as OpenClawPluginApi["runtime"],
+  };
+  return { api: partial as OpenClawPluginApi, rec, logger };
+}
+
+function tools(rec: Recorded, ctx: Partial<OpenClawPluginToolContext>): Map<string, AnyAgentTool> {
+  const made = rec.factories[0]?.factory(ctx as OpenClawPluginToolContext);
+  const list = Array.isArray(made) ? made : made ? [made] : [];
+  return new Map(list.map((t) => [t.name, t]));
+}
+
+function serviceCtx(health: { failures: unknown[] }): OpenClawPluginServiceContext {
+  return {
+    config: {},
+    stateDir: tmpdir(),
+    logger: memoryLogger(),
+    serviceHealth: { reportFailure: (e: unknown) => health.failures.push(e), clearFailure: () => {} },
+  } as unknown as OpenClawPluginServiceContext;
+}
+
+function sessions(rec: Recorded): Record<string, unknown> {
+  let payload: Record<string, unknown> = {};
+  rec.methods.get("memoryPalace.sessions")?.({ params: {}, respond: (ok: boolean, p: Record<string, unknown>) => { expect(ok).toBe(true); payload = p; } });
+  return payload;
+}
+
+let startsLog = "";
+const stops: Array<() => unknown> = [];
+
+beforeEach(() => {
+  startsLog = join(mkdtempSync(join(tmpdir(), "mp-entry-")), "starts.log");
+  process.env.FAKE_BRIDGE_LOG = startsLog;
+});
+
+afterEach(async () => {
+  for (const stop of stops.splice(0)) await stop();
+  delete process.env.FAKE_BRIDGE_LOG;
+});
+
+describe("plugin entry", () => {
+  it("matches the manifest: id, memory kind, strict config schema", () => {
+    expect(entry.id).toBe(MANIFEST.id);
+    expect(MANIFEST.kind).toBe("memory");
+    expect(MANIFEST.configSchema.additionalProperties).toBe(false);
+    for (const key of ["bridgeCommand", "pythonPath", "instanceId", "dataDir", "databaseUrl", "requestTimeoutMs", "instanceRoutes"]) {
+      expect(MANIFEST.configSchema.properties).toHaveProperty(key);
+    }
+  });
+
+  it("registers every manifest tool with a label and schema, plus hook, service, method and memory prompt", () => {
+    const { api, rec } = mockApi({ databaseManager: true });
+    entry.register(api);
+    const made = tools(rec, { sessionKey: "agent:main:main", agentId: "main" });
+    expect([...made.keys()].sort()).toEqual([...MANIFEST.contracts.tools].sort());
+    expect((rec.factories[0]?.opts as { names: string[] }).names.sort()).toEqual([...MANIFEST.contracts.tools].sort());
+    for (const tool of made.values()) {
+      expect(tool.label).toMatch(/^Memory Palace: /);
+      expect(tool.description.length).toBeGreaterThan(20);
+      expect((tool.parameters as { type?: string }).type).toBe("object");
+    }
+    const recall = made.get("memory_recall")?.parameters as { properties: Record<string, { default?: unknown }> };
+    expect(recall.properties.limit?.default).toBe(20);
+    expect(recall.properties).toHaveProperty("database");
+    expect(made.get("palace_message")?.catalogMode).toBe("direct-only");
+    expect(made.get("memory_search")?.description).toContain("Same as memory_recall");
+    expect([...rec.hooks.keys()]).toEqual(["before_tool_call"]);
+    expect(rec.services.map((s) => s.id)).toEqual(["memory-palace-bridge"]);
+    expect([...rec.methods.keys()]).toEqual(["memoryPalace.sessions"]);
+    const prompt = (rec.memory[0] as { promptBuilder: (p: { availableTools: Set<string> }) => string[] }).promptBuilder({ availableTools: new Set(made.keys()) });
+    expect(prompt.join("\n")).toContain("memory_search");
+  });
+
+  it("leaves the database-manager tools out unless enabled", () => {
+    const { api, rec } = mockApi({});
+    entry.register(api);
+    const names = [...tools(rec, {}).keys()];
+    expect(names).not.toContain("memory_list_databases");
+    expect(names).toContain("memory_set");
+  });
+
+  it("rejects unknown config keys by name", () => {
+    const { api } = mockApi({ bridgeComand: "x" });
+    expect(() => entry.register(api)).toThrow(/unknown key bridgeComand/);
+  });
+
+  it("never spawns in register(); the service starts one bridge and stops it", async () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE });
+    entry.register(api);
+    entry.register(mockApi({ bridgeCommand: FAKE }).api); // OpenClaw registers more than once
+    await new Promise((r) => setTimeout(r, 200));
+    expect(existsSync(startsLog)).toBe(false);
+    const service = rec.services[0] as Service;
+    const health = { failures: [] as unknown[] };
+    await service.start(serviceCtx(health));
+    await until(() => existsSync(startsLog), 5000, "the bridge start");
+    const pid = Number(readFileSync(startsLog, "utf8").trim());
+    await until(() => (sessions(rec).bridge as { state: string }).state === "ready", 5000, "ready");
+    await service.stop?.(serviceCtx(health));
+    expect(alive(pid)).toBe(false);
+    expect(health.failures).toEqual([]);
+  });
+
+  it("validates params before sending, applies defaults, returns compact JSON, and throws failures", async () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE });
+    entry.register(api);
+    const made = tools(rec, { sessionKey: "agent:main:s1", agentId: "main" });
+    const set = made.get("memory_set") as AnyAgentTool;
+    const bad = (await set.execute("t1", { content: "x", foundational: "maybe", bogus: true }).catch((e: unknown) => e)) as BridgeError;
+    expect(bad).toBeInstanceOf(BridgeError);
+    expect(bad.code).toBe("INVALID_PARAMS");
+    expect(bad.message).toContain("unknown parameter bogus; expected one of content,");
+    expect(bad.message).toContain("parameter foundational must be boolean");
+    expect(existsSync(startsLog)).toBe(false); // nothing was sent, so no bridge was started
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    const ok = await set.execute("t2", { content: "the sky is blue", subject: null });
+    const text = (ok.content[0] as { text: string }).text;
+    expect(text).not.toContain("\n");
+    const echoed = JSON.parse(text) as { method: string; params: Record<string, unknown> };
+    expect(echoed.method).toBe("memory_set");
+    expect(echoed.params).toMatchObject({ content: "the sky is blue", memory_type: "fact", project: "life", foundational: false });
+    const missing = made.get("memory_get") as AnyAgentTool;
+    await expect(missing.execute("t3", {})).rejects.toThrow(/memory_ids/);
+  });
+
+  it("before_tool_call never throws and learns the caller's session", () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE });
+    entry.register(api);
+    const hook = rec.hooks.get("before_tool_call") as Handler;
+    const hostile = { get instance_id(): string { throw new Error("boom"); } };
+    expect(hook({ toolName: "memory_set", params: hostile }, { sessionKey: "agent:main:x" })).toBeUndefined();
+    expect(hook({ toolName: "memory_set", params: null }, {})).toBeUndefined();
+    expect(hook({ toolName: "memory_set", params: { instance_id: "b", content: "x" } }, { sessionKey: "agent:main:b", agentId: "main" })).toBeUndefined();
+    const snap = sessions(rec) as { sessions: Record<string, { sessionKey: string }> };
+    expect(snap.sessions.b?.sessionKey).toBe("agent:main:b");
+  });
+
+  it("routes a sent message to the recipient's session, subscribes discovered instances, and dedupes", async () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, instanceRoutes: { ops: "agent:ops:main" } });
+    entry.register(api);
+    await rec.services[0]?.start(serviceCtx({ failures: [] }));
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    const b = tools(rec, { sessionKey: "agent:main:palace-b", agentId: "main" });
+    const a = tools(rec, { sessionKey: "agent:main:palace-a", agentId: "main" });
+    await b.get("memory_set")?.execute("1", { content: "b was here", instance_id: "b" });
+    await a.get("palace_message")?.execute("2", { action: "send", from_instance: "a", to_instance: "b", subject: "deploy\u0007 done", content: "secret content" });
+    await until(() => rec.beats.length === 1, 5000, "the wake");
+    expect(rec.events).toHaveLength(1);
+    expect(rec.events[0]?.opts).toEqual({ sessionKey: "agent:main:palace-b", agentId: "main", contextKey: "memory-palace:b:1" });
+    expect(rec.events[0]?.text).toContain('"deploy done"');
+    expect(rec.events[0]?.text).not.toContain("secret content");
+    expect(rec.beats[0]).toMatchObject({ intent: "immediate", sessionKey: "agent:main:palace-b", reason: "memory-palace:new_message" });
+    const snap = sessions(rec) as { listening: string[]; sessions: Record<string, unknown>; wakes: { recent: unknown[] } };
+    expect(snap.listening).toEqual(expect.arrayContaining(["memory_palace_msg_ops", "memory_palace_msg_b", "memory_palace_msg_a"]));
+    expect(Object.keys(snap.sessions).sort()).toEqual(["a", "b", "ops"]);
+    expect(snap.wakes.recent).toHaveLength(1);
+  });
+});
