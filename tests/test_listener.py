@@ -1,0 +1,175 @@
+"""Push over PostgreSQL LISTEN/NOTIFY through a real bridge subprocess: direct, broadcast, channel,
+auto-subscription, named databases, hostile names, and exactly-once delivery across backend kills."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from memory_palace.db.engine import pg_connect
+from tests.test_bridge import spawn  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.postgres
+
+HOSTILE_SUBJECT = "it's \"q\" :word $1 %s ✓ 日本語 🚀"
+HOSTILE_CHANNEL = "O'Brien \"x\" :w $1 ✓"
+
+
+def send(palace, **params):
+    return palace.call("message", {"action": "send", "from_instance": "prime", **params})
+
+
+def has_id(msg_id: int, database: str = "default"):
+    return lambda e: (e.get("event") == "new_message" and e["data"].get("message_id") == msg_id
+                      and e["data"].get("database") == database)
+
+
+def listener_pids(url: str) -> list[int]:
+    conn = pg_connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND (query ILIKE 'LISTEN%%' OR "
+                        "query = 'SELECT 1' OR query ILIKE 'UNLISTEN%%')")
+            return [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def terminate(url: str, pids: list[int]) -> None:
+    conn = pg_connect(url)
+    try:
+        with conn.cursor() as cur:
+            for pid in pids:
+                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        conn.close()
+
+
+def test_direct_broadcast_and_channel_push(spawn, make_palace, pg_url) -> None:  # noqa: F811
+    sender = make_palace(pg_url, instances=["prime", "sandy"])
+    sender.call("message", {"action": "subscribe", "instance_id": "sandy", "channel": "ops"})
+    b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
+    assert b.ready["listener"] == {"kind": "listen", "state": "listening"}
+    health = b.result("_health")
+    assert {"memory_palace_msg_sandy", "memory_palace_msg_prime", "memory_palace_msg_all",
+            "memory_palace_msg_ops"} <= set(health["listened_channels"])
+    direct = send(sender, to_instance="sandy", subject="review", content="c", priority=4,
+                  message_type="handoff")
+    event = b.event(has_id(direct["id"]))["data"]
+    assert event == {"from_instance": "prime", "to_instance": "sandy", "message_type": "handoff",
+                     "subject": "review", "message_id": direct["id"], "priority": 4,
+                     "channel": None, "database": "default"}
+    broadcast = send(sender, to_instance="all", content="everyone")
+    b.event(has_id(broadcast["id"]))
+    chan = send(sender, channel="ops", content="deploy")
+    assert b.event(has_id(chan["id"]))["data"]["channel"] == "ops"
+    both = send(sender, to_instance="sandy", channel="ops", content="twice notified")
+    b.event(has_id(both["id"]))
+    last = send(sender, to_instance="sandy", content="end")
+    b.event(has_id(last["id"]))
+    ids = [d["message_id"] for d in b.new_messages()]
+    assert ids == [direct["id"], broadcast["id"], chan["id"], both["id"], last["id"]]
+
+
+def test_auto_subscription_and_raw_subscribe(spawn, make_palace, pg_url) -> None:  # noqa: F811
+    sender = make_palace(pg_url, instances=["prime"])
+    b = spawn(pg_url, instances=["prime"])
+    assert "memory_palace_msg_newbie" not in b.result("_health")["listened_channels"]
+    before = send(sender, to_instance="newbie", content="too early")
+    # A tool call that names a new instance makes the bridge LISTEN on its channel.
+    b.result("message", {"action": "get", "instance_id": "newbie"})
+    assert "memory_palace_msg_newbie" in b.result("_health")["listened_channels"]
+    after = send(sender, to_instance="newbie", content="now you hear me")
+    b.event(has_id(after["id"]))
+    raw = b.result("_subscribe", {"channel": "alerts"})
+    assert raw["mode"] == "listen" and raw["channel"] == "memory_palace_msg_alerts"
+    alert = send(sender, channel="alerts", content="fire")
+    b.event(has_id(alert["id"]))
+    b.result("_unsubscribe", {"channel": "alerts"})
+    quiet = send(sender, channel="alerts", content="nobody listens")
+    marker = send(sender, to_instance="newbie", content="marker")
+    b.event(has_id(marker["id"]))
+    ids = [d["message_id"] for d in b.new_messages()]
+    assert before["id"] not in ids and quiet["id"] not in ids
+    assert ids == [after["id"], alert["id"], marker["id"]]
+
+
+def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> None:  # noqa: F811
+    sender = make_palace(pg_url, instances=["prime"])
+    b = spawn(pg_url, instances=["prime"])
+    sub = b.result("message", {"action": "subscribe", "instance_id": "prime",
+                               "channel": HOSTILE_CHANNEL})
+    assert sub["channel"] == HOSTILE_CHANNEL
+    assert "memory_palace_msg_" + HOSTILE_CHANNEL in b.result("_health")["listened_channels"]
+    content = "content :id $2 '; DROP TABLE messages; -- " + "€" * 2800  # > 8 KB of UTF-8
+    sent = send(sender, channel=HOSTILE_CHANNEL, subject=HOSTILE_SUBJECT, content=content)
+    event = b.event(has_id(sent["id"]))["data"]
+    assert event["subject"] == HOSTILE_SUBJECT and event["channel"] == HOSTILE_CHANNEL
+    big_subject = "ü'" * 5000
+    big = send(sender, channel=HOSTILE_CHANNEL, subject=big_subject, content=content)
+    big_event = b.event(has_id(big["id"]))["data"]
+    assert big_event["subject_truncated"] and big_subject.startswith(big_event["subject"])
+    got = b.result("message", {"action": "get", "instance_id": "prime",
+                               "channel": HOSTILE_CHANNEL})
+    assert [(m["subject"], m["content"]) for m in got["messages"]] == [
+        (big_subject, content), (HOSTILE_SUBJECT, content)]
+
+
+def test_named_database_gets_its_own_listener(spawn, make_palace, pg_url) -> None:  # noqa: F811
+    team = f"team_{uuid.uuid4().hex[:8]}"
+    b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
+    assert set(b.result("_health")["listeners"]) == {"default"}
+    b.result("message", {"action": "get", "instance_id": "sandy", "database": team})
+    listeners = b.result("_health")["listeners"]
+    assert set(listeners) == {"default", team} and listeners[team]["state"] == "listening"
+    sender = make_palace(pg_url, instances=["prime", "sandy"])
+    sent = sender.call("message", {"action": "send", "from_instance": "prime",
+                                   "to_instance": "sandy", "content": "team news",
+                                   "database": team})
+    assert b.event(has_id(sent["id"], team))["data"]["to_instance"] == "sandy"
+    default = send(sender, to_instance="sandy", content="default news")
+    b.event(has_id(default["id"]))
+    assert [(d["database"], d["message_id"]) for d in b.new_messages()] == [
+        (team, sent["id"]), ("default", default["id"])]
+
+
+def test_backend_kill_mid_stream_loses_nothing_and_duplicates_nothing(
+        spawn, make_palace, pg_url) -> None:  # noqa: F811
+    sender = make_palace(pg_url, instances=["prime", "sandy"])
+    b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
+    sent: list[int] = []
+    kills = 0
+    stop = threading.Event()
+
+    def stream() -> None:
+        for i in range(300):
+            to = "all" if i % 5 == 0 else "sandy"
+            sent.append(send(sender, to_instance=to, content=f"m{i}")["id"])
+            time.sleep(0.002)
+        stop.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    while not stop.is_set() and kills < 3:
+        if len(sent) >= 60 * (kills + 1):
+            pids = listener_pids(pg_url)
+            assert pids, "the listener connection was not found in pg_stat_activity"
+            terminate(pg_url, pids)
+            kills += 1
+            b.event(lambda e, k=kills: sum(
+                1 for x in b.events if x["event"] == "listener_status"
+                and x["data"]["state"] == "reconnected") >= k, timeout=15)
+        time.sleep(0.005)
+    thread.join()
+    assert kills == 3
+    b.event(has_id(sent[-1]), timeout=15)
+    b.wait_for(lambda: len(b.new_messages()) >= len(sent), timeout=15)
+    ids = [d["message_id"] for d in b.new_messages()]
+    assert sorted(ids) == sorted(sent) and len(ids) == len(set(ids))
+    states = [e["data"]["state"] for e in b.events if e["event"] == "listener_status"]
+    assert states.count("disconnected") == 3 and states.count("reconnected") == 3
+    assert b.result("_health")["listeners"]["default"]["reconnects"] == 3
