@@ -5,40 +5,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
-import { BridgeClient, type BridgeLogger } from "./bridge-client.js";
+import { BridgeClient } from "./bridge-client.js";
 import { BridgeError } from "./errors.js";
+import { alive, memoryLogger, until } from "./test-helpers.js";
 
 const FAKE = fileURLToPath(new URL("../test-support/fake-bridge.mjs", import.meta.url));
-
-export function memoryLogger(): BridgeLogger & { lines: string[] } {
-  const lines: string[] = [];
-  return {
-    lines,
-    info: (m) => lines.push(`info ${m}`),
-    warn: (m) => lines.push(`warn ${m}`),
-    error: (m) => lines.push(`error ${m}`),
-    debug: (m) => lines.push(`debug ${m}`),
-  };
-}
-
-/** Resolve when `predicate` holds, polling every 10 ms, or fail after `ms`. */
-export async function until(predicate: () => boolean, ms = 10_000, what = "condition"): Promise<void> {
-  const end = Date.now() + ms;
-  while (!predicate()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-export function alive(pid: number | undefined): boolean {
-  if (!pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const clients: BridgeClient[] = [];
 

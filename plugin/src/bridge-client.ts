@@ -306,6 +306,10 @@ export class BridgeClient {
     }
     if (msg.ready === true && !proc.ready) {
       this.onReadyLine(proc, msg);
+    } else if (msg.ready === false && !proc.ready) {
+      // The bridge refused to start (bad config): it says why; it exits by itself.
+      const reason = (msg.error as { message?: unknown } | undefined)?.message;
+      proc.settleStart?.(new BridgeError(PLUGIN_CODES.unavailable, `the Memory Palace bridge refused to start: ${String(reason ?? "no reason given")}`));
     } else if (typeof msg.event === "string") {
       try {
         this.opts.onEvent?.(msg.event, msg.data);
@@ -335,6 +339,8 @@ export class BridgeClient {
     proc.ready = true;
     this.stateValue = "ready";
     const info = this.readyInfo(proc, line);
+    const dbError = (line.database_error as { message?: unknown } | undefined)?.message;
+    if (dbError) this.opts.logger.warn(`memory-palace: the bridge started without its default database: ${String(dbError)}`);
     this.opts.logger.info(
       `memory-palace: bridge ready (pid ${info.pid}, version ${info.version ?? "?"}, ${info.tools ?? "?"} tools)`,
     );

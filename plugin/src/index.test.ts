@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { AnyAgentTool, OpenClawPluginApi, OpenClawPluginServiceContext, OpenClawPluginToolContext } from "openclaw/plugin-sdk/plugin-entry";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { alive, memoryLogger, until } from "./bridge-client.test.js";
+import { alive, memoryLogger, until } from "./test-helpers.js";
 import { BridgeError } from "./errors.js";
 import entry from "./index.js";
 
