@@ -116,6 +116,9 @@ class LocalEmbedder:
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = self._threads
                 opts.inter_op_num_threads = 1
+                # Idle threads sleep instead of spinning: the bridge shares CPUs with agents, and
+                # spinning cost ~35% more CPU for no latency gain on 2 cores (measured).
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 opts.log_severity_level = 3
                 session = ort.InferenceSession(str(path), sess_options=opts,
                                                providers=["CPUExecutionProvider"])
