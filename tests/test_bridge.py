@@ -201,7 +201,8 @@ def test_huge_line_is_refused_without_a_crash(spawn, sqlite_url: str) -> None:
         "action": "send", "from_instance": "prime", "to_instance": "sandy", "content": content}})
     b.send_raw(big + b"\n")
     reply = b.reply(None, timeout=60)
-    assert reply["error"]["code"] == "INVALID_REQUEST" and "longer than" in reply["error"]["message"]
+    assert reply["error"]["code"] == "INVALID_REQUEST"
+    assert "longer than" in reply["error"]["message"]
     assert "big" not in b.replies
     sent = b.result("message", {"action": "send", "from_instance": "prime",
                                 "to_instance": "sandy", "content": "small"})
@@ -279,3 +280,36 @@ def test_sqlite_polling_emits_events(spawn, make_palace, sqlite_url: str) -> Non
     b.event(lambda e: e.get("data", {}).get("message_id") == last["id"])
     ids = [d["message_id"] for d in b.new_messages()]
     assert ids == [direct["id"], chan["id"], last["id"]]
+
+
+def test_cancel_drops_replies_and_frees_a_worker(spawn, sqlite_url: str) -> None:
+    import sqlite3
+
+    from memory_palace.db.urls import sqlite_path
+
+    b = spawn(sqlite_url)
+    b.result("message", {"action": "get", "instance_id": "sandy"})  # schema exists
+    lock = sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # every send now waits for the write lock
+    try:
+        ids = [b.submit("message", {"action": "send", "from_instance": "prime",
+                                    "to_instance": "sandy", "content": f"blocked {i}"})
+               for i in range(9)]
+        b.wait_for(lambda: b.result("_health")["in_flight"] == 9
+                   and sum(r["running"] for r in b.result("_health")["in_flight_requests"]) == 8)
+        running = [r["id"] for r in b.result("_health")["in_flight_requests"] if r["running"]]
+        queued = next(i for i in ids if i not in running)
+        assert b.result("_cancel", {"id": queued})["state"] == "queued"
+        assert b.result("_cancel", {"id": running[0]})["state"] == "running"
+        # Every original worker is stuck, yet a new request is served at once.
+        got = b.result("message", {"action": "get", "instance_id": "sandy"})
+        assert got["count"] == 0
+    finally:
+        lock.execute("COMMIT")
+        lock.close()
+    for rid in running[1:]:
+        assert b.reply(rid)["result"]["success"]
+    b.wait_for(lambda: b.result("_health")["in_flight"] == 0)
+    assert running[0] not in b.replies and queued not in b.replies
+    got = b.result("message", {"action": "get", "instance_id": "sandy", "limit": 100})
+    assert got["count"] == 8  # the cancelled running send finished; the queued one never ran

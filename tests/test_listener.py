@@ -1,5 +1,5 @@
 """Push over PostgreSQL LISTEN/NOTIFY through a real bridge subprocess: direct, broadcast, channel,
-auto-subscription, named databases, hostile names, and exactly-once delivery across backend kills."""
+auto-subscription, named databases, hostile names, exactly-once delivery across backend kills."""
 
 from __future__ import annotations
 

@@ -214,8 +214,8 @@ def test_send_notifies_inside_the_transaction(make_palace, pg_url) -> None:
             ("memory_palace_msg_O'Brien :x $1", sent[4]["id"]),
         ]
         first = orjson.loads(got[0].payload)
-        assert first == {"from_instance": "prime", "to_instance": "sandy", "message_type": "message",
-                         "subject": HOSTILE[1], "message_id": sent[0]["id"], "priority": 3,
+        assert first == {"from_instance": "prime", "to_instance": "sandy",
+                         "message_type": "message", "subject": HOSTILE[1], "message_id": sent[0]["id"], "priority": 3,
                          "channel": None}
         last = orjson.loads(got[-1].payload)
         assert last["subject_truncated"] and HOSTILE[3].startswith(last["subject"])

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable
 
 import orjson
 
 from . import __version__
 from .config import load_settings
 from .errors import InvalidParams, MemoryPalaceError
-from .listener import Listeners, _valid
+from .listener import Listeners, valid_name
 from .palace import Palace
 from .services import messages
 
@@ -58,10 +58,65 @@ class RequestError(Exception):
 class Pending:
     method: str
     received: float
-    future: Future | None = None
     running: bool = False
     cancelled: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerPool:
+    """A small thread pool whose size grows by one for each cancelled request still running, so
+    abandoned slow calls never starve new ones (threads cannot be killed in Python)."""
+
+    def __init__(self, size: int) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.size = size
+        self._threads = 0
+        self._idle = 0
+        self._queued = 0
+        self._closed = False
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._queued += 1
+        self._queue.put(job)
+        self._maybe_spawn()
+
+    def _maybe_spawn(self) -> None:
+        with self._lock:
+            if self._closed or self._queued <= self._idle or self._threads >= self.size:
+                return
+            self._threads += 1
+            name = f"mp-worker-{self._threads}"
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def resize(self, delta: int) -> None:
+        with self._lock:
+            self.size += delta
+        if delta > 0:
+            self._maybe_spawn()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._threads > self.size:  # shrink after a cancelled call finished
+                    self._threads -= 1
+                    return
+                self._idle += 1
+            job = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+                if job is None:
+                    self._threads -= 1
+                    return
+                self._queued -= 1
+            job()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._queue.put(None)
 
 
 class Bridge:
@@ -70,9 +125,10 @@ class Bridge:
         self._out = out
         self._write_lock = threading.Lock()
         self._pending_lock = threading.Lock()
+        self._idle = threading.Condition(self._pending_lock)
         self.pending: dict[Any, Pending] = {}
         self.started = time.monotonic()
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="mp-worker")
+        self.pool = WorkerPool(workers)
         self.listeners = Listeners(palace, self.write)
         self.tools = {t.name: t.name for t in palace.tools}
         self.tools.update({t.openclaw_name: t.name for t in palace.tools if t.openclaw_name})
@@ -119,13 +175,13 @@ class Bridge:
 
     def shutdown(self) -> bool:
         """Finish in-flight requests (up to a grace period), stop listeners. True if clean."""
-        with self._pending_lock:
-            futures = [p.future for p in self.pending.values() if p.future is not None]
-        _, not_done = wait(futures, timeout=SHUTDOWN_GRACE)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self._idle:
+            done = self._idle.wait_for(
+                lambda: all(p.cancelled for p in self.pending.values()), SHUTDOWN_GRACE)
+        self.pool.close()
         self.listeners.stop()
         self.palace.close()
-        return not not_done
+        return done
 
     # -- requests -------------------------------------------------------------------------
     def handle_line(self, line: bytes) -> bool:
@@ -174,7 +230,7 @@ class Bridge:
                            "request; use a fresh id per request")
                 return True
             self.pending[rid] = pending
-            pending.future = self.pool.submit(self._work, rid, method, params, pending)
+        self.pool.submit(lambda: self._work(rid, method, params, pending))
         return True
 
     def _run_inline(self, rid: Any, method: str, params: dict[str, Any]) -> None:
@@ -184,21 +240,28 @@ class Bridge:
             self._write_exception(rid, method, exc)
 
     def _work(self, rid: Any, method: str, params: dict[str, Any], pending: Pending) -> None:
-        pending.running = True
+        with self._pending_lock:
+            if pending.cancelled:  # cancelled while queued: never run it
+                return
+            pending.running = True
         reply: dict[str, Any] | None = None
+        error: Exception | None = None
         try:
             reply = {"id": rid, "result": self.dispatch(method, params)}
         except Exception as exc:  # noqa: BLE001 - mapped to a protocol error
-            if not pending.cancelled:
-                self._write_exception(rid, method, exc)
-        finally:
-            with self._pending_lock:
-                if self.pending.get(rid) is pending:
-                    del self.pending[rid]
-        if reply is not None and not pending.cancelled:
-            self.write(reply)
-        elif pending.cancelled:
+            error = exc
+        with self._idle:
+            if self.pending.get(rid) is pending:
+                del self.pending[rid]
+            cancelled = pending.cancelled
+            self._idle.notify_all()
+        if cancelled:
+            self.pool.resize(-1)  # give back the extra worker _cancel added
             log.info("dropped the reply to cancelled request %r (%s)", rid, method)
+        elif error is not None:
+            self._write_exception(rid, method, error)
+        else:
+            self.write(reply)
 
     def _write_exception(self, rid: Any, method: str, exc: Exception) -> None:
         if isinstance(exc, RequestError):
@@ -226,7 +289,7 @@ class Bridge:
         """Auto-subscription: LISTEN on the channel of every instance a request names."""
         for key in INSTANCE_PARAMS:
             value = params.get(key)
-            if isinstance(value, str) and value != messages.BROADCAST and _valid(value):
+            if isinstance(value, str) and value != messages.BROADCAST and valid_name(value):
                 try:
                     self.listeners.discover(value)
                 except MemoryPalaceError as exc:
@@ -273,9 +336,11 @@ class Bridge:
                 return {"cancelled": False, "id": id, "state": "unknown",
                         "note": "no pending request has this id (finished already?)"}
             pending.cancelled = True
-            if pending.future is not None and pending.future.cancel():
+            if not pending.running:
                 del self.pending[id]
+                self._idle.notify_all()
                 return {"cancelled": True, "id": id, "state": "queued"}
+        self.pool.resize(+1)  # the abandoned call keeps its thread; others get a new one
         return {"cancelled": True, "id": id, "state": "running",
                 "note": "the work finishes in the background; its reply is dropped"}
 

@@ -325,7 +325,7 @@ class Listeners:
         names = set(s.instances) | {messages.BROADCAST} | self._discovered
         if s.instance_id:
             names.add(s.instance_id)
-        return {n for n in names if _valid(n)}
+        return {n for n in names if valid_name(n)}
 
     def ensure(self, database: str | None = None, wait: float = 5.0) -> _Listener:
         """The listener of a database, started on first use (LISTENing before it returns)."""
@@ -338,7 +338,7 @@ class Listeners:
                 return listener
             db = self.palace.database(name)
             names = self.base_names() | self._extra.get(name, set())
-            names |= {c for c in messages.subscriptions(db) if _valid(c)}
+            names |= {c for c in messages.subscriptions(db) if valid_name(c)}
             cls = PgListener if db.is_postgres else SqlitePoller
             listener = cls(name, db, names, self._emit)
             self._by_db[name] = listener
@@ -384,7 +384,7 @@ class Listeners:
             listener.stop()
 
 
-def _valid(name: str) -> bool:
+def valid_name(name: str) -> bool:
     try:
         messages.check_name(name, "instance")
     except MemoryPalaceError:
