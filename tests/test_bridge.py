@@ -313,3 +313,13 @@ def test_cancel_drops_replies_and_frees_a_worker(spawn, sqlite_url: str) -> None
     assert running[0] not in b.replies and queued not in b.replies
     got = b.result("message", {"action": "get", "instance_id": "sandy", "limit": 100})
     assert got["count"] == 8  # the cancelled running send finished; the queued one never ran
+
+
+def test_stray_writes_go_to_stderr_not_the_protocol() -> None:
+    code = ("import os; from memory_palace.bridge import _protocol_stdout; out = _protocol_stdout(); "
+            "print('stray print'); os.write(1, b'stray fd write\\n'); "
+            "out.write(b'{\"ok\": 1}\\n'); out.flush()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b'{"ok": 1}\n'
+    assert b"stray print" in done.stderr and b"stray fd write" in done.stderr

@@ -160,8 +160,8 @@ class PgListener(_Listener):
         with self._lock:
             self._ops.append((op[0], op[1], done))
         self._wake()
-        if threading.current_thread() is not self:
-            done.wait(wait)
+        if self._conn is not None and threading.current_thread() is not self:
+            done.wait(wait)  # disconnected: the name is LISTENed with the others on reconnect
 
     def _listen(self, verb: str, name: str) -> None:
         ident = sql.Identifier(messages.pg_channel(name))
