@@ -38,7 +38,8 @@ function mockApi(pluginConfig: Record<string, unknown>): { api: OpenClawPluginAp
   const logger = memoryLogger();
   const partial: Partial<OpenClawPluginApi> = {
     id: "memory-palace",
-    pluginConfig,
+    // A data dir per test keeps each test on its own process-wide host.
+    pluginConfig: { dataDir: currentDataDir, ...pluginConfig },
     logger,
     registrationMode: "full",
     registerTool: ((tool: AnyAgentTool | Factory, opts?: unknown) => {
@@ -93,10 +94,12 @@ function sessions(rec: Recorded): Record<string, unknown> {
 }
 
 let startsLog = "";
+let currentDataDir = "";
 const stops: Array<() => unknown> = [];
 
 beforeEach(() => {
-  startsLog = join(mkdtempSync(join(tmpdir(), "mp-entry-")), "starts.log");
+  currentDataDir = mkdtempSync(join(tmpdir(), "mp-entry-"));
+  startsLog = join(currentDataDir, "starts.log");
   process.env.FAKE_BRIDGE_LOG = startsLog;
 });
 
@@ -166,6 +169,19 @@ describe("plugin entry", () => {
     await service.stop?.(serviceCtx(health));
     expect(alive(pid)).toBe(false);
     expect(health.failures).toEqual([]);
+  });
+
+  it("shares one bridge between registrations: a later registration's tools reach the started service", async () => {
+    const first = mockApi({ bridgeCommand: FAKE });
+    const second = mockApi({ bridgeCommand: FAKE });
+    entry.register(first.api);
+    entry.register(second.api);
+    await first.rec.services[0]?.start(serviceCtx({ failures: [] }));
+    stops.push(() => first.rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    await tools(second.rec, { sessionKey: "agent:main:palace-b" }).get("memory_set")?.execute("1", { content: "x", instance_id: "b" });
+    expect(readFileSync(startsLog, "utf8").trim().split("\n")).toHaveLength(1);
+    const snap = sessions(first.rec) as { sessions: Record<string, { sessionKey: string }> };
+    expect(snap.sessions.b?.sessionKey).toBe("agent:main:palace-b");
   });
 
   it("validates params before sending, applies defaults, returns compact JSON, and throws failures", async () => {

@@ -1,0 +1,85 @@
+/**
+ * One Memory Palace host (bridge client, session registry, waker) per plugin config per process.
+ * OpenClaw calls register() several times in one gateway ("full", then "discovery", and again for
+ * agent runs), sometimes from separate copies of this module; measured on 2026.9.6, tools from a
+ * later registration otherwise spawned a second bridge and learned routes the waker never saw.
+ * So hosts live in a process-wide table (a Symbol.for key, as OpenClaw does for its own
+ * singletons), and the service's stop() removes its host so a reload starts fresh.
+ */
+import { BridgeClient, type BridgeLogger } from "./bridge-client.js";
+import { bridgeLaunch, type PluginConfig } from "./config.js";
+import { instanceChannel, MAIN_SESSION_KEY, SessionRegistry } from "./sessions.js";
+import { Waker, type WakeRuntime } from "./wake.js";
+
+export interface Host {
+  readonly key: string;
+  readonly bridge: BridgeClient;
+  readonly registry: SessionRegistry;
+  readonly waker: Waker;
+  /** Latest OpenClaw runtime seen by any registration; wakes go through it. */
+  runtime: WakeRuntime | undefined;
+}
+
+const TABLE = Symbol.for("memory-palace.hosts");
+
+function table(): Map<string, Host> {
+  const g = globalThis as { [TABLE]?: Map<string, Host> };
+  return (g[TABLE] ??= new Map());
+}
+
+/** The live host for this config, created on first use. Never spawns: the bridge starts lazily. */
+export function acquireHost(config: PluginConfig, logger: BridgeLogger, runtime: WakeRuntime | undefined): Host {
+  const key = JSON.stringify(config);
+  const existing = table().get(key);
+  if (existing && existing.bridge.state !== "stopped" && existing.bridge.state !== "stopping") {
+    if (runtime) existing.runtime = runtime;
+    return existing;
+  }
+  const registry = new SessionRegistry(config.instanceId);
+  const host: Host = { key, registry, runtime, bridge: undefined as unknown as BridgeClient, waker: undefined as unknown as Waker };
+  const waker = new Waker(registry, () => host.runtime, logger);
+  const bridge = new BridgeClient({
+    launch: bridgeLaunch(config),
+    readyTimeoutMs: config.readyTimeoutMs,
+    logger,
+    onEvent: (event, data) => {
+      if (event === "new_message") waker.handle(data);
+      else if (event === "listener_status") logger.info(`memory-palace: listener ${JSON.stringify(data)}`);
+    },
+    onReady: () => {
+      bridge.call("_get_instance_routes", {}, { timeoutMs: 10_000 })
+        .then((routes) => seedBridgeRoutes(registry, routes))
+        .catch((error: unknown) => logger.warn(`memory-palace: could not read instance routes: ${String(error)}`));
+    },
+  });
+  Object.assign(host, { bridge, waker });
+  // Auto-subscription on instance discovery: LISTEN on the new instance's channel.
+  registry.onDiscover = (instance) => {
+    bridge.subscribe(instanceChannel(instance)).catch((error: unknown) => {
+      logger.warn(`memory-palace: could not LISTEN for ${instance}: ${String(error)}`);
+    });
+  };
+  for (const [instance, route] of Object.entries(config.instanceRoutes)) {
+    registry.learn(instance, route.sessionKey, route.agentId, "config");
+  }
+  if (config.instanceId) registry.learn(config.instanceId, MAIN_SESSION_KEY, "main", "instanceId");
+  table().set(key, host);
+  return host;
+}
+
+/** Stop the host's bridge and forget it (service stop / plugin replacement). */
+export async function releaseHost(host: Host): Promise<void> {
+  if (table().get(host.key) === host) table().delete(host.key);
+  host.waker.stop();
+  await host.bridge.stop();
+}
+
+function seedBridgeRoutes(registry: SessionRegistry, routes: unknown): void {
+  const entries = (routes as { instance_routes?: Record<string, unknown> } | null)?.instance_routes ?? {};
+  for (const [instance, route] of Object.entries(entries)) {
+    const r = route as { session?: unknown; sessionKey?: unknown; agentId?: unknown } | string;
+    const sessionKey = typeof r === "string" ? r : (r?.sessionKey ?? r?.session);
+    const agentId = typeof r === "object" && typeof r?.agentId === "string" ? r.agentId : undefined;
+    if (typeof sessionKey === "string" && sessionKey) registry.learn(instance, sessionKey, agentId, "bridge");
+  }
+}

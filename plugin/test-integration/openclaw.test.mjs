@@ -1,0 +1,290 @@
+// Real-OpenClaw integration test (node:test, Node >= 24.16): a clean packed copy of the plugin is
+// installed with `openclaw plugins install --link` into an isolated OPENCLAW_HOME with the memory
+// slot set; `openclaw gateway run` starts it with the real Python bridge on a real PostgreSQL
+// (pgserver); POST /tools/invoke drives memory_set / memory_recall / palace_message from two
+// sessions; a fake OpenAI-compatible model proves session B was woken and ran palace_message get.
+// It fails on any failed step. Skip only with MEMORY_PALACE_SKIP_OPENCLAW=1 (said out loud).
+//   MEMORY_PALACE_PYTHON   Python with memory-palace + pgserver installed (required)
+//   MEMORY_PALACE_TEST_PG_URL  use this PostgreSQL instead of starting pgserver
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const OPENCLAW = join(ROOT, "node_modules/.bin/openclaw");
+const PYTHON = process.env.MEMORY_PALACE_PYTHON;
+const TOKEN = "memory-palace-it-token";
+const SKIP = process.env.MEMORY_PALACE_SKIP_OPENCLAW === "1";
+if (SKIP) console.log("# MEMORY_PALACE_SKIP_OPENCLAW=1: the real OpenClaw integration test is SKIPPED on request");
+
+const children = [];
+const T = mkdtempSync(join(tmpdir(), "mp-openclaw-it-"));
+const HOME = join(T, "home");
+const ENV = {
+  ...process.env,
+  HOME,
+  OPENCLAW_HOME: HOME,
+  OPENCLAW_DISABLE_BONJOUR: "1",
+  OPENCLAW_GATEWAY_TOKEN: TOKEN,
+  MEMORY_PALACE_LOG_LEVEL: "INFO",
+};
+const state = {};
+const metrics = {};
+
+function log(message) {
+  console.log(`# ${message}`);
+}
+
+/** Spawn a long-running helper and resolve with its first stdout line. */
+function startHelper(command, args, options = {}) {
+  const child = spawn(command, args, { env: ENV, stdio: ["pipe", "pipe", "pipe"], ...options });
+  children.push(child);
+  const stderr = [];
+  child.stderr.on("data", (d) => stderr.push(String(d)));
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.once("line", (line) => resolve({ child, line, stderr }));
+    child.once("exit", (code) => reject(new Error(`${command} ${args.join(" ")} exited (${code}) before its first line:\n${stderr.join("").slice(-2000)}`)));
+  });
+}
+
+function run(command, args, options = {}) {
+  return execFileSync(command, args, { env: ENV, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 180_000, ...options });
+}
+
+function openclaw(args) {
+  try {
+    return run(OPENCLAW, args, { cwd: T });
+  } catch (error) {
+    throw new Error(`openclaw ${args.join(" ")} failed:\n${error.stdout ?? ""}\n${error.stderr ?? ""}`);
+  }
+}
+
+async function freePort() {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function poll(what, fn, ms = 60_000, every = 100) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    try {
+      const value = await fn();
+      if (value) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((r) => setTimeout(r, every));
+  }
+  throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${last.message}` : ""}`);
+}
+
+async function invoke(tool, args, sessionKey) {
+  const res = await fetch(`http://127.0.0.1:${state.port}/tools/invoke`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+    body: JSON.stringify({ tool, args, sessionKey }),
+  });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok || body.ok !== true) throw new Error(`${tool} via /tools/invoke failed (${res.status}): ${JSON.stringify(body).slice(0, 1500)}`);
+  const text = body.result?.content?.[0]?.text;
+  return JSON.parse(text);
+}
+
+function gatewayCall(method) {
+  const out = openclaw(["gateway", "call", method, "--params", "{}", "--port", String(state.port), "--token", TOKEN, "--json"]);
+  return JSON.parse(out.slice(out.indexOf("{")));
+}
+
+function dirStats(dir) {
+  let bytes = 0;
+  let files = 0;
+  const walk = (d) => {
+    for (const entry of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, entry.name);
+      if (entry.isDirectory()) walk(p);
+      else if (entry.isFile()) {
+        files++;
+        bytes += statSync(p).size;
+      }
+    }
+  };
+  walk(dir);
+  return { files, bytes };
+}
+
+before(async () => {
+  if (SKIP) return;
+  assert.ok(PYTHON, "MEMORY_PALACE_PYTHON must name the Python that has memory-palace and pgserver (scripts/test-plugin sets it)");
+  mkdirSync(HOME, { recursive: true });
+
+  // PostgreSQL first: it takes a few seconds and nothing else depends on it until the gateway.
+  const pgReady = startHelper(PYTHON, [join(ROOT, "plugin/test-integration/pg-server.py")]);
+
+  // A clean packed copy: what npm would publish, with only its runtime dependency installed.
+  const t0 = Date.now();
+  const tarball = run("npm", ["pack", "--silent", "--pack-destination", T], { cwd: ROOT }).trim().split("\n").at(-1);
+  mkdirSync(join(T, "pkg"));
+  run("tar", ["xzf", join(T, tarball), "-C", join(T, "pkg")]);
+  const pkg = join(T, "pkg/package");
+  run("npm", ["install", "--omit=dev", "--omit=peer", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"], { cwd: pkg });
+  metrics.packMs = Date.now() - t0;
+  state.pkg = pkg;
+
+  const t1 = Date.now();
+  openclaw(["plugins", "install", "--link", pkg, "--force", "--accept-capabilities"]);
+  metrics.installMs = Date.now() - t1;
+
+  const { line: pgUrl, child: pg } = await pgReady;
+  state.pg = pg;
+  const databaseUrl = pgUrl.replace(/\/postgres(\?|$)/, "/memory_palace_openclaw_it$1");
+  const model = await startHelper(process.execPath, [join(ROOT, "plugin/test-integration/fake-model.mjs")]);
+  state.modelPort = JSON.parse(model.line).port;
+  state.port = await freePort();
+
+  const configPath = join(HOME, ".openclaw/openclaw.json");
+  const config = JSON.parse(readFileSync(configPath, "utf8"));
+  assert.equal(config.plugins?.slots?.memory, "memory-palace", "install should select the memory slot");
+  config.plugins.slots.memory = "memory-palace";
+  config.plugins.entries["memory-palace"].config = {
+    pythonPath: PYTHON,
+    databaseUrl,
+    dataDir: join(T, "palace-data"),
+    readyTimeoutMs: 60_000,
+  };
+  config.models = {
+    mode: "merge",
+    providers: {
+      fake: {
+        baseUrl: `http://127.0.0.1:${state.modelPort}/v1`,
+        apiKey: "fake-local",
+        api: "openai-completions",
+        models: [{ id: "fake-model", name: "Fake", reasoning: false, input: ["text"], cost: { input: 0, output: 0, cacheRead: 0, cacheWrite: 0 }, contextWindow: 128000, maxTokens: 4096 }],
+      },
+    },
+  };
+  config.agents = { ...(config.agents ?? {}), defaults: { ...(config.agents?.defaults ?? {}), model: { primary: "fake/fake-model" } } };
+  writeFileSync(configPath, JSON.stringify(config, null, 2));
+
+  const t2 = Date.now();
+  const gateway = spawn(OPENCLAW, ["gateway", "run", "--allow-unconfigured", "--port", String(state.port), "--bind", "loopback", "--auth", "token", "--verbose"], { env: ENV, cwd: T, stdio: ["ignore", "pipe", "pipe"] });
+  children.push(gateway);
+  state.gatewayLog = [];
+  const keep = (d) => state.gatewayLog.push(String(d));
+  gateway.stdout.on("data", keep);
+  gateway.stderr.on("data", keep);
+  gateway.once("exit", (code) => (state.gatewayExit = code));
+  await poll("the gateway and the bridge (memory_stats via /tools/invoke)", async () => {
+    if (state.gatewayExit !== undefined) throw new Error(`gateway exited ${state.gatewayExit}:\n${state.gatewayLog.join("").slice(-3000)}`);
+    return invoke("memory_stats", {}, "agent:main:main");
+  }, 120_000, 250);
+  metrics.gatewayReadyMs = Date.now() - t2;
+});
+
+after(async () => {
+  for (const child of children.reverse()) {
+    if (child.exitCode !== null || child.signalCode !== null) continue;
+    child.stdin?.end();
+    child.kill("SIGTERM");
+    await Promise.race([new Promise((r) => child.once("exit", r)), new Promise((r) => setTimeout(r, 8000))]);
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  }
+  if (Object.keys(metrics).length) log(`metrics ${JSON.stringify(metrics)}`);
+  if (!process.env.MEMORY_PALACE_KEEP_IT_DIR) rmSync(T, { recursive: true, force: true });
+  else log(`kept ${T}`);
+});
+
+test("the memory slot selects memory-palace and OpenClaw loads every tool", { skip: SKIP }, () => {
+  const inspect = openclaw(["plugins", "inspect", "memory-palace", "--runtime", "--json"]);
+  const info = JSON.parse(inspect.slice(inspect.indexOf("{")));
+  const text = JSON.stringify(info);
+  for (const tool of ["memory_set", "memory_recall", "memory_search", "palace_message"]) assert.ok(text.includes(`"${tool}"`), `inspect lists ${tool}`);
+  assert.ok(text.includes("memory-palace-bridge"), "inspect lists the bridge service");
+  assert.ok(text.includes("memoryPalace.sessions"), "inspect lists the gateway method");
+});
+
+test("the plugin folder copy holds no venv, database or node_modules; its size is measured", { skip: SKIP }, () => {
+  const root = join(HOME, ".openclaw/tmp/plugin-captures");
+  const captures = [];
+  const find = (d, depth) => {
+    for (const entry of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, entry.name);
+      if (entry.name === "openclaw.plugin.json") captures.push(d);
+      else if (entry.isDirectory() && !entry.isSymbolicLink() && depth < 8) find(p, depth + 1);
+    }
+  };
+  find(root, 0);
+  const ours = captures.filter((d) => readFileSync(join(d, "openclaw.plugin.json"), "utf8").includes('"memory-palace"'));
+  assert.ok(ours.length >= 1, `a capture of memory-palace exists under ${root}`);
+  const stats = dirStats(ours[0]);
+  metrics.captureFiles = stats.files;
+  metrics.captureBytes = stats.bytes;
+  metrics.captureCount = ours.length;
+  const names = run("find", [ours[0], "-maxdepth", "2"]);
+  for (const bad of ["venv", ".venv", ".db", "bridge/", "tests/", ".git/"]) assert.ok(!names.includes(bad), `the capture holds no ${bad}`);
+  assert.ok(stats.bytes < 5_000_000, `the capture is small (${stats.bytes} bytes)`);
+});
+
+test("memory_set and memory_recall/memory_search work through /tools/invoke on real PostgreSQL", { skip: SKIP }, async () => {
+  const stored = await invoke("memory_set", { content: "The deploy key rotates every Tuesday at 09:00 UTC.", subject: "deploy key rotation", instance_id: "b", memory_type: "fact" }, "agent:main:palace-b");
+  assert.equal(typeof stored.id, "number");
+  await invoke("memory_set", { content: "Instance a owns the release checklist.", subject: "release owner", instance_id: "a" }, "agent:main:palace-a");
+  const recalled = await invoke("memory_recall", { query: "when does the deploy key rotate", include_graph: false }, "agent:main:palace-a");
+  const hits = recalled.memories ?? [];
+  assert.ok(hits.some((m) => m.id === stored.id), `memory_recall finds #${stored.id}: ${JSON.stringify(recalled).slice(0, 500)}`);
+  const searched = await invoke("memory_search", { query: "deploy key" }, "agent:main:palace-a");
+  assert.ok((searched.memories ?? []).some((m) => m.id === stored.id), "memory_search (the memory_recall alias) finds it too");
+  state.memoryId = stored.id;
+});
+
+test("palace_message from A wakes B's session, which reads the message with palace_message get", { skip: SKIP }, async () => {
+  const before = gatewayCall("memoryPalace.sessions");
+  assert.equal(before.sessions?.b?.sessionKey, "agent:main:palace-b", `b was learned from its tool call: ${JSON.stringify(before)}`);
+  assert.ok((before.listening ?? []).includes("memory_palace_msg_b"), "the plugin subscribed b's channel on discovery");
+
+  const content = `Please rotate the deploy key today (${Date.now()}).`;
+  const sentAt = Date.now();
+  const sent = await invoke("palace_message", { action: "send", from_instance: "a", to_instance: "b", message_type: "handoff", subject: "deploy key \u0007rotation", content }, "agent:main:palace-a");
+  assert.equal(typeof sent.id, "number", JSON.stringify(sent));
+
+  const turn = await poll("the fake model to see B's wake event", async () => {
+    const res = await fetch(`http://127.0.0.1:${state.modelPort}/requests`);
+    const seen = await res.json();
+    return seen.find((r) => r.wakeMessageId === sent.id);
+  }, 60_000, 20);
+  metrics.sendToHeartbeatTurnMs = turn.at - sentAt;
+
+  // The model's palace_message get ran in B's session: its result (with the content) came back.
+  const read = await poll("the palace_message get result in the next model request", async () => {
+    const res = await fetch(`http://127.0.0.1:${state.modelPort}/requests`);
+    const seen = await res.json();
+    return seen.find((r) => r.toolResults.some((t) => t.includes(content)));
+  }, 60_000, 50);
+  assert.ok(read, "the woken session read the message content through palace_message get");
+  metrics.sendToMessageReadMs = read.at - sentAt;
+
+  const after = gatewayCall("memoryPalace.sessions");
+  const wake = (after.wakes?.recent ?? []).find((w) => w.messageId === sent.id);
+  assert.ok(wake, `a wake was recorded for #${sent.id}: ${JSON.stringify(after.wakes)}`);
+  assert.equal(wake.sessionKey, "agent:main:palace-b");
+  assert.equal(wake.instance, "b");
+  assert.ok(wake.enqueuedAt && wake.heartbeatAt, "enqueueSystemEvent and requestHeartbeat both succeeded");
+  metrics.sendToEnqueueMs = wake.enqueuedAt - sentAt;
+  metrics.eventToEnqueueMs = wake.enqueuedAt - wake.receivedAt;
+  assert.equal(after.sessions.b.sessionKey, "agent:main:palace-b", "the get call ran with B's session key (b's route did not move)");
+  assert.ok(after.sessions.b.lastSeen >= sentAt, "b's route was refreshed by the woken session's own call");
+  assert.ok(!(after.wakes.recent ?? []).some((w) => w.messageId === sent.id && w.sessionKey !== "agent:main:palace-b"), "nobody else was woken");
+  log(`send->enqueueSystemEvent ${metrics.sendToEnqueueMs} ms; send->heartbeat turn ${metrics.sendToHeartbeatTurnMs} ms; send->message read ${metrics.sendToMessageReadMs} ms`);
+});
