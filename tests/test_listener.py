@@ -172,4 +172,6 @@ def test_backend_kill_mid_stream_loses_nothing_and_duplicates_nothing(
     assert sorted(ids) == sorted(sent) and len(ids) == len(set(ids))
     states = [e["data"]["state"] for e in b.events if e["event"] == "listener_status"]
     assert states.count("disconnected") == 3 and states.count("reconnected") == 3
-    assert b.result("_health")["listeners"]["default"]["reconnects"] == 3
+    listener = b.result("_health")["listeners"]["default"]
+    assert listener["reconnects"] == 3 and listener["state"] == "listening"
+    assert listener["caught_up"] > 0  # messages committed while disconnected came from catch-up

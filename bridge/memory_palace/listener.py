@@ -54,6 +54,7 @@ class _Listener(threading.Thread):
         self._seen: set[int] = set()
         self.emitted = 0
         self.reconnects = 0
+        self.caught_up = 0
         self.last_error: str | None = None
 
     def names(self) -> list[str]:
@@ -67,6 +68,7 @@ class _Listener(threading.Thread):
         return {"database": self.database, "kind": self.kind, "state": self.state,
                 "channels": self.channels(), "last_message_id": self.last_id,
                 "emitted": self.emitted, "reconnects": self.reconnects,
+                "caught_up": self.caught_up,
                 "last_error": self.last_error}
 
     def add(self, name: str, wait: float = 2.0) -> bool:
@@ -214,6 +216,7 @@ class PgListener(_Listener):
                     else:
                         self._status_event("reconnected", reconnects=self.reconnects)
                         caught = self._catch_up()
+                        self.caught_up += caught
                         if caught:
                             log.info("listener %s caught up %d messages", self.database, caught)
                 except Exception as exc:  # noqa: BLE001 - any failure here means: retry later
