@@ -11,8 +11,10 @@ import argparse
 import hashlib
 import io
 import logging
+import queue
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -248,7 +250,8 @@ def _open_sqlite(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise InvalidParams(f"source {path} does not exist; pass --source sqlite:///path/to/"
                             "memories.db (the default is the configured SQLite database)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
+                           check_same_thread=False)  # read by the pipeline thread
     conn.row_factory = None
     return conn
 
@@ -326,9 +329,6 @@ class Source:
         exprs = [c if c in have else "NULL" for c in wanted]
         return f"SELECT {', '.join(exprs)} FROM {table} {where} ORDER BY 1"
 
-    def _memory_ids(self) -> str:
-        return "(SELECT id FROM memories)"
-
     def queries(self, table: str) -> list[tuple[str, Callable[[tuple[Any, ...]], tuple]]]:
         """(SQL, row converter) pairs whose rows together make up `table`."""
         if table == "memories":
@@ -347,9 +347,11 @@ class Source:
             wanted = ["id", "created_at", "source_id", "target_id", "relation_type", "strength",
                       "bidirectional", "created_by", "auto_linked"]
             cols = [c if c in have else "NULL" for c in wanted] + [meta]
-            ids = self._memory_ids()
-            q = (f"SELECT {', '.join(cols)} FROM memory_edges WHERE source_id IN {ids} "
-                 f"AND target_id IN {ids} AND source_id <> target_id ORDER BY 1")
+            # EXISTS, not IN (SELECT ..): with IN the planner probes every id pair.
+            q = (f"SELECT {', '.join('e.' + c if c != 'NULL' else c for c in cols)} "
+                 "FROM memory_edges e WHERE EXISTS (SELECT 1 FROM memories m WHERE m.id = "
+                 "e.source_id) AND EXISTS (SELECT 1 FROM memories m WHERE m.id = e.target_id) "
+                 "AND e.source_id <> e.target_id ORDER BY 1")
             return [(q, self._edge)]
         if table == "messages":
             wanted = ["id", "created_at", "from_instance", "to_instance", "message_type",
@@ -362,8 +364,9 @@ class Source:
             return out
         if table == "message_reads":
             if "message_reads" in self.tables:
-                return [("SELECT message_id, instance_id, read_at FROM message_reads WHERE "
-                         "message_id IN (SELECT id FROM messages) ORDER BY 1, 2", self._read)]
+                return [("SELECT r.message_id, r.instance_id, r.read_at FROM message_reads r WHERE "
+                         "EXISTS (SELECT 1 FROM messages m WHERE m.id = r.message_id) "
+                         "ORDER BY 1, 2", self._read)]
             out = []
             for t in self.message_tables:
                 have = self.cols[t]
@@ -714,23 +717,62 @@ def _copy_table(conn: Any, src: Source, table: Table, count: int, batch_size: in
         cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {s} (LIKE {t}) "
                             "ON COMMIT DELETE ROWS").format(s=stage, t=target))
         conn.commit()
-        position = 0
-        for batch in src.rows(table.name, batch_size):
-            for row in batch:
-                if position in wanted:
-                    samples.append(row)
-                position += 1
-            keys.extend(tuple(row[i] for i in key_idx) for row in batch)
-            cur.copy_expert(copy_sql, io.BytesIO(encode_copy(batch, table.kinds)))
+        for batch, payload in _pipelined(src, table, batch_size, wanted, samples, keys, key_idx):
+            cur.copy_expert(copy_sql, io.BytesIO(payload))
             cur.execute(move_sql)
             rep.inserted += cur.rowcount
-            if conflict_sql is not None and cur.rowcount < len(batch):
+            if conflict_sql is not None and cur.rowcount < batch:
                 cur.execute(conflict_sql)
                 rep.conflicts.extend(r[0] for r in cur.fetchall())
             conn.commit()
-            bar.update(len(batch))
+            bar.update(batch)
     rep.seconds = time.perf_counter() - started
     return rep, samples, keys
+
+
+def _pipelined(src: Source, table: Table, batch_size: int, wanted: set[int],
+               samples: list[tuple[Any, ...]], keys: list[tuple[Any, ...]],
+               key_idx: list[int]) -> Iterator[tuple[int, bytes]]:
+    """(rows, COPY payload) per batch. A thread reads and encodes the next batches while the
+    caller's COPY runs in PostgreSQL, so Python and the server work at the same time."""
+    out: queue.Queue[Any] = queue.Queue(maxsize=3)
+    stop = threading.Event()
+
+    def produce() -> None:
+        position = 0
+        try:
+            for batch in src.rows(table.name, batch_size):
+                for row in batch:
+                    if position in wanted:
+                        samples.append(row)
+                    position += 1
+                keys.extend(tuple(row[i] for i in key_idx) for row in batch)
+                item = (len(batch), encode_copy(batch, table.kinds))
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            out.put(exc)
+
+    worker = threading.Thread(target=produce, name=f"migrate-{table.name}", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 def _count_present(cur: Any, table: Table, keys: list[tuple[Any, ...]]) -> int:
