@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import io
 import logging
+import os
 import queue
 import sqlite3
 import sys
@@ -658,6 +659,9 @@ def _run(src: Source, target_url: str, *, batch_size: int, force: bool, dry_run:
         index_started = time.perf_counter()
         conn.autocommit = True
         cur.execute("SET maintenance_work_mem = '512MB'")
+        # pgvector >= 0.6 builds HNSW in parallel; the setting is ignored where unsupported.
+        cur.execute("SET max_parallel_maintenance_workers = %s",
+                    (max(1, min(4, (os.cpu_count() or 2) - 1)),))
         cur.execute(HNSW_INDEX)
         for table in TABLES:
             if table.serial:

@@ -1,0 +1,274 @@
+"""memory-palace-sqlite-to-pg against real SQLite files and the real PostgreSQL test server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import psycopg2
+import pytest
+
+from memory_palace import migrate as mig
+from memory_palace.db import schema
+from memory_palace.db.engine import dispose_engines, get_database
+
+pytestmark = pytest.mark.postgres
+
+
+def this_layout(path: Path, memories: int = 40, dim: int = 384) -> None:
+    """A SQLite file in this project's layout with memories, edges, messages, reads, subs."""
+    url = f"sqlite:///{path}"
+    schema.migrate(get_database(url), dim)
+    dispose_engines(url)
+    rng = np.random.default_rng(1)
+    conn = sqlite3.connect(path)
+    with conn:
+        for i in range(1, memories + 1):
+            vec = rng.standard_normal(dim).astype("<f4")
+            conn.execute(
+                "INSERT INTO memories (id, created_at, updated_at, instance_id, projects, "
+                "memory_type, subject, content, content_hash, keywords, tags, foundational, "
+                "embedding, embedding_model, embedding_dim, is_archived) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (i * 2, f"2025-01-01T00:00:{i % 60:02d}.123456+00:00", None, "prime",
+                 orjson.dumps(["life", "work é"]).decode(), "fact", f"subj {i}",
+                 f"content {i} 'quoted' \\ back", f"h{i}", '["k1","k2"]', None, i % 2,
+                 vec.tobytes(), "hash:v1-384", dim, int(i % 5 == 0)))
+        for i in range(1, memories):
+            conn.execute(
+                "INSERT INTO memory_edges (id, created_at, source_id, target_id, relation_type, "
+                "strength, bidirectional, metadata, created_by, auto_linked) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (i + 10, "2025-01-02T00:00:00+00:00", i * 2, i * 2 + 2, "relates_to", 0.5,
+                 i % 2, orjson.dumps({"auto_linked": True, "n": i}).decode(), "t", 1))
+        for i in range(1, 6):
+            conn.execute(
+                "INSERT INTO messages (id, created_at, from_instance, to_instance, "
+                "message_type, subject, content, priority) VALUES (?,?,?,?,?,?,?,?)",
+                (i, "2025-01-03T00:00:00+00:00", "prime", "all", "fyi", f"s{i}", f"c{i}", i))
+        conn.execute("INSERT INTO message_reads VALUES (1, 'crash', '2025-01-04T00:00:00+00:00')")
+        conn.execute("INSERT INTO subscriptions VALUES ('crash', 'ops', "
+                     "'2025-01-04T00:00:00+00:00')")
+    conn.close()
+
+
+ORIGINAL_DDL = [
+    """CREATE TABLE memories (id INTEGER PRIMARY KEY, created_at DATETIME NOT NULL,
+       updated_at DATETIME, instance_id VARCHAR(50), projects JSON NOT NULL,
+       memory_type VARCHAR(50), subject VARCHAR(255), content TEXT NOT NULL, keywords JSON,
+       tags JSON, foundational BOOLEAN, source_type VARCHAR(50), source_context TEXT,
+       source_session_id VARCHAR(100), embedding TEXT, last_accessed_at DATETIME,
+       access_count INTEGER, expires_at DATETIME, is_archived BOOLEAN)""",
+    """CREATE TABLE memory_edges (id INTEGER PRIMARY KEY, created_at DATETIME,
+       source_id INTEGER, target_id INTEGER, relation_type VARCHAR(50), strength FLOAT,
+       bidirectional BOOLEAN, edge_metadata JSON, created_by VARCHAR(50))""",
+    """CREATE TABLE messages (id INTEGER PRIMARY KEY, created_at DATETIME, from_instance
+       VARCHAR(50), to_instance VARCHAR(50), message_type VARCHAR(50), subject VARCHAR(255),
+       content TEXT, read_at DATETIME, read_by VARCHAR(50), channel VARCHAR(100),
+       delivery_status VARCHAR(20), delivered_at DATETIME, expires_at DATETIME,
+       priority INTEGER)""",
+]
+
+
+def original_layout(path: Path, dim: int = 8) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        for ddl in ORIGINAL_DDL:
+            conn.execute(ddl)
+        for i in range(1, 4):
+            conn.execute(
+                "INSERT INTO memories (id, created_at, instance_id, projects, memory_type, "
+                "subject, content, keywords, tags, foundational, embedding, access_count, "
+                "is_archived) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (i, "2024-05-01 10:00:00.500000", "prime", '["life", "code"]', "fact", f"s{i}",
+                 f"original {i}", '["kw"]', None, 1 if i == 1 else 0,
+                 orjson.dumps([0.125 * i] * dim).decode() if i < 3 else None, 3, 0))
+        conn.execute("INSERT INTO memory_edges VALUES (1, '2024-05-01 10:00:00', 1, 2, "
+                      "'supersedes', 1.0, 0, '{\"auto_linked\": true, \"method\": \"x\"}', 'p')")
+        conn.execute("INSERT INTO memory_edges VALUES (2, '2024-05-01 10:00:00', 1, 99, "
+                     "'relates_to', 1.0, 0, NULL, 'p')")  # orphan: memory 99 does not exist
+        conn.execute("INSERT INTO messages VALUES (7, '2024-05-01 10:00:00', 'prime', 'crash', "
+                     "'handoff', 'hi', 'body', '2024-05-02 10:00:00', 'crash', NULL, "
+                     "'delivered', NULL, NULL, 5)")
+    conn.close()
+
+
+def v2_layout(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("""CREATE TABLE memories (id INTEGER PRIMARY KEY, created_at DATETIME,
+            instance_id VARCHAR(50), project VARCHAR(100), memory_type VARCHAR(50),
+            subject VARCHAR(255), content TEXT, keywords JSON, tags JSON, importance INTEGER,
+            embedding TEXT, is_archived BOOLEAN)""")
+        conn.execute("""CREATE TABLE handoff_messages (id INTEGER PRIMARY KEY,
+            created_at DATETIME, from_instance VARCHAR(50), to_instance VARCHAR(50),
+            message_type VARCHAR(50), subject VARCHAR(255), content TEXT, read_at DATETIME,
+            read_by VARCHAR(50))""")
+        conn.execute("INSERT INTO memories VALUES (1, '2023-01-01 00:00:00', 'prime', 'work', "
+                     "'fact', 's', 'important', NULL, NULL, 9, NULL, 0)")
+        conn.execute("INSERT INTO memories VALUES (2, '2023-01-01 00:00:00', 'prime', NULL, "
+                     "'fact', 's', 'minor', NULL, NULL, 3, NULL, 0)")
+        conn.execute("INSERT INTO handoff_messages VALUES (3, '2023-01-01 00:00:00', 'prime', "
+                     "'crash', 'handoff', 'x', 'y', NULL, NULL)")
+    conn.close()
+
+
+def run(*args: str) -> int:
+    return mig.main([*args, "--no-progress"])
+
+
+def pg_rows(url: str, query: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_this_layout_copies_everything_and_resets_sequences(tmp_path, pg_url, make_palace,
+                                                           capsys):
+    src = tmp_path / "memories.db"
+    this_layout(src)
+    assert run("--source", f"sqlite:///{src}", "--target", pg_url) == 0
+    out = capsys.readouterr().out
+    assert "migration verified" in out and "this project's SQLite schema" in out
+    assert pg_rows(pg_url, "SELECT count(*) FROM memories") == [(40,)]
+    row = pg_rows(pg_url, "SELECT projects, keywords, foundational, is_archived, "
+                          "embedding_dim, embedding_model, created_at FROM memories WHERE id = 10")
+    projects, keywords, found, archived, dim, model, created = row[0]
+    assert projects == ["life", "work é"] and keywords == ["k1", "k2"]
+    assert found is True and archived is True and dim == 384 and model == "hash:v1-384"
+    assert created.microsecond == 123456
+    meta = pg_rows(pg_url, "SELECT metadata, jsonb_typeof(metadata), auto_linked, bidirectional "
+                           "FROM memory_edges WHERE id = 11")[0]
+    assert meta == ({"auto_linked": True, "n": 1}, "object", True, True)
+    # the vector is bit-exact
+    src_vec = sqlite3.connect(src).execute("SELECT embedding FROM memories WHERE id = 4").fetchone()
+    got = pg_rows(pg_url, "SELECT embedding::text FROM memories WHERE id = 4")[0][0]
+    assert np.array_equal(np.frombuffer(src_vec[0], "<f4"), np.array(orjson.loads(got), "f4"))
+    assert pg_rows(pg_url, "SELECT message_id, instance_id FROM message_reads") == [(1, "crash")]
+    assert pg_rows(pg_url, "SELECT instance_id, channel FROM subscriptions") == [("crash", "ops")]
+
+    # sequences were reset: the next insert through the palace gets max(id) + 1
+    palace = make_palace(pg_url)
+    new = palace.call("memory_set", {"content": "after the migration", "auto_link": False})
+    assert new["id"] == 81
+    dispose_engines()
+
+    # target now has rows: a re-run needs --force, and then keeps the new row
+    assert run("--source", f"sqlite:///{src}", "--target", pg_url) == 2
+    assert "--force" in capsys.readouterr().err
+    assert run("--source", f"sqlite:///{src}", "--target", pg_url, "--force") == 0
+    assert "migration verified" in capsys.readouterr().out
+    assert pg_rows(pg_url, "SELECT count(*) FROM memories") == [(41,)]
+
+
+def test_original_layout_is_translated(tmp_path, pg_url, capsys):
+    src = tmp_path / "old.db"
+    original_layout(src)
+    assert run("--source", str(src), "--target", pg_url, "--batch-size", "2") == 0
+    out = capsys.readouterr().out
+    assert "original Memory Palace v3" in out and "reembed" in out
+    assert "1 memory_edges rows point at rows that do not exist" in out
+    rows = pg_rows(pg_url, "SELECT id, projects, foundational, embedding_model, embedding_dim, "
+                           "content_hash IS NOT NULL FROM memories ORDER BY id")
+    assert rows == [(1, ["life", "code"], True, "unknown", 8, True),
+                    (2, ["life", "code"], False, "unknown", 8, True),
+                    (3, ["life", "code"], False, None, None, True)]
+    assert pg_rows(pg_url, "SELECT embedding::text FROM memories WHERE id = 2")[0][0] == \
+        "[" + ",".join(["0.25"] * 8) + "]"
+    assert pg_rows(pg_url, "SELECT metadata->>'method', auto_linked FROM memory_edges") == \
+        [("x", True)]
+    reads = pg_rows(pg_url, "SELECT message_id, instance_id, read_at::text FROM message_reads")
+    assert reads == [(7, "crash", "2024-05-02 10:00:00+00")]
+
+
+def test_original_v2_layout(tmp_path, pg_url, capsys):
+    src = tmp_path / "v2.db"
+    v2_layout(src)
+    assert run("--source", str(src), "--target", pg_url, "--embedding-model", "nomic") == 0
+    assert "original Memory Palace v2" in capsys.readouterr().out
+    assert pg_rows(pg_url, "SELECT id, projects, foundational FROM memories ORDER BY id") == \
+        [(1, ["work"], True), (2, ["life"], False)]
+    assert pg_rows(pg_url, "SELECT id, to_instance FROM messages") == [(3, "crash")]
+
+
+def test_dimension_mismatch_stops_with_a_clear_error(tmp_path, pg_url, capsys):
+    schema.migrate(get_database(pg_url), 384)  # target built for 384-d vectors
+    src = tmp_path / "old.db"
+    original_layout(src, dim=8)
+    assert run("--source", str(src), "--target", pg_url) == 2
+    err = capsys.readouterr().err
+    assert "8-d" in err and "384-d" in err and "new database" in err
+    assert pg_rows(pg_url, "SELECT count(*) FROM memories") == [(0,)]
+
+
+def test_mixed_source_dimensions_are_refused(tmp_path, pg_url, capsys):
+    src = tmp_path / "old.db"
+    original_layout(src, dim=8)
+    conn = sqlite3.connect(src)
+    with conn:
+        conn.execute("UPDATE memories SET embedding = '[1.0, 2.0]' WHERE id = 2")
+    conn.close()
+    assert run("--source", str(src), "--target", pg_url) == 2
+    assert "several dimensions" in capsys.readouterr().err
+
+
+def test_dry_run_writes_nothing(tmp_path, pg_url, pg_server_url, capsys):
+    src = tmp_path / "memories.db"
+    this_layout(src, memories=5)
+    assert run("--source", str(src), "--target", pg_url, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "missing: it will be created" in out and "5 rows to copy" in out
+    dbname = pg_url.rsplit("/", 1)[1].split("?")[0]
+    assert pg_rows(pg_server_url, "SELECT count(*) FROM pg_database WHERE datname = %s",
+                   (dbname,)) == [(0,)]
+
+
+def test_interrupted_run_can_be_rerun(tmp_path, pg_url):
+    src = tmp_path / "memories.db"
+    this_layout(src, memories=3000, dim=64)
+    cmd = [sys.executable, "-m", "memory_palace.migrate", "--source", str(src), "--target",
+           pg_url, "--batch-size", "20", "--no-progress"]
+    env = {**os.environ, "MEMORY_PALACE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    copied = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            copied = pg_rows(pg_url, "SELECT count(*) FROM memories")[0][0]
+        except psycopg2.Error:
+            copied = 0
+        if copied >= 200:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the migration finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    partial = pg_rows(pg_url, "SELECT count(*) FROM memories")[0][0]
+    assert 0 < partial < 3000 and partial % 20 == 0  # whole batches only
+    # the same command finishes the job, without --force (it resumes its own run)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "migration verified" in done.stdout
+    assert pg_rows(pg_url, "SELECT count(*) FROM memories") == [(3000,)]
+    assert pg_rows(pg_url, "SELECT count(*) FROM memory_edges") == [(2999,)]
+    assert pg_rows(pg_url, "SELECT count(*) FROM pg_indexes WHERE indexname = "
+                           "'idx_memories_embedding_hnsw'") == [(1,)]
+
+
+def test_help_lists_the_flags():
+    out = subprocess.run([sys.executable, "-m", "memory_palace.migrate", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for flag in ("--source", "--target", "--dry-run", "--force", "--batch-size",
+                 "--embedding-model"):
+        assert flag in out
