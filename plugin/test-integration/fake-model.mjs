@@ -4,9 +4,10 @@
 // Prints {"port"} on its first stdout line; GET /requests returns what it saw (with timestamps).
 import { createServer } from "node:http";
 
-const WAKE = /Memory Palace: new [^\n"]*? message #(\d+)/;
-const CALL = /palace_message tool with (\{\\?"action\\?":\\?"get\\?",\\?"instance_id\\?":\\?"[^"\\]+\\?"\})/;
+const WAKE = /Memory Palace: new [^\n"]*? message #(\d+)/g;
+const CALL = /palace_message tool with (\{\\?"action\\?":\\?"get\\?",\\?"instance_id\\?":\\?"[^"\\]+\\?"\})/g;
 const seen = [];
+const answered = new Set(); // wake ids already answered with a tool call: one get per wake
 
 function text(message) {
   const c = message?.content;
@@ -19,7 +20,7 @@ function decide(body) {
   const messages = Array.isArray(body.messages) ? body.messages : [];
   const all = messages.map(text).join("\n");
   const tools = (body.tools ?? []).map((t) => t.function?.name ?? t.name);
-  const wake = WAKE.exec(all);
+  const wake = [...all.matchAll(WAKE)].at(-1); // the newest event; older ones stay in history
   const toolResults = messages.filter((m) => m.role === "tool").map(text);
   const record = {
     at: Date.now(),
@@ -28,11 +29,11 @@ function decide(body) {
     toolResults,
   };
   seen.push(record);
-  const lastIsTool = messages.at(-1)?.role === "tool";
-  if (wake && !lastIsTool) {
-    const call = CALL.exec(all);
+  if (wake && !answered.has(wake[1])) {
+    const call = [...all.matchAll(CALL)].at(-1);
     const args = call ? call[1].replaceAll('\\"', '"') : null;
     if (args) {
+      answered.add(wake[1]);
       const direct = tools.includes("palace_message");
       record.answer = direct ? "palace_message" : "tool_call";
       const fn = direct
