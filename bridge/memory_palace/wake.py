@@ -1,0 +1,113 @@
+"""HTTP wake through OpenClaw gateway hooks: after a message is sent, POST {gateway}/hooks/wake
+for each recipient that has an `instance_routes` entry. Fire-and-forget on a background thread.
+
+The wake text names the sender, the message id and the tool to call, never the content.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+log = logging.getLogger("memory_palace.wake")
+
+WAKE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where to wake an instance: an OpenClaw gateway with hooks enabled."""
+
+    instance: str
+    gateway: str
+    token: str
+    agent_id: str | None = None
+    session_key: str | None = None
+
+    @property
+    def url(self) -> str:
+        base = self.gateway.rstrip("/")
+        return base + "/wake" if base.endswith("/hooks") else base + "/hooks/wake"
+
+
+def parse_routes(raw: Mapping[str, Any]) -> dict[str, Route]:
+    """config `instance_routes` -> routes; bad entries are logged and skipped, never fatal."""
+    routes: dict[str, Route] = {}
+    for instance, entry in (raw or {}).items():
+        if not isinstance(entry, Mapping):
+            log.warning("instance_routes.%s must be an object {gateway, token, agentId?, "
+                        "sessionKey?}; ignoring it", instance)
+            continue
+        gateway, token = entry.get("gateway"), entry.get("token")
+        scheme = urlsplit(gateway).scheme if isinstance(gateway, str) else ""
+        if scheme not in ("http", "https") or not isinstance(token, str) or not token:
+            log.warning("instance_routes.%s needs gateway (http(s)://host:port) and a non-empty "
+                        "token (the gateway's hooks.token); ignoring it", instance)
+            continue
+        routes[instance] = Route(instance, gateway, token, entry.get("agentId"),
+                                 entry.get("sessionKey"))
+    return routes
+
+
+def wake_text(sender: str, message_id: int, recipient: str, tool: str = "message") -> str:
+    return (f"Memory Palace: new message #{message_id} from {sender} for {recipient}. "
+            f"Read it with the {tool} tool: action=get, instance_id={recipient}.")
+
+
+class WakeNotifier:
+    """Wakes recipients after a send. Never blocks or fails the caller."""
+
+    def __init__(self, routes: Mapping[str, Any], *, timeout: float = WAKE_TIMEOUT_S,
+                 tool: str = "message") -> None:
+        self.routes = parse_routes(routes)
+        self.timeout = timeout
+        self.tool = tool
+
+    def targets(self, sender: str, recipient: str) -> list[Route]:
+        """A broadcast wakes every route except the sender's; a direct send its recipient."""
+        if recipient == "all":
+            return [r for name, r in self.routes.items() if name != sender]
+        route = self.routes.get(recipient)
+        return [route] if route is not None else []
+
+    def request(self, route: Route, sender: str, message_id: int) -> urllib.request.Request:
+        body: dict[str, Any] = {"text": wake_text(sender, message_id, route.instance, self.tool),
+                                "mode": "now"}
+        if route.agent_id:
+            body["agentId"] = route.agent_id
+        if route.session_key:
+            body["sessionKey"] = route.session_key
+        return urllib.request.Request(
+            route.url, data=orjson.dumps(body), method="POST",
+            headers={"Authorization": f"Bearer {route.token}",
+                     "Content-Type": "application/json"})
+
+    def _post(self, route: Route, sender: str, message_id: int) -> None:
+        try:
+            with urllib.request.urlopen(self.request(route, sender, message_id),
+                                        timeout=self.timeout) as resp:
+                resp.read()
+            log.info("woke %s through %s for message %s", route.instance, route.url, message_id)
+        except urllib.error.HTTPError as exc:
+            log.warning("wake of %s via %s failed: HTTP %s (check the route's token and the "
+                        "gateway's hooks.enabled)", route.instance, route.url, exc.code)
+        except Exception as exc:  # noqa: BLE001 - fire-and-forget: log, never raise
+            log.warning("wake of %s via %s failed: %s", route.instance, route.url, exc)
+
+    def notify_sent(self, sender: str, recipient: str, message_id: int) -> list[threading.Thread]:
+        """Start one daemon thread per target route; returns them (tests may join)."""
+        threads = []
+        for route in self.targets(sender, recipient):
+            t = threading.Thread(target=self._post, args=(route, sender, message_id),
+                                 name=f"wake-{route.instance}", daemon=True)
+            t.start()
+            threads.append(t)
+        return threads

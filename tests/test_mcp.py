@@ -1,0 +1,167 @@
+"""The MCP server, spawned for real and driven by the official SDK's ClientSession over stdio;
+HTTP wake observed on a local HTTP server that checks the exact request."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from memory_palace.tools import TOOLS
+from memory_palace.wake import WakeNotifier
+
+TOKEN = "hook-secret-token"
+
+
+class Gateway:
+    """A stand-in for an OpenClaw gateway's POST /hooks/wake (hooks.enabled, hooks.token)."""
+
+    def __init__(self) -> None:
+        self.requests: queue.Queue[dict[str, Any]] = queue.Queue()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                ok = (self.path == "/hooks/wake"
+                      and self.headers.get("Authorization") == f"Bearer {TOKEN}")
+                outer.requests.put({"path": self.path, "auth": self.headers.get("Authorization"),
+                                    "type": self.headers.get("Content-Type"),
+                                    "body": json.loads(body)})
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"ok": true, "mode": "now", "eventOutcome": "queued"}')
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def gateway():
+    gw = Gateway()
+    yield gw
+    gw.close()
+
+
+def write_config(data_dir: Path, url: str, gateway_url: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "config.json").write_bytes(orjson.dumps({
+        "database": {"url": url}, "embedder": "hash",
+        "instances": ["prime", "crash", "sandy"],
+        "extensions": ["mcp_server.extensions.db_manager"],
+        "instance_routes": {
+            "crash": {"gateway": gateway_url, "token": TOKEN, "agentId": "main",
+                      "sessionKey": "hook:palace"},
+            "sandy": {"gateway": gateway_url + "/hooks", "token": TOKEN},
+            "prime": {"gateway": gateway_url, "token": TOKEN},
+        },
+    }))
+
+
+async def session_run(data_dir: Path, body) -> Any:
+    env = {**os.environ, "MEMORY_PALACE_DATA_DIR": str(data_dir),
+           "MEMORY_PALACE_INSTANCE_ID": "prime"}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "memory_palace.mcp_server"],
+                                   env=env)
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            return await body(session)
+
+
+def result_json(res: Any) -> dict[str, Any]:
+    assert not res.is_error, res.content[0].text
+    return json.loads(res.content[0].text)
+
+
+@pytest.mark.postgres
+def test_mcp_session_tools_memory_and_wake(tmp_path, pg_url, gateway):
+    data = tmp_path / "data"
+    write_config(data, pg_url, gateway.url)
+
+    async def body(session: ClientSession) -> dict[str, Any]:
+        listed = await session.list_tools()
+        by_name = {t.name: t for t in listed.tools}
+        set_res = result_json(await session.call_tool(
+            "memory_set", {"content": "The deploy key rotates every Monday",
+                           "subject": "deploy key"}))
+        recall = result_json(await session.call_tool(
+            "memory_recall", {"query": "deploy key rotation"}))
+        bad = await session.call_tool("memory_recall", {"query": "x", "limit": "many"})
+        sent = result_json(await session.call_tool(
+            "message", {"action": "send", "from_instance": "prime", "to_instance": "crash",
+                        "content": "secret body text", "subject": "handoff"}))
+        got = result_json(await session.call_tool(
+            "message", {"action": "get", "instance_id": "crash"}))
+        broadcast = result_json(await session.call_tool(
+            "message", {"action": "send", "from_instance": "prime", "to_instance": "all",
+                        "content": "everyone"}))
+        return {"tools": by_name, "set": set_res, "recall": recall, "bad": bad, "sent": sent,
+                "got": got, "broadcast": broadcast}
+
+    out = anyio.run(session_run, data, body)
+    tools = out["tools"]
+    assert set(tools) == {t.name for t in TOOLS}  # db_manager enabled: every tool is served
+    assert "message" in tools and "palace_message" not in tools
+    assert tools["memory_recall"].input_schema["properties"]["database"]["type"] == "string"
+    assert tools["memory_recall"].input_schema["required"] == ["query"]
+    assert out["recall"]["count"] >= 1
+    assert out["set"]["id"] in [m["id"] for m in out["recall"]["memories"]]
+    assert out["bad"].is_error and out["bad"].content[0].text.startswith("INVALID_PARAMS")
+    assert "limit" in out["bad"].content[0].text
+    assert out["got"]["count"] == 1 and out["got"]["messages"][0]["content"] == "secret body text"
+
+    direct = gateway.requests.get(timeout=10)
+    assert direct["path"] == "/hooks/wake" and direct["auth"] == f"Bearer {TOKEN}"
+    assert direct["type"] == "application/json"
+    b = direct["body"]
+    assert set(b) == {"text", "mode", "agentId", "sessionKey"}
+    assert b["mode"] == "now" and b["agentId"] == "main" and b["sessionKey"] == "hook:palace"
+    assert f"#{out['sent']['id']}" in b["text"] and "prime" in b["text"]
+    assert "message" in b["text"] and "secret body text" not in b["text"]
+
+    # the broadcast wakes crash and sandy, not the sender prime
+    woken = [gateway.requests.get(timeout=10) for _ in range(2)]
+    texts = sorted(w["body"]["text"] for w in woken)
+    assert all(f"#{out['broadcast']['id']}" in t for t in texts)
+    assert any("for crash" in t for t in texts) and any("for sandy" in t for t in texts)
+    assert all(w["path"] == "/hooks/wake" for w in woken)
+    with pytest.raises(queue.Empty):
+        gateway.requests.get(timeout=0.5)  # nothing for prime
+
+
+def test_wake_failure_never_blocks_or_raises(caplog):
+    notifier = WakeNotifier({"crash": {"gateway": "http://127.0.0.1:1", "token": "t"},
+                             "bad": {"gateway": "ftp://x", "token": "t"}}, timeout=0.5)
+    assert list(notifier.routes) == ["crash"]
+    threads = notifier.notify_sent("prime", "crash", 5)
+    for t in threads:
+        t.join(timeout=5)
+    assert any("wake of crash" in r.getMessage() for r in caplog.records)
+    assert notifier.notify_sent("prime", "nobody", 6) == []
+
+
+def test_mcp_help():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "memory_palace.mcp_server", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "stdio" in out.stdout
