@@ -11,7 +11,8 @@ from sqlalchemy import text
 from memory_palace import Palace
 from memory_palace.db.engine import Database, pg_connect
 from memory_palace.db.values import list_param, time_param, utcnow, vector_param
-from memory_palace.errors import InvalidParams
+from memory_palace.embeddings import HashingEmbedder
+from memory_palace.errors import EmbedderUnavailable, InvalidParams
 from memory_palace.services import vectors
 from memory_palace.services.filters import Filters
 
@@ -212,14 +213,16 @@ def bulk_insert(db: Database, n: int, every: int, seed: int = 7) -> np.ndarray:
     return vecs
 
 
-@pytest.mark.parametrize("force_hnsw", [False, True], ids=["planned", "hnsw"])
-def test_filtered_recall_fills_the_limit(palace: Palace, force_hnsw: bool,
+@pytest.mark.parametrize("path", ["planned", "hnsw", "fallback"])
+def test_filtered_recall_fills_the_limit(palace: Palace, path: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     db = palace.database()
-    if force_hnsw and not db.is_postgres:
+    if path != "planned" and not db.is_postgres:
         pytest.skip("the HNSW path exists on PostgreSQL only")
-    if force_hnsw:  # never take the exact scan up front: exercises ef_search + over-fetch
+    if path != "planned":  # no exact scan up front: ef_search sized for the filter (750 here)
         monkeypatch.setattr(vectors, "EXACT_SCAN_ROWS", 0)
+    if path == "fallback":  # ef_search too small to fill: the exact scan must take over
+        monkeypatch.setattr(vectors, "OVERFETCH", 0.2)
     n = 6000
     vecs = bulk_insert(db, n, every=10)
     with db.read() as conn:
@@ -230,11 +233,11 @@ def test_filtered_recall_fills_the_limit(palace: Palace, force_hnsw: bool,
     for trial in range(5):
         q = vecs[rng.integers(0, n)] + 0.3 * rng.normal(size=384).astype(np.float32)
         q /= np.linalg.norm(q)
-        hits = vectors.search(db, MODEL, 384, q, 100, Filters.make(project="ten"))
-        assert len(hits) == 100
-        exact = ten[np.argsort(-(vecs[ten] @ q))[:100]]
+        hits = vectors.search(db, MODEL, 384, q, 50, Filters.make(project="ten"))
+        assert len(hits) == 50
+        exact = ten[np.argsort(-(vecs[ten] @ q))[:50]]
         want = {id_of[int(i)] for i in exact}
-        overlap = len(want & {h for h, _ in hits}) / 100
+        overlap = len(want & {h for h, _ in hits}) / 50
         assert overlap >= 0.9, (trial, overlap)
         assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
     out = palace.call("memory_recall", {"query": "bulk row", "project": "ten", "limit": 100,
@@ -255,3 +258,27 @@ def test_operator_like_queries_are_plain_words(palace: Palace, query: str) -> No
     assert len(hits) <= 2
     if query == "-verbose flag":  # a leading '-' must not turn into 'everything without verbose'
         assert hits[0] == (verbose, "both")
+
+
+def test_pg_ef_search_sizing() -> None:
+    assert vectors.pg_ef_search(50, 100_000, 100_000) == vectors.EF_MIN
+    assert vectors.pg_ef_search(50, 10_000, 100_000) == 750
+    assert vectors.pg_ef_search(50, 5_000, 100_000) is None  # beyond EF_MAX: exact scan
+    assert vectors.pg_ef_search(10, 0, 0) is None
+
+
+class QueryDownEmbedder(HashingEmbedder):
+    """Stores fine, but the model server is gone when a query comes."""
+
+    def embed_query(self, text: str) -> np.ndarray:
+        raise EmbedderUnavailable("cannot reach Ollama at http://localhost:11434; start it")
+
+
+def test_recall_falls_back_to_keywords_when_the_embedder_is_down(
+        make_palace: Callable[..., Palace], db_url: str) -> None:
+    palace = make_palace(db_url, embedder=QueryDownEmbedder(384))
+    hit = add(palace, "the VPN endpoint is vpn.example.org")
+    add(palace, "unrelated lunch note")
+    out = palace.call("memory_recall", {"query": "VPN endpoint", "include_graph": False})
+    assert [(m["id"], m["found_by"]) for m in out["memories"]] == [(hit, "keyword")]
+    assert out["search_method"] == "keyword" and "cannot reach Ollama" in out["warning"]

@@ -107,6 +107,8 @@ def touch(db: Database, ids: list[int]) -> None:
     stmt = text("UPDATE memories SET access_count = access_count + 1, last_accessed_at = :now "
                 "WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
     with db.write() as conn:
+        if db.is_postgres:  # an access count may lag a crash by a moment; recall need not wait
+            conn.execute(text("SET LOCAL synchronous_commit = off"))  # for the WAL flush
         conn.execute(stmt, {"now": time_param(db, utcnow()), "ids": list(ids)})
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import bindparam, text
 
 from ..db.engine import Database
-from ..errors import InvalidParams
+from ..errors import EmbedderUnavailable, InvalidParams, Timeout
 from . import graph, vectors
 from .filters import Filters, where
 from .memories import LLM_NOTE, fetch, memory_dict, touch
@@ -88,8 +88,14 @@ def recall(palace: "Palace", db: Database, *, query: str, instance_id: str | Non
     k = max(CANDIDATES, limit)
     embedder = palace.embedder
     palace.check_embedder(db)
-    qvec = embedder.embed_query(query)
-    vec_hits = vectors.search(db, embedder.id, embedder.dim, qvec, k, f, _subject_ids(db, f))
+    warning = None
+    try:
+        qvec = embedder.embed_query(query)
+    except (EmbedderUnavailable, Timeout) as exc:  # keyword search still answers
+        qvec, warning = None, (f"vector search skipped: {exc.message}; results come from "
+                               "keyword search only")
+    vec_hits = ([] if qvec is None else
+                vectors.search(db, embedder.id, embedder.dim, qvec, k, f, _subject_ids(db, f)))
     kw_hits = keyword_search(db, query, k, f)
 
     rrf_k = palace.settings.rrf_k
@@ -133,6 +139,8 @@ def recall(palace: "Palace", db: Database, *, query: str, instance_id: str | Non
     method = ("hybrid" if vec_hits and kw_hits else "vector" if vec_hits
               else "keyword" if kw_hits else "none")
     out: dict[str, Any] = {"memories": memories, "count": len(memories), "search_method": method}
+    if warning:
+        out["warning"] = warning
     if include_graph and graph_top_n > 0 and graph_depth > 0 and top_ids:
         ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode)
         if ctx:
