@@ -309,6 +309,8 @@ test("palace_message from A wakes B's session, which reads the message with pala
   assert.ok(after.sessions.b.lastSeen >= sentAt, "b's route was refreshed by the woken session's own call");
   assert.ok(!(after.wakes.recent ?? []).some((w) => w.messageId === sent.id && w.sessionKey !== "agent:main:palace-b"), "nobody else was woken");
   assert.deepEqual(ourBridges(), [after.bridge.pid], "exactly one bridge process serves the gateway");
+  // memory-core stays loaded for consolidation; on a name clash the later tool is dropped, and it must be its.
+  assert.ok(!state.gatewayLog.join("").includes("plugin tool name conflict (memory-palace)"), "none of our tools lost a name clash");
 
   // A second message to the now-warm session: the steady-state latency.
   const warm = await sendAndAwaitRead("second");
