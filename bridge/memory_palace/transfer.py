@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -87,7 +88,9 @@ def _out(kind: str, value: Any) -> Any:
 
 @contextmanager
 def _open(path_or_file: str | os.PathLike[str] | IO[bytes], mode: str) -> Iterator[IO[bytes]]:
-    if isinstance(path_or_file, (str, os.PathLike)):
+    if path_or_file == "-":  # the CLI's stdin/stdout
+        yield (sys.stdout.buffer if "w" in mode else sys.stdin.buffer)
+    elif isinstance(path_or_file, (str, os.PathLike)):
         with open(path_or_file, mode) as fh:
             yield fh
     else:
