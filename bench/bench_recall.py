@@ -109,7 +109,7 @@ def make_palace(url: str, root: Path, embedder: Any) -> Palace:
 # --- bulk loading -----------------------------------------------------------------------------
 
 def sqlite_load(db: Database, data: Data, start: int, stop: int, baseline: bool) -> None:
-    """Rows [start, stop) with float32 BLOBs; plus the original's JSON-text copy for the baseline."""
+    """Rows [start, stop) with float32 BLOBs, plus the original's JSON-text copy (baseline)."""
     path = make_url(db.url).database
     conn = sqlite3.connect(path, timeout=30)
     try:
