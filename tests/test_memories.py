@@ -279,3 +279,27 @@ def test_stats(palace: Palace) -> None:
     assert s["by_project"] == {"p1": 2, "p2": 1}
     assert s["most_accessed"][0] == f"#{a}:  (1)"
     assert s["embedding_models"] == {"hash:v1-384": 3}
+
+
+def test_recent(palace: Palace) -> None:
+    a = add(palace, "oldest", project="a_c", memory_type="code_py", auto_link=False)
+    b = add(palace, "middle", project="abc", memory_type="code-js", auto_link=False)
+    c = add(palace, "newest", project=["a_c", "x"], memory_type="fact", instance_id="other",
+            auto_link=False)
+    out = palace.call("memory_recent", {})
+    assert [m["id"] for m in out["memories"]] == [c, b, a]
+    assert out["count"] == 3 and out["total_available"] == 3
+    assert set(out["memories"][0]) == {"id", "subject", "memory_type", "projects", "project",
+                                       "created_at", "foundational", "content"}
+    assert [m["id"] for m in palace.call("memory_recent", {"project": "a_c"})["memories"]] == [c, a]
+    assert palace.call("memory_recent", {"project": "a%"})["count"] == 0
+    assert [m["id"] for m in palace.call("memory_recent",
+                                         {"memory_type": "code_*"})["memories"]] == [a]
+    assert [m["id"] for m in palace.call("memory_recent",
+                                         {"instance_id": "other"})["memories"]] == [c]
+    limited = palace.call("memory_recent", {"limit": 1, "verbose": True})
+    assert limited["count"] == 1 and limited["total_available"] == 3
+    assert limited["memories"][0]["access_count"] == 0
+    palace.call("memory_archive", {"memory_ids": [c], "dry_run": False})
+    assert palace.call("memory_recent", {})["total_available"] == 2
+    assert palace.call("memory_recent", {"include_archived": True})["total_available"] == 3
