@@ -167,7 +167,8 @@ def main() -> int:
     print(f"  copy {report['copy_seconds']} s = {report['rows_per_s']} rows/s; HNSW build + "
           f"setval {report['index_seconds']} s")
     print(f"memories/s (copy): {mem_rate}")
-    print(f"all rows incl. HNSW index build: {sum(rows.values()) / (report['copy_seconds'] + report['index_seconds']):.0f} rows/s")
+    whole = report["copy_seconds"] + report["index_seconds"]
+    print(f"all rows incl. HNSW index build: {sum(rows.values()) / whole:.0f} rows/s")
 
     base_rate = baseline(source, fresh(), args.baseline)
     print(f"baseline (row-by-row INSERT, {args.baseline} memories): {base_rate:.0f} memories/s")
