@@ -6,6 +6,8 @@
  * So hosts live in a process-wide table (a Symbol.for key, as OpenClaw does for its own
  * singletons), and the service's stop() removes its host so a reload starts fresh.
  */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { BridgeClient, type BridgeLogger } from "./bridge-client.js";
 import { bridgeLaunch, type PluginConfig } from "./config.js";
 import { instanceChannel, MAIN_SESSION_KEY, SessionRegistry } from "./sessions.js";
@@ -18,6 +20,49 @@ export interface Host {
   readonly waker: Waker;
   /** Latest OpenClaw runtime seen by any registration; wakes go through it. */
   runtime: WakeRuntime | undefined;
+  /** Where learned routes are saved (set by the service's start, under OpenClaw's stateDir). */
+  statePath?: string;
+  saveTimer?: NodeJS.Timeout;
+}
+
+const SAVE_DEBOUNCE_MS = 250;
+
+/**
+ * Persist the session registry under `<stateDir>/memory-palace/sessions.json`, so a gateway
+ * restart or a plugin reload still knows which session each instance lives in. Loads it first.
+ */
+export function persistRegistry(host: Host, stateDir: string, logger: BridgeLogger): void {
+  if (host.statePath) return;
+  const path = join(stateDir, "memory-palace", "sessions.json");
+  host.statePath = path;
+  try {
+    host.registry.restore(JSON.parse(readFileSync(path, "utf8")));
+    for (const channel of host.registry.channelNames()) {
+      host.bridge.subscribe(instanceChannel(channel)).catch(() => undefined);
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") {
+      logger.warn(`memory-palace: ignoring unreadable ${path}: ${String(error)}`);
+    }
+  }
+  host.registry.onChange = () => {
+    if (host.saveTimer) return;
+    host.saveTimer = setTimeout(() => saveRegistry(host, logger), SAVE_DEBOUNCE_MS);
+    host.saveTimer.unref();
+  };
+}
+
+function saveRegistry(host: Host, logger: BridgeLogger): void {
+  host.saveTimer = undefined;
+  if (!host.statePath) return;
+  try {
+    mkdirSync(dirname(host.statePath), { recursive: true });
+    const tmp = `${host.statePath}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(host.registry.snapshot()));
+    renameSync(tmp, host.statePath);
+  } catch (error) {
+    logger.warn(`memory-palace: could not save the session registry to ${host.statePath}: ${String(error)}`);
+  }
 }
 
 const TABLE = Symbol.for("memory-palace.hosts");
@@ -68,8 +113,12 @@ export function acquireHost(config: PluginConfig, logger: BridgeLogger, runtime:
 }
 
 /** Stop the host's bridge and forget it (service stop / plugin replacement). */
-export async function releaseHost(host: Host): Promise<void> {
+export async function releaseHost(host: Host, logger: BridgeLogger): Promise<void> {
   if (table().get(host.key) === host) table().delete(host.key);
+  if (host.saveTimer) {
+    clearTimeout(host.saveTimer);
+    saveRegistry(host, logger);
+  }
   host.waker.stop();
   await host.bridge.stop();
 }

@@ -81,7 +81,7 @@ function tools(rec: Recorded, ctx: Partial<OpenClawPluginToolContext>): Map<stri
 function serviceCtx(health: { failures: unknown[] }): OpenClawPluginServiceContext {
   return {
     config: {},
-    stateDir: tmpdir(),
+    stateDir: currentDataDir,
     logger: memoryLogger(),
     serviceHealth: { reportFailure: (e: unknown) => health.failures.push(e), clearFailure: () => {} },
   } as unknown as OpenClawPluginServiceContext;
@@ -182,6 +182,29 @@ describe("plugin entry", () => {
     expect(readFileSync(startsLog, "utf8").trim().split("\n")).toHaveLength(1);
     const snap = sessions(first.rec) as { sessions: Record<string, { sessionKey: string }> };
     expect(snap.sessions.b?.sessionKey).toBe("agent:main:palace-b");
+  });
+
+  it("persists learned routes and channels under stateDir, so a reload still wakes the right session", async () => {
+    const first = mockApi({ bridgeCommand: FAKE });
+    entry.register(first.api);
+    await first.rec.services[0]?.start(serviceCtx({ failures: [] }));
+    const made = tools(first.rec, { sessionKey: "agent:main:palace-b", agentId: "main" });
+    await made.get("memory_set")?.execute("1", { content: "x", instance_id: "b" });
+    await made.get("palace_message")?.execute("2", { action: "subscribe", instance_id: "b", channel: "deploys" });
+    await first.rec.services[0]?.stop?.(serviceCtx({ failures: [] }));
+    const saved = JSON.parse(readFileSync(join(currentDataDir, "memory-palace/sessions.json"), "utf8")) as { sessions: Record<string, { sessionKey: string }>; channels: Record<string, string[]> };
+    expect(saved.sessions.b?.sessionKey).toBe("agent:main:palace-b");
+    expect(saved.channels.deploys).toEqual(["b"]);
+
+    const second = mockApi({ bridgeCommand: FAKE }); // the reloaded plugin: a new host
+    entry.register(second.api);
+    await second.rec.services[0]?.start(serviceCtx({ failures: [] }));
+    stops.push(() => second.rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    await tools(second.rec, { sessionKey: "agent:main:palace-a" }).get("palace_message")?.execute("3", { action: "send", from_instance: "a", to_instance: "b", subject: "after reload" });
+    await until(() => second.rec.beats.length === 1, 5000, "the wake after reload");
+    expect(second.rec.events[0]?.opts.sessionKey).toBe("agent:main:palace-b");
+    const snap = sessions(second.rec) as { listening: string[] };
+    expect(snap.listening).toEqual(expect.arrayContaining(["memory_palace_msg_b", "memory_palace_msg_deploys"]));
   });
 
   it("validates params before sending, applies defaults, returns compact JSON, and throws failures", async () => {

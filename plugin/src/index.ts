@@ -6,7 +6,7 @@
  */
 import { definePluginEntry, type OpenClawPluginApi } from "openclaw/plugin-sdk/plugin-entry";
 import { parseConfig } from "./config.js";
-import { acquireHost, releaseHost } from "./host.js";
+import { acquireHost, persistRegistry, releaseHost } from "./host.js";
 import { memoryPromptLines } from "./prompt.js";
 import { createTools, toolNames } from "./tools.js";
 import type { WakeRuntime } from "./wake.js";
@@ -44,14 +44,15 @@ function register(api: OpenClawPluginApi): void {
   api.registerService({
     id: SERVICE_ID,
     start(ctx) {
-      const { bridge } = current();
-      bridge.setHealth(ctx.serviceHealth);
+      const live = current();
+      persistRegistry(live, ctx.stateDir, api.logger);
+      live.bridge.setHealth(ctx.serviceHealth);
       // Not awaited: a missing bridge is reported through serviceHealth and retried with backoff,
       // and must not roll back the plugin's activation.
-      bridge.start().catch(() => undefined);
+      live.bridge.start().catch(() => undefined);
     },
     async stop() {
-      await releaseHost(host);
+      await releaseHost(host, api.logger);
     },
   });
 

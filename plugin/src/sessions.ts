@@ -44,6 +44,8 @@ export class SessionRegistry {
   private readonly defaultInstance: string | undefined;
   /** Called once per newly known instance (the plugin LISTENs on its channel). */
   onDiscover: ((instance: string) => void) | undefined;
+  /** Called after any change, so the host can persist learned routes across restarts. */
+  onChange: (() => void) | undefined;
 
   constructor(defaultInstance?: string) {
     this.defaultInstance = defaultInstance;
@@ -62,7 +64,23 @@ export class SessionRegistry {
     const changed = !existing || existing.sessionKey !== sessionKey || existing.agentId !== agent;
     this.routes.set(instance, { sessionKey, agentId: agent, lastSeen: now, source });
     if (!existing) this.onDiscover?.(instance);
+    this.onChange?.();
     return changed;
+  }
+
+  /** Bring back routes and channel members learned before a restart or reload. */
+  restore(saved: unknown): void {
+    const data = saved as { sessions?: Record<string, Partial<SessionRoute>>; channels?: Record<string, unknown> } | null;
+    for (const [instance, route] of Object.entries(data?.sessions ?? {})) {
+      const source = route.source && route.source in RANK ? route.source : "tool";
+      if (typeof route.sessionKey !== "string" || this.routes.has(instance) && RANK[this.routes.get(instance)!.source] >= RANK[source]) continue;
+      this.learn(instance, route.sessionKey, route.agentId, source);
+      const lastSeen = Number(route.lastSeen);
+      if (Number.isFinite(lastSeen)) this.routes.set(instance, { ...this.routes.get(instance)!, lastSeen });
+    }
+    for (const [channel, members] of Object.entries(data?.channels ?? {})) {
+      if (Array.isArray(members)) for (const m of members) if (typeof m === "string") this.subscribeChannel(m, channel);
+    }
   }
 
   /** Learn from one palace tool call: the identity param, else this gateway's instanceId. */
@@ -99,6 +117,7 @@ export class SessionRegistry {
     let members = this.channels.get(channel);
     if (!members) this.channels.set(channel, (members = new Set()));
     members.add(instance);
+    this.onChange?.();
   }
 
   /** Returns true when nobody is left on the channel. */
@@ -106,9 +125,14 @@ export class SessionRegistry {
     const members = this.channels.get(channel);
     if (!members) return true;
     members.delete(instance);
+    this.onChange?.();
     if (members.size) return false;
     this.channels.delete(channel);
     return true;
+  }
+
+  channelNames(): string[] {
+    return [...this.channels.keys()];
   }
 
   subscribers(channel: string): string[] {

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { request as httpRequest } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -91,16 +92,34 @@ async function poll(what, fn, ms = 60_000, every = 100) {
   throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${last.message}` : ""}`);
 }
 
-async function invoke(tool, args, sessionKey) {
-  const res = await fetch(`http://127.0.0.1:${state.port}/tools/invoke`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
-    body: JSON.stringify({ tool, args, sessionKey }),
+/** POST /tools/invoke on a fresh connection (a plugin reload closes kept-alive sockets). */
+function invoke(tool, args, sessionKey) {
+  const payload = JSON.stringify({ tool, args, sessionKey });
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({
+      host: "127.0.0.1", port: state.port, path: "/tools/invoke", method: "POST", agent: false,
+      headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json", "content-length": Buffer.byteLength(payload) },
+    }, (res) => {
+      let raw = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (raw += d));
+      res.on("end", () => {
+        let body = {};
+        try {
+          body = JSON.parse(raw);
+        } catch {
+          /* reported below */
+        }
+        if (res.statusCode !== 200 || body.ok !== true) {
+          reject(new Error(`${tool} via /tools/invoke failed (${res.statusCode}): ${raw.slice(0, 1500)}`));
+          return;
+        }
+        resolve(JSON.parse(body.result?.content?.[0]?.text));
+      });
+    });
+    req.on("error", reject);
+    req.end(payload);
   });
-  const body = await res.json().catch(() => ({}));
-  if (!res.ok || body.ok !== true) throw new Error(`${tool} via /tools/invoke failed (${res.status}): ${JSON.stringify(body).slice(0, 1500)}`);
-  const text = body.result?.content?.[0]?.text;
-  return JSON.parse(text);
 }
 
 function gatewayCall(method) {
@@ -209,6 +228,7 @@ before(async () => {
       },
     },
   };
+  config.gateway = { ...(config.gateway ?? {}), port: state.port }; // for `openclaw plugins reload`
   config.agents = { ...(config.agents ?? {}), defaults: { ...(config.agents?.defaults ?? {}), model: { primary: "fake/fake-model" } } };
   writeFileSync(configPath, JSON.stringify(config, null, 2));
 
@@ -323,4 +343,23 @@ test("palace_message from A wakes B's session, which reads the message with pala
   assert.equal((again.wakes.recent ?? []).filter((w) => w.messageId === warm.sent.id).length, 1, "one wake per message (deduped)");
   assert.deepEqual(ourBridges(), [again.bridge.pid], "still exactly one bridge process");
   log(`send->enqueueSystemEvent ${metrics.sendToEnqueueMs} ms (warm ${metrics.warmSendToEnqueueMs} ms); send->heartbeat turn ${metrics.sendToHeartbeatTurnMs} ms (warm ${metrics.warmSendToHeartbeatTurnMs} ms)`);
+});
+
+test("after `openclaw plugins reload`, a new bridge serves and a message still wakes B's session", { skip: SKIP }, async () => {
+  const before = gatewayCall("memoryPalace.sessions");
+  const t0 = Date.now();
+  openclaw(["plugins", "reload", "memory-palace", "--accept-capabilities", "--json"]);
+  const reloaded = await poll("the reloaded plugin's bridge", async () => {
+    const now = gatewayCall("memoryPalace.sessions");
+    return now.bridge?.state === "ready" && now.bridge.pid !== before.bridge.pid ? now : undefined;
+  }, 90_000, 500);
+  metrics.reloadToBridgeReadyMs = Date.now() - t0;
+  assert.equal(reloaded.sessions?.b?.sessionKey, "agent:main:palace-b", "learned routes survived the reload (stateDir/memory-palace/sessions.json)");
+  await poll("the old bridge to exit", async () => ourBridges().length === 1, 20_000, 200);
+  assert.deepEqual(ourBridges(), [reloaded.bridge.pid]);
+  const { sent, sentAt, turn } = await sendAndAwaitRead("after reload");
+  metrics.afterReloadSendToHeartbeatTurnMs = turn.at - sentAt;
+  const wakes = gatewayCall("memoryPalace.sessions").wakes.recent.filter((w) => w.messageId === sent.id);
+  assert.equal(wakes.length, 1);
+  assert.equal(wakes[0].sessionKey, "agent:main:palace-b");
 });
