@@ -70,9 +70,20 @@ def test_found_by_both_and_normalised_score(palace: Palace) -> None:
                                         "include_graph": False})
     top = out["memories"][0]
     assert (top["id"], top["found_by"]) == (a, "both")
-    # rank 1 in both lists, no accesses, no links: relevance 1.0 times the similarity weight
-    assert top["score"] == pytest.approx(0.7, abs=1e-4)
+    # rank 1 in both lists, no accesses, no links: relevance is half the rank relevance (1.0)
+    # and half the absolute cosine, times the similarity weight
     assert 0 < top["similarity_score"] <= 1
+    assert top["score"] == pytest.approx(0.7 * (0.5 + 0.5 * top["similarity_score"]), abs=1e-3)
+
+
+def test_exact_match_beats_a_popular_near_match(palace: Palace) -> None:
+    near = add(palace, "sentinel zebra A written first by the other writer")
+    exact = add(palace, "sentinel zebra B written last")
+    for _ in range(3):
+        palace.call("memory_get", {"memory_ids": near})
+    out = palace.call("memory_recall", {"query": "sentinel zebra B written last",
+                                        "include_graph": False})
+    assert [m["id"] for m in out["memories"]][:2] == [exact, near]
 
 
 def test_centrality_counts_deliberate_links_only(palace: Palace) -> None:

@@ -100,16 +100,30 @@ def fetch(db: Database, ids: list[int]) -> dict[int, Any]:
         return {int(r.id): r for r in conn.execute(stmt, {"ids": list(ids)})}
 
 
-def touch(db: Database, ids: list[int]) -> None:
-    """Count an access, atomically in SQL, so concurrent recalls are all counted."""
+def touch(db: Database, ids: list[int]) -> dict[int, tuple[int, Any]]:
+    """Count an access, atomically in SQL, so concurrent recalls are all counted.
+
+    Returns {id: (access_count, last_accessed_at)} as written, so callers need not re-read.
+    """
     if not ids:
-        return
+        return {}
     stmt = text("UPDATE memories SET access_count = access_count + 1, last_accessed_at = :now "
-                "WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
+                "WHERE id IN :ids RETURNING id, access_count, last_accessed_at").bindparams(
+        bindparam("ids", expanding=True))
     with db.write() as conn:
         if db.is_postgres:  # an access count may lag a crash by a moment; recall need not wait
             conn.execute(text("SET LOCAL synchronous_commit = off"))  # for the WAL flush
-        conn.execute(stmt, {"now": time_param(db, utcnow()), "ids": list(ids)})
+        return {int(r[0]): (int(r[1]), r[2]) for r in
+                conn.execute(stmt, {"now": time_param(db, utcnow()), "ids": list(ids)})}
+
+
+def card(row: Any, detail: str, touched: dict[int, tuple[int, Any]]) -> dict[str, Any]:
+    """memory_dict with the access count just written by touch()."""
+    out = memory_dict(row, detail)
+    if detail != "summary" and int(row.id) in touched:
+        count, at = touched[int(row.id)]
+        out["access_count"], out["last_accessed_at"] = count, time_out(at)
+    return out
 
 
 def _archive(conn: Any, db: Database, ids: list[int], note: str) -> None:
@@ -253,13 +267,12 @@ def get(palace: "Palace", db: Database, *, memory_ids: int | list[int],
     if single and not found:
         raise NotFound(f"memory {memory_ids} does not exist; find ids with memory_recall or "
                        "memory_recent")
-    touch(db, found)
-    rows = fetch(db, found)
+    touched = touch(db, found)
     out: dict[str, Any]
     if single:
-        out = {"memory": memory_dict(rows[found[0]], detail_level)}
+        out = {"memory": card(rows[found[0]], detail_level, touched)}
     else:
-        out = {"memories": [memory_dict(rows[i], detail_level) for i in found],
+        out = {"memories": [card(rows[i], detail_level, touched) for i in found],
                "count": len(found)}
         missing = [i for i in ids if i not in rows]
         if missing:
@@ -453,4 +466,4 @@ def stats(palace: "Palace", db: Database) -> dict[str, Any]:
     }
 
 
-__all__ = ["remember", "get", "recent", "archive", "link", "unlink", "stats", "json_out"]
+__all__ = ["remember", "get", "recent", "archive", "link", "unlink", "stats"]

@@ -14,7 +14,7 @@ from ..db.engine import Database
 from ..errors import EmbedderUnavailable, InvalidParams, Timeout
 from . import graph, vectors
 from .filters import Filters, where
-from .memories import LLM_NOTE, fetch, memory_dict, touch
+from .memories import LLM_NOTE, card, fetch, touch
 
 if TYPE_CHECKING:
     from ..palace import Palace
@@ -23,12 +23,19 @@ CANDIDATES = 50
 ACCESS_SCALE = 100  # log(1+access)/log(1+100): 100 accesses count as fully "popular"
 CENTRALITY_SCALE = 10  # 10 deliberate incoming links count as fully "central"
 TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+# PostgreSQL's 'english' configuration drops these; FTS5 has no stop words, so a question like
+# "what does Alice like to drink" would otherwise match every memory containing "to".
+STOP_WORDS = frozenset(
+    "a an and are as at be but by do does did for from had has have how i in is it its me my "
+    "of on or our so than that the their them then there these they this to was we were what "
+    "when where which who why will with you your".split())
 
 
 def fts5_query(query: str) -> str | None:
     """An FTS5 MATCH expression: every word quoted (no operator injection), OR-ed."""
     tokens = list(dict.fromkeys(TOKEN_RE.findall(query)))
-    return " OR ".join(f'"{t}"' for t in tokens) or None
+    content = [t for t in tokens if t.lower() not in STOP_WORDS] or tokens
+    return " OR ".join(f'"{t}"' for t in content) or None
 
 
 def keyword_search(db: Database, query: str, k: int, f: Filters) -> list[tuple[int, float]]:
@@ -105,9 +112,12 @@ def recall(palace: "Palace", db: Database, *, query: str, instance_id: str | Non
         for rank, (mid, _) in enumerate(hits, start=1):
             fused[mid] = fused.get(mid, 0.0) + 1.0 / (rrf_k + rank)
             found_by.setdefault(mid, set()).add(name)
-    best = 2.0 / (rrf_k + 1)  # rank 1 in both lists: relevance 1.0
-    similarity = dict(vec_hits)
+    best = 2.0 / (rrf_k + 1)  # rank 1 in both lists: rank relevance 1.0
     ids = list(fused)
+    similarity = dict(vec_hits)
+    if qvec is not None:  # keyword-only hits get their cosine too, from the stored vectors
+        missing = [i for i in ids if i not in similarity]
+        similarity.update(vectors.similarities(db, embedder.id, embedder.dim, qvec, missing))
     rows = fetch(db, ids)
     degrees = _in_degrees(db, ids)
     w = palace.settings.weights
@@ -116,7 +126,11 @@ def recall(palace: "Palace", db: Database, *, query: str, instance_id: str | Non
         row = rows.get(mid)
         if row is None:
             continue
+        # Rank fusion alone is flat at the top of small result sets (rank 1 vs 2 differ by
+        # ~1%), so half the relevance is the absolute cosine: stable across queries.
         relevance = fused[mid] / best
+        if qvec is not None:
+            relevance = 0.5 * relevance + 0.5 * max(0.0, similarity.get(mid, 0.0))
         access = min(1.0, math.log1p(row.access_count or 0) / math.log1p(ACCESS_SCALE))
         centrality = min(1.0, math.log1p(degrees.get(mid, 0)) / math.log1p(CENTRALITY_SCALE))
         score = w["similarity"] * relevance + w["access"] * access + w["centrality"] * centrality
@@ -124,18 +138,17 @@ def recall(palace: "Palace", db: Database, *, query: str, instance_id: str | Non
     scored.sort(key=lambda x: (-x[0], x[1]))
     top = scored[:limit]
     top_ids = [mid for _, mid in top]
-    touch(db, top_ids)
-    rows = fetch(db, top_ids)
+    touched = touch(db, top_ids)
 
     memories = []
     for score, mid in top:
-        card = memory_dict(rows[mid], detail_level)
+        item = card(rows[mid], detail_level, touched)
         how = found_by[mid]
-        card["found_by"] = "both" if len(how) == 2 else next(iter(how))
-        card["score"] = round(score, 4)
+        item["found_by"] = "both" if len(how) == 2 else next(iter(how))
+        item["score"] = round(score, 4)
         if mid in similarity:
-            card["similarity_score"] = round(similarity[mid], 4)
-        memories.append(card)
+            item["similarity_score"] = round(similarity[mid], 4)
+        memories.append(item)
     method = ("hybrid" if vec_hits and kw_hits else "vector" if vec_hits
               else "keyword" if kw_hits else "none")
     out: dict[str, Any] = {"memories": memories, "count": len(memories), "search_method": method}

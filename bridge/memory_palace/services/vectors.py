@@ -201,6 +201,15 @@ class SqliteVectorIndex:
             top = top[np.argsort(-scores[top], kind="stable")]
             return [(int(m.ids[rows[i]]), float(scores[i])) for i in top]
 
+    def similarities(self, q: np.ndarray, ids: list[int]) -> dict[int, float]:
+        with self.lock:
+            m = self._sync()
+            rows = [(i, m.row_of[i]) for i in ids if i in m.row_of and m.valid[m.row_of[i]]]
+            if not rows:
+                return {}
+            sims = m.vecs[[r for _, r in rows]] @ np.asarray(q, np.float32)
+            return {i: float(v) for (i, _), v in zip(rows, sims)}
+
     def pairwise_max(self, threshold: float, f: Filters, block: int = 2048
                      ) -> list[tuple[int, int, float]]:
         """Pairs (a, b, sim) with a < b and sim >= threshold, by blocked matrix products."""
@@ -225,6 +234,21 @@ def sqlite_index(db: Database, model: str, dim: int) -> SqliteVectorIndex:
         if index is None:
             index = db.cache[key] = SqliteVectorIndex(db, model, dim)
         return index
+
+
+def similarities(db: Database, model: str, dim: int, q: np.ndarray, ids: list[int]
+                 ) -> dict[int, float]:
+    """Cosine similarity of the query to each given memory that has a `model` vector."""
+    if not ids:
+        return {}
+    if not db.is_postgres:
+        return sqlite_index(db, model, dim).similarities(q, ids)
+    with db.read() as conn:
+        rows = conn.execute(text(
+            f"SELECT id, 1 - (embedding <=> {vector_sql(db, 'q')}) FROM memories "
+            "WHERE id = ANY(:ids) AND embedding_model = :model"),
+            {"q": vector_param(db, q), "ids": list(ids), "model": model})
+        return {int(r[0]): float(r[1]) for r in rows}
 
 
 def _pg_estimate(conn: Any, cond: str, params: dict[str, Any]) -> float:
