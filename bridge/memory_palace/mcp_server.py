@@ -62,13 +62,17 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
 
 
 async def serve(palace: Palace) -> None:
-    server = build_server(palace)
+    notifier = WakeNotifier(palace.settings.instance_routes)
+    server = build_server(palace, notifier)
     try:
         await anyio.to_thread.run_sync(palace.database)  # create/migrate the default early
     except MemoryPalaceError as exc:
         log.error("default database not ready: %s", exc.message)  # tools report it per call
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+    try:
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+    finally:
+        notifier.drain()  # wakes started just before the client hung up still go out
 
 
 def main(argv: list[str] | None = None) -> int:

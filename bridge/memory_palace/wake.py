@@ -70,6 +70,8 @@ class WakeNotifier:
         self.routes = parse_routes(routes)
         self.timeout = timeout
         self.tool = tool
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
 
     def targets(self, sender: str, recipient: str) -> list[Route]:
         """A broadcast wakes every route except the sender's; a direct send its recipient."""
@@ -110,4 +112,13 @@ class WakeNotifier:
                                  name=f"wake-{route.instance}", daemon=True)
             t.start()
             threads.append(t)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + threads
         return threads
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait (bounded) for wakes still in flight, so a shutdown does not drop them."""
+        with self._lock:
+            pending = list(self._threads)
+        for t in pending:
+            t.join(timeout=self.timeout if timeout is None else timeout)
