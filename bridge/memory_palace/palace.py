@@ -74,7 +74,13 @@ class Palace:
         _, url = self.catalog.resolve(name)
         db = get_database(url)
         if not db.schema_ready:
-            schema.migrate(db, self.embedder.dim)
+            try:
+                dim: int | None = self.embedder.dim
+            except MemoryPalaceError:
+                if db.is_postgres:  # the vector column needs its size; say why it is unknown
+                    raise
+                dim = None  # SQLite stores BLOBs: an embedder that is down can't block memories
+            schema.migrate(db, dim)
         return db
 
     def check_embedder(self, db: Database) -> None:

@@ -272,10 +272,11 @@ def schema_version(db: Database) -> int:
         return int(get_meta(conn, "schema_version") or 0)
 
 
-def migrate(db: Database, dim: int) -> int:
+def migrate(db: Database, dim: int | None) -> int:
     """Bring the schema up to SCHEMA_VERSION. Idempotent and safe to run concurrently.
 
-    `dim` sizes the PostgreSQL vector column when the table is first created.
+    `dim` sizes the PostgreSQL vector column when the table is first created (required there;
+    None is allowed on SQLite, whose BLOBs have no fixed size).
     Returns the number of steps applied.
     """
     if db.schema_ready:
@@ -294,7 +295,7 @@ def migrate(db: Database, dim: int) -> int:
                     step(conn, db, dim)
                     set_meta(conn, "schema_version", str(version))
                     applied += 1
-            if get_meta(conn, "vector_dim") is None:
+            if dim is not None and get_meta(conn, "vector_dim") is None:
                 set_meta(conn, "vector_dim", str(dim))
         if applied:
             log.info("migrated %s to schema version %d (%d steps)", db.masked_url, SCHEMA_VERSION,
