@@ -1,6 +1,6 @@
 // Supervisor protocol edge cases against a small fake bridge process (real child processes,
 // real pipes). Restart and timeout against the real Python bridge are in bridge-real.test.ts.
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,9 +12,11 @@ import { alive, memoryLogger, until } from "./test-helpers.js";
 const FAKE = fileURLToPath(new URL("../test-support/fake-bridge.mjs", import.meta.url));
 
 const clients: BridgeClient[] = [];
+const dirs: string[] = [];
 
 function fake(mode: string, extra: Partial<ConstructorParameters<typeof BridgeClient>[0]> = {}) {
   const dir = mkdtempSync(join(tmpdir(), "mp-fake-"));
+  dirs.push(dir);
   const log = join(dir, "starts.log");
   const events: Array<{ event: string; data: unknown }> = [];
   const logger = memoryLogger();
@@ -39,6 +41,7 @@ function fake(mode: string, extra: Partial<ConstructorParameters<typeof BridgeCl
 
 afterEach(async () => {
   await Promise.all(clients.splice(0).map((c) => c.stop()));
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
 describe("BridgeClient with a fake bridge", () => {

@@ -2,7 +2,7 @@
 // data dir: the test pauses and kills the process itself. MEMORY_PALACE_PYTHON names the Python
 // that has memory-palace installed (scripts/test-plugin sets it); there is no silent skip.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -13,6 +13,7 @@ import type { BridgeError } from "./errors.js";
 
 const PYTHON = process.env.MEMORY_PALACE_PYTHON ?? "python3";
 const clients: BridgeClient[] = [];
+const dirs: string[] = [];
 
 beforeAll(() => {
   try {
@@ -28,10 +29,12 @@ afterEach(async () => {
     if (pid) process.kill(pid, "SIGCONT");
     await client.stop();
   }
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
 function realClient(health?: { failures: unknown[]; cleared: number }) {
   const dataDir = mkdtempSync(join(tmpdir(), "mp-real-"));
+  dirs.push(dataDir);
   const launch = bridgeLaunch(parseConfig({ pythonPath: PYTHON, dataDir, instanceId: "a" }));
   const logger = memoryLogger();
   const client = new BridgeClient({
@@ -95,6 +98,7 @@ describe("BridgeClient with the real bridge", () => {
 
   it("fails fast with the bridge's own reason when its config is bad", async () => {
     const dataDir = mkdtempSync(join(tmpdir(), "mp-bad-"));
+    dirs.push(dataDir);
     const launch = bridgeLaunch(parseConfig({ pythonPath: PYTHON, dataDir, databaseUrl: "mysql://nope/x" }));
     const client = new BridgeClient({ launch, readyTimeoutMs: 20_000, logger: memoryLogger(), backoff: { initialMs: 60_000, maxMs: 60_000 } });
     clients.push(client);

@@ -1,6 +1,6 @@
 // Registers the real entry against a hand-made mock of the SDK's OpenClawPluginApi and drives the
 // tools, the hook, the service and the gateway method; the bridge is the fake bridge process.
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -106,6 +106,7 @@ beforeEach(() => {
 afterEach(async () => {
   for (const stop of stops.splice(0)) await stop();
   delete process.env.FAKE_BRIDGE_LOG;
+  rmSync(currentDataDir, { recursive: true, force: true });
 });
 
 describe("plugin entry", () => {

@@ -253,9 +253,13 @@ before(async () => {
 after(async () => {
   for (const child of children.reverse()) {
     if (child.exitCode !== null || child.signalCode !== null) continue;
-    child.stdin?.end();
-    child.kill("SIGTERM");
-    await Promise.race([new Promise((r) => child.once("exit", r)), new Promise((r) => setTimeout(r, 8000))]);
+    const exited = new Promise((r) => child.once("exit", r));
+    if (child.stdin) {
+      child.stdin.end(); // helpers (pgserver, fake model) stop cleanly on EOF
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+    }
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 8000))]);
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   }
   if (Object.keys(metrics).length) log(`metrics ${JSON.stringify(metrics)}`);

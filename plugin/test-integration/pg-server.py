@@ -5,12 +5,18 @@ Uses MEMORY_PALACE_TEST_PG_URL instead when it is set (nothing is started then).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
 
 
+def _stop(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # run the finally below: a killed helper must not leak its PostgreSQL
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
     url = os.environ.get("MEMORY_PALACE_TEST_PG_URL")
     server = None
     if not url:
