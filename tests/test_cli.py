@@ -89,3 +89,12 @@ def test_console_script_help(tmp_path: Path) -> None:
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True,
                          env={**os.environ, "MEMORY_PALACE_DATA_DIR": str(tmp_path)})
     assert "remember" in out.stdout and "recall" in out.stdout
+
+
+def test_export_to_stdout_is_pure_jsonl(cli) -> None:
+    cli("remember", "exported fact")
+    code, out, err = cli("export", "-")
+    assert code == 0 and out.strip()
+    for line in out.splitlines():
+        json.loads(line)
+    assert "counts" in err

@@ -158,14 +158,18 @@ def _init(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import run
 
-    return run(load_settings(args.data_dir), database=args.database)
+    return run(load_settings(args.data_dir), database=args.database,
+               expected_processes=args.processes)
 
 
 def _export(args: argparse.Namespace) -> int:
     from .transfer import export_jsonl
 
     result = export_jsonl(_palace(args), args.database, args.file)
-    _print_json(result) if args.json else _show_dict(result)
+    if args.file == "-":  # stdout carries the JSONL: the summary goes to stderr
+        print(orjson.dumps(result).decode(), file=sys.stderr)
+    else:
+        _print_json(result) if args.json else _show_dict(result)
     return 0
 
 
@@ -284,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--execute", action="store_true", help="really re-embed (default: dry run)")
 
-    cmd("doctor", "Check the database setup and print fixes (exit 1 on failure).", _doctor)
+    p = cmd("doctor", "Check the database setup and print fixes (exit 1 on failure).", _doctor)
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="processes expected to share the server, for the max_connections check "
+                        "(default: configured instances, at least 2)")
 
     p = cmd("export", "Write memories, edges and messages to a JSONL file.", _export)
     p.add_argument("file", help="output .jsonl path ('-' for stdout)")
