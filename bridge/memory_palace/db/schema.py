@@ -169,7 +169,7 @@ def postgres_v1(dim: int) -> list[str]:
             expires_at TIMESTAMPTZ,
             is_archived BOOLEAN NOT NULL DEFAULT false,
             tsv tsvector GENERATED ALWAYS AS (memory_palace_tsv(subject, content, keywords)) STORED
-        )""",
+        ) WITH (fillfactor = 70)""",  # room for HOT updates: access counts skip index upkeep
         "CREATE INDEX IF NOT EXISTS ix_memories_instance ON memories(instance_id)",
         "CREATE INDEX IF NOT EXISTS ix_memories_type ON memories(memory_type)",
         "CREATE INDEX IF NOT EXISTS ix_memories_subject ON memories(subject)",
