@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Callable
 
-import psycopg2
 import pytest
 from sqlalchemy import text
 
 from memory_palace import BackendUnavailable, Palace
 from memory_palace.db import schema
-from memory_palace.db.engine import ensure_pg_database, get_database, pg_connect
+from memory_palace.db.engine import ensure_pg_database, pg_connect
 from memory_palace.db.urls import pg_database_name
 
 from .conftest import pg_url_for

@@ -9,7 +9,7 @@ raises InvalidParams naming the parameter.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import orjson

@@ -113,7 +113,7 @@ def export_jsonl(palace: "Palace", database: str | None,
             names = ", ".join(("CAST(embedding AS text) AS embedding" if c == "embedding"
                                and db.is_postgres else c) for c, _ in cols)
             n = 0
-            with db.read() as conn:
+            with db.snapshot() as conn:
                 result = conn.execution_options(stream_results=True).execute(
                     text(f"SELECT {names} FROM {table} ORDER BY {order}"))
                 for row in result:

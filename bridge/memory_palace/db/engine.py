@@ -15,7 +15,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import errorcodes, sql
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import QueuePool
 
 from ..config import type_from_url
@@ -41,6 +41,7 @@ class Database:
         self.masked_url = mask_url(url)
         self.cache: dict[str, Any] = {}  # per-database caches (vector matrix, ...)
         self.lock = threading.RLock()
+        self._local = threading.local()
         self.schema_ready = False
         self.pgvector_version: str | None = None
         if self.kind == "postgres":
@@ -69,7 +70,26 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """An autocommit connection for reads: no BEGIN/ROLLBACK round trips. Nested read()
+        calls on the same thread share it, so one tool call pays one pool checkout (and one
+        pre-ping) however many helpers it goes through."""
+        held = getattr(self._local, "conn", None)
+        if held is not None:
+            yield held
+            return
         with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._local.conn = conn
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction: one consistent view. PostgreSQL server-side cursors and
+        SET LOCAL settings need one; read() is autocommit."""
+        with self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
@@ -97,7 +117,10 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    options = conn.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return
+    mode = options.get("sqlite_begin", "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 

@@ -50,7 +50,7 @@ def _duplicates(palace: "Palace", db: Database, f: Filters, threshold: float, li
                f"AND {inner} ORDER BY b.embedding <=> a.embedding LIMIT 1) nb "
                f"WHERE a.embedding IS NOT NULL AND a.embedding_model = :model AND {cond} "
                f"AND 1 - nb.d >= :th AND a.id < nb.id ORDER BY sim DESC LIMIT :lim")
-        with db.read() as conn:
+        with db.snapshot() as conn:
             conn.execute(text("SELECT set_config('hnsw.ef_search', '100', true)"))
             pairs = [(int(r.a), int(r.b), float(r.sim)) for r in conn.execute(
                 text(sql), {**params, "model": embedder.id, "th": threshold, "lim": limit})]

@@ -13,7 +13,6 @@ from sqlalchemy import bindparam, text
 
 from ..db.engine import Database
 from ..db.values import (
-    json_out,
     json_param,
     jsonb_sql,
     list_out,
@@ -107,14 +106,19 @@ def touch(db: Database, ids: list[int]) -> dict[int, tuple[int, Any]]:
     """
     if not ids:
         return {}
-    stmt = text("UPDATE memories SET access_count = access_count + 1, last_accessed_at = :now "
-                "WHERE id IN :ids RETURNING id, access_count, last_accessed_at").bindparams(
-        bindparam("ids", expanding=True))
-    with db.write() as conn:
-        if db.is_postgres:  # an access count may lag a crash by a moment; recall need not wait
-            conn.execute(text("SET LOCAL synchronous_commit = off"))  # for the WAL flush
-        return {int(r[0]): (int(r[1]), r[2]) for r in
-                conn.execute(stmt, {"now": time_param(db, utcnow()), "ids": list(ids)})}
+    sql = ("UPDATE memories SET access_count = access_count + 1, last_accessed_at = :now "
+           "WHERE id IN :ids RETURNING id, access_count, last_accessed_at")
+    params = {"now": time_param(db, utcnow()), "ids": list(ids)}
+    if db.is_postgres:
+        # One round trip on an autocommit connection: a multi-statement query is one implicit
+        # transaction, so SET LOCAL holds for the UPDATE. An access count may lag a crash by a
+        # moment (no wait for the WAL flush); recall need not wait for the disk.
+        ctx, sql = db.read(), "SET LOCAL synchronous_commit = off; " + sql
+    else:
+        ctx = db.write()
+    with ctx as conn:
+        rows = conn.execute(text(sql).bindparams(bindparam("ids", expanding=True)), params)
+        return {int(r[0]): (int(r[1]), r[2]) for r in rows}
 
 
 def card(row: Any, detail: str, touched: dict[int, tuple[int, Any]]) -> dict[str, Any]:
@@ -204,19 +208,20 @@ def remember(palace: "Palace", db: Database, *, content: str, memory_type: str =
     if vec is not None and do_link:
         scope = Filters.make(project=projects if link_cfg.get("same_project_only", True) else None)
         k = int(link_cfg.get("max_suggestions", 10)) + 10
-        neighbours = [(i, s) for i, s in vectors.search(db, embedder.id, embedder.dim, vec, k, scope)
-                      if i != supersedes_id]
+        hits = vectors.search(db, embedder.id, embedder.dim, vec, k, scope)
+        neighbours = [(i, s) for i, s in hits if i != supersedes_id]
 
     now = time_param(db, utcnow())
     if instance not in palace.settings.instances:
         result["instance_warning"] = (f"instance {instance!r} is not in config 'instances' "
                                       f"({', '.join(palace.settings.instances)})")
+    projects_sql = "CAST(:projects AS TEXT[])" if db.is_postgres else ":projects"
     with db.write() as conn:
         new_id = int(conn.execute(text(
             "INSERT INTO memories (created_at, updated_at, instance_id, projects, memory_type, "
             "subject, content, content_hash, keywords, tags, foundational, source_type, "
             "source_context, source_session_id, embedding, embedding_model, embedding_dim) "
-            f"VALUES (:now, :now, :inst, {'CAST(:projects AS TEXT[])' if db.is_postgres else ':projects'}, "
+            f"VALUES (:now, :now, :inst, {projects_sql}, "
             ":type, :subject, :content, :hash, :keywords, :tags, :foundational, :stype, :sctx, "
             f":sid, {vector_sql(db, 'emb')}, :model, :dim) RETURNING id"),
             {"now": now, "inst": instance, "projects": list_param(db, projects),
@@ -262,36 +267,37 @@ def get(palace: "Palace", db: Database, *, memory_ids: int | list[int],
     ids = [memory_ids] if single else list(dict.fromkeys(memory_ids))
     if not ids:
         raise InvalidParams("memory_get: memory_ids must name at least one id")
-    rows = fetch(db, ids)
-    found = [i for i in ids if i in rows]
-    if single and not found:
-        raise NotFound(f"memory {memory_ids} does not exist; find ids with memory_recall or "
-                       "memory_recent")
-    touched = touch(db, found)
-    out: dict[str, Any]
-    if single:
-        out = {"memory": card(rows[found[0]], detail_level, touched)}
-    else:
-        out = {"memories": [card(rows[i], detail_level, touched) for i in found],
-               "count": len(found)}
-        missing = [i for i in ids if i not in rows]
-        if missing:
-            out["not_found"] = missing
-    if traverse:
-        walks = {i: graph.traverse(db, i, max_depth, direction, relation_types, min_strength)
-                 for i in found}
+    with db.read():  # one pooled connection for every read below
+        rows = fetch(db, ids)
+        found = [i for i in ids if i in rows]
+        if single and not found:
+            raise NotFound(f"memory {memory_ids} does not exist; find ids with memory_recall or "
+                           "memory_recent")
+        touched = touch(db, found)
+        out: dict[str, Any]
         if single:
-            out["traversal"] = walks[found[0]]
+            out = {"memory": card(rows[found[0]], detail_level, touched)}
         else:
-            out["traversals"] = {str(i): w for i, w in walks.items()}
-    elif include_graph and graph_depth > 0:
-        ctx = graph.context(db, found, graph_depth, graph_mode, direction, relation_types,
-                            min_strength)
-        if ctx:
-            out["graph_context"] = ctx
-    if synthesize and len(found) > 1:
-        out["note"] = LLM_NOTE
-    return out
+            out = {"memories": [card(rows[i], detail_level, touched) for i in found],
+                   "count": len(found)}
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                out["not_found"] = missing
+        if traverse:
+            walks = {i: graph.traverse(db, i, max_depth, direction, relation_types, min_strength)
+                     for i in found}
+            if single:
+                out["traversal"] = walks[found[0]]
+            else:
+                out["traversals"] = {str(i): w for i, w in walks.items()}
+        elif include_graph and graph_depth > 0:
+            ctx = graph.context(db, found, graph_depth, graph_mode, direction, relation_types,
+                                min_strength)
+            if ctx:
+                out["graph_context"] = ctx
+        if synthesize and len(found) > 1:
+            out["note"] = LLM_NOTE
+        return out
 
 
 def recent(palace: "Palace", db: Database, *, limit: int = 20, verbose: bool = False,

@@ -90,74 +90,77 @@ def recall(palace: "Palace", db: Database, *, query: str, instance_id: str | Non
     if limit > cap:
         raise InvalidParams(f"memory_recall: limit {limit} is above the maximum {cap}; ask for "
                             "fewer results or page with filters")
-    f = Filters.make(instance_id, project, memory_type, subject, min_foundational,
-                     include_archived)
-    k = max(CANDIDATES, limit)
-    embedder = palace.embedder
-    warning = None
-    try:
-        palace.check_embedder(db)  # a mismatch (Conflict) still raises: it needs a fix
-        qvec = embedder.embed_query(query)
-    except (EmbedderUnavailable, Timeout) as exc:  # keyword search still answers
-        qvec, warning = None, (f"vector search skipped: {exc.message}; results come from "
-                               "keyword search only")
-    vec_hits = ([] if qvec is None else
-                vectors.search(db, embedder.id, embedder.dim, qvec, k, f, _subject_ids(db, f)))
-    kw_hits = keyword_search(db, query, k, f)
+    with db.read():  # one pooled connection for every read below
+        f = Filters.make(instance_id, project, memory_type, subject, min_foundational,
+                         include_archived)
+        k = max(CANDIDATES, limit)
+        embedder = palace.embedder
+        warning = None
+        try:
+            palace.check_embedder(db)  # a mismatch (Conflict) still raises: it needs a fix
+            qvec = embedder.embed_query(query)
+        except (EmbedderUnavailable, Timeout) as exc:  # keyword search still answers
+            qvec, warning = None, (f"vector search skipped: {exc.message}; results come from "
+                                   "keyword search only")
+        vec_hits = ([] if qvec is None else
+                    vectors.search(db, embedder.id, embedder.dim, qvec, k, f, _subject_ids(db, f)))
+        kw_hits = keyword_search(db, query, k, f)
 
-    rrf_k = palace.settings.rrf_k
-    fused: dict[int, float] = {}
-    found_by: dict[int, set[str]] = {}
-    for name, hits in (("vector", vec_hits), ("keyword", kw_hits)):
-        for rank, (mid, _) in enumerate(hits, start=1):
-            fused[mid] = fused.get(mid, 0.0) + 1.0 / (rrf_k + rank)
-            found_by.setdefault(mid, set()).add(name)
-    best = 2.0 / (rrf_k + 1)  # rank 1 in both lists: rank relevance 1.0
-    ids = list(fused)
-    similarity = dict(vec_hits)
-    if qvec is not None:  # keyword-only hits get their cosine too, from the stored vectors
-        missing = [i for i in ids if i not in similarity]
-        similarity.update(vectors.similarities(db, embedder.id, embedder.dim, qvec, missing))
-    rows = fetch(db, ids)
-    degrees = _in_degrees(db, ids)
-    w = palace.settings.weights
-    scored = []
-    for mid in ids:
-        row = rows.get(mid)
-        if row is None:
-            continue
-        # Rank fusion alone is flat at the top of small result sets (rank 1 vs 2 differ by
-        # ~1%), so half the relevance is the absolute cosine: stable across queries.
-        relevance = fused[mid] / best
-        if qvec is not None:
-            relevance = 0.5 * relevance + 0.5 * max(0.0, similarity.get(mid, 0.0))
-        access = min(1.0, math.log1p(row.access_count or 0) / math.log1p(ACCESS_SCALE))
-        centrality = min(1.0, math.log1p(degrees.get(mid, 0)) / math.log1p(CENTRALITY_SCALE))
-        score = w["similarity"] * relevance + w["access"] * access + w["centrality"] * centrality
-        scored.append((score, mid))
-    scored.sort(key=lambda x: (-x[0], x[1]))
-    top = scored[:limit]
-    top_ids = [mid for _, mid in top]
-    touched = touch(db, top_ids)
+        rrf_k = palace.settings.rrf_k
+        fused: dict[int, float] = {}
+        found_by: dict[int, set[str]] = {}
+        for name, hits in (("vector", vec_hits), ("keyword", kw_hits)):
+            for rank, (mid, _) in enumerate(hits, start=1):
+                fused[mid] = fused.get(mid, 0.0) + 1.0 / (rrf_k + rank)
+                found_by.setdefault(mid, set()).add(name)
+        best = 2.0 / (rrf_k + 1)  # rank 1 in both lists: rank relevance 1.0
+        ids = list(fused)
+        similarity = dict(vec_hits)
+        if qvec is not None:  # keyword-only hits get their cosine too, from the stored vectors
+            missing = [i for i in ids if i not in similarity]
+            similarity.update(vectors.similarities(db, embedder.id, embedder.dim, qvec, missing))
+        rows = fetch(db, ids)
+        degrees = _in_degrees(db, ids)
+        w = palace.settings.weights
+        scored = []
+        for mid in ids:
+            row = rows.get(mid)
+            if row is None:
+                continue
+            # Rank fusion alone is flat at the top of small result sets (rank 1 vs 2 differ by
+            # ~1%), so half the relevance is the absolute cosine: stable across queries.
+            relevance = fused[mid] / best
+            if qvec is not None:
+                relevance = 0.5 * relevance + 0.5 * max(0.0, similarity.get(mid, 0.0))
+            access = min(1.0, math.log1p(row.access_count or 0) / math.log1p(ACCESS_SCALE))
+            centrality = min(1.0, math.log1p(degrees.get(mid, 0)) / math.log1p(CENTRALITY_SCALE))
+            score = (w["similarity"] * relevance + w["access"] * access
+                     + w["centrality"] * centrality)
+            scored.append((score, mid))
+        scored.sort(key=lambda x: (-x[0], x[1]))
+        top = scored[:limit]
+        top_ids = [mid for _, mid in top]
+        touched = touch(db, top_ids)
 
-    memories = []
-    for score, mid in top:
-        item = card(rows[mid], detail_level, touched)
-        how = found_by[mid]
-        item["found_by"] = "both" if len(how) == 2 else next(iter(how))
-        item["score"] = round(score, 4)
-        if mid in similarity:
-            item["similarity_score"] = round(similarity[mid], 4)
-        memories.append(item)
-    method = ("hybrid" if vec_hits and kw_hits else "vector" if vec_hits
-              else "keyword" if kw_hits else "none")
-    out: dict[str, Any] = {"memories": memories, "count": len(memories), "search_method": method}
-    if warning:
-        out["warning"] = warning
-    if include_graph and graph_top_n > 0 and graph_depth > 0 and top_ids:
-        ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode)
-        if ctx:
-            out["graph_context"] = ctx
-    if synthesize:
-        out["note"] = LLM_NOTE
-    return out
+        memories = []
+        for score, mid in top:
+            item = card(rows[mid], detail_level, touched)
+            how = found_by[mid]
+            item["found_by"] = "both" if len(how) == 2 else next(iter(how))
+            item["score"] = round(score, 4)
+            if mid in similarity:
+                item["similarity_score"] = round(similarity[mid], 4)
+            memories.append(item)
+        method = ("hybrid" if vec_hits and kw_hits else "vector" if vec_hits
+                  else "keyword" if kw_hits else "none")
+        out: dict[str, Any] = {"memories": memories, "count": len(memories),
+                               "search_method": method}
+        if warning:
+            out["warning"] = warning
+        if include_graph and graph_top_n > 0 and graph_depth > 0 and top_ids:
+            ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode)
+            if ctx:
+                out["graph_context"] = ctx
+        if synthesize:
+            out["note"] = LLM_NOTE
+        return out

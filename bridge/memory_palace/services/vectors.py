@@ -298,7 +298,7 @@ def search(db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
     def run(conn: Any, sql: str) -> list[tuple[int, float]]:
         return [(int(r[0]), float(r[1])) for r in conn.execute(text(sql), params)]
 
-    with db.engine.connect() as conn, conn.begin():
+    with db.snapshot() as conn:
         total = _pg_estimate(conn, "true", {})
         matching = _pg_estimate(conn, cond, params) if f.selective or allowed_ids else total
         iterative = pg_iterative(db)
