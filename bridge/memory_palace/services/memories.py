@@ -99,15 +99,16 @@ def fetch(db: Database, ids: list[int]) -> dict[int, Any]:
         return {int(r.id): r for r in conn.execute(stmt, {"ids": list(ids)})}
 
 
-def touch(db: Database, ids: list[int]) -> dict[int, tuple[int, Any]]:
+def touch(db: Database, ids: list[int], columns: str = "id, access_count, last_accessed_at"
+          ) -> dict[int, Any]:
     """Count an access, atomically in SQL, so concurrent recalls are all counted.
 
-    Returns {id: (access_count, last_accessed_at)} as written, so callers need not re-read.
+    Returns {id: row of `columns`} as written, so callers need not read the rows again.
     """
     if not ids:
         return {}
     sql = ("UPDATE memories SET access_count = access_count + 1, last_accessed_at = :now "
-           "WHERE id IN :ids RETURNING id, access_count, last_accessed_at")
+           f"WHERE id IN :ids RETURNING {columns}")
     params = {"now": time_param(db, utcnow()), "ids": list(ids)}
     if db.is_postgres:
         # One round trip on an autocommit connection: a multi-statement query is one implicit
@@ -118,15 +119,16 @@ def touch(db: Database, ids: list[int]) -> dict[int, tuple[int, Any]]:
         ctx = db.write()
     with ctx as conn:
         rows = conn.execute(text(sql).bindparams(bindparam("ids", expanding=True)), params)
-        return {int(r[0]): (int(r[1]), r[2]) for r in rows}
+        return {int(r.id): r for r in rows}
 
 
-def card(row: Any, detail: str, touched: dict[int, tuple[int, Any]]) -> dict[str, Any]:
+def card(row: Any, detail: str, touched: dict[int, Any]) -> dict[str, Any]:
     """memory_dict with the access count just written by touch()."""
     out = memory_dict(row, detail)
-    if detail != "summary" and int(row.id) in touched:
-        count, at = touched[int(row.id)]
-        out["access_count"], out["last_accessed_at"] = count, time_out(at)
+    new = touched.get(int(row.id))
+    if detail != "summary" and new is not None:
+        out["access_count"] = int(new.access_count)
+        out["last_accessed_at"] = time_out(new.last_accessed_at)
     return out
 
 
@@ -268,17 +270,16 @@ def get(palace: "Palace", db: Database, *, memory_ids: int | list[int],
     if not ids:
         raise InvalidParams("memory_get: memory_ids must name at least one id")
     with db.read():  # one pooled connection for every read below
-        rows = fetch(db, ids)
+        rows = touch(db, ids, COLUMNS)  # counts the access and reads the rows at once
         found = [i for i in ids if i in rows]
         if single and not found:
             raise NotFound(f"memory {memory_ids} does not exist; find ids with memory_recall or "
                            "memory_recent")
-        touched = touch(db, found)
         out: dict[str, Any]
         if single:
-            out = {"memory": card(rows[found[0]], detail_level, touched)}
+            out = {"memory": memory_dict(rows[found[0]], detail_level)}
         else:
-            out = {"memories": [card(rows[i], detail_level, touched) for i in found],
+            out = {"memories": [memory_dict(rows[i], detail_level) for i in found],
                    "count": len(found)}
             missing = [i for i in ids if i not in rows]
             if missing:
