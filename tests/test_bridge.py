@@ -323,3 +323,16 @@ def test_stray_writes_go_to_stderr_not_the_protocol() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == b'{"ok": 1}\n'
     assert b"stray print" in done.stderr and b"stray fd write" in done.stderr
+
+
+def test_ready_line_reports_a_foreign_embedder_with_the_fix(spawn, sqlite_url: str,
+                                                            make_palace) -> None:
+    from memory_palace.embeddings import HashingEmbedder
+
+    other = make_palace(sqlite_url, embedder=HashingEmbedder(384))
+    other.call("memory_set", {"content": "written by the hash embedder"})
+    b = spawn(sqlite_url, embedder="local")
+    err = b.ready.get("embedder_error")
+    assert err and err["code"] == "CONFLICT" and "reembed" in err["message"]
+    # the bridge still serves: the fix itself can run through it
+    assert b.result("memory_reembed", {"all_memories": True})["would_reembed"] == 1

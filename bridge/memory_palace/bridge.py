@@ -164,13 +164,19 @@ class Bridge:
                                  "instance_id": self.palace.settings.instance_id,
                                  "database": self.palace.catalog.default}
         try:
-            self.palace.database()
+            db = self.palace.database()
             listener = self.listeners.ensure()
             ready["listener"] = {"kind": listener.kind, "state": listener.state}
         except MemoryPalaceError as exc:
             log.error("default database unavailable: %s", exc.message)
             self.database_error = exc.to_dict()
             ready["database_error"] = self.database_error
+            return ready
+        try:  # stored vectors from another embedder: say so now, with the fix
+            self.palace.check_embedder(db)
+        except MemoryPalaceError as exc:
+            log.error("embedder check: %s", exc.message)
+            ready["embedder_error"] = exc.to_dict()
         return ready
 
     def shutdown(self) -> bool:
