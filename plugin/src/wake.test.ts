@@ -83,6 +83,15 @@ describe("wake routing", () => {
     expect(rec.events.map((e) => e.opts.contextKey)).toEqual(["memory-palace:b:5", "memory-palace:b:6"]);
   });
 
+  it("keeps messages with the same id in different databases apart and names the database", () => {
+    const { waker, rec } = setup();
+    waker.handle(msg({ message_id: 7, database: "default" }));
+    waker.handle(msg({ message_id: 7, database: "work" }));
+    waker.handle(msg({ message_id: 7, database: "work" }));
+    expect(rec.events.map((e) => e.opts.contextKey)).toEqual(["memory-palace:default:b:7", "memory-palace:work:b:7"]);
+    expect(rec.events[1]?.text).toContain('{"action":"get","instance_id":"b","database":"work"}');
+  });
+
   it("counts messages for instances with no known session and wakes nobody", () => {
     const { waker, rec } = setup();
     waker.handle(msg({ to_instance: "zed" }));
