@@ -142,7 +142,9 @@ def test_mcp_session_tools_memory_and_wake(tmp_path, pg_url, gateway):
     assert set(b) == {"text", "mode", "agentId", "sessionKey"}
     assert b["mode"] == "now" and b["agentId"] == "main" and b["sessionKey"] == "hook:palace"
     assert f"#{out['sent']['id']}" in b["text"] and "prime" in b["text"]
-    assert "message" in b["text"] and "secret body text" not in b["text"]
+    assert "Memory Palace message tool (palace_message in the OpenClaw plugin): action=get, " \
+           "instance_id=crash." in b["text"]
+    assert "secret body text" not in b["text"]
 
     # the broadcast wakes crash and sandy, not the sender prime
     texts = sorted(w["body"]["text"] for w in woken)
@@ -162,6 +164,29 @@ def test_wake_failure_never_blocks_or_raises(caplog):
         t.join(timeout=5)
     assert any("wake of crash" in r.getMessage() for r in caplog.records)
     assert notifier.notify_sent("prime", "nobody", 6) == []
+
+
+def test_route_url_uses_the_hooks_path():
+    notifier = WakeNotifier({
+        "a": {"gateway": "http://gw:18789", "token": "t"},
+        "b": {"gateway": "http://gw:18789/hooks/", "token": "t"},
+        "c": {"gateway": "https://proxy.example/openclaw/palace-hooks", "token": "t"}})
+    assert notifier.routes["a"].url == "http://gw:18789/hooks/wake"
+    assert notifier.routes["b"].url == "http://gw:18789/hooks/wake"
+    assert notifier.routes["c"].url == "https://proxy.example/openclaw/palace-hooks/wake"
+
+
+def test_wake_http_failure_logs_the_fix(caplog):
+    gw = Gateway()
+    try:
+        notifier = WakeNotifier({"crash": {"gateway": gw.url, "token": "wrong"}}, timeout=5)
+        for t in notifier.notify_sent("prime", "crash", 7):
+            t.join(timeout=10)
+        assert gw.requests.get(timeout=5)["auth"] == "Bearer wrong"
+    finally:
+        gw.close()
+    lines = [r.getMessage() for r in caplog.records if "wake of crash" in r.getMessage()]
+    assert lines and "HTTP 401" in lines[0] and "hooks.token" in lines[0]
 
 
 def test_mcp_help():

@@ -34,8 +34,10 @@ class Route:
 
     @property
     def url(self) -> str:
+        """A bare gateway URL gets the default hooks.path (/hooks); a URL with a path is taken
+        as the hooks base itself (a custom hooks.path, or a reverse-proxy prefix + hooks.path)."""
         base = self.gateway.rstrip("/")
-        return base + "/wake" if base.endswith("/hooks") else base + "/hooks/wake"
+        return base + "/wake" if urlsplit(base).path else base + "/hooks/wake"
 
 
 def parse_routes(raw: Mapping[str, Any]) -> dict[str, Route]:
@@ -57,9 +59,38 @@ def parse_routes(raw: Mapping[str, Any]) -> dict[str, Route]:
     return routes
 
 
+# What each documented /hooks/wake failure status means for an instance_routes entry.
+HTTP_FIXES = {
+    400: "the gateway refused the request: agentId must name a configured agent, and a "
+         "sessionKey needs hooks.allowRequestSessionKey: true and a matching "
+         "hooks.allowedSessionKeyPrefixes entry",
+    401: "the route's token must equal the gateway's hooks.token, not its gateway auth token",
+    404: "set hooks.enabled: true on the gateway; with a custom hooks.path, end the route's "
+         "gateway URL with that path",
+    429: "too many failed hook logins: fix the route's token, then wait for Retry-After",
+}
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The gateway's `error` field (or a short plain-text body), for the log line."""
+    try:
+        raw = exc.read(2000)
+    except Exception:  # noqa: BLE001 - best effort for a log line
+        return ""
+    try:
+        err = orjson.loads(raw).get("error")
+        return str(err)[:300] if err else ""
+    except (orjson.JSONDecodeError, AttributeError):
+        return raw.decode("utf-8", "replace").strip()[:300]
+
+
 def wake_text(sender: str, message_id: int, recipient: str, tool: str = "message") -> str:
+    """The woken agent may be an OpenClaw session, whose own built-in `message` tool is for
+    chat channels: so the text also names the plugin's tool, palace_message."""
+    alias = " (palace_message in the OpenClaw plugin)" if tool != "palace_message" else ""
     return (f"Memory Palace: new message #{message_id} from {sender} for {recipient}. "
-            f"Read it with the {tool} tool: action=get, instance_id={recipient}.")
+            f"Read it with the Memory Palace {tool} tool{alias}: "
+            f"action=get, instance_id={recipient}.")
 
 
 class WakeNotifier:
@@ -99,8 +130,10 @@ class WakeNotifier:
                 resp.read()
             log.info("woke %s through %s for message %s", route.instance, route.url, message_id)
         except urllib.error.HTTPError as exc:
-            log.warning("wake of %s via %s failed: HTTP %s (check the route's token and the "
-                        "gateway's hooks.enabled)", route.instance, route.url, exc.code)
+            detail = _error_detail(exc)
+            log.warning("wake of %s via %s failed: HTTP %s%s (%s)", route.instance, route.url,
+                        exc.code, f": {detail}" if detail else "",
+                        HTTP_FIXES.get(exc.code, "see the gateway log"))
         except Exception as exc:  # noqa: BLE001 - fire-and-forget: log, never raise
             log.warning("wake of %s via %s failed: %s", route.instance, route.url, exc)
 

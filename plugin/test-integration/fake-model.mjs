@@ -1,7 +1,8 @@
 // A fake OpenAI-compatible chat-completions server (SSE streaming) for the OpenClaw integration
 // test. When the prompt holds a Memory Palace wake event it answers with the tool call the event
 // names (palace_message get); once that tool result is in the conversation it answers NO_REPLY.
-// Prints {"port"} on its first stdout line; GET /requests returns what it saw (with timestamps).
+// Prints {"port"} on its first stdout line; GET /requests returns what it saw (with timestamps and
+// the text of the non-system messages as `prompt`).
 import { createServer } from "node:http";
 
 const WAKE = /Memory Palace: new [^\n"]*? message #(\d+)/g;
@@ -27,6 +28,7 @@ function decide(body) {
     wakeMessageId: wake ? Number(wake[1]) : null,
     tools,
     toolResults,
+    prompt: messages.filter((m) => m.role !== "system").map(text).join("\n"),
   };
   seen.push(record);
   if (wake && !answered.has(wake[1])) {

@@ -7,90 +7,19 @@
 //   MEMORY_PALACE_PYTHON   Python with memory-palace + pgserver installed (required)
 //   MEMORY_PALACE_TEST_PG_URL  use this PostgreSQL instead of starting pgserver
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { request as httpRequest } from "node:http";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
+import { createHarness, fakeModelConfig, freePort, log, poll, PYTHON, ROOT, SKIP } from "./harness.mjs";
 
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const OPENCLAW = join(ROOT, "node_modules/.bin/openclaw");
-const PYTHON = process.env.MEMORY_PALACE_PYTHON;
 const TOKEN = "memory-palace-it-token";
-const SKIP = process.env.MEMORY_PALACE_SKIP_OPENCLAW === "1";
 if (SKIP) console.log("# MEMORY_PALACE_SKIP_OPENCLAW=1: the real OpenClaw integration test is SKIPPED on request");
 
-const children = [];
-const T = mkdtempSync(join(tmpdir(), "mp-openclaw-it-"));
-const HOME = join(T, "home");
-const ENV = {
-  ...process.env,
-  HOME,
-  OPENCLAW_HOME: HOME,
-  OPENCLAW_DISABLE_BONJOUR: "1",
-  OPENCLAW_GATEWAY_TOKEN: TOKEN,
-  MEMORY_PALACE_LOG_LEVEL: "INFO",
-};
+const H = createHarness({ prefix: "mp-openclaw-it-", gatewayToken: TOKEN });
+const { T, HOME, startHelper, run, openclaw } = H;
 const state = {};
 const metrics = {};
-
-function log(message) {
-  console.log(`# ${message}`);
-}
-
-/** Spawn a long-running helper and resolve with its first stdout line. */
-function startHelper(command, args, options = {}) {
-  const child = spawn(command, args, { env: ENV, stdio: ["pipe", "pipe", "pipe"], ...options });
-  children.push(child);
-  const stderr = [];
-  child.stderr.on("data", (d) => stderr.push(String(d)));
-  return new Promise((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout });
-    lines.once("line", (line) => resolve({ child, line, stderr }));
-    child.once("exit", (code) => reject(new Error(`${command} ${args.join(" ")} exited (${code}) before its first line:\n${stderr.join("").slice(-2000)}`)));
-  });
-}
-
-function run(command, args, options = {}) {
-  return execFileSync(command, args, { env: ENV, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 180_000, ...options });
-}
-
-function openclaw(args) {
-  try {
-    return run(OPENCLAW, args, { cwd: T });
-  } catch (error) {
-    throw new Error(`openclaw ${args.join(" ")} failed:\n${error.stdout ?? ""}\n${error.stderr ?? ""}`);
-  }
-}
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function poll(what, fn, ms = 60_000, every = 100) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    try {
-      const value = await fn();
-      if (value) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((r) => setTimeout(r, every));
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${last.message}` : ""}`);
-}
 
 /** POST /tools/invoke on a fresh connection (a plugin reload closes kept-alive sockets). */
 function invoke(tool, args, sessionKey) {
@@ -217,54 +146,24 @@ before(async () => {
     dataDir: state.dataDir,
     readyTimeoutMs: 60_000,
   };
-  config.models = {
-    mode: "merge",
-    providers: {
-      fake: {
-        baseUrl: `http://127.0.0.1:${state.modelPort}/v1`,
-        apiKey: "fake-local",
-        api: "openai-completions",
-        models: [{ id: "fake-model", name: "Fake", reasoning: false, input: ["text"], cost: { input: 0, output: 0, cacheRead: 0, cacheWrite: 0 }, contextWindow: 128000, maxTokens: 4096 }],
-      },
-    },
-  };
+  config.models = fakeModelConfig(state.modelPort);
   config.gateway = { ...(config.gateway ?? {}), port: state.port }; // for `openclaw plugins reload`
   config.agents = { ...(config.agents ?? {}), defaults: { ...(config.agents?.defaults ?? {}), model: { primary: "fake/fake-model" } } };
   writeFileSync(configPath, JSON.stringify(config, null, 2));
 
   const t2 = Date.now();
-  const gateway = spawn(OPENCLAW, ["gateway", "run", "--allow-unconfigured", "--port", String(state.port), "--bind", "loopback", "--auth", "token", "--verbose"], { env: ENV, cwd: T, stdio: ["ignore", "pipe", "pipe"] });
-  children.push(gateway);
-  state.gatewayLog = [];
-  const keep = (d) => {
-    state.gatewayLog.push(String(d));
-    appendFileSync(join(T, "gateway.log"), d);
-  };
-  gateway.stdout.on("data", keep);
-  gateway.stderr.on("data", keep);
-  gateway.once("exit", (code) => (state.gatewayExit = code));
+  const gateway = H.startGateway(state.port);
+  state.gatewayLog = gateway.log;
   await poll("the gateway and the bridge (memory_stats via /tools/invoke)", async () => {
-    if (state.gatewayExit !== undefined) throw new Error(`gateway exited ${state.gatewayExit}:\n${state.gatewayLog.join("").slice(-3000)}`);
+    if (gateway.exit !== undefined) throw new Error(`gateway exited ${gateway.exit}:\n${state.gatewayLog.join("").slice(-3000)}`);
     return invoke("memory_stats", {}, "agent:main:main");
   }, 120_000, 250);
   metrics.gatewayReadyMs = Date.now() - t2;
 });
 
 after(async () => {
-  for (const child of children.reverse()) {
-    if (child.exitCode !== null || child.signalCode !== null) continue;
-    const exited = new Promise((r) => child.once("exit", r));
-    if (child.stdin) {
-      child.stdin.end(); // helpers (pgserver, fake model) stop cleanly on EOF
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-    }
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 8000))]);
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-  }
+  await H.stop();
   if (Object.keys(metrics).length) log(`metrics ${JSON.stringify(metrics)}`);
-  if (!process.env.MEMORY_PALACE_KEEP_IT_DIR) rmSync(T, { recursive: true, force: true });
-  else log(`kept ${T}`);
 });
 
 test("the memory slot selects memory-palace and OpenClaw loads every tool", { skip: SKIP }, () => {
