@@ -6,7 +6,7 @@
 import { createServer } from "node:http";
 
 const WAKE = /Memory Palace: new [^\n"]*? message #(\d+)/g;
-const CALL = /palace_message tool with (\{\\?"action\\?":\\?"get\\?",\\?"instance_id\\?":\\?"[^"\\]+\\?"\})/g;
+const CALL = /palace_message tool with (\{\\?"action\\?":\\?"get\\?",\\?"instance_id\\?":\\?"[^"\\]+\\?"(?:,\\?"database\\?":\\?"[^"\\]+\\?")?\})/g;
 const seen = [];
 const answered = new Set(); // wake ids already answered with a tool call: one get per wake
 
