@@ -35,19 +35,18 @@ async def send_all(data_dir: str, sender: str, recipients: list[str]) -> list[di
     params = StdioServerParameters(command=server_command(), args=["--log-level", "INFO"],
                                    env=env)
     sends = []
-    async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            for to in recipients:
-                content = f"The vault code for {to} is 4417-{time.time_ns()}"
-                sent_at = time.time() * 1000
-                res = await session.call_tool("message", {
-                    "action": "send", "from_instance": sender, "to_instance": to,
-                    "subject": "vault code", "content": content})
-                if res.is_error:
-                    raise SystemExit(f"message send to {to} failed: {res.content[0].text}")
-                sends.append({"id": json.loads(res.content[0].text)["id"], "to": to,
-                              "content": content, "sentAtMs": sent_at})
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        for to in recipients:
+            content = f"The vault code for {to} is 4417-{time.time_ns()}"
+            sent_at = time.time() * 1000
+            res = await session.call_tool("message", {
+                "action": "send", "from_instance": sender, "to_instance": to,
+                "subject": "vault code", "content": content})
+            if res.is_error:
+                raise SystemExit(f"message send to {to} failed: {res.content[0].text}")
+            sends.append({"id": json.loads(res.content[0].text)["id"], "to": to,
+                          "content": content, "sentAtMs": sent_at})
     return sends
 
 
