@@ -98,3 +98,25 @@ def test_export_to_stdout_is_pure_jsonl(cli) -> None:
     for line in out.splitlines():
         json.loads(line)
     assert "counts" in err
+
+
+def test_readme_cli_examples_run(tmp_path: Path) -> None:
+    """The README's 'use it yourself' commands run as written (hash embedder for speed)."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("To use it yourself", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [ln for ln in block.splitlines() if ln.startswith("memory-palace")]
+    assert len(lines) >= 4
+    env = {**os.environ, "MEMORY_PALACE_DATA_DIR": str(tmp_path), "MEMORY_PALACE_EMBEDDER": "hash"}
+    bindir = Path(sys.executable).parent
+    outputs = {}
+    for line in lines:
+        argv = shlex.split(re.sub(r"\s+#.*$", "", line))
+        out = subprocess.run([str(bindir / argv[0]), *argv[1:]], capture_output=True, text=True,
+                             env=env)
+        assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
+        outputs[line] = out.stdout
+    found = json.loads(outputs["memory-palace recall ERR_CONN_RESET --json"])
+    assert found["memories"][0]["subject"] == "staging deploys"
