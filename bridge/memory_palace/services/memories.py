@@ -217,6 +217,7 @@ def remember(palace: "Palace", db: Database, *, content: str, memory_type: str =
     if instance not in palace.settings.instances:
         result["instance_warning"] = (f"instance {instance!r} is not in config 'instances' "
                                       f"({', '.join(palace.settings.instances)})")
+    subjects = {i: r.subject for i, r in fetch(db, [i for i, _ in neighbours]).items()}
     projects_sql = "CAST(:projects AS TEXT[])" if db.is_postgres else ":projects"
     with db.write() as conn:
         new_id = int(conn.execute(text(
@@ -241,7 +242,6 @@ def remember(palace: "Palace", db: Database, *, content: str, memory_type: str =
         links, suggestions = [], []
         link_at = float(link_cfg.get("link_threshold", 0.75))
         suggest_at = float(link_cfg.get("suggest_threshold", 0.675))
-        subjects = {i: r.subject for i, r in fetch(db, [i for i, _ in neighbours]).items()}
         for target, sim in neighbours:
             if sim >= link_at:
                 if insert_edge(conn, db, new_id, target, "relates_to", sim, bidirectional=True,
