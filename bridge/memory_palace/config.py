@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "embedding_model": None,
     "embedding_dimension": None,
     "llm_model": None,
+    # Accepted so the original Memory Palace's config.json loads unchanged; not used here.
     "synthesis": {"enabled": False},
     "toon_output": False,
     "auto_link": {
