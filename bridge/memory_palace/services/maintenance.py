@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, text
 
 from ..db import schema
 from ..db.engine import Database
-from ..db.values import time_param, utcnow, vector_param, vector_sql
+from ..db.values import list_out, time_param, utcnow, vector_param, vector_sql
 from ..errors import Conflict, MemoryPalaceError
 from . import vectors
 from .filters import Filters, projects_sql, where
@@ -198,8 +198,8 @@ def reembed(palace: "Palace", db: Database, *, older_than_days: int | None = Non
                 ":model, embedding_dim = :dim WHERE id = :id"),
                 [{"emb": vector_param(db, v), "model": embedder.id, "dim": embedder.dim,
                   "id": int(r.id)} for r, v in zip(batch, vecs)])
-            _clear_failed_tags(conn, db, [int(r.id) for r in batch if r.tags
-                                          and EMBEDDING_FAILED_TAG in str(r.tags)])
+            _clear_failed_tags(conn, db, [int(r.id) for r in batch
+                                          if EMBEDDING_FAILED_TAG in list_out(r.tags)])
         done += len(batch)
         if progress:
             progress(done + failed, total)
