@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from psycopg2 import sql
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-
 from memory_palace import Palace, load_settings
 from memory_palace.db.engine import pg_connect
 from memory_palace.embeddings import HashingEmbedder
 from memory_palace.services.messages import pg_channel
+from psycopg2 import sql
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
 BASELINE_SLEEP = 0.1  # the original listener: poll(), drain, sleep(0.1)
 
@@ -38,8 +37,9 @@ def pg_server() -> tuple[str, Any]:
         return url, None
     import pgserver
 
-    server = pgserver.get_server(Path(tempfile.mkdtemp(prefix="mp-bench-pg-")),
-                                 cleanup_mode="delete")
+    server = pgserver.get_server(
+        Path(tempfile.mkdtemp(prefix="mp-bench-pg-")), cleanup_mode="delete"
+    )
     return server.get_uri(), server
 
 
@@ -48,10 +48,17 @@ class BridgeClient:
 
     def __init__(self, data_dir: Path, instance: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_PALACE_")}
-        env.update(MEMORY_PALACE_DATA_DIR=str(data_dir), MEMORY_PALACE_INSTANCE_ID=instance,
-                   MEMORY_PALACE_LOG_LEVEL="WARNING")
-        self.proc = subprocess.Popen([sys.executable, "-m", "memory_palace.bridge"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        env.update(
+            MEMORY_PALACE_DATA_DIR=str(data_dir),
+            MEMORY_PALACE_INSTANCE_ID=instance,
+            MEMORY_PALACE_LOG_LEVEL="WARNING",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "memory_palace.bridge"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         self.cond = threading.Condition()
         self.events: dict[int, float] = {}
         self.replies: dict[Any, tuple[float, dict[str, Any]]] = {}
@@ -125,8 +132,14 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(values_s: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values_s]
-    return {"n": len(ms), "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99),
-            "max": max(ms), "mean": statistics.fmean(ms)}
+    return {
+        "n": len(ms),
+        "p50": pct(ms, 50),
+        "p95": pct(ms, 95),
+        "p99": pct(ms, 99),
+        "max": max(ms),
+        "mean": statistics.fmean(ms),
+    }
 
 
 def bench_wake(bridge: BridgeClient, palace: Palace, url: str, n: int) -> dict[str, Any]:
@@ -137,13 +150,27 @@ def bench_wake(bridge: BridgeClient, palace: Palace, url: str, n: int) -> dict[s
     baseline = BaselineListener(url, ["sandy", "all"])
     baseline.start()
     for i in range(20):  # warm-up: pool connections, plans
-        r = palace.call("message", {"action": "send", "from_instance": "prime",
-                                    "to_instance": "sandy", "content": f"warm {i}"})
+        r = palace.call(
+            "message",
+            {
+                "action": "send",
+                "from_instance": "prime",
+                "to_instance": "sandy",
+                "content": f"warm {i}",
+            },
+        )
         bridge.wait(lambda r=r: r["id"] in bridge.events)
     for i in range(n):
-        r = palace.call("message", {"action": "send", "from_instance": "prime",
-                                    "to_instance": "all" if i % 10 == 0 else "sandy",
-                                    "subject": f"wake {i}", "content": f"message {i}"})
+        r = palace.call(
+            "message",
+            {
+                "action": "send",
+                "from_instance": "prime",
+                "to_instance": "all" if i % 10 == 0 else "sandy",
+                "subject": f"wake {i}",
+                "content": f"message {i}",
+            },
+        )
         commits[r["id"]] = stamp.t
         bridge.wait(lambda r=r: r["id"] in bridge.events, 10)
     deadline = time.monotonic() + 2
@@ -155,18 +182,25 @@ def bench_wake(bridge: BridgeClient, palace: Palace, url: str, n: int) -> dict[s
     return {"push": summary(push), "baseline": summary(base)}
 
 
-def bench_throughput(bridge: BridgeClient, method: str, params: list[dict[str, Any]],
-                     count: int) -> dict[str, float]:
+def bench_throughput(
+    bridge: BridgeClient, method: str, params: list[dict[str, Any]], count: int
+) -> dict[str, float]:
     """Write `count` requests at once (params cycled) and time until the last reply is read."""
     tag = uuid.uuid4().hex[:6]
     ids = [f"{tag}-{i}" for i in range(count)]
-    payload = b"".join(orjson.dumps({"id": rid, "method": method,
-                                     "params": params[i % len(params)]}) + b"\n"
-                       for i, rid in enumerate(ids))
+    payload = b"".join(
+        orjson.dumps({"id": rid, "method": method, "params": params[i % len(params)]}) + b"\n"
+        for i, rid in enumerate(ids)
+    )
     start = time.perf_counter()
     threading.Thread(target=bridge.send, args=(payload,), daemon=True).start()
-    bridge.wait(lambda: all(rid in bridge.replies for rid in ids[-50:]) and
-                len([1 for rid in ids if rid in bridge.replies]) == count, 300)
+    bridge.wait(
+        lambda: (
+            all(rid in bridge.replies for rid in ids[-50:])
+            and len([1 for rid in ids if rid in bridge.replies]) == count
+        ),
+        300,
+    )
     elapsed = max(bridge.replies[rid][0] for rid in ids) - start
     errors = sum(1 for rid in ids if "error" in bridge.replies[rid][1])
     return {"requests": count, "seconds": elapsed, "rps": count / elapsed, "errors": errors}
@@ -180,34 +214,56 @@ def main() -> None:
     args = ap.parse_args()
 
     server_url, server = pg_server()
-    url = make_url(server_url).set(database=f"mp_bench_{uuid.uuid4().hex[:8]}").render_as_string(
-        hide_password=False)
+    url = (
+        make_url(server_url)
+        .set(database=f"mp_bench_{uuid.uuid4().hex[:8]}")
+        .render_as_string(hide_password=False)
+    )
     data_dir = Path(tempfile.mkdtemp(prefix="mp-bench-"))
-    (data_dir / "config.json").write_bytes(orjson.dumps(
-        {"database": {"url": url}, "embedder": "hash", "instances": ["prime", "sandy"]}))
+    (data_dir / "config.json").write_bytes(
+        orjson.dumps(
+            {"database": {"url": url}, "embedder": "hash", "instances": ["prime", "sandy"]}
+        )
+    )
     palace = Palace(load_settings(data_dir, env={}), embedder=HashingEmbedder(384))
     palace.database()
     bridge = BridgeClient(data_dir, "sandy")
     tput: dict[str, dict[str, float]] = {}
     try:
         wake = bench_wake(bridge, palace, url, args.messages)
-        gets = [{"memory_ids": palace.call("memory_set", {
-            "content": f"Bench fact {i}: service {i % 17} runs on host {i % 5}.",
-            "subject": f"bench {i}", "instance_id": "prime", "auto_link": False})["id"]}
-            for i in range(200)]
+        gets = [
+            {
+                "memory_ids": palace.call(
+                    "memory_set",
+                    {
+                        "content": f"Bench fact {i}: service {i % 17} runs on host {i % 5}.",
+                        "subject": f"bench {i}",
+                        "instance_id": "prime",
+                        "auto_link": False,
+                    },
+                )["id"]
+            }
+            for i in range(200)
+        ]
         tput["memory_get"] = bench_throughput(bridge, "memory_get", gets, args.requests)
-        tput["message get"] = bench_throughput(bridge, "message", [
-            {"action": "get", "instance_id": "sandy", "limit": 5}], args.requests)
+        tput["message get"] = bench_throughput(
+            bridge,
+            "message",
+            [{"action": "get", "instance_id": "sandy", "limit": 5}],
+            args.requests,
+        )
         tput["_health"] = bench_throughput(bridge, "_health", [{}], args.requests)
-        tput["pool, no DB"] = bench_throughput(bridge, "_get_instance_routes", [{}],
-                                               args.requests)
+        tput["pool, no DB"] = bench_throughput(bridge, "_get_instance_routes", [{}], args.requests)
         bridge.close()
         # The same memory_get with commits that skip the WAL fsync wait: memory_get counts each
         # access with an UPDATE, so its throughput is bounded by commit latency on this disk.
         admin = pg_connect(url)
         with admin.cursor() as cur:
-            cur.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
-                sql.Identifier(make_url(url).database)))
+            cur.execute(
+                sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
+                    sql.Identifier(make_url(url).database)
+                )
+            )
         admin.close()
         bridge = BridgeClient(data_dir, "sandy")
         tput["memory_get async"] = bench_throughput(bridge, "memory_get", gets, args.requests)
@@ -218,29 +274,42 @@ def main() -> None:
             server.cleanup()
 
     push, base = wake["push"], wake["baseline"]
-    result = {"wake_ms": push, "baseline_ms": base,
-              "ratio_p50": base["p50"] / push["p50"], "ratio_p99": base["p99"] / push["p99"],
-              "throughput": tput}
+    result = {
+        "wake_ms": push,
+        "baseline_ms": base,
+        "ratio_p50": base["p50"] / push["p50"],
+        "ratio_p99": base["p99"] / push["p99"],
+        "throughput": tput,
+    }
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return
     print(f"wake latency, commit -> new_message line on the bridge's stdout ({push['n']} messages)")
     print(f"{'listener':<28}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}")
     for name, s in (("bridge (select + poll)", push), ("baseline (sleep 100 ms)", base)):
-        print(f"{name:<28}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}"
-              f"{s['mean']:>9.2f}")
-    print(f"baseline / bridge: p50 x{result['ratio_p50']:.0f}, p99 x{result['ratio_p99']:.0f}"
-          f"   (target: bridge p99 <= 10 ms: {'ok' if push['p99'] <= 10 else 'MISSED'})")
+        print(
+            f"{name:<28}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}"
+            f"{s['mean']:>9.2f}"
+        )
+    print(
+        f"baseline / bridge: p50 x{result['ratio_p50']:.0f}, p99 x{result['ratio_p99']:.0f}"
+        f"   (target: bridge p99 <= 10 ms: {'ok' if push['p99'] <= 10 else 'MISSED'})"
+    )
     print()
     print("bridge throughput, pipelined over stdio")
     print(f"{'method':<16}{'requests':>10}{'seconds':>10}{'req/s':>10}{'errors':>8}")
     for name, t in tput.items():
-        print(f"{name:<16}{t['requests']:>10}{t['seconds']:>10.2f}{t['rps']:>10.0f}"
-              f"{t['errors']:>8}")
-    print("(_health is answered on the reader thread; 'pool, no DB' is _get_instance_routes on the"
-          " worker pool;\n memory_get async = the same requests with synchronous_commit=off)")
-    print(f"(target: >= 2,000 req/s for memory_get: "
-          f"{'ok' if tput['memory_get']['rps'] >= 2000 else 'MISSED'})")
+        print(
+            f"{name:<16}{t['requests']:>10}{t['seconds']:>10.2f}{t['rps']:>10.0f}{t['errors']:>8}"
+        )
+    print(
+        "(_health is answered on the reader thread; 'pool, no DB' is _get_instance_routes on the"
+        " worker pool;\n memory_get async = the same requests with synchronous_commit=off)"
+    )
+    print(
+        f"(target: >= 2,000 req/s for memory_get: "
+        f"{'ok' if tput['memory_get']['rps'] >= 2000 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -6,16 +6,16 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy.engine import make_url
-
 from memory_palace import Palace, load_settings
 from memory_palace.db.engine import dispose_engines
 from memory_palace.embeddings import HashingEmbedder
+from sqlalchemy.engine import make_url
 
 PASSTHROUGH = {"MEMORY_PALACE_TEST_PG_URL"}
 
@@ -79,8 +79,12 @@ def make_palace(tmp_path: Path) -> Callable[..., Palace]:
     """Build a Palace over a data dir holding the given config.json (hash embedder)."""
     counter = iter(range(1000))
 
-    def make(url: str | None = None, embedder: Any = None, env: dict[str, str] | None = None,
-             **config: Any) -> Palace:
+    def make(
+        url: str | None = None,
+        embedder: Any = None,
+        env: dict[str, str] | None = None,
+        **config: Any,
+    ) -> Palace:
         data_dir = tmp_path / f"data{next(counter)}"
         data_dir.mkdir()
         if url is not None and "databases" not in config:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from memory_palace.embeddings import HashingEmbedder
 
 #: Dimensions the fake gives well-known models; anything else gets DEFAULT_DIM.
@@ -63,11 +63,12 @@ class FakeOllama:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "FakeOllama":
+    def start(self) -> FakeOllama:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
-                                        name="fake-ollama", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), name="fake-ollama", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -79,14 +80,15 @@ class FakeOllama:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "FakeOllama":
+    def __enter__(self) -> FakeOllama:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def fail(self, status: int, times: int = 1, error: str = "injected failure",
-             path: str = "/api/embed") -> None:
+    def fail(
+        self, status: int, times: int = 1, error: str = "injected failure", path: str = "/api/embed"
+    ) -> None:
         """Answer the next `times` requests to `path` with HTTP `status` and {"error": error}."""
         with self._lock:
             self._failures.extend(_Failure(path, status, error) for _ in range(times))
@@ -123,12 +125,26 @@ class FakeOllama:
         return self.dims.get(model, self.dims.get(family, MODEL_DIMS.get(family, DEFAULT_DIM)))
 
     def tags(self) -> dict[str, Any]:
-        return {"models": [{
-            "name": m, "model": m, "modified_at": "2025-01-01T00:00:00Z", "size": 274302450,
-            "digest": hashlib.sha256(m.encode()).hexdigest(),
-            "details": {"parent_model": "", "format": "gguf", "family": self._family(m),
-                        "families": [self._family(m)], "parameter_size": "137M",
-                        "quantization_level": "F16"}} for m in self.models]}
+        return {
+            "models": [
+                {
+                    "name": m,
+                    "model": m,
+                    "modified_at": "2025-01-01T00:00:00Z",
+                    "size": 274302450,
+                    "digest": hashlib.sha256(m.encode()).hexdigest(),
+                    "details": {
+                        "parent_model": "",
+                        "format": "gguf",
+                        "family": self._family(m),
+                        "families": [self._family(m)],
+                        "parameter_size": "137M",
+                        "quantization_level": "F16",
+                    },
+                }
+                for m in self.models
+            ]
+        }
 
     def embed(self, body: Any) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict) or not body.get("model"):
@@ -152,9 +168,13 @@ class FakeOllama:
                 text = " ".join(words[:limit])
             cut.append(text)
         vectors = HashingEmbedder(self.dim_of(model)).embed_documents(cut)
-        return 200, {"model": body["model"], "embeddings": vectors.tolist(),
-                     "total_duration": 1000, "load_duration": 10,
-                     "prompt_eval_count": sum(len(t.split()) for t in cut)}
+        return 200, {
+            "model": body["model"],
+            "embeddings": vectors.tolist(),
+            "total_duration": 1000,
+            "load_duration": 10,
+            "prompt_eval_count": sum(len(t.split()) for t in cut),
+        }
 
 
 def _handler_for(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
-
 from memory_palace.tools import enabled_tools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +28,13 @@ class BridgeProcess:
         self.stderr_path = data_dir / "bridge.stderr"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memory_palace.bridge"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._stderr, env=full_env, cwd=ROOT)
+            [sys.executable, "-m", "memory_palace.bridge"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=full_env,
+            cwd=ROOT,
+        )
         self.lines: list[Any] = []
         self.bad_lines: list[bytes] = []
         self.replies: dict[Any, list[dict[str, Any]]] = {}
@@ -160,27 +165,41 @@ def test_ready_first_then_only_json_lines(spawn, sqlite_url: str) -> None:
     assert b.bad_lines == [] and len(b.lines) == 2
 
 
-@pytest.mark.parametrize("line, code, has_id", [
-    (b"{not json", "PARSE_ERROR", False),
-    (b"[1, 2, 3]", "INVALID_REQUEST", False),
-    (b'"just a string"', "INVALID_REQUEST", False),
-    (b'{"method": "_health"}', "INVALID_REQUEST", False),
-    (b'{"id": {"x": 1}, "method": "_health"}', "INVALID_REQUEST", False),
-    (b'{"id": true, "method": "_health"}', "INVALID_REQUEST", False),
-    (b'{"id": 7, "method": 42}', "INVALID_REQUEST", True),
-    (b'{"id": 7, "method": "memory_stats", "params": [1]}', "INVALID_PARAMS", True),
-    (b'{"id": 7, "method": "no_such_tool"}', "METHOD_NOT_FOUND", True),
-    (b'{"id": 7, "method": "message", "params": {"action": "get", "limit": "ten"}}',
-     "INVALID_PARAMS", True),
-    (b'{"id": 7, "method": "message", "params": {"action": "shout"}}', "INVALID_PARAMS", True),
-    (b'{"id": 7, "method": "message", "params": {"action": "get", "nope": 1}}',
-     "INVALID_PARAMS", True),
-    (b'{"id": 7, "method": "_subscribe", "params": {"channel": 5}}', "INVALID_PARAMS", True),
-    (b'{"id": 7, "method": "message", "params": {"action": "mark_read", "instance_id": "prime",'
-     b' "message_id": 99999}}', "TOOL_ERROR", True),
-])
+@pytest.mark.parametrize(
+    "line, code, has_id",
+    [
+        (b"{not json", "PARSE_ERROR", False),
+        (b"[1, 2, 3]", "INVALID_REQUEST", False),
+        (b'"just a string"', "INVALID_REQUEST", False),
+        (b'{"method": "_health"}', "INVALID_REQUEST", False),
+        (b'{"id": {"x": 1}, "method": "_health"}', "INVALID_REQUEST", False),
+        (b'{"id": true, "method": "_health"}', "INVALID_REQUEST", False),
+        (b'{"id": 7, "method": 42}', "INVALID_REQUEST", True),
+        (b'{"id": 7, "method": "memory_stats", "params": [1]}', "INVALID_PARAMS", True),
+        (b'{"id": 7, "method": "no_such_tool"}', "METHOD_NOT_FOUND", True),
+        (
+            b'{"id": 7, "method": "message", "params": {"action": "get", "limit": "ten"}}',
+            "INVALID_PARAMS",
+            True,
+        ),
+        (b'{"id": 7, "method": "message", "params": {"action": "shout"}}', "INVALID_PARAMS", True),
+        (
+            b'{"id": 7, "method": "message", "params": {"action": "get", "nope": 1}}',
+            "INVALID_PARAMS",
+            True,
+        ),
+        (b'{"id": 7, "method": "_subscribe", "params": {"channel": 5}}', "INVALID_PARAMS", True),
+        (
+            b'{"id": 7, "method": "message", "params": {"action": "mark_read", "instance_id": "prime",'
+            b' "message_id": 99999}}',
+            "TOOL_ERROR",
+            True,
+        ),
+    ],
+)
 def test_bad_requests_get_their_error_and_the_bridge_keeps_serving(
-        spawn, sqlite_url: str, line: bytes, code: str, has_id: bool) -> None:
+    spawn, sqlite_url: str, line: bytes, code: str, has_id: bool
+) -> None:
     b = spawn(sqlite_url)
     b.send_raw(line + b"\n")
     rid = 7 if has_id else None
@@ -197,15 +216,27 @@ def test_bad_requests_get_their_error_and_the_bridge_keeps_serving(
 def test_huge_line_is_refused_without_a_crash(spawn, sqlite_url: str) -> None:
     b = spawn(sqlite_url)
     content = "x" * (17 * 1024 * 1024)
-    big = orjson.dumps({"id": "big", "method": "message", "params": {
-        "action": "send", "from_instance": "prime", "to_instance": "sandy", "content": content}})
+    big = orjson.dumps(
+        {
+            "id": "big",
+            "method": "message",
+            "params": {
+                "action": "send",
+                "from_instance": "prime",
+                "to_instance": "sandy",
+                "content": content,
+            },
+        }
+    )
     b.send_raw(big + b"\n")
     reply = b.reply(None, timeout=60)
     assert reply["error"]["code"] == "INVALID_REQUEST"
     assert "longer than" in reply["error"]["message"]
     assert "big" not in b.replies
-    sent = b.result("message", {"action": "send", "from_instance": "prime",
-                                "to_instance": "sandy", "content": "small"})
+    sent = b.result(
+        "message",
+        {"action": "send", "from_instance": "prime", "to_instance": "sandy", "content": "small"},
+    )
     assert sent["success"]
     got = b.result("message", {"action": "get", "instance_id": "sandy"})
     assert [m["content"] for m in got["messages"]] == ["small"]
@@ -221,8 +252,12 @@ def test_management_methods(spawn, sqlite_url: str) -> None:
     assert "memory_palace_msg_all" in health["listened_channels"]
     assert health["uptime_s"] >= 0
     cancel = b.result("_cancel", {"id": "nothing-pending"})
-    assert cancel == {"cancelled": False, "id": "nothing-pending", "state": "unknown",
-                      "note": cancel["note"]}
+    assert cancel == {
+        "cancelled": False,
+        "id": "nothing-pending",
+        "state": "unknown",
+        "note": cancel["note"],
+    }
     sub = b.result("_subscribe", {"channel": "memory_palace_msg_ops"})
     assert sub["mode"] == "poll" and sub["channel"] == "memory_palace_msg_ops"
     assert "memory_palace_msg_ops" in b.result("_health")["listened_channels"]
@@ -234,9 +269,22 @@ def test_management_methods(spawn, sqlite_url: str) -> None:
 
 def test_duplicate_pending_id_and_out_of_order_ids(spawn, sqlite_url: str) -> None:
     b = spawn(sqlite_url)
-    lines = b"".join(orjson.dumps({"id": i, "method": "message", "params": {
-        "action": "send", "from_instance": "prime", "to_instance": "sandy",
-        "content": f"m{i}"}}) + b"\n" for i in range(40))
+    lines = b"".join(
+        orjson.dumps(
+            {
+                "id": i,
+                "method": "message",
+                "params": {
+                    "action": "send",
+                    "from_instance": "prime",
+                    "to_instance": "sandy",
+                    "content": f"m{i}",
+                },
+            }
+        )
+        + b"\n"
+        for i in range(40)
+    )
     b.send_raw(lines)
     replies = [b.reply(i) for i in range(40)]
     assert all(r["result"]["success"] for r in replies)
@@ -253,8 +301,15 @@ def test_shutdown_replies_then_exits(spawn, sqlite_url: str) -> None:
 
 def test_eof_exits_cleanly_after_finishing_requests(spawn, sqlite_url: str) -> None:
     b = spawn(sqlite_url)
-    rid = b.submit("message", {"action": "send", "from_instance": "prime", "to_instance": "sandy",
-                               "content": "last words"})
+    rid = b.submit(
+        "message",
+        {
+            "action": "send",
+            "from_instance": "prime",
+            "to_instance": "sandy",
+            "content": "last words",
+        },
+    )
     assert b.close() == 0
     assert b.replies[rid][0]["result"]["success"]
 
@@ -262,21 +317,35 @@ def test_eof_exits_cleanly_after_finishing_requests(spawn, sqlite_url: str) -> N
 def test_sqlite_polling_emits_events(spawn, make_palace, sqlite_url: str) -> None:
     b = spawn(sqlite_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
     other = make_palace(sqlite_url, instances=["prime", "sandy"])
-    direct = other.call("message", {"action": "send", "from_instance": "prime",
-                                    "to_instance": "sandy", "content": "wake", "subject": "hi"})
+    direct = other.call(
+        "message",
+        {
+            "action": "send",
+            "from_instance": "prime",
+            "to_instance": "sandy",
+            "content": "wake",
+            "subject": "hi",
+        },
+    )
     event = b.event(lambda e: e.get("data", {}).get("message_id") == direct["id"])
     assert event["event"] == "new_message"
     assert event["data"]["subject"] == "hi" and event["data"]["from_instance"] == "prime"
     # A raw _subscribe works on SQLite too: the poller adds the name.
     assert b.result("_subscribe", {"channel": "ops"})["mode"] == "poll"
-    chan = other.call("message", {"action": "send", "from_instance": "prime", "channel": "ops",
-                                  "content": "deploy"})
+    chan = other.call(
+        "message",
+        {"action": "send", "from_instance": "prime", "channel": "ops", "content": "deploy"},
+    )
     b.event(lambda e: e.get("data", {}).get("message_id") == chan["id"])
     # Messages for instances nobody listens to are not emitted.
-    other.call("message", {"action": "send", "from_instance": "prime", "to_instance": "zed",
-                           "content": "not ours"})
-    last = other.call("message", {"action": "send", "from_instance": "prime",
-                                  "to_instance": "all", "content": "everyone"})
+    other.call(
+        "message",
+        {"action": "send", "from_instance": "prime", "to_instance": "zed", "content": "not ours"},
+    )
+    last = other.call(
+        "message",
+        {"action": "send", "from_instance": "prime", "to_instance": "all", "content": "everyone"},
+    )
     b.event(lambda e: e.get("data", {}).get("message_id") == last["id"])
     ids = [d["message_id"] for d in b.new_messages()]
     assert ids == [direct["id"], chan["id"], last["id"]]
@@ -292,11 +361,24 @@ def test_cancel_drops_replies_and_frees_a_worker(spawn, sqlite_url: str) -> None
     lock = sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # every send now waits for the write lock
     try:
-        ids = [b.submit("message", {"action": "send", "from_instance": "prime",
-                                    "to_instance": "sandy", "content": f"blocked {i}"})
-               for i in range(9)]
-        b.wait_for(lambda: b.result("_health")["in_flight"] == 9
-                   and sum(r["running"] for r in b.result("_health")["in_flight_requests"]) == 8)
+        ids = [
+            b.submit(
+                "message",
+                {
+                    "action": "send",
+                    "from_instance": "prime",
+                    "to_instance": "sandy",
+                    "content": f"blocked {i}",
+                },
+            )
+            for i in range(9)
+        ]
+        b.wait_for(
+            lambda: (
+                b.result("_health")["in_flight"] == 9
+                and sum(r["running"] for r in b.result("_health")["in_flight_requests"]) == 8
+            )
+        )
         running = [r["id"] for r in b.result("_health")["in_flight_requests"] if r["running"]]
         queued = next(i for i in ids if i not in running)
         assert b.result("_cancel", {"id": queued})["state"] == "queued"
@@ -316,17 +398,20 @@ def test_cancel_drops_replies_and_frees_a_worker(spawn, sqlite_url: str) -> None
 
 
 def test_stray_writes_go_to_stderr_not_the_protocol() -> None:
-    code = ("import os; from memory_palace.bridge import _protocol_stdout; out = _protocol_stdout(); "
-            "print('stray print'); os.write(1, b'stray fd write\\n'); "
-            "out.write(b'{\"ok\": 1}\\n'); out.flush()")
+    code = (
+        "import os; from memory_palace.bridge import _protocol_stdout; out = _protocol_stdout(); "
+        "print('stray print'); os.write(1, b'stray fd write\\n'); "
+        "out.write(b'{\"ok\": 1}\\n'); out.flush()"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b'{"ok": 1}\n'
     assert b"stray print" in done.stderr and b"stray fd write" in done.stderr
 
 
-def test_ready_line_reports_a_foreign_embedder_with_the_fix(spawn, sqlite_url: str,
-                                                            make_palace) -> None:
+def test_ready_line_reports_a_foreign_embedder_with_the_fix(
+    spawn, sqlite_url: str, make_palace
+) -> None:
     from memory_palace.embeddings import HashingEmbedder
 
     other = make_palace(sqlite_url, embedder=HashingEmbedder(384))

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from memory_palace.cli import build_parser, main
 
 
@@ -34,8 +33,10 @@ def test_init_creates_data_dir_and_database(cli, tmp_path: Path) -> None:
 
 
 def test_remember_recall_stats_round_trip(cli) -> None:
-    assert cli("remember", "Staging deploys fail with ERR_CONN_RESET", "-s", "deploys",
-               "-p", "ops")[0] == 0
+    assert (
+        cli("remember", "Staging deploys fail with ERR_CONN_RESET", "-s", "deploys", "-p", "ops")[0]
+        == 0
+    )
     assert cli("remember", "Alice prefers green tea", "-s", "alice")[0] == 0
     code, out, _ = cli("remember", "Alice prefers green tea", "-s", "alice")
     assert "already remembered as #2" in out
@@ -86,8 +87,13 @@ def test_every_command_has_help() -> None:
 
 def test_console_script_help(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("memory-palace")
-    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True,
-                         env={**os.environ, "MEMORY_PALACE_DATA_DIR": str(tmp_path)})
+    out = subprocess.run(
+        [str(exe), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MEMORY_PALACE_DATA_DIR": str(tmp_path)},
+    )
     assert "remember" in out.stdout and "recall" in out.stdout
 
 
@@ -114,8 +120,9 @@ def test_readme_cli_examples_run(tmp_path: Path) -> None:
     outputs = {}
     for line in lines:
         argv = shlex.split(re.sub(r"\s+#.*$", "", line))
-        out = subprocess.run([str(bindir / argv[0]), *argv[1:]], capture_output=True, text=True,
-                             env=env)
+        out = subprocess.run(
+            [str(bindir / argv[0]), *argv[1:]], capture_output=True, text=True, env=env
+        )
         assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
         outputs[line] = out.stdout
     found = json.loads(outputs["memory-palace recall ERR_CONN_RESET --json"])

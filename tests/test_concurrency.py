@@ -6,13 +6,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
-
 from memory_palace import Palace, load_settings
 from memory_palace.embeddings import HashingEmbedder
 from memory_palace.services import vectors
@@ -35,16 +35,21 @@ def run_together(n: int, fn: Callable[[], Any]) -> list[Any]:
 
 
 def access_count(palace: Palace, mid: int) -> int:
-    return palace.call("memory_get", {"memory_ids": mid, "include_graph": False,
-                                      "detail_level": "verbose"})["memory"]["access_count"]
+    return palace.call(
+        "memory_get", {"memory_ids": mid, "include_graph": False, "detail_level": "verbose"}
+    )["memory"]["access_count"]
 
 
 def test_concurrent_recalls_and_gets_are_all_counted(palace: Palace) -> None:
     target = palace.call("memory_set", {"content": "the canary deploy goes out at 9am"})["id"]
     palace.call("memory_set", {"content": "unrelated shopping list"})
     before = access_count(palace, target)  # this get counts one
-    results = run_together(THREADS, lambda: palace.call(
-        "memory_recall", {"query": "canary deploy 9am", "limit": 1, "include_graph": False}))
+    results = run_together(
+        THREADS,
+        lambda: palace.call(
+            "memory_recall", {"query": "canary deploy 9am", "limit": 1, "include_graph": False}
+        ),
+    )
     assert all(r["memories"][0]["id"] == target for r in results)
     after_recall = access_count(palace, target)
     assert after_recall == before + 1 + THREADS
@@ -61,15 +66,18 @@ def _writer(data_dir: str, name: str, out: Any) -> None:
         palace = _palace(data_dir)
         ids = []
         for i in range(WRITES):
-            r = palace.call("memory_set", {"content": f"widget note {i} from writer {name}",
-                                           "project": "shared"})
+            r = palace.call(
+                "memory_set",
+                {"content": f"widget note {i} from writer {name}", "project": "shared"},
+            )
             ids.append(r["id"])
             if i % 10 == 9:  # archives change the vector index too
                 palace.call("memory_archive", {"memory_ids": [ids[-5]], "dry_run": False})
-        final = palace.call("memory_set", {"content": f"sentinel zebra{name} written last",
-                                           "project": "shared"})["id"]
+        final = palace.call(
+            "memory_set", {"content": f"sentinel zebra{name} written last", "project": "shared"}
+        )["id"]
         out.put(("writer", name, final, None))
-    except Exception:  # noqa: BLE001 - report any failure to the parent
+    except Exception:
         out.put(("writer", name, None, traceback.format_exc()))
 
 
@@ -79,26 +87,36 @@ def _recaller(data_dir: str, done: Any, out: Any) -> None:
         db = palace.database()
         calls = 0
         while not done.is_set() or calls < 3:
-            palace.call("memory_recall", {"query": "widget note from writer", "limit": 5,
-                                          "project": "shared", "include_graph": False})
+            palace.call(
+                "memory_recall",
+                {
+                    "query": "widget note from writer",
+                    "limit": 5,
+                    "project": "shared",
+                    "include_graph": False,
+                },
+            )
             calls += 1
         found = {}
         for name in ("A", "B"):
             query = f"sentinel zebra{name} written last"
-            hits = palace.call("memory_recall", {"query": query, "limit": 2,
-                                                 "include_graph": False})["memories"]
-            vec = vectors.search(db, palace.embedder.id, 384,
-                                 palace.embedder.embed_query(query), 1, Filters.make())
+            hits = palace.call(
+                "memory_recall", {"query": query, "limit": 2, "include_graph": False}
+            )["memories"]
+            vec = vectors.search(
+                db, palace.embedder.id, 384, palace.embedder.embed_query(query), 1, Filters.make()
+            )
             exact = [(m["id"], m["found_by"]) for m in hits if m["similarity_score"] > 0.999]
             found[name] = (exact, vec[0][0])
         active = palace.call("memory_stats", {})["active_memories"]
         out.put(("recaller", calls, {"found": found, "active": active}, None))
-    except Exception:  # noqa: BLE001
+    except Exception:
         out.put(("recaller", None, None, traceback.format_exc()))
 
 
 def test_two_writer_processes_and_a_reader_share_sqlite(
-        make_palace: Callable[..., Palace], sqlite_url: str) -> None:
+    make_palace: Callable[..., Palace], sqlite_url: str
+) -> None:
     parent = make_palace(sqlite_url)
     seed = parent.call("memory_set", {"content": "widget note seed", "project": "shared"})["id"]
     # the parent's cache is built now; it must see the children's writes later
@@ -129,10 +147,11 @@ def test_two_writer_processes_and_a_reader_share_sqlite(
     assert info["active"] == 1 + 2 * (WRITES + 1) - 6
     q = parent.embedder.embed_query("sentinel zebraB written last")
     assert vectors.search(parent.database(), parent.embedder.id, 384, q, 1, Filters.make()) == [
-        (finals["B"], pytest.approx(1.0, abs=1e-5))]
-    listed = parent.call("memory_recall", {"query": "widget note from writer",
-                                           "project": "shared", "limit": 100})
+        (finals["B"], pytest.approx(1.0, abs=1e-5))
+    ]
+    listed = parent.call(
+        "memory_recall", {"query": "widget note from writer", "project": "shared", "limit": 100}
+    )
     contents = {m["content"] for m in listed["memories"]}
     assert len(contents) == info["active"]
-    assert not contents & {f"widget note {i} from writer {n}" for i in (5, 15, 25)
-                           for n in "AB"}
+    assert not contents & {f"widget note {i} from writer {n}" for i in (5, 15, 25) for n in "AB"}

@@ -2,7 +2,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from memory_palace import ConfigError, load_settings
 from memory_palace.db.urls import derive_url, mask_url
 
@@ -27,20 +26,25 @@ def test_data_dir_from_env(tmp_path: Path) -> None:
 
 
 def test_legacy_database_key(tmp_path: Path) -> None:
-    write(tmp_path, {"database": {"type": "postgres", "url": "postgresql://u:p@h:5432/memory_palace"}})
+    write(
+        tmp_path, {"database": {"type": "postgres", "url": "postgresql://u:p@h:5432/memory_palace"}}
+    )
     s = load_settings(tmp_path, env={})
     assert list(s.databases) == ["default"]
     assert s.databases["default"].url == "postgresql://u:p@h:5432/memory_palace"
 
 
 def test_named_databases_and_default(tmp_path: Path) -> None:
-    write(tmp_path, {
-        "databases": {
-            "main": {"type": "postgres", "url": "postgresql://h/memory_palace"},
-            "life": {"type": "sqlite", "url": "sqlite:////tmp/life.db"},
+    write(
+        tmp_path,
+        {
+            "databases": {
+                "main": {"type": "postgres", "url": "postgresql://h/memory_palace"},
+                "life": {"type": "sqlite", "url": "sqlite:////tmp/life.db"},
+            },
+            "default_database": "main",
         },
-        "default_database": "main",
-    })
+    )
     s = load_settings(tmp_path, env={})
     assert s.default_database == "main"
     assert s.databases["life"].type == "sqlite"
@@ -50,10 +54,14 @@ def test_named_databases_and_default(tmp_path: Path) -> None:
 def test_env_url_overrides_default_in_both_modes(tmp_path: Path, named: bool) -> None:
     cfg: dict = {"database": {"type": "sqlite", "url": "sqlite:////tmp/a.db"}}
     if named:
-        cfg["databases"] = {"default": {"type": "sqlite", "url": "sqlite:////tmp/a.db"},
-                            "work": {"type": "sqlite", "url": "sqlite:////tmp/w.db"}}
+        cfg["databases"] = {
+            "default": {"type": "sqlite", "url": "sqlite:////tmp/a.db"},
+            "work": {"type": "sqlite", "url": "sqlite:////tmp/w.db"},
+        }
     write(tmp_path, cfg)
-    s = load_settings(tmp_path, env={"MEMORY_PALACE_DATABASE_URL": "postgresql://x@y/memory_palace"})
+    s = load_settings(
+        tmp_path, env={"MEMORY_PALACE_DATABASE_URL": "postgresql://x@y/memory_palace"}
+    )
     assert s.default_url == "postgresql://x@y/memory_palace"
     assert s.databases["default"].type == "postgres"
     if named:
@@ -85,21 +93,39 @@ def test_instance_id_env_appended(tmp_path: Path) -> None:
 
 
 def test_weights_from_env_are_normalised(tmp_path: Path) -> None:
-    s = load_settings(tmp_path, env={"MEMORY_PALACE_WEIGHT_SIMILARITY": "2",
-                                     "MEMORY_PALACE_WEIGHT_ACCESS": "1",
-                                     "MEMORY_PALACE_WEIGHT_CENTRALITY": "1"})
+    s = load_settings(
+        tmp_path,
+        env={
+            "MEMORY_PALACE_WEIGHT_SIMILARITY": "2",
+            "MEMORY_PALACE_WEIGHT_ACCESS": "1",
+            "MEMORY_PALACE_WEIGHT_CENTRALITY": "1",
+        },
+    )
     assert s.weights == {"similarity": 0.5, "access": 0.25, "centrality": 0.25}
 
 
-@pytest.mark.parametrize("base,name,expected", [
-    ("postgresql://localhost/memory_palace", "life", "postgresql://localhost/memory_palace_life"),
-    ("postgresql://u:p@h:5432/memory_palace", "memory_palace_work",
-     "postgresql://u:p@h:5432/memory_palace_work"),
-    ("postgresql://postgres:@/postgres?host=/tmp/s", "life",
-     "postgresql://postgres:@/memory_palace_life?host=/tmp/s"),
-    ("sqlite:///path/memories.db", "life", "sqlite:///path/memories_life.db"),
-    ("sqlite:////abs/dir/memories.db", "work", "sqlite:////abs/dir/memories_work.db"),
-])
+@pytest.mark.parametrize(
+    "base,name,expected",
+    [
+        (
+            "postgresql://localhost/memory_palace",
+            "life",
+            "postgresql://localhost/memory_palace_life",
+        ),
+        (
+            "postgresql://u:p@h:5432/memory_palace",
+            "memory_palace_work",
+            "postgresql://u:p@h:5432/memory_palace_work",
+        ),
+        (
+            "postgresql://postgres:@/postgres?host=/tmp/s",
+            "life",
+            "postgresql://postgres:@/memory_palace_life?host=/tmp/s",
+        ),
+        ("sqlite:///path/memories.db", "life", "sqlite:///path/memories_life.db"),
+        ("sqlite:////abs/dir/memories.db", "work", "sqlite:////abs/dir/memories_work.db"),
+    ],
+)
 def test_derivation(base: str, name: str, expected: str) -> None:
     assert derive_url(base, name) == expected
 

@@ -21,8 +21,11 @@ def test_manifest_lists_every_registry_tool() -> None:
 
 
 def test_generated_plugin_schemas_are_current() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-tool-schemas"), "--check"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen-tool-schemas"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from memory_palace.errors import InvalidParams, NotFound
 
 EXT = ["mcp_server.extensions.db_manager"]
@@ -55,11 +54,14 @@ def test_set_default_unknown_name_is_not_found(make_palace, sqlite_url):
 @pytest.mark.postgres
 def test_list_reports_a_down_database_without_failing(make_palace, pg_url, sqlite_url):
     down = "postgresql://mp:s3cr3tpw@127.0.0.1:1/memory_palace_down"
-    palace = make_palace(extensions=EXT, databases={
-        "default": {"type": "postgres", "url": pg_url},
-        "offline": {"type": "postgres", "url": down},
-        "local": {"type": "sqlite", "url": sqlite_url},
-    })
+    palace = make_palace(
+        extensions=EXT,
+        databases={
+            "default": {"type": "postgres", "url": pg_url},
+            "offline": {"type": "postgres", "url": down},
+            "local": {"type": "sqlite", "url": sqlite_url},
+        },
+    )
     palace.call("memory_set", {"content": "one memory"})
     listing = palace.call("memory_list_databases", {})
     dbs = listing["databases"]
@@ -79,7 +81,10 @@ def test_register_with_explicit_url_and_unreachable(make_palace, pg_url, sqlite_
     out = palace.call("memory_register_database", {"name": "side", "url": sqlite_url})
     assert out["type"] == "sqlite" and out["status"] == "connected"
     from memory_palace.errors import BackendUnavailable
+
     with pytest.raises(BackendUnavailable, match="pg_isready"):
-        palace.call("memory_register_database",
-                    {"name": "gone", "url": "postgresql://x:pw@127.0.0.1:1/memory_palace_x"})
+        palace.call(
+            "memory_register_database",
+            {"name": "gone", "url": "postgresql://x:pw@127.0.0.1:1/memory_palace_x"},
+        )
     assert palace.call("memory_list_databases", {})["databases"]["gone"]["status"] == "down"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import text
-
 from memory_palace import BackendUnavailable, Palace
 from memory_palace.db import schema
 from memory_palace.db.engine import ensure_pg_database, pg_connect
 from memory_palace.db.urls import pg_database_name
+from sqlalchemy import text
 
 from .conftest import pg_url_for
 
@@ -26,8 +25,14 @@ def tables(db) -> set[str]:
 
 def test_schema_created_on_first_use(palace: Palace) -> None:
     db = palace.database()
-    assert {"memories", "memory_edges", "messages", "message_reads", "subscriptions",
-            "palace_meta"} <= tables(db)
+    assert {
+        "memories",
+        "memory_edges",
+        "messages",
+        "message_reads",
+        "subscriptions",
+        "palace_meta",
+    } <= tables(db)
     assert schema.schema_version(db) == schema.SCHEMA_VERSION
 
 
@@ -58,11 +63,18 @@ def test_postgres_pool_and_indexes(make_palace, pg_url: str) -> None:
     pool = db.engine.pool
     assert pool.size() == 5 and pool._max_overflow == 10 and db.engine.pool._pre_ping
     with db.read() as conn:
-        idx = {r[0]: r[1] for r in conn.execute(text(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename='memories'"))}
-        coltype = conn.execute(text(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid='memories'::regclass AND attname='embedding'")).scalar()
+        idx = {
+            r[0]: r[1]
+            for r in conn.execute(
+                text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename='memories'")
+            )
+        }
+        coltype = conn.execute(
+            text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid='memories'::regclass AND attname='embedding'"
+            )
+        ).scalar()
     assert "hnsw" in idx["idx_memories_embedding_hnsw"]
     assert "vector_cosine_ops" in idx["idx_memories_embedding_hnsw"]
     assert "gin" in idx["ix_memories_projects"] and "gin" in idx["ix_memories_tsv"]
@@ -94,7 +106,7 @@ def limited_role(pg_server_url: str):
     role = f"mp_user_{uuid.uuid4().hex[:8]}"
     admin = pg_connect(pg_server_url)
     with admin.cursor() as cur:
-        cur.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD \'pw\' NOCREATEDB NOSUPERUSER')
+        cur.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw' NOCREATEDB NOSUPERUSER")
     yield role
     admin.close()
 
@@ -102,8 +114,11 @@ def limited_role(pg_server_url: str):
 def role_url(server_url: str, role: str, dbname: str) -> str:
     from sqlalchemy.engine import make_url
 
-    return make_url(server_url).set(username=role, password="pw", database=dbname) \
+    return (
+        make_url(server_url)
+        .set(username=role, password="pw", database=dbname)
         .render_as_string(hide_password=False)
+    )
 
 
 @pytest.mark.postgres
@@ -119,8 +134,9 @@ def test_no_createdb_gives_clear_error(pg_server_url: str, limited_role: str, ma
 
 
 @pytest.mark.postgres
-def test_pgvector_missing_and_not_creatable(pg_server_url: str, limited_role: str,
-                                            make_palace) -> None:
+def test_pgvector_missing_and_not_creatable(
+    pg_server_url: str, limited_role: str, make_palace
+) -> None:
     dbname = f"mp_noext_{uuid.uuid4().hex[:8]}"
     admin = pg_connect(pg_server_url)
     with admin.cursor() as cur:
@@ -147,20 +163,30 @@ def test_ensure_database_is_idempotent(pg_url: str) -> None:
 @pytest.mark.postgres
 def test_mixed_backends_pg_default_sqlite_named(make_palace, pg_url: str, tmp_path) -> None:
     side = f"sqlite:///{tmp_path / 'side.db'}"
-    palace = make_palace(databases={"default": {"type": "postgres", "url": pg_url},
-                                    "side": {"type": "sqlite", "url": side}})
+    palace = make_palace(
+        databases={
+            "default": {"type": "postgres", "url": pg_url},
+            "side": {"type": "sqlite", "url": side},
+        }
+    )
     assert palace.database().is_postgres and not palace.database("side").is_postgres
     assert "memories_fts" in tables(palace.database("side"))
 
 
 @pytest.mark.postgres
 def test_mixed_backends_sqlite_default_pg_named(make_palace, pg_url: str, sqlite_url: str) -> None:
-    palace = make_palace(databases={"default": {"type": "sqlite", "url": sqlite_url},
-                                    "team": {"type": "postgres", "url": pg_url}})
+    palace = make_palace(
+        databases={
+            "default": {"type": "sqlite", "url": sqlite_url},
+            "team": {"type": "postgres", "url": pg_url},
+        }
+    )
     team = palace.database("team")
     with team.read() as conn:
-        assert conn.execute(text("SELECT count(*) FROM pg_extension WHERE extname='vector'")
-                            ).scalar() == 1
+        assert (
+            conn.execute(text("SELECT count(*) FROM pg_extension WHERE extname='vector'")).scalar()
+            == 1
+        )
     assert not palace.database().is_postgres
 
 

@@ -71,20 +71,32 @@ def test_runnable_examples_run(tmp_path, pg_server_url):
     this_layout(source, memories=25)
     data = tmp_path / "data"
     data.mkdir()
-    (data / "config.json").write_bytes(orjson.dumps({
-        "databases": {"default": {"url": target}, "restored": {"url": restored}},
-        "embedder": "hash"}))
+    (data / "config.json").write_bytes(
+        orjson.dumps(
+            {
+                "databases": {"default": {"url": target}, "restored": {"url": restored}},
+                "embedder": "hash",
+            }
+        )
+    )
     env = {**os.environ, "MEMORY_PALACE_DATA_DIR": str(data)}
     ran = 0
     for argv in doc_commands():
         if argv[0] == "memory-palace-mcp":
             continue  # a stdio server: covered by tests/test_mcp.py
-        args = [a.replace(DOC_SOURCE, f"sqlite:///{source}").replace(DOC_TARGET, target)
-                for a in argv]
+        args = [
+            a.replace(DOC_SOURCE, f"sqlite:///{source}").replace(DOC_TARGET, target) for a in argv
+        ]
         if args[0] == "memory-palace" and args[1] == "doctor" and "--database" in args:
             args[args.index("--database") + 1] = "restored"
-        res = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
-                             env=env, cwd=tmp_path, timeout=300)
+        res = subprocess.run(
+            [str(BIN / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert res.returncode == 0, f"{' '.join(argv)}\n{res.stdout}\n{res.stderr}"
         ran += 1
     assert ran >= 6

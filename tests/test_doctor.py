@@ -10,12 +10,12 @@ import uuid
 import orjson
 import psycopg2
 import pytest
-from psycopg2 import sql
-from sqlalchemy.engine import make_url
-
 from memory_palace import doctor, load_settings
 from memory_palace.db import schema
 from memory_palace.db.engine import get_database
+from psycopg2 import sql
+from sqlalchemy.engine import make_url
+
 from tests.conftest import pg_url_for
 
 
@@ -44,9 +44,16 @@ def test_healthy_postgres(tmp_path, pg_url):
     schema.migrate(get_database(pg_url), 384)
     code, out = run(settings_for(tmp_path, pg_url))
     assert code == 0, out
-    for name in ("server reachable", "pgvector installed", "pgvector enabled", "role may",
-                 "max_connections", "HNSW index", "LISTEN/NOTIFY round trip",
-                 "schema version"):
+    for name in (
+        "server reachable",
+        "pgvector installed",
+        "pgvector enabled",
+        "role may",
+        "max_connections",
+        "HNSW index",
+        "LISTEN/NOTIFY round trip",
+        "schema version",
+    ):
         assert f"✓ {name}" in out, out
     assert "✗" not in out and "all checks passed" in out
 
@@ -59,7 +66,7 @@ def test_missing_extension_and_index(tmp_path, pg_server_url):
     code, out = run(settings_for(tmp_path, url))
     assert code == 1
     assert f"✗ pgvector enabled in {dbname}" in out
-    assert 'fix: psql ' + dbname + ' -c "CREATE EXTENSION IF NOT EXISTS vector;"' in out
+    assert "fix: psql " + dbname + ' -c "CREATE EXTENSION IF NOT EXISTS vector;"' in out
     assert "✓ LISTEN/NOTIFY round trip" in out
     # a schema without its HNSW index is reported with the seed's fix
     schema.migrate(get_database(url), 8)
@@ -76,17 +83,21 @@ def test_missing_extension_and_index(tmp_path, pg_server_url):
 def test_role_without_createdb(tmp_path, pg_server_url, pg_url):
     schema.migrate(get_database(pg_url), 384)
     role = f"mp_role_{uuid.uuid4().hex[:8]}"
-    admin(pg_server_url, sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw' NOCREATEDB").format(
-        sql.Identifier(role)))
-    url = make_url(pg_url).set(username=role, password="pw").render_as_string(
-        hide_password=False)
+    admin(
+        pg_server_url,
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw' NOCREATEDB").format(sql.Identifier(role)),
+    )
+    url = make_url(pg_url).set(username=role, password="pw").render_as_string(hide_password=False)
     code, out = run(settings_for(tmp_path, url))
     assert code == 1 and "✗ table privileges" in out and f"TO {role};" in out
     owner = psycopg2.connect(pg_url)
     owner.autocommit = True
     for what in ("TABLES", "SEQUENCES"):
-        owner.cursor().execute(sql.SQL("GRANT ALL ON ALL {} IN SCHEMA public TO {}").format(
-            sql.SQL(what), sql.Identifier(role)))
+        owner.cursor().execute(
+            sql.SQL("GRANT ALL ON ALL {} IN SCHEMA public TO {}").format(
+                sql.SQL(what), sql.Identifier(role)
+            )
+        )
     owner.close()
     code, out = run(settings_for(tmp_path, url))
     assert "✓ schema version" in out and "table privileges" not in out
@@ -120,6 +131,7 @@ def test_sqlite_checks(tmp_path, sqlite_url):
     assert code == 0 and "✓ WAL mode" in out and "✓ schema version: 1 (current)" in out
     path = sqlite_url.split("///", 1)[1]
     from memory_palace.db.engine import dispose_engines
+
     dispose_engines()
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=DELETE")

@@ -10,21 +10,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from memory_palace import load_settings
 from memory_palace.embeddings import HashingEmbedder, create_embedder
 from memory_palace.embeddings.local import MODEL_SHA256, LocalEmbedder
 from memory_palace.embeddings.ollama import OllamaEmbedder, known_dim
 from memory_palace.errors import ConfigError, EmbedderUnavailable
+
 from tests.fake_ollama import FakeOllama, fake_ollama  # noqa: F401  (fixture)
 
 TRIPLES = [  # (sentence, paraphrase, unrelated)
-    ("The cat sat on the mat.", "A kitten was sitting on the rug.",
-     "Quarterly revenue grew by eight percent."),
-    ("How do I reset my password?", "I forgot my login password and need a new one.",
-     "The train to Berlin leaves at noon."),
-    ("The database connection was refused.", "Could not connect to the Postgres server.",
-     "She planted tomatoes in the garden."),
+    (
+        "The cat sat on the mat.",
+        "A kitten was sitting on the rug.",
+        "Quarterly revenue grew by eight percent.",
+    ),
+    (
+        "How do I reset my password?",
+        "I forgot my login password and need a new one.",
+        "The train to Berlin leaves at noon.",
+    ),
+    (
+        "The database connection was refused.",
+        "Could not connect to the Postgres server.",
+        "She planted tomatoes in the garden.",
+    ),
 ]
 
 
@@ -34,6 +43,7 @@ def local() -> LocalEmbedder:
 
 
 # -- local embedder ------------------------------------------------------------------------------
+
 
 def test_local_identity_is_known_without_loading(tmp_path: Path) -> None:
     emb = LocalEmbedder(tmp_path / "does-not-exist.onnx")
@@ -98,7 +108,8 @@ def test_local_missing_model_names_the_fix(tmp_path: Path) -> None:
 
 
 def test_local_loads_once_across_threads_and_without_network(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("the local embedder must not touch the network")
 
@@ -132,21 +143,29 @@ def test_create_embedder_defaults_to_local(tmp_path: Path) -> None:
 
 # -- hashing embedder ----------------------------------------------------------------------------
 
+
 def test_hashing_shared_words_are_closer() -> None:
     emb = HashingEmbedder(384)
-    a, b, c = emb.embed_documents(["postgres connection refused on port 5432",
-                                   "connection to postgres was refused",
-                                   "she planted tomatoes in the garden"])
+    a, b, c = emb.embed_documents(
+        [
+            "postgres connection refused on port 5432",
+            "connection to postgres was refused",
+            "she planted tomatoes in the garden",
+        ]
+    )
     assert a @ b > 0.4 and a @ b > a @ c + 0.3
     np.testing.assert_array_equal(emb.embed_query("same text"), emb.embed_query("same text"))
-    np.testing.assert_allclose(np.linalg.norm(emb.embed_documents(["x", "y z"]), axis=1), 1.0,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.linalg.norm(emb.embed_documents(["x", "y z"]), axis=1), 1.0, atol=1e-6
+    )
 
 
 # -- Ollama client -------------------------------------------------------------------------------
 
-def client(fake: FakeOllama, model: str | None = "nomic-embed-text", **kw: object
-           ) -> OllamaEmbedder:
+
+def client(
+    fake: FakeOllama, model: str | None = "nomic-embed-text", **kw: object
+) -> OllamaEmbedder:
     kw.setdefault("backoff", 0.001)
     kw.setdefault("timeout", 5.0)
     return OllamaEmbedder(fake.url, model, **kw)  # type: ignore[arg-type]
@@ -179,19 +198,27 @@ def test_ollama_never_sends_keep_alive_zero(fake_ollama: FakeOllama) -> None:
         OllamaEmbedder(fake_ollama.url, "nomic-embed-text", keep_alive=0)
 
 
-@pytest.mark.parametrize("model, query, document", [
-    ("nomic-embed-text", "search_query: where is X", "search_document: X is here"),
-    ("hf.co/Salesforce/SFR-Embedding-Mistral:Q4_K_M",
-     "Instruct: Given a memory search query, retrieve relevant memories.\nQuery: where is X",
-     "X is here"),
-    ("e5-mistral:7b",
-     "Instruct: Given a memory search query, retrieve relevant memories.\nQuery: where is X",
-     "X is here"),
-    ("mxbai-embed-large", "where is X", "X is here"),
-    ("all-minilm", "where is X", "X is here"),
-])
-def test_ollama_prefixes_per_model(fake_ollama: FakeOllama, model: str, query: str,
-                                   document: str) -> None:
+@pytest.mark.parametrize(
+    "model, query, document",
+    [
+        ("nomic-embed-text", "search_query: where is X", "search_document: X is here"),
+        (
+            "hf.co/Salesforce/SFR-Embedding-Mistral:Q4_K_M",
+            "Instruct: Given a memory search query, retrieve relevant memories.\nQuery: where is X",
+            "X is here",
+        ),
+        (
+            "e5-mistral:7b",
+            "Instruct: Given a memory search query, retrieve relevant memories.\nQuery: where is X",
+            "X is here",
+        ),
+        ("mxbai-embed-large", "where is X", "X is here"),
+        ("all-minilm", "where is X", "X is here"),
+    ],
+)
+def test_ollama_prefixes_per_model(
+    fake_ollama: FakeOllama, model: str, query: str, document: str
+) -> None:
     fake_ollama.models = [model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"]
     emb = client(fake_ollama, model)
     emb.embed_query("where is X")
@@ -298,10 +325,12 @@ def test_ollama_dimension_known_configured_or_probed(fake_ollama: FakeOllama) ->
         wrong.embed_query("q")
 
 
-def test_create_embedder_builds_ollama_from_settings(fake_ollama: FakeOllama,
-                                                     tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path, env={"OLLAMA_HOST": fake_ollama.url,
-                                                     "MEMORY_PALACE_EMBEDDER": "ollama"})
+def test_create_embedder_builds_ollama_from_settings(
+    fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path, env={"OLLAMA_HOST": fake_ollama.url, "MEMORY_PALACE_EMBEDDER": "ollama"}
+    )
     emb = create_embedder(settings)
     assert isinstance(emb, OllamaEmbedder)
     assert emb.id == "ollama:nomic-embed-text"

@@ -23,8 +23,11 @@ def imported_modules(path: Path) -> set[str]:
             base = list(path.relative_to(PKG).parts[:-1])
             parts = base[: len(base) - (node.level - 1)] + node.module.split(".")
             names.add(parts[0] if parts else node.module)
-        elif isinstance(node, ast.ImportFrom) and node.module and \
-                node.module.startswith("memory_palace."):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("memory_palace.")
+        ):
             names.add(node.module.split(".")[1])
         elif isinstance(node, ast.ImportFrom) and node.level and not node.module:
             names.update(a.name for a in node.names)
@@ -43,6 +46,9 @@ def test_no_upward_imports() -> None:
 def test_services_never_print() -> None:
     for path in (PKG / "services").rglob("*.py"):
         tree = ast.parse(path.read_text())
-        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-                 and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        calls = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
+        ]
         assert not calls, f"{path.name} prints; services log to stderr through logging"

@@ -8,14 +8,14 @@ import time
 import uuid
 
 import pytest
-
 from memory_palace.db.engine import pg_connect
+
 from tests.test_bridge import spawn  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.postgres
 
-HOSTILE_SUBJECT = "it's \"q\" :word $1 %s ✓ 日本語 🚀"
-HOSTILE_CHANNEL = "O'Brien \"x\" :w $1 ✓"
+HOSTILE_SUBJECT = 'it\'s "q" :word $1 %s ✓ 日本語 🚀'
+HOSTILE_CHANNEL = 'O\'Brien "x" :w $1 ✓'
 
 
 def send(palace, **params):
@@ -23,17 +23,22 @@ def send(palace, **params):
 
 
 def has_id(msg_id: int, database: str = "default"):
-    return lambda e: (e.get("event") == "new_message" and e["data"].get("message_id") == msg_id
-                      and e["data"].get("database") == database)
+    return lambda e: (
+        e.get("event") == "new_message"
+        and e["data"].get("message_id") == msg_id
+        and e["data"].get("database") == database
+    )
 
 
 def listener_pids(url: str) -> list[int]:
     conn = pg_connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND pid <> pg_backend_pid() AND (query ILIKE 'LISTEN%%' OR "
-                        "query = 'SELECT 1' OR query ILIKE 'UNLISTEN%%')")
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND (query ILIKE 'LISTEN%%' OR "
+                "query = 'SELECT 1' OR query ILIKE 'UNLISTEN%%')"
+            )
             return [r[0] for r in cur.fetchall()]
     finally:
         conn.close()
@@ -55,14 +60,31 @@ def test_direct_broadcast_and_channel_push(spawn, make_palace, pg_url) -> None: 
     b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
     assert b.ready["listener"] == {"kind": "listen", "state": "listening"}
     health = b.result("_health")
-    assert {"memory_palace_msg_sandy", "memory_palace_msg_prime", "memory_palace_msg_all",
-            "memory_palace_msg_ops"} <= set(health["listened_channels"])
-    direct = send(sender, to_instance="sandy", subject="review", content="c", priority=4,
-                  message_type="handoff")
+    assert {
+        "memory_palace_msg_sandy",
+        "memory_palace_msg_prime",
+        "memory_palace_msg_all",
+        "memory_palace_msg_ops",
+    } <= set(health["listened_channels"])
+    direct = send(
+        sender,
+        to_instance="sandy",
+        subject="review",
+        content="c",
+        priority=4,
+        message_type="handoff",
+    )
     event = b.event(has_id(direct["id"]))["data"]
-    assert event == {"from_instance": "prime", "to_instance": "sandy", "message_type": "handoff",
-                     "subject": "review", "message_id": direct["id"], "priority": 4,
-                     "channel": None, "database": "default"}
+    assert event == {
+        "from_instance": "prime",
+        "to_instance": "sandy",
+        "message_type": "handoff",
+        "subject": "review",
+        "message_id": direct["id"],
+        "priority": 4,
+        "channel": None,
+        "database": "default",
+    }
     broadcast = send(sender, to_instance="all", content="everyone")
     b.event(has_id(broadcast["id"]))
     chan = send(sender, channel="ops", content="deploy")
@@ -101,8 +123,9 @@ def test_auto_subscription_and_raw_subscribe(spawn, make_palace, pg_url) -> None
 def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> None:  # noqa: F811
     sender = make_palace(pg_url, instances=["prime"])
     b = spawn(pg_url, instances=["prime"])
-    sub = b.result("message", {"action": "subscribe", "instance_id": "prime",
-                               "channel": HOSTILE_CHANNEL})
+    sub = b.result(
+        "message", {"action": "subscribe", "instance_id": "prime", "channel": HOSTILE_CHANNEL}
+    )
     assert sub["channel"] == HOSTILE_CHANNEL
     assert "memory_palace_msg_" + HOSTILE_CHANNEL in b.result("_health")["listened_channels"]
     content = "content :id $2 '; DROP TABLE messages; -- " + "€" * 2800  # > 8 KB of UTF-8
@@ -113,10 +136,11 @@ def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> 
     big = send(sender, channel=HOSTILE_CHANNEL, subject=big_subject, content=content)
     big_event = b.event(has_id(big["id"]))["data"]
     assert big_event["subject_truncated"] and big_subject.startswith(big_event["subject"])
-    got = b.result("message", {"action": "get", "instance_id": "prime",
-                               "channel": HOSTILE_CHANNEL})
+    got = b.result("message", {"action": "get", "instance_id": "prime", "channel": HOSTILE_CHANNEL})
     assert [(m["subject"], m["content"]) for m in got["messages"]] == [
-        (big_subject, content), (HOSTILE_SUBJECT, content)]
+        (big_subject, content),
+        (HOSTILE_SUBJECT, content),
+    ]
 
 
 def test_named_database_gets_its_own_listener(spawn, make_palace, pg_url) -> None:  # noqa: F811
@@ -127,18 +151,28 @@ def test_named_database_gets_its_own_listener(spawn, make_palace, pg_url) -> Non
     listeners = b.result("_health")["listeners"]
     assert set(listeners) == {"default", team} and listeners[team]["state"] == "listening"
     sender = make_palace(pg_url, instances=["prime", "sandy"])
-    sent = sender.call("message", {"action": "send", "from_instance": "prime",
-                                   "to_instance": "sandy", "content": "team news",
-                                   "database": team})
+    sent = sender.call(
+        "message",
+        {
+            "action": "send",
+            "from_instance": "prime",
+            "to_instance": "sandy",
+            "content": "team news",
+            "database": team,
+        },
+    )
     assert b.event(has_id(sent["id"], team))["data"]["to_instance"] == "sandy"
     default = send(sender, to_instance="sandy", content="default news")
     b.event(has_id(default["id"]))
     assert [(d["database"], d["message_id"]) for d in b.new_messages()] == [
-        (team, sent["id"]), ("default", default["id"])]
+        (team, sent["id"]),
+        ("default", default["id"]),
+    ]
 
 
 def test_backend_kill_mid_stream_loses_nothing_and_duplicates_nothing(
-        spawn, make_palace, pg_url) -> None:  # noqa: F811
+    spawn, make_palace, pg_url
+) -> None:
     sender = make_palace(pg_url, instances=["prime", "sandy"])
     b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
     sent: list[int] = []
@@ -160,9 +194,17 @@ def test_backend_kill_mid_stream_loses_nothing_and_duplicates_nothing(
             assert pids, "the listener connection was not found in pg_stat_activity"
             terminate(pg_url, pids)
             kills += 1
-            b.event(lambda e, k=kills: sum(
-                1 for x in b.events if x["event"] == "listener_status"
-                and x["data"]["state"] == "reconnected") >= k, timeout=15)
+            b.event(
+                lambda e, k=kills: (
+                    sum(
+                        1
+                        for x in b.events
+                        if x["event"] == "listener_status" and x["data"]["state"] == "reconnected"
+                    )
+                    >= k
+                ),
+                timeout=15,
+            )
         time.sleep(0.005)
     thread.join()
     assert kills == 3

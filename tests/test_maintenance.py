@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import text
-
 from memory_palace import Conflict, Palace
 from memory_palace.embeddings import HashingEmbedder
+from sqlalchemy import text
 
 
 def add(palace: Palace, content: str, **kw) -> int:
@@ -15,10 +14,12 @@ def add(palace: Palace, content: str, **kw) -> int:
 
 
 def test_audit_finds_each_problem(palace: Palace) -> None:
-    a = add(palace, "the build server runs on port 8080 behind nginx", project="ops",
-            auto_link=False)
-    b = add(palace, "the build server runs on port 8080 behind nginx!", project="ops",
-            auto_link=False)
+    a = add(
+        palace, "the build server runs on port 8080 behind nginx", project="ops", auto_link=False
+    )
+    b = add(
+        palace, "the build server runs on port 8080 behind nginx!", project="ops", auto_link=False
+    )
     c = add(palace, "coffee is served at nine", project="life", auto_link=False)
     d = add(palace, "coffee is never served", project="life", auto_link=False)
     e = add(palace, "an unrelated note about penguins", project="zoo", auto_link=False)
@@ -27,20 +28,34 @@ def test_audit_finds_each_problem(palace: Palace) -> None:
     palace.call("memory_archive", {"memory_ids": [e], "dry_run": False})
     db = palace.database()
     with db.write() as conn:  # an auto-link across projects, and an old untouched memory
-        conn.execute(text("INSERT INTO memory_edges (created_at, source_id, target_id, "
-                          "relation_type, strength, auto_linked) VALUES "
-                          "(:now, :s, :t, 'relates_to', 0.8, :t1)"),
-                     {"now": "2020-01-01T00:00:00+00:00" if not db.is_postgres else
-                      "2020-01-01T00:00:00+00:00", "s": b, "t": c, "t1": True})
-        conn.execute(text("UPDATE memories SET created_at = :old, embedding = NULL WHERE id = :i"),
-                     {"old": "2020-01-01T00:00:00+00:00", "i": d})
+        conn.execute(
+            text(
+                "INSERT INTO memory_edges (created_at, source_id, target_id, "
+                "relation_type, strength, auto_linked) VALUES "
+                "(:now, :s, :t, 'relates_to', 0.8, :t1)"
+            ),
+            {
+                "now": "2020-01-01T00:00:00+00:00"
+                if not db.is_postgres
+                else "2020-01-01T00:00:00+00:00",
+                "s": b,
+                "t": c,
+                "t1": True,
+            },
+        )
+        conn.execute(
+            text("UPDATE memories SET created_at = :old, embedding = NULL WHERE id = :i"),
+            {"old": "2020-01-01T00:00:00+00:00", "i": d},
+        )
     result = palace.call("memory_audit", {})
     assert [(p["memory_a"], p["memory_b"]) for p in result["duplicates"]] == [(a, b)]
     assert [r["id"] for r in result["stale"]] == [d]
     assert [(r["source_id"], r["target_id"]) for r in result["orphan_edges"]] == [(a, e)]
     assert [r["id"] for r in result["missing_embeddings"]] == [d]
     assert [(r["source_id"], r["target_id"]) for r in result["contradictions"]] == [(c, d)]
-    assert [(r["source_id"], r["target_id"]) for r in result["cross_project_auto_links"]] == [(b, c)]
+    assert [(r["source_id"], r["target_id"]) for r in result["cross_project_auto_links"]] == [
+        (b, c)
+    ]
     assert result["unlinked"] == []
     assert result["summary"]["total_issues"] == 6
     only = palace.call("memory_audit", {"checks": ["unlinked"], "project": "zoo"})
@@ -78,8 +93,14 @@ def test_reembed_changes_dimension_and_resumes(make_palace, db_url: str) -> None
     progress: list[tuple[int, int]] = []
     from memory_palace.services.maintenance import reembed
 
-    done = reembed(new, new.database(), missing_only=True, dry_run=False, batch_size=2,
-                   progress=lambda d, t: progress.append((d, t)))
+    done = reembed(
+        new,
+        new.database(),
+        missing_only=True,
+        dry_run=False,
+        batch_size=2,
+        progress=lambda d, t: progress.append((d, t)),
+    )
     assert done["reembedded"] == 3 and done["failed"] == 0
     assert progress[-1] == (3, 3)
     stats = new.call("memory_stats", {})
@@ -89,8 +110,9 @@ def test_reembed_changes_dimension_and_resumes(make_palace, db_url: str) -> None
 
 
 def test_reembed_dry_run_default_and_modes(palace: Palace) -> None:
-    ids = [add(palace, f"fact {i}", project="p" if i < 2 else "q", auto_link=False)
-           for i in range(4)]
+    ids = [
+        add(palace, f"fact {i}", project="p" if i < 2 else "q", auto_link=False) for i in range(4)
+    ]
     assert palace.call("memory_reembed", {})["would_reembed"] == 0  # nothing missing
     assert palace.call("memory_reembed", {"memory_ids": ids[:3]})["would_reembed"] == 3
     assert palace.call("memory_reembed", {"project": "p"})["would_reembed"] == 2
@@ -103,12 +125,15 @@ def test_failed_embedding_tag_cleared_by_reembed(make_palace, db_url: str) -> No
     class Broken(HashingEmbedder):
         def embed_documents(self, texts):
             from memory_palace import EmbedderUnavailable
+
             raise EmbedderUnavailable("embedder down: start it")
 
     broken = make_palace(db_url, embedder=Broken(384))
     r = broken.call("memory_set", {"content": "stored anyway"})
     assert r["embedded"] is False and "embedder down" in r["warning"]
-    assert "embedding_failed" in broken.call("memory_get", {"memory_ids": r["id"]})["memory"]["tags"]
+    assert (
+        "embedding_failed" in broken.call("memory_get", {"memory_ids": r["id"]})["memory"]["tags"]
+    )
     good = make_palace(db_url)
     assert good.call("memory_reembed", {"missing_only": True, "dry_run": False})["reembedded"] == 1
     mem = good.call("memory_get", {"memory_ids": r["id"]})["memory"]

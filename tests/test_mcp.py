@@ -16,7 +16,6 @@ import anyio
 import orjson
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
-
 from memory_palace.tools import TOOLS
 from memory_palace.wake import WakeNotifier
 
@@ -31,13 +30,20 @@ class Gateway:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                ok = (self.path == "/hooks/wake"
-                      and self.headers.get("Authorization") == f"Bearer {TOKEN}")
-                outer.requests.put({"path": self.path, "auth": self.headers.get("Authorization"),
-                                    "type": self.headers.get("Content-Type"),
-                                    "body": json.loads(body)})
+                ok = (
+                    self.path == "/hooks/wake"
+                    and self.headers.get("Authorization") == f"Bearer {TOKEN}"
+                )
+                outer.requests.put(
+                    {
+                        "path": self.path,
+                        "auth": self.headers.get("Authorization"),
+                        "type": self.headers.get("Content-Type"),
+                        "body": json.loads(body),
+                    }
+                )
                 self.send_response(200 if ok else 401)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -63,28 +69,40 @@ def gateway():
 
 def write_config(data_dir: Path, url: str, gateway_url: str) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "config.json").write_bytes(orjson.dumps({
-        "database": {"url": url}, "embedder": "hash",
-        "instances": ["prime", "crash", "sandy"],
-        "extensions": ["mcp_server.extensions.db_manager"],
-        "instance_routes": {
-            "crash": {"gateway": gateway_url, "token": TOKEN, "agentId": "main",
-                      "sessionKey": "hook:palace"},
-            "sandy": {"gateway": gateway_url + "/hooks", "token": TOKEN},
-            "prime": {"gateway": gateway_url, "token": TOKEN},
-        },
-    }))
+    (data_dir / "config.json").write_bytes(
+        orjson.dumps(
+            {
+                "database": {"url": url},
+                "embedder": "hash",
+                "instances": ["prime", "crash", "sandy"],
+                "extensions": ["mcp_server.extensions.db_manager"],
+                "instance_routes": {
+                    "crash": {
+                        "gateway": gateway_url,
+                        "token": TOKEN,
+                        "agentId": "main",
+                        "sessionKey": "hook:palace",
+                    },
+                    "sandy": {"gateway": gateway_url + "/hooks", "token": TOKEN},
+                    "prime": {"gateway": gateway_url, "token": TOKEN},
+                },
+            }
+        )
+    )
 
 
 async def session_run(data_dir: Path, body) -> Any:
-    env = {**os.environ, "MEMORY_PALACE_DATA_DIR": str(data_dir),
-           "MEMORY_PALACE_INSTANCE_ID": "prime"}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "memory_palace.mcp_server"],
-                                   env=env)
-    async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            return await body(session)
+    env = {
+        **os.environ,
+        "MEMORY_PALACE_DATA_DIR": str(data_dir),
+        "MEMORY_PALACE_INSTANCE_ID": "prime",
+    }
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "memory_palace.mcp_server"], env=env
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        return await body(session)
 
 
 def result_json(res: Any) -> dict[str, Any]:
@@ -100,25 +118,54 @@ def test_mcp_session_tools_memory_and_wake(tmp_path, pg_url, gateway):
     async def body(session: ClientSession) -> dict[str, Any]:
         listed = await session.list_tools()
         by_name = {t.name: t for t in listed.tools}
-        set_res = result_json(await session.call_tool(
-            "memory_set", {"content": "The deploy key rotates every Monday",
-                           "subject": "deploy key"}))
-        recall = result_json(await session.call_tool(
-            "memory_recall", {"query": "deploy key rotation"}))
+        set_res = result_json(
+            await session.call_tool(
+                "memory_set",
+                {"content": "The deploy key rotates every Monday", "subject": "deploy key"},
+            )
+        )
+        recall = result_json(
+            await session.call_tool("memory_recall", {"query": "deploy key rotation"})
+        )
         bad = await session.call_tool("memory_recall", {"query": "x", "limit": "many"})
-        sent = result_json(await session.call_tool(
-            "message", {"action": "send", "from_instance": "prime", "to_instance": "crash",
-                        "content": "secret body text", "subject": "handoff"}))
-        got = result_json(await session.call_tool(
-            "message", {"action": "get", "instance_id": "crash"}))
-        broadcast = result_json(await session.call_tool(
-            "message", {"action": "send", "from_instance": "prime", "to_instance": "all",
-                        "content": "everyone"}))
+        sent = result_json(
+            await session.call_tool(
+                "message",
+                {
+                    "action": "send",
+                    "from_instance": "prime",
+                    "to_instance": "crash",
+                    "content": "secret body text",
+                    "subject": "handoff",
+                },
+            )
+        )
+        got = result_json(
+            await session.call_tool("message", {"action": "get", "instance_id": "crash"})
+        )
+        broadcast = result_json(
+            await session.call_tool(
+                "message",
+                {
+                    "action": "send",
+                    "from_instance": "prime",
+                    "to_instance": "all",
+                    "content": "everyone",
+                },
+            )
+        )
         # the wakes arrive while the session is still open (not only at shutdown)
-        wakes = [await anyio.to_thread.run_sync(gateway.requests.get, True, 10)
-                 for _ in range(3)]
-        return {"tools": by_name, "set": set_res, "recall": recall, "bad": bad, "sent": sent,
-                "got": got, "broadcast": broadcast, "wakes": wakes}
+        wakes = [await anyio.to_thread.run_sync(gateway.requests.get, True, 10) for _ in range(3)]
+        return {
+            "tools": by_name,
+            "set": set_res,
+            "recall": recall,
+            "bad": bad,
+            "sent": sent,
+            "got": got,
+            "broadcast": broadcast,
+            "wakes": wakes,
+        }
 
     out = anyio.run(session_run, data, body)
     tools = out["tools"]
@@ -134,16 +181,21 @@ def test_mcp_session_tools_memory_and_wake(tmp_path, pg_url, gateway):
 
     direct, *woken = out["wakes"]
     if f"#{out['sent']['id']} " not in direct["body"]["text"]:  # threads may finish in any order
-        direct, woken = next((w, [x for x in out["wakes"] if x is not w]) for w in out["wakes"]
-                             if f"#{out['sent']['id']} " in w["body"]["text"])
+        direct, woken = next(
+            (w, [x for x in out["wakes"] if x is not w])
+            for w in out["wakes"]
+            if f"#{out['sent']['id']} " in w["body"]["text"]
+        )
     assert direct["path"] == "/hooks/wake" and direct["auth"] == f"Bearer {TOKEN}"
     assert direct["type"] == "application/json"
     b = direct["body"]
     assert set(b) == {"text", "mode", "agentId", "sessionKey"}
     assert b["mode"] == "now" and b["agentId"] == "main" and b["sessionKey"] == "hook:palace"
     assert f"#{out['sent']['id']}" in b["text"] and "prime" in b["text"]
-    assert "Memory Palace message tool (palace_message in the OpenClaw plugin): action=get, " \
-           "instance_id=crash." in b["text"]
+    assert (
+        "Memory Palace message tool (palace_message in the OpenClaw plugin): action=get, "
+        "instance_id=crash." in b["text"]
+    )
     assert "secret body text" not in b["text"]
 
     # the broadcast wakes crash and sandy, not the sender prime
@@ -156,8 +208,13 @@ def test_mcp_session_tools_memory_and_wake(tmp_path, pg_url, gateway):
 
 
 def test_wake_failure_never_blocks_or_raises(caplog):
-    notifier = WakeNotifier({"crash": {"gateway": "http://127.0.0.1:1", "token": "t"},
-                             "bad": {"gateway": "ftp://x", "token": "t"}}, timeout=0.5)
+    notifier = WakeNotifier(
+        {
+            "crash": {"gateway": "http://127.0.0.1:1", "token": "t"},
+            "bad": {"gateway": "ftp://x", "token": "t"},
+        },
+        timeout=0.5,
+    )
     assert list(notifier.routes) == ["crash"]
     threads = notifier.notify_sent("prime", "crash", 5)
     for t in threads:
@@ -167,10 +224,13 @@ def test_wake_failure_never_blocks_or_raises(caplog):
 
 
 def test_route_url_uses_the_hooks_path():
-    notifier = WakeNotifier({
-        "a": {"gateway": "http://gw:18789", "token": "t"},
-        "b": {"gateway": "http://gw:18789/hooks/", "token": "t"},
-        "c": {"gateway": "https://proxy.example/openclaw/palace-hooks", "token": "t"}})
+    notifier = WakeNotifier(
+        {
+            "a": {"gateway": "http://gw:18789", "token": "t"},
+            "b": {"gateway": "http://gw:18789/hooks/", "token": "t"},
+            "c": {"gateway": "https://proxy.example/openclaw/palace-hooks", "token": "t"},
+        }
+    )
     assert notifier.routes["a"].url == "http://gw:18789/hooks/wake"
     assert notifier.routes["b"].url == "http://gw:18789/hooks/wake"
     assert notifier.routes["c"].url == "https://proxy.example/openclaw/palace-hooks/wake"
@@ -192,6 +252,10 @@ def test_wake_http_failure_logs_the_fix(caplog):
 def test_mcp_help():
     import subprocess
 
-    out = subprocess.run([sys.executable, "-m", "memory_palace.mcp_server", "--help"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "memory_palace.mcp_server", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "stdio" in out.stdout

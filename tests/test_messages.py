@@ -9,15 +9,14 @@ from datetime import timedelta
 
 import orjson
 import pytest
-from sqlalchemy import text
-
 from memory_palace import InvalidParams, NotFound, Palace
 from memory_palace.db.engine import pg_connect
 from memory_palace.db.values import time_param, utcnow
 from memory_palace.services import messages
+from sqlalchemy import text
 
 HOSTILE = [
-    "it's \"quoted\" -- ; DROP TABLE messages;",
+    'it\'s "quoted" -- ; DROP TABLE messages;',
     "bind :word and :id and $1 and %s and %(x)s",
     "unicode ✓ ünïcödé 日本語 🚀 \u200b",
     "x" * 8192,
@@ -35,8 +34,9 @@ def p(make_palace, db_url) -> Palace:
 
 def test_send_get_orders_by_priority_then_newest(p: Palace) -> None:
     a = msg(p, action="send", from_instance="prime", to_instance="sandy", content="low")
-    b = msg(p, action="send", from_instance="prime", to_instance="sandy", content="high",
-            priority=9)
+    b = msg(
+        p, action="send", from_instance="prime", to_instance="sandy", content="high", priority=9
+    )
     c = msg(p, action="send", from_instance="prime", to_instance="sandy", content="low newer")
     msg(p, action="send", from_instance="prime", to_instance="crash", content="not for sandy")
     assert a["success"] and "instance_warning" not in a
@@ -91,15 +91,24 @@ def test_channel_subscriptions_are_stored_and_grant_read(p: Palace, make_palace,
 
 
 def test_ttl_and_expired_messages_are_never_returned(p: Palace) -> None:
-    keep = msg(p, action="send", from_instance="prime", to_instance="sandy", content="keep",
-               ttl_seconds=3600)
-    gone = msg(p, action="send", from_instance="prime", to_instance="sandy", content="gone",
-               ttl_seconds=60)
+    keep = msg(
+        p,
+        action="send",
+        from_instance="prime",
+        to_instance="sandy",
+        content="keep",
+        ttl_seconds=3600,
+    )
+    gone = msg(
+        p, action="send", from_instance="prime", to_instance="sandy", content="gone", ttl_seconds=60
+    )
     assert keep["expires_at"] is not None
     db = p.database()
     with db.write() as conn:  # age the second message past its expiry
-        conn.execute(text("UPDATE messages SET expires_at = :t WHERE id = :id"),
-                     {"t": time_param(db, utcnow() - timedelta(seconds=1)), "id": gone["id"]})
+        conn.execute(
+            text("UPDATE messages SET expires_at = :t WHERE id = :id"),
+            {"t": time_param(db, utcnow() - timedelta(seconds=1)), "id": gone["id"]},
+        )
     got = msg(p, action="get", instance_id="sandy", unread_only=False)
     assert [m["id"] for m in got["messages"]] == [keep["id"]]
     assert [m["id"] for m in msg(p, action="poll", instance_id="sandy")["messages"]] == [keep["id"]]
@@ -109,8 +118,10 @@ def test_ttl_and_expired_messages_are_never_returned(p: Palace) -> None:
 
 
 def test_poll_since_id_ascending(p: Palace) -> None:
-    ids = [msg(p, action="send", from_instance="prime", to_instance=to, content=f"m{i}")["id"]
-           for i, to in enumerate(["sandy", "all", "crash", "sandy"])]
+    ids = [
+        msg(p, action="send", from_instance="prime", to_instance=to, content=f"m{i}")["id"]
+        for i, to in enumerate(["sandy", "all", "crash", "sandy"])
+    ]
     first = msg(p, action="poll", instance_id="sandy")
     assert [m["id"] for m in first["messages"]] == [ids[0], ids[1], ids[3]]
     later = msg(p, action="poll", instance_id="sandy", since_id=ids[1])
@@ -118,10 +129,17 @@ def test_poll_since_id_ascending(p: Palace) -> None:
     assert msg(p, action="poll", instance_id="sandy", since_id=ids[3])["last_id"] == ids[3]
 
 
-@pytest.mark.parametrize("bad, match", [
-    ("", "non-empty"), ("   ", "non-empty"), ("x" * 46, "at most 45 bytes"),
-    ("é" * 23, "at most 45 bytes"), (" lead", "spaces"), ("#chan", "reserved"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("", "non-empty"),
+        ("   ", "non-empty"),
+        ("x" * 46, "at most 45 bytes"),
+        ("é" * 23, "at most 45 bytes"),
+        (" lead", "spaces"),
+        ("#chan", "reserved"),
+    ],
+)
 def test_names_are_validated(p: Palace, bad: str, match: str) -> None:
     with pytest.raises(InvalidParams, match=match):
         msg(p, action="send", from_instance="prime", to_instance=bad, content="x")
@@ -152,16 +170,30 @@ def test_send_validation_errors(p: Palace) -> None:
 
 def test_hostile_text_is_stored_intact(p: Palace) -> None:
     for i, s in enumerate(HOSTILE):
-        msg(p, action="send", from_instance="prime", to_instance="sandy", subject=s, content=s,
-            priority=i)
+        msg(
+            p,
+            action="send",
+            from_instance="prime",
+            to_instance="sandy",
+            subject=s,
+            content=s,
+            priority=i,
+        )
     got = msg(p, action="get", instance_id="sandy", limit=10)["messages"]
     assert [m["subject"] for m in got] == HOSTILE[::-1]
     assert [m["content"] for m in got] == HOSTILE[::-1]
 
 
 def test_notify_payload_is_cut_to_fit() -> None:
-    big = {"from_instance": "a", "to_instance": "b", "message_type": "fyi", "id": 7,
-           "priority": 1, "channel": None, "subject": 'é"' * 6000}
+    big = {
+        "from_instance": "a",
+        "to_instance": "b",
+        "message_type": "fyi",
+        "id": 7,
+        "priority": 1,
+        "channel": None,
+        "subject": 'é"' * 6000,
+    }
     payload = messages.notify_payload(big)
     assert len(orjson.dumps(payload)) <= messages.NOTIFY_LIMIT
     assert payload["subject_truncated"] and big["subject"].startswith(payload["subject"])
@@ -172,6 +204,7 @@ def test_notify_payload_is_cut_to_fit() -> None:
 
 def _listen(url: str, *names: str):
     from psycopg2 import sql
+
     conn = pg_connect(url)
     with conn.cursor() as cur:
         for n in names:
@@ -196,27 +229,54 @@ def test_send_notifies_inside_the_transaction(make_palace, pg_url) -> None:
     conn = _listen(pg_url, "sandy", "all", "ops", "O'Brien :x $1")
     try:
         sent = [
-            msg(p, action="send", from_instance="prime", to_instance="sandy", subject=HOSTILE[1],
-                content="c", priority=3),
+            msg(
+                p,
+                action="send",
+                from_instance="prime",
+                to_instance="sandy",
+                subject=HOSTILE[1],
+                content="c",
+                priority=3,
+            ),
             msg(p, action="send", from_instance="prime", to_instance="all", content="b"),
             msg(p, action="send", from_instance="prime", channel="ops", content="ch"),
-            msg(p, action="send", from_instance="prime", to_instance="sandy", channel="ops",
-                content="both"),
-            msg(p, action="send", from_instance="prime", to_instance="O'Brien :x $1",
-                subject=HOSTILE[3], content="big"),
+            msg(
+                p,
+                action="send",
+                from_instance="prime",
+                to_instance="sandy",
+                channel="ops",
+                content="both",
+            ),
+            msg(
+                p,
+                action="send",
+                from_instance="prime",
+                to_instance="O'Brien :x $1",
+                subject=HOSTILE[3],
+                content="big",
+            ),
         ]
         got = _notifies(conn, 6)
         pairs = [(n.channel, orjson.loads(n.payload)["message_id"]) for n in got]
         assert pairs == [
-            ("memory_palace_msg_sandy", sent[0]["id"]), ("memory_palace_msg_all", sent[1]["id"]),
-            ("memory_palace_msg_ops", sent[2]["id"]), ("memory_palace_msg_sandy", sent[3]["id"]),
+            ("memory_palace_msg_sandy", sent[0]["id"]),
+            ("memory_palace_msg_all", sent[1]["id"]),
+            ("memory_palace_msg_ops", sent[2]["id"]),
+            ("memory_palace_msg_sandy", sent[3]["id"]),
             ("memory_palace_msg_ops", sent[3]["id"]),
             ("memory_palace_msg_O'Brien :x $1", sent[4]["id"]),
         ]
         first = orjson.loads(got[0].payload)
-        assert first == {"from_instance": "prime", "to_instance": "sandy",
-                         "message_type": "message", "subject": HOSTILE[1], "message_id": sent[0]["id"], "priority": 3,
-                         "channel": None}
+        assert first == {
+            "from_instance": "prime",
+            "to_instance": "sandy",
+            "message_type": "message",
+            "subject": HOSTILE[1],
+            "message_id": sent[0]["id"],
+            "priority": 3,
+            "channel": None,
+        }
         last = orjson.loads(got[-1].payload)
         assert last["subject_truncated"] and HOSTILE[3].startswith(last["subject"])
         assert all(s["delivery_status"] == "delivered" for s in sent)

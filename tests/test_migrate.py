@@ -14,7 +14,6 @@ import numpy as np
 import orjson
 import psycopg2
 import pytest
-
 from memory_palace import migrate as mig
 from memory_palace.db import schema
 from memory_palace.db.engine import dispose_engines, get_database
@@ -37,25 +36,53 @@ def this_layout(path: Path, memories: int = 40, dim: int = 384) -> None:
                 "memory_type, subject, content, content_hash, keywords, tags, foundational, "
                 "embedding, embedding_model, embedding_dim, is_archived) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (i * 2, f"2025-01-01T00:00:{i % 60:02d}.123456+00:00", None, "prime",
-                 orjson.dumps(["life", "work é"]).decode(), "fact", f"subj {i}",
-                 f"content {i} 'quoted' \\ back", f"h{i}", '["k1","k2"]', None, i % 2,
-                 vec.tobytes(), "hash:v1-384", dim, int(i % 5 == 0)))
+                (
+                    i * 2,
+                    f"2025-01-01T00:00:{i % 60:02d}.123456+00:00",
+                    None,
+                    "prime",
+                    orjson.dumps(["life", "work é"]).decode(),
+                    "fact",
+                    f"subj {i}",
+                    f"content {i} 'quoted' \\ back",
+                    f"h{i}",
+                    '["k1","k2"]',
+                    None,
+                    i % 2,
+                    vec.tobytes(),
+                    "hash:v1-384",
+                    dim,
+                    int(i % 5 == 0),
+                ),
+            )
         for i in range(1, memories):
             conn.execute(
                 "INSERT INTO memory_edges (id, created_at, source_id, target_id, relation_type, "
                 "strength, bidirectional, metadata, created_by, auto_linked) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (i + 10, "2025-01-02T00:00:00+00:00", i * 2, i * 2 + 2, "relates_to", 0.5,
-                 i % 2, orjson.dumps({"auto_linked": True, "n": i}).decode(), "t", 1))
+                (
+                    i + 10,
+                    "2025-01-02T00:00:00+00:00",
+                    i * 2,
+                    i * 2 + 2,
+                    "relates_to",
+                    0.5,
+                    i % 2,
+                    orjson.dumps({"auto_linked": True, "n": i}).decode(),
+                    "t",
+                    1,
+                ),
+            )
         for i in range(1, 6):
             conn.execute(
                 "INSERT INTO messages (id, created_at, from_instance, to_instance, "
                 "message_type, subject, content, priority) VALUES (?,?,?,?,?,?,?,?)",
-                (i, "2025-01-03T00:00:00+00:00", "prime", "all", "fyi", f"s{i}", f"c{i}", i))
+                (i, "2025-01-03T00:00:00+00:00", "prime", "all", "fyi", f"s{i}", f"c{i}", i),
+            )
         conn.execute("INSERT INTO message_reads VALUES (1, 'crash', '2025-01-04T00:00:00+00:00')")
-        conn.execute("INSERT INTO subscriptions VALUES ('crash', 'ops', "
-                     "'2025-01-04T00:00:00+00:00')")
+        conn.execute(
+            "INSERT INTO subscriptions VALUES ('crash', 'ops', '2025-01-04T00:00:00+00:00')"
+        )
     conn.close()
 
 
@@ -87,16 +114,35 @@ def original_layout(path: Path, dim: int = 8) -> None:
                 "INSERT INTO memories (id, created_at, instance_id, projects, memory_type, "
                 "subject, content, keywords, tags, foundational, embedding, access_count, "
                 "is_archived) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (i, "2024-05-01 10:00:00.500000", "prime", '["life", "code"]', "fact", f"s{i}",
-                 f"original {i}", '["kw"]', None, 1 if i == 1 else 0,
-                 orjson.dumps([0.125 * i] * dim).decode() if i < 3 else None, 3, 0))
-        conn.execute("INSERT INTO memory_edges VALUES (1, '2024-05-01 10:00:00', 1, 2, "
-                      "'supersedes', 1.0, 0, '{\"auto_linked\": true, \"method\": \"x\"}', 'p')")
-        conn.execute("INSERT INTO memory_edges VALUES (2, '2024-05-01 10:00:00', 1, 99, "
-                     "'relates_to', 1.0, 0, NULL, 'p')")  # orphan: memory 99 does not exist
-        conn.execute("INSERT INTO messages VALUES (7, '2024-05-01 10:00:00', 'prime', 'crash', "
-                     "'handoff', 'hi', 'body', '2024-05-02 10:00:00', 'crash', NULL, "
-                     "'delivered', NULL, NULL, 5)")
+                (
+                    i,
+                    "2024-05-01 10:00:00.500000",
+                    "prime",
+                    '["life", "code"]',
+                    "fact",
+                    f"s{i}",
+                    f"original {i}",
+                    '["kw"]',
+                    None,
+                    1 if i == 1 else 0,
+                    orjson.dumps([0.125 * i] * dim).decode() if i < 3 else None,
+                    3,
+                    0,
+                ),
+            )
+        conn.execute(
+            "INSERT INTO memory_edges VALUES (1, '2024-05-01 10:00:00', 1, 2, "
+            "'supersedes', 1.0, 0, '{\"auto_linked\": true, \"method\": \"x\"}', 'p')"
+        )
+        conn.execute(
+            "INSERT INTO memory_edges VALUES (2, '2024-05-01 10:00:00', 1, 99, "
+            "'relates_to', 1.0, 0, NULL, 'p')"
+        )  # orphan: memory 99 does not exist
+        conn.execute(
+            "INSERT INTO messages VALUES (7, '2024-05-01 10:00:00', 'prime', 'crash', "
+            "'handoff', 'hi', 'body', '2024-05-02 10:00:00', 'crash', NULL, "
+            "'delivered', NULL, NULL, 5)"
+        )
     conn.close()
 
 
@@ -111,12 +157,18 @@ def v2_layout(path: Path) -> None:
             created_at DATETIME, from_instance VARCHAR(50), to_instance VARCHAR(50),
             message_type VARCHAR(50), subject VARCHAR(255), content TEXT, read_at DATETIME,
             read_by VARCHAR(50))""")
-        conn.execute("INSERT INTO memories VALUES (1, '2023-01-01 00:00:00', 'prime', 'work', "
-                     "'fact', 's', 'important', NULL, NULL, 9, NULL, 0)")
-        conn.execute("INSERT INTO memories VALUES (2, '2023-01-01 00:00:00', 'prime', NULL, "
-                     "'fact', 's', 'minor', NULL, NULL, 3, NULL, 0)")
-        conn.execute("INSERT INTO handoff_messages VALUES (3, '2023-01-01 00:00:00', 'prime', "
-                     "'crash', 'handoff', 'x', 'y', NULL, NULL)")
+        conn.execute(
+            "INSERT INTO memories VALUES (1, '2023-01-01 00:00:00', 'prime', 'work', "
+            "'fact', 's', 'important', NULL, NULL, 9, NULL, 0)"
+        )
+        conn.execute(
+            "INSERT INTO memories VALUES (2, '2023-01-01 00:00:00', 'prime', NULL, "
+            "'fact', 's', 'minor', NULL, NULL, 3, NULL, 0)"
+        )
+        conn.execute(
+            "INSERT INTO handoff_messages VALUES (3, '2023-01-01 00:00:00', 'prime', "
+            "'crash', 'handoff', 'x', 'y', NULL, NULL)"
+        )
     conn.close()
 
 
@@ -134,22 +186,27 @@ def pg_rows(url: str, query: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
-def test_this_layout_copies_everything_and_resets_sequences(tmp_path, pg_url, make_palace,
-                                                           capsys):
+def test_this_layout_copies_everything_and_resets_sequences(tmp_path, pg_url, make_palace, capsys):
     src = tmp_path / "memories.db"
     this_layout(src)
     assert run("--source", f"sqlite:///{src}", "--target", pg_url) == 0
     out = capsys.readouterr().out
     assert "migration verified" in out and "this project's SQLite schema" in out
     assert pg_rows(pg_url, "SELECT count(*) FROM memories") == [(40,)]
-    row = pg_rows(pg_url, "SELECT projects, keywords, foundational, is_archived, "
-                          "embedding_dim, embedding_model, created_at FROM memories WHERE id = 10")
+    row = pg_rows(
+        pg_url,
+        "SELECT projects, keywords, foundational, is_archived, "
+        "embedding_dim, embedding_model, created_at FROM memories WHERE id = 10",
+    )
     projects, keywords, found, archived, dim, model, created = row[0]
     assert projects == ["life", "work é"] and keywords == ["k1", "k2"]
     assert found is True and archived is True and dim == 384 and model == "hash:v1-384"
     assert created.microsecond == 123456
-    meta = pg_rows(pg_url, "SELECT metadata, jsonb_typeof(metadata), auto_linked, bidirectional "
-                           "FROM memory_edges WHERE id = 11")[0]
+    meta = pg_rows(
+        pg_url,
+        "SELECT metadata, jsonb_typeof(metadata), auto_linked, bidirectional "
+        "FROM memory_edges WHERE id = 11",
+    )[0]
     assert meta == ({"auto_linked": True, "n": 1}, "object", True, True)
     # the vector is bit-exact
     src_vec = sqlite3.connect(src).execute("SELECT embedding FROM memories WHERE id = 4").fetchone()
@@ -179,15 +236,23 @@ def test_original_layout_is_translated(tmp_path, pg_url, capsys):
     out = capsys.readouterr().out
     assert "original Memory Palace v3" in out and "reembed" in out
     assert "1 memory_edges rows point at rows that do not exist" in out
-    rows = pg_rows(pg_url, "SELECT id, projects, foundational, embedding_model, embedding_dim, "
-                           "content_hash IS NOT NULL FROM memories ORDER BY id")
-    assert rows == [(1, ["life", "code"], True, "unknown", 8, True),
-                    (2, ["life", "code"], False, "unknown", 8, True),
-                    (3, ["life", "code"], False, None, None, True)]
-    assert pg_rows(pg_url, "SELECT embedding::text FROM memories WHERE id = 2")[0][0] == \
-        "[" + ",".join(["0.25"] * 8) + "]"
-    assert pg_rows(pg_url, "SELECT metadata->>'method', auto_linked FROM memory_edges") == \
-        [("x", True)]
+    rows = pg_rows(
+        pg_url,
+        "SELECT id, projects, foundational, embedding_model, embedding_dim, "
+        "content_hash IS NOT NULL FROM memories ORDER BY id",
+    )
+    assert rows == [
+        (1, ["life", "code"], True, "unknown", 8, True),
+        (2, ["life", "code"], False, "unknown", 8, True),
+        (3, ["life", "code"], False, None, None, True),
+    ]
+    assert (
+        pg_rows(pg_url, "SELECT embedding::text FROM memories WHERE id = 2")[0][0]
+        == "[" + ",".join(["0.25"] * 8) + "]"
+    )
+    assert pg_rows(pg_url, "SELECT metadata->>'method', auto_linked FROM memory_edges") == [
+        ("x", True)
+    ]
     reads = pg_rows(pg_url, "SELECT message_id, instance_id, read_at::text FROM message_reads")
     assert reads == [(7, "crash", "2024-05-02 10:00:00+00")]
 
@@ -197,8 +262,10 @@ def test_original_v2_layout(tmp_path, pg_url, capsys):
     v2_layout(src)
     assert run("--source", str(src), "--target", pg_url, "--embedding-model", "nomic") == 0
     assert "original Memory Palace v2" in capsys.readouterr().out
-    assert pg_rows(pg_url, "SELECT id, projects, foundational FROM memories ORDER BY id") == \
-        [(1, ["work"], True), (2, ["life"], False)]
+    assert pg_rows(pg_url, "SELECT id, projects, foundational FROM memories ORDER BY id") == [
+        (1, ["work"], True),
+        (2, ["life"], False),
+    ]
     assert pg_rows(pg_url, "SELECT id, to_instance FROM messages") == [(3, "crash")]
 
 
@@ -230,15 +297,26 @@ def test_dry_run_writes_nothing(tmp_path, pg_url, pg_server_url, capsys):
     out = capsys.readouterr().out
     assert "missing: it will be created" in out and "5 rows to copy" in out
     dbname = pg_url.rsplit("/", 1)[1].split("?")[0]
-    assert pg_rows(pg_server_url, "SELECT count(*) FROM pg_database WHERE datname = %s",
-                   (dbname,)) == [(0,)]
+    assert pg_rows(
+        pg_server_url, "SELECT count(*) FROM pg_database WHERE datname = %s", (dbname,)
+    ) == [(0,)]
 
 
 def test_interrupted_run_can_be_rerun(tmp_path, pg_url):
     src = tmp_path / "memories.db"
     this_layout(src, memories=3000, dim=64)
-    cmd = [sys.executable, "-m", "memory_palace.migrate", "--source", str(src), "--target",
-           pg_url, "--batch-size", "20", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "memory_palace.migrate",
+        "--source",
+        str(src),
+        "--target",
+        pg_url,
+        "--batch-size",
+        "20",
+        "--no-progress",
+    ]
     env = {**os.environ, "MEMORY_PALACE_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -262,13 +340,24 @@ def test_interrupted_run_can_be_rerun(tmp_path, pg_url):
     assert "migration verified" in done.stdout
     assert pg_rows(pg_url, "SELECT count(*) FROM memories") == [(3000,)]
     assert pg_rows(pg_url, "SELECT count(*) FROM memory_edges") == [(2999,)]
-    assert pg_rows(pg_url, "SELECT count(*) FROM pg_indexes WHERE indexname = "
-                           "'idx_memories_embedding_hnsw'") == [(1,)]
+    assert pg_rows(
+        pg_url, "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_memories_embedding_hnsw'"
+    ) == [(1,)]
 
 
 def test_help_lists_the_flags():
-    out = subprocess.run([sys.executable, "-m", "memory_palace.migrate", "--help"],
-                         capture_output=True, text=True, check=True).stdout
-    for flag in ("--source", "--target", "--dry-run", "--force", "--batch-size",
-                 "--embedding-model"):
+    out = subprocess.run(
+        [sys.executable, "-m", "memory_palace.migrate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in (
+        "--source",
+        "--target",
+        "--dry-run",
+        "--force",
+        "--batch-size",
+        "--embedding-model",
+    ):
         assert flag in out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from memory_palace import InvalidParams, Palace, load_settings
 
 
@@ -20,9 +19,15 @@ def closed_port() -> int:
 def test_ollama_down_still_stores_and_recalls_by_keyword(tmp_path, sqlite_url: str) -> None:
     import orjson
 
-    (tmp_path / "config.json").write_bytes(orjson.dumps({
-        "database": {"url": sqlite_url}, "embedder": "ollama",
-        "ollama_url": f"http://127.0.0.1:{closed_port()}"}))
+    (tmp_path / "config.json").write_bytes(
+        orjson.dumps(
+            {
+                "database": {"url": sqlite_url},
+                "embedder": "ollama",
+                "ollama_url": f"http://127.0.0.1:{closed_port()}",
+            }
+        )
+    )
     palace = Palace(load_settings(tmp_path, env={}))
     r = palace.call("memory_set", {"content": "the VPN password rotates every Friday"})
     assert r["embedded"] is False and "ollama serve" in r["warning"]
@@ -39,13 +44,16 @@ def test_unknown_tool_and_disabled_extension(make_palace, sqlite_url: str) -> No
         palace.call("memory_list_databases", {})
 
 
-@pytest.mark.parametrize("params,needle", [
-    ({"content": 5}, "parameter 'content' must be a string"),
-    ({"content": "x", "project": [1]}, "parameter 'project' must be a string or a list"),
-    ({"content": "x", "bogus": 1}, "unknown parameter 'bogus'"),
-    ({}, "missing required parameter 'content'"),
-    ({"content": "x", "foundational": "yes"}, "parameter 'foundational' must be a boolean"),
-])
+@pytest.mark.parametrize(
+    "params,needle",
+    [
+        ({"content": 5}, "parameter 'content' must be a string"),
+        ({"content": "x", "project": [1]}, "parameter 'project' must be a string or a list"),
+        ({"content": "x", "bogus": 1}, "unknown parameter 'bogus'"),
+        ({}, "missing required parameter 'content'"),
+        ({"content": "x", "foundational": "yes"}, "parameter 'foundational' must be a boolean"),
+    ],
+)
 def test_wrong_params_name_the_param(make_palace, sqlite_url: str, params, needle) -> None:
     palace = make_palace(sqlite_url)
     with pytest.raises(InvalidParams, match=needle.replace("(", r"\(")):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import text
-
 from memory_palace import Palace
 from memory_palace.db.engine import Database, pg_connect
 from memory_palace.db.values import list_param, time_param, utcnow, vector_param
@@ -15,6 +14,7 @@ from memory_palace.embeddings import HashingEmbedder
 from memory_palace.errors import EmbedderUnavailable, InvalidParams
 from memory_palace.services import vectors
 from memory_palace.services.filters import Filters
+from sqlalchemy import text
 
 MODEL = "hash:v1-384"
 
@@ -52,8 +52,12 @@ def test_keyword_recall_finds_exact_terms_vectors_miss(palace: Palace) -> None:
     add(palace, "reset the connection pool when the proxy restarts")
     db = palace.database()
     with db.write() as conn:  # vectors cannot find these any more: only keywords can
-        conn.execute(text("UPDATE memories SET embedding = NULL, embedding_model = NULL "
-                          "WHERE id IN (:a, :b)"), {"a": err, "b": ticket})
+        conn.execute(
+            text(
+                "UPDATE memories SET embedding = NULL, embedding_model = NULL WHERE id IN (:a, :b)"
+            ),
+            {"a": err, "b": ticket},
+        )
     # only keyword search can find them; RRF ranks a keyword-only rank 1 like a vector-only one
     for query, want in (("ERR_CONN_RESET", err), ("PROJ-4711", ticket)):
         hits = recall(palace, query)
@@ -66,8 +70,9 @@ def test_keyword_recall_finds_exact_terms_vectors_miss(palace: Palace) -> None:
 def test_found_by_both_and_normalised_score(palace: Palace) -> None:
     a = add(palace, "grafana dashboards live in the monitoring repo")
     add(palace, "lunch is at noon")
-    out = palace.call("memory_recall", {"query": "grafana dashboards monitoring repo",
-                                        "include_graph": False})
+    out = palace.call(
+        "memory_recall", {"query": "grafana dashboards monitoring repo", "include_graph": False}
+    )
     top = out["memories"][0]
     assert (top["id"], top["found_by"]) == (a, "both")
     # rank 1 in both lists, no accesses, no links: relevance is half the rank relevance (1.0)
@@ -81,8 +86,9 @@ def test_exact_match_beats_a_popular_near_match(palace: Palace) -> None:
     exact = add(palace, "sentinel zebra B written last")
     for _ in range(3):
         palace.call("memory_get", {"memory_ids": near})
-    out = palace.call("memory_recall", {"query": "sentinel zebra B written last",
-                                        "include_graph": False})
+    out = palace.call(
+        "memory_recall", {"query": "sentinel zebra B written last", "include_graph": False}
+    )
     assert [m["id"] for m in out["memories"]][:2] == [exact, near]
 
 
@@ -94,29 +100,37 @@ def test_centrality_counts_deliberate_links_only(palace: Palace) -> None:
     def score() -> float:
         with db.write() as conn:
             conn.execute(text("UPDATE memories SET access_count = 0"))
-        hit = palace.call("memory_recall", {"query": "incident runbook wiki",
-                                            "include_graph": False})["memories"][0]
+        hit = palace.call(
+            "memory_recall", {"query": "incident runbook wiki", "include_graph": False}
+        )["memories"][0]
         assert hit["id"] == target
         return hit["score"]
 
     base = score()
     with db.write() as conn:
         for o in others:
-            conn.execute(text("INSERT INTO memory_edges (created_at, source_id, target_id, "
-                              "relation_type, strength, auto_linked) VALUES "
-                              "(:now, :s, :t, 'relates_to', 0.9, :a)"),
-                         {"now": time_param(db, utcnow()), "s": o, "t": target, "a": True})
+            conn.execute(
+                text(
+                    "INSERT INTO memory_edges (created_at, source_id, target_id, "
+                    "relation_type, strength, auto_linked) VALUES "
+                    "(:now, :s, :t, 'relates_to', 0.9, :a)"
+                ),
+                {"now": time_param(db, utcnow()), "s": o, "t": target, "a": True},
+            )
     assert score() == base
     for o in others:
-        palace.call("memory_link", {"source_id": o, "target_id": target,
-                                    "relation_type": "derived_from"})
+        palace.call(
+            "memory_link", {"source_id": o, "target_id": target, "relation_type": "derived_from"}
+        )
     assert score() > base
 
 
 def test_recall_counts_accesses_and_notes_synthesis(palace: Palace) -> None:
     a = add(palace, "the staging database is refreshed on sundays")
-    out = palace.call("memory_recall", {"query": "staging database refresh", "synthesize": True,
-                                        "include_graph": False})
+    out = palace.call(
+        "memory_recall",
+        {"query": "staging database refresh", "synthesize": True, "include_graph": False},
+    )
     assert "note" in out and out["memories"][0]["id"] == a
     palace.call("memory_recall", {"query": "staging database refresh"})
     got = palace.call("memory_get", {"memory_ids": a, "include_graph": False})["memory"]
@@ -126,14 +140,37 @@ def test_recall_counts_accesses_and_notes_synthesis(palace: Palace) -> None:
 @pytest.fixture
 def filtered(palace: Palace) -> tuple[Palace, dict[str, int]]:
     m = {
-        "a_c": add(palace, "widget alpha", project="a_c", memory_type="code_python",
-                   subject="Alpha Notes", instance_id="prime"),
-        "abc": add(palace, "widget beta", project="abc", memory_type="code-js",
-                   subject="beta notes", instance_id="other"),
-        "pct": add(palace, "widget gamma", project="100%", memory_type="fact",
-                   subject="50% off", foundational=True),
-        "1000": add(palace, "widget delta", project=["1000", "shared"], memory_type="decision",
-                    subject="under_score"),
+        "a_c": add(
+            palace,
+            "widget alpha",
+            project="a_c",
+            memory_type="code_python",
+            subject="Alpha Notes",
+            instance_id="prime",
+        ),
+        "abc": add(
+            palace,
+            "widget beta",
+            project="abc",
+            memory_type="code-js",
+            subject="beta notes",
+            instance_id="other",
+        ),
+        "pct": add(
+            palace,
+            "widget gamma",
+            project="100%",
+            memory_type="fact",
+            subject="50% off",
+            foundational=True,
+        ),
+        "1000": add(
+            palace,
+            "widget delta",
+            project=["1000", "shared"],
+            memory_type="decision",
+            subject="under_score",
+        ),
         "arch": add(palace, "widget epsilon", project="a_c", memory_type="code_python"),
     }
     palace.call("memory_archive", {"memory_ids": [m["arch"]], "dry_run": False})
@@ -154,11 +191,13 @@ def test_project_filter_is_exact_and_overlaps(filtered: tuple[Palace, dict[str, 
     assert ids(palace, "widget", project=["a%", "100%"]) == [m["pct"]]
     assert recall(palace, "widget", project=[]) == []
     assert ids(palace, "widget", project="a_c", include_archived=True) == sorted(
-        [m["a_c"], m["arch"]])
+        [m["a_c"], m["arch"]]
+    )
 
 
 def test_type_subject_instance_foundational_filters(
-        filtered: tuple[Palace, dict[str, int]]) -> None:
+    filtered: tuple[Palace, dict[str, int]],
+) -> None:
     palace, m = filtered
     assert ids(palace, "widget", memory_type="code*") == sorted([m["a_c"], m["abc"]])
     assert ids(palace, "widget", memory_type="code_python") == [m["a_c"]]
@@ -177,7 +216,8 @@ def test_type_subject_instance_foundational_filters(
     assert recall(palace, "widget", instance_id="prime") == [(m["a_c"], "both")]
     assert recall(palace, "widget", min_foundational=True) == [(m["pct"], "both")]
     assert ids(palace, "widget", include_archived=True, memory_type="code_python") == sorted(
-        [m["a_c"], m["arch"]])
+        [m["a_c"], m["arch"]]
+    )
     assert recall(palace, "widget", project="a_c", instance_id="other") == []
 
 
@@ -195,38 +235,69 @@ def bulk_insert(db: Database, n: int, every: int, seed: int = 7) -> np.ndarray:
     vecs = centres[rng.integers(0, 20, n)] + 0.6 * rng.normal(size=(n, 384)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     now = time_param(db, utcnow())
-    rows = [(now, now, "default", ["ten"] if i % every == 0 else ["rest"], "fact",
-             f"bulk row {i}", vecs[i]) for i in range(n)]
+    rows = [
+        (
+            now,
+            now,
+            "default",
+            ["ten"] if i % every == 0 else ["rest"],
+            "fact",
+            f"bulk row {i}",
+            vecs[i],
+        )
+        for i in range(n)
+    ]
     if db.is_postgres:
         from psycopg2.extras import execute_values
 
         conn = pg_connect(db.url, autocommit=False)
         try:
             with conn.cursor() as cur:
-                execute_values(cur, "INSERT INTO memories (created_at, updated_at, instance_id, "
-                               "projects, memory_type, content, embedding, embedding_model, "
-                               "embedding_dim) VALUES %s",
-                               [(a, b, c, d, e, f, vector_param(db, v), MODEL, 384)
-                                for a, b, c, d, e, f, v in rows],
-                               template="(%s, %s, %s, %s, %s, %s, %s::vector, %s, %s)",
-                               page_size=1000)
+                execute_values(
+                    cur,
+                    "INSERT INTO memories (created_at, updated_at, instance_id, "
+                    "projects, memory_type, content, embedding, embedding_model, "
+                    "embedding_dim) VALUES %s",
+                    [
+                        (a, b, c, d, e, f, vector_param(db, v), MODEL, 384)
+                        for a, b, c, d, e, f, v in rows
+                    ],
+                    template="(%s, %s, %s, %s, %s, %s, %s::vector, %s, %s)",
+                    page_size=1000,
+                )
                 cur.execute("ANALYZE memories")
             conn.commit()
         finally:
             conn.close()
     else:
         with db.write() as conn:
-            conn.execute(text("INSERT INTO memories (created_at, updated_at, instance_id, "
-                              "projects, memory_type, content, embedding, embedding_model, "
-                              "embedding_dim) VALUES (:a, :b, :c, :d, :e, :f, :v, :m, 384)"),
-                         [{"a": a, "b": b, "c": c, "d": list_param(db, d), "e": e, "f": f,
-                           "v": vector_param(db, v), "m": MODEL} for a, b, c, d, e, f, v in rows])
+            conn.execute(
+                text(
+                    "INSERT INTO memories (created_at, updated_at, instance_id, "
+                    "projects, memory_type, content, embedding, embedding_model, "
+                    "embedding_dim) VALUES (:a, :b, :c, :d, :e, :f, :v, :m, 384)"
+                ),
+                [
+                    {
+                        "a": a,
+                        "b": b,
+                        "c": c,
+                        "d": list_param(db, d),
+                        "e": e,
+                        "f": f,
+                        "v": vector_param(db, v),
+                        "m": MODEL,
+                    }
+                    for a, b, c, d, e, f, v in rows
+                ],
+            )
     return vecs
 
 
 @pytest.mark.parametrize("path", ["planned", "hnsw", "fallback"])
-def test_filtered_recall_fills_the_limit(palace: Palace, path: str,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_filtered_recall_fills_the_limit(
+    palace: Palace, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = palace.database()
     if path != "planned" and not db.is_postgres:
         pytest.skip("the HNSW path exists on PostgreSQL only")
@@ -237,8 +308,10 @@ def test_filtered_recall_fills_the_limit(palace: Palace, path: str,
     n = 6000
     vecs = bulk_insert(db, n, every=10)
     with db.read() as conn:
-        id_of = {int(r[1].split()[-1]): int(r[0]) for r in conn.execute(
-            text("SELECT id, content FROM memories"))}
+        id_of = {
+            int(r[1].split()[-1]): int(r[0])
+            for r in conn.execute(text("SELECT id, content FROM memories"))
+        }
     ten = np.array([i for i in range(n) if i % 10 == 0])
     rng = np.random.default_rng(1)
     for trial in range(5):
@@ -251,17 +324,29 @@ def test_filtered_recall_fills_the_limit(palace: Palace, path: str,
         overlap = len(want & {h for h, _ in hits}) / 50
         assert overlap >= 0.9, (trial, overlap)
         assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
-    out = palace.call("memory_recall", {"query": "bulk row", "project": "ten", "limit": 100,
-                                        "include_graph": False})
+    out = palace.call(
+        "memory_recall",
+        {"query": "bulk row", "project": "ten", "limit": 100, "include_graph": False},
+    )
     assert out["count"] == 100
     assert all(mem["projects"] == ["ten"] for mem in out["memories"])
     unfiltered = vectors.search(db, MODEL, 384, vecs[3], 50, Filters.make())
     assert len(unfiltered) == 50 and unfiltered[0][0] == id_of[3]
 
 
-@pytest.mark.parametrize("query", ['"quoted phrase" here', "-verbose flag", "a OR b AND NOT c",
-                                   "it's: (x & y) | !z <-> w*", "the", "???", "NEAR(a b)",
-                                   "col:value ^start"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"quoted phrase" here',
+        "-verbose flag",
+        "a OR b AND NOT c",
+        "it's: (x & y) | !z <-> w*",
+        "the",
+        "???",
+        "NEAR(a b)",
+        "col:value ^start",
+    ],
+)
 def test_operator_like_queries_are_plain_words(palace: Palace, query: str) -> None:
     verbose = add(palace, "the verbose flag prints every request")
     add(palace, "a quoted phrase about lunch")
@@ -286,7 +371,8 @@ class QueryDownEmbedder(HashingEmbedder):
 
 
 def test_recall_falls_back_to_keywords_when_the_embedder_is_down(
-        make_palace: Callable[..., Palace], db_url: str) -> None:
+    make_palace: Callable[..., Palace], db_url: str
+) -> None:
     palace = make_palace(db_url, embedder=QueryDownEmbedder(384))
     hit = add(palace, "the VPN endpoint is vpn.example.org")
     add(palace, "unrelated lunch note")

@@ -6,27 +6,60 @@ import io
 
 import orjson
 import pytest
-
 from memory_palace import transfer
 from memory_palace.errors import Conflict, InvalidParams
 
 
 def fill(palace) -> None:
-    a = palace.call("memory_set", {"content": "Alpha fact about deploys", "subject": "alpha",
-                                   "keywords": ["deploy", "ops"], "project": ["life", "wörk"],
-                                   "foundational": True, "auto_link": False})["id"]
-    b = palace.call("memory_set", {"content": "Beta: rotate keys on Monday", "tags": ["t1"],
-                                   "auto_link": False})["id"]
+    a = palace.call(
+        "memory_set",
+        {
+            "content": "Alpha fact about deploys",
+            "subject": "alpha",
+            "keywords": ["deploy", "ops"],
+            "project": ["life", "wörk"],
+            "foundational": True,
+            "auto_link": False,
+        },
+    )["id"]
+    b = palace.call(
+        "memory_set", {"content": "Beta: rotate keys on Monday", "tags": ["t1"], "auto_link": False}
+    )["id"]
     palace.call("memory_set", {"content": "Gamma without extras", "auto_link": False})
-    palace.call("memory_link", {"source_id": a, "target_id": b, "relation_type": "relates_to",
-                                "strength": 0.3, "metadata": {"z": 1, "a": [1.5, "x"]}})
+    palace.call(
+        "memory_link",
+        {
+            "source_id": a,
+            "target_id": b,
+            "relation_type": "relates_to",
+            "strength": 0.3,
+            "metadata": {"z": 1, "a": [1.5, "x"]},
+        },
+    )
     palace.call("memory_archive", {"memory_ids": [b], "dry_run": False, "reason": "test"})
-    sent = palace.call("message", {"action": "send", "from_instance": "prime",
-                                   "to_instance": "all", "content": "hello all", "priority": 3})
-    palace.call("message", {"action": "send", "from_instance": "prime", "to_instance": "crash",
-                            "content": "direct", "ttl_seconds": 3600})
-    palace.call("message", {"action": "mark_read", "instance_id": "crash",
-                            "message_id": sent["id"]})
+    sent = palace.call(
+        "message",
+        {
+            "action": "send",
+            "from_instance": "prime",
+            "to_instance": "all",
+            "content": "hello all",
+            "priority": 3,
+        },
+    )
+    palace.call(
+        "message",
+        {
+            "action": "send",
+            "from_instance": "prime",
+            "to_instance": "crash",
+            "content": "direct",
+            "ttl_seconds": 3600,
+        },
+    )
+    palace.call(
+        "message", {"action": "mark_read", "instance_id": "crash", "message_id": sent["id"]}
+    )
     palace.call("message", {"action": "subscribe", "instance_id": "crash", "channel": "ops"})
 
 
@@ -55,8 +88,13 @@ def test_round_trip_sqlite_jsonl_postgres_jsonl(make_palace, sqlite_url, pg_url)
     fill(src)
     first = io.BytesIO()
     info = transfer.export_jsonl(src, None, first)
-    assert info["counts"] == {"memory": 3, "edge": 1, "message": 2, "message_read": 1,
-                              "subscription": 1}
+    assert info["counts"] == {
+        "memory": 3,
+        "edge": 1,
+        "message": 2,
+        "message_read": 1,
+        "subscription": 1,
+    }
     dst = make_palace(pg_url, instances=instances)
     first.seek(0)
     res = transfer.import_jsonl(dst, None, first)

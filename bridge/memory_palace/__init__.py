@@ -3,8 +3,8 @@
 from .config import Settings, load_settings
 from .errors import (
     BackendUnavailable,
-    Conflict,
     ConfigError,
+    Conflict,
     EmbedderUnavailable,
     InvalidParams,
     MemoryPalaceError,
@@ -16,15 +16,15 @@ from .palace import Palace
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendUnavailable",
+    "ConfigError",
+    "Conflict",
+    "EmbedderUnavailable",
+    "InvalidParams",
+    "MemoryPalaceError",
+    "NotFound",
     "Palace",
     "Settings",
-    "load_settings",
-    "MemoryPalaceError",
-    "ConfigError",
-    "InvalidParams",
-    "NotFound",
-    "Conflict",
-    "BackendUnavailable",
-    "EmbedderUnavailable",
     "Timeout",
+    "load_settings",
 ]

@@ -23,8 +23,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -41,8 +42,14 @@ MAX_LINE = 16 * 1024 * 1024
 WORKERS = 8
 SHUTDOWN_GRACE = 10.0
 INSTANCE_PARAMS = ("instance_id", "from_instance", "to_instance")
-MANAGEMENT = ("_health", "_shutdown", "_get_instance_routes", "_cancel", "_subscribe",
-              "_unsubscribe")
+MANAGEMENT = (
+    "_health",
+    "_shutdown",
+    "_get_instance_routes",
+    "_cancel",
+    "_subscribe",
+    "_unsubscribe",
+)
 
 
 class RequestError(Exception):
@@ -141,8 +148,15 @@ class Bridge:
             data = orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
         except TypeError as exc:
             log.error("cannot encode a reply as JSON: %s", exc)
-            data = orjson.dumps({"id": obj.get("id"), "error": {
-                "code": "INTERNAL_ERROR", "message": f"the result could not be encoded: {exc}"}})
+            data = orjson.dumps(
+                {
+                    "id": obj.get("id"),
+                    "error": {
+                        "code": "INTERNAL_ERROR",
+                        "message": f"the result could not be encoded: {exc}",
+                    },
+                }
+            )
         with self._write_lock:
             try:
                 self._out.write(data + b"\n")
@@ -159,10 +173,13 @@ class Bridge:
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
         """Initialise the default database and its listener; return the ready line."""
-        ready: dict[str, Any] = {"ready": True, "version": __version__,
-                                 "tools": len(self.palace.tools),
-                                 "instance_id": self.palace.settings.instance_id,
-                                 "database": self.palace.catalog.default}
+        ready: dict[str, Any] = {
+            "ready": True,
+            "version": __version__,
+            "tools": len(self.palace.tools),
+            "instance_id": self.palace.settings.instance_id,
+            "database": self.palace.catalog.default,
+        }
         try:
             db = self.palace.database()
             listener = self.listeners.ensure()
@@ -183,7 +200,8 @@ class Bridge:
         """Finish in-flight requests (up to a grace period), stop listeners. True if clean."""
         with self._idle:
             done = self._idle.wait_for(
-                lambda: all(p.cancelled for p in self.pending.values()), SHUTDOWN_GRACE)
+                lambda: all(p.cancelled for p in self.pending.values()), SHUTDOWN_GRACE
+            )
         self.pool.close()
         self.listeners.stop()
         self.palace.close()
@@ -195,33 +213,51 @@ class Bridge:
         try:
             req = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            self.error(None, "PARSE_ERROR", f"the line is not valid JSON ({exc}); send one JSON "
-                       "object per line")
+            self.error(
+                None,
+                "PARSE_ERROR",
+                f"the line is not valid JSON ({exc}); send one JSON object per line",
+            )
             return True
         if not isinstance(req, dict):
-            self.error(None, "INVALID_REQUEST", "a request must be a JSON object "
-                       "{\"id\", \"method\", \"params\"}")
+            self.error(
+                None,
+                "INVALID_REQUEST",
+                'a request must be a JSON object {"id", "method", "params"}',
+            )
             return True
         rid = req.get("id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-            self.error(None, "INVALID_REQUEST", "a request needs an \"id\" that is a string or an "
-                       f"integer, got {type(rid).__name__ if 'id' in req else 'none'}")
+            self.error(
+                None,
+                "INVALID_REQUEST",
+                'a request needs an "id" that is a string or an '
+                f"integer, got {type(rid).__name__ if 'id' in req else 'none'}",
+            )
             return True
         method = req.get("method")
         if not isinstance(method, str) or not method:
-            self.error(rid, "INVALID_REQUEST", "a request needs a \"method\" string")
+            self.error(rid, "INVALID_REQUEST", 'a request needs a "method" string')
             return True
         params = req.get("params")
         if params is None:
             params = {}
         if not isinstance(params, dict):
-            self.error(rid, "INVALID_PARAMS", f"{method}: \"params\" must be a JSON object, got "
-                       f"{type(params).__name__}", {"kind": "INVALID_PARAMS", "param": "params"})
+            self.error(
+                rid,
+                "INVALID_PARAMS",
+                f'{method}: "params" must be a JSON object, got {type(params).__name__}',
+                {"kind": "INVALID_PARAMS", "param": "params"},
+            )
             return True
         if method not in self.tools and method not in MANAGEMENT:
-            self.error(rid, "METHOD_NOT_FOUND", f"unknown method {method!r}; methods are the "
-                       f"tools ({', '.join(sorted(set(self.tools.values())))}) and "
-                       f"{', '.join(MANAGEMENT)}")
+            self.error(
+                rid,
+                "METHOD_NOT_FOUND",
+                f"unknown method {method!r}; methods are the "
+                f"tools ({', '.join(sorted(set(self.tools.values())))}) and "
+                f"{', '.join(MANAGEMENT)}",
+            )
             return True
         if method == "_shutdown":
             self.write({"id": rid, "result": {"success": True, "shutting_down": True}})
@@ -232,8 +268,11 @@ class Bridge:
         pending = Pending(method, time.monotonic())
         with self._pending_lock:
             if rid in self.pending:
-                self.error(rid, "INVALID_REQUEST", f"id {rid!r} is already used by a pending "
-                           "request; use a fresh id per request")
+                self.error(
+                    rid,
+                    "INVALID_REQUEST",
+                    f"id {rid!r} is already used by a pending request; use a fresh id per request",
+                )
                 return True
             self.pending[rid] = pending
         self.pool.submit(lambda: self._work(rid, method, params, pending))
@@ -242,7 +281,7 @@ class Bridge:
     def _run_inline(self, rid: Any, method: str, params: dict[str, Any]) -> None:
         try:
             self.write({"id": rid, "result": self.dispatch(method, params)})
-        except Exception as exc:  # noqa: BLE001 - mapped to a protocol error
+        except Exception as exc:
             self._write_exception(rid, method, exc)
 
     def _work(self, rid: Any, method: str, params: dict[str, Any], pending: Pending) -> None:
@@ -254,7 +293,7 @@ class Bridge:
         error: Exception | None = None
         try:
             reply = {"id": rid, "result": self.dispatch(method, params)}
-        except Exception as exc:  # noqa: BLE001 - mapped to a protocol error
+        except Exception as exc:
             error = exc
         with self._idle:
             if self.pending.get(rid) is pending:
@@ -277,8 +316,12 @@ class Bridge:
             self.error(rid, code, exc.message, {"kind": exc.code, **exc.data})
         else:
             log.error("internal error in %s (request %r)", method, rid, exc_info=exc)
-            self.error(rid, "INTERNAL_ERROR", f"internal error in {method}: "
-                       f"{type(exc).__name__}: {exc}; the traceback is in the bridge's stderr log")
+            self.error(
+                rid,
+                "INTERNAL_ERROR",
+                f"internal error in {method}: "
+                f"{type(exc).__name__}: {exc}; the traceback is in the bridge's stderr log",
+            )
 
     # -- methods --------------------------------------------------------------------------
     def dispatch(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -313,24 +356,37 @@ class Bridge:
             elif action == "unsubscribe" and result.get("subscribers_left") == 0:
                 self.listeners.remove(result["channel"], database)
         except MemoryPalaceError as exc:
-            log.warning("listener update after message %s failed: %s", params.get("action"),
-                        exc.message)
+            log.warning(
+                "listener update after message %s failed: %s", params.get("action"), exc.message
+            )
 
     def m_health(self) -> dict[str, Any]:
         now = time.monotonic()
         with self._pending_lock:
-            inflight = [{"id": rid, "method": p.method, "running": p.running,
-                         "age_ms": round((now - p.received) * 1000, 1)}
-                        for rid, p in self.pending.items()]
+            inflight = [
+                {
+                    "id": rid,
+                    "method": p.method,
+                    "running": p.running,
+                    "age_ms": round((now - p.received) * 1000, 1),
+                }
+                for rid, p in self.pending.items()
+            ]
         listeners = self.listeners.status()
         default = listeners.get(self.palace.catalog.default)
         channels = sorted({c for st in listeners.values() for c in st["channels"]})
-        out = {"ok": self.database_error is None, "version": __version__, "pid": os.getpid(),
-               "uptime_s": round(now - self.started, 3), "in_flight": len(inflight),
-               "in_flight_requests": inflight,
-               "listener_state": default["state"] if default else "none",
-               "listened_channels": channels, "listeners": listeners,
-               "tools": len(self.palace.tools)}
+        out = {
+            "ok": self.database_error is None,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started, 3),
+            "in_flight": len(inflight),
+            "in_flight_requests": inflight,
+            "listener_state": default["state"] if default else "none",
+            "listened_channels": channels,
+            "listeners": listeners,
+            "tools": len(self.palace.tools),
+        }
         if self.database_error:
             out["database_error"] = self.database_error
         return out
@@ -339,33 +395,55 @@ class Bridge:
         with self._pending_lock:
             pending = self.pending.get(id)
             if pending is None:
-                return {"cancelled": False, "id": id, "state": "unknown",
-                        "note": "no pending request has this id (finished already?)"}
+                return {
+                    "cancelled": False,
+                    "id": id,
+                    "state": "unknown",
+                    "note": "no pending request has this id (finished already?)",
+                }
             pending.cancelled = True
             if not pending.running:
                 del self.pending[id]
                 self._idle.notify_all()
                 return {"cancelled": True, "id": id, "state": "queued"}
         self.pool.resize(+1)  # the abandoned call keeps its thread; others get a new one
-        return {"cancelled": True, "id": id, "state": "running",
-                "note": "the work finishes in the background; its reply is dropped"}
+        return {
+            "cancelled": True,
+            "id": id,
+            "state": "running",
+            "note": "the work finishes in the background; its reply is dropped",
+        }
 
     def m_get_instance_routes(self) -> dict[str, Any]:
         s = self.palace.settings
-        return {"instances": list(s.instances), "instance_routes": dict(s.instance_routes),
-                "instance_id": s.instance_id}
+        return {
+            "instances": list(s.instances),
+            "instance_routes": dict(s.instance_routes),
+            "instance_id": s.instance_id,
+        }
 
     def m_subscribe(self, channel: str, database: str | None = None) -> dict[str, Any]:
         name = _channel_name(channel)
         listener = self.listeners.add(name, database)
-        return {"success": True, "channel": messages.pg_channel(name), "name": name,
-                "database": listener.database, "mode": listener.kind, "state": listener.state}
+        return {
+            "success": True,
+            "channel": messages.pg_channel(name),
+            "name": name,
+            "database": listener.database,
+            "mode": listener.kind,
+            "state": listener.state,
+        }
 
     def m_unsubscribe(self, channel: str, database: str | None = None) -> dict[str, Any]:
         name = _channel_name(channel)
         listener = self.listeners.remove(name, database)
-        return {"success": True, "channel": messages.pg_channel(name), "name": name,
-                "database": listener.database, "mode": listener.kind}
+        return {
+            "success": True,
+            "channel": messages.pg_channel(name),
+            "name": name,
+            "database": listener.database,
+            "mode": listener.kind,
+        }
 
     def m_shutdown(self) -> dict[str, Any]:  # handled in handle_line; here for completeness
         return {"success": True}
@@ -374,7 +452,7 @@ class Bridge:
 def _channel_name(channel: str) -> str:
     """Accept 'ops' or 'memory_palace_msg_ops'; validate the bare name."""
     if channel.startswith(messages.CHANNEL_PREFIX):
-        channel = channel[len(messages.CHANNEL_PREFIX):]
+        channel = channel[len(messages.CHANNEL_PREFIX) :]
     return messages.check_name(channel, "channel")
 
 
@@ -392,8 +470,11 @@ def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
     spec = MANAGEMENT_PARAMS[method]
     for key in params:
         if key not in spec:
-            raise InvalidParams(f"{method}: unknown parameter {key!r}; expected "
-                                f"{', '.join(spec) or 'no parameters'}", param=key)
+            raise InvalidParams(
+                f"{method}: unknown parameter {key!r}; expected "
+                f"{', '.join(spec) or 'no parameters'}",
+                param=key,
+            )
     for key, (types, required) in spec.items():
         value = params.get(key)
         if value is None:
@@ -401,8 +482,10 @@ def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
                 raise InvalidParams(f"{method}: missing required parameter {key!r}", param=key)
             continue
         if isinstance(value, bool) or not isinstance(value, types):
-            raise InvalidParams(f"{method}: parameter {key!r} must be "
-                                f"{' or '.join(t.__name__ for t in types)}", param=key)
+            raise InvalidParams(
+                f"{method}: parameter {key!r} must be {' or '.join(t.__name__ for t in types)}",
+                param=key,
+            )
     return dict(params)
 
 
@@ -417,8 +500,12 @@ def read_lines(stream: BinaryIO, bridge: Bridge) -> None:
                 line = stream.readline(1 << 20)
                 if not line:
                     break
-            bridge.error(None, "INVALID_REQUEST", f"request line longer than {MAX_LINE} bytes; "
-                         "send smaller requests (store large content in pieces)")
+            bridge.error(
+                None,
+                "INVALID_REQUEST",
+                f"request line longer than {MAX_LINE} bytes; "
+                "send smaller requests (store large content in pieces)",
+            )
             continue
         line = line.strip()
         if line and not bridge.handle_line(line):
@@ -440,16 +527,19 @@ def _terminate(_signum: int, _frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     out = _protocol_stdout()
-    logging.basicConfig(stream=sys.stderr,
-                        level=os.environ.get("MEMORY_PALACE_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=os.environ.get("MEMORY_PALACE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     signal.signal(signal.SIGTERM, _terminate)
     try:
         settings = load_settings()
     except MemoryPalaceError as exc:
         log.error("%s", exc.message)
-        out.write(orjson.dumps({"ready": False, "version": __version__,
-                                "error": exc.to_dict()}) + b"\n")
+        out.write(
+            orjson.dumps({"ready": False, "version": __version__, "error": exc.to_dict()}) + b"\n"
+        )
         out.flush()
         return 2
     bridge = Bridge(Palace(settings), out)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -91,16 +92,22 @@ def _show_dict(r: dict[str, Any], indent: str = "") -> None:
             print(f"{indent}{key}:")
             _show_dict(value, indent + "  ")
         elif isinstance(value, list):
-            print(f"{indent}{key}: {len(value)}" if value and isinstance(value[0], dict)
-                  else f"{indent}{key}: {', '.join(map(str, value)) or '-'}")
+            print(
+                f"{indent}{key}: {len(value)}"
+                if value and isinstance(value[0], dict)
+                else f"{indent}{key}: {', '.join(map(str, value)) or '-'}"
+            )
             for item in value if value and isinstance(value[0], dict) else []:
                 print(f"{indent}  - " + ", ".join(f"{k}={v}" for k, v in item.items()))
         else:
             print(f"{indent}{key}: {value}")
 
 
-def _tool(name: str, params: Callable[[argparse.Namespace], dict[str, Any]],
-          show: Callable[[dict[str, Any]], None]) -> Callable[[argparse.Namespace], int]:
+def _tool(
+    name: str,
+    params: Callable[[argparse.Namespace], dict[str, Any]],
+    show: Callable[[dict[str, Any]], None],
+) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         p = {k: v for k, v in params(args).items() if v is not None}
         if args.database:
@@ -127,10 +134,18 @@ def _reembed(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="mem", file=sys.stderr, disable=not sys.stderr.isatty())
         bar.update(done - bar.n)
 
-    result = reembed(palace, db, older_than_days=args.older_than_days, memory_ids=args.ids,
-                     project=args.project, all_memories=args.all,
-                     missing_only=args.missing_only, batch_size=args.batch_size,
-                     dry_run=not args.execute, progress=progress)
+    result = reembed(
+        palace,
+        db,
+        older_than_days=args.older_than_days,
+        memory_ids=args.ids,
+        project=args.project,
+        all_memories=args.all,
+        missing_only=args.missing_only,
+        batch_size=args.batch_size,
+        dry_run=not args.execute,
+        progress=progress,
+    )
     if bar is not None:
         bar.close()
     _print_json(result) if args.json else _show_dict(result)
@@ -144,22 +159,30 @@ def _init(args: argparse.Namespace) -> int:
         settings.config_path.write_bytes(orjson.dumps({}) + b"\n")
     palace = Palace(settings)
     db = palace.database(args.database)
-    result = {"data_dir": str(settings.data_dir), "config": str(settings.config_path),
-              "database": db.masked_url, "backend": db.kind, "embedder": palace.embedder.id}
+    result = {
+        "data_dir": str(settings.data_dir),
+        "config": str(settings.config_path),
+        "database": db.masked_url,
+        "backend": db.kind,
+        "embedder": palace.embedder.id,
+    }
     if args.json:
         _print_json(result)
     else:
-        print(f"Memory Palace is ready.\n  data dir: {result['data_dir']}\n"
-              f"  config:   {result['config']}\n  database: {result['database']} ({db.kind})\n"
-              f"  embedder: {result['embedder']}")
+        print(
+            f"Memory Palace is ready.\n  data dir: {result['data_dir']}\n"
+            f"  config:   {result['config']}\n  database: {result['database']} ({db.kind})\n"
+            f"  embedder: {result['embedder']}"
+        )
     return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import run
 
-    return run(load_settings(args.data_dir), database=args.database,
-               expected_processes=args.processes)
+    return run(
+        load_settings(args.data_dir), database=args.database, expected_processes=args.processes
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -189,32 +212,56 @@ def _projects(values: list[str] | None) -> str | list[str] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--database", "-d", metavar="NAME",
-                        help="named database (memory domain); default: config default_database")
+    common.add_argument(
+        "--database",
+        "-d",
+        metavar="NAME",
+        help="named database (memory domain); default: config default_database",
+    )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    common.add_argument("--data-dir", metavar="DIR",
-                        help="config/data directory (default $MEMORY_PALACE_DATA_DIR or "
-                             "~/.memory-palace)")
+    common.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="config/data directory (default $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
+    )
     parser = argparse.ArgumentParser(
-        prog="memory-palace", description="Shared, persistent memory for AI agents.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="memory-palace",
+        description="Shared, persistent memory for AI agents.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"memory-palace {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def cmd(name: str, help_: str, func: Callable[[argparse.Namespace], int]
-            ) -> argparse.ArgumentParser:
+    def cmd(
+        name: str, help_: str, func: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_, description=help_)
         p.set_defaults(func=func)
         return p
 
     cmd("init", "Create the data directory, config.json and the database schema.", _init)
 
-    p = cmd("remember", "Store a memory.", _tool("memory_set", lambda a: {
-        "content": a.content, "subject": a.subject, "memory_type": a.type,
-        "project": _projects(a.project), "keywords": a.keyword, "tags": a.tag,
-        "foundational": a.foundational or None, "instance_id": a.instance,
-        "supersedes_id": a.supersedes}, _show_set))
+    p = cmd(
+        "remember",
+        "Store a memory.",
+        _tool(
+            "memory_set",
+            lambda a: {
+                "content": a.content,
+                "subject": a.subject,
+                "memory_type": a.type,
+                "project": _projects(a.project),
+                "keywords": a.keyword,
+                "tags": a.tag,
+                "foundational": a.foundational or None,
+                "instance_id": a.instance,
+                "supersedes_id": a.supersedes,
+            },
+            _show_set,
+        ),
+    )
     p.add_argument("content", help="the memory text")
     p.add_argument("--subject", "-s", help="short title")
     p.add_argument("--type", "-t", default="fact", help="memory type (default: fact)")
@@ -225,11 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", help="writer instance id")
     p.add_argument("--supersedes", type=int, metavar="ID", help="archive this memory, link it")
 
-    p = cmd("recall", "Search memories by meaning and exact words.", _tool("memory_recall",
-            lambda a: {"query": a.query, "project": _projects(a.project), "memory_type": a.type,
-                       "instance_id": a.instance, "limit": a.limit,
-                       "include_archived": a.include_archived or None,
-                       "include_graph": not a.no_graph}, _show_memories))
+    p = cmd(
+        "recall",
+        "Search memories by meaning and exact words.",
+        _tool(
+            "memory_recall",
+            lambda a: {
+                "query": a.query,
+                "project": _projects(a.project),
+                "memory_type": a.type,
+                "instance_id": a.instance,
+                "limit": a.limit,
+                "include_archived": a.include_archived or None,
+                "include_graph": not a.no_graph,
+            },
+            _show_memories,
+        ),
+    )
     p.add_argument("query", help="what to look for")
     p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
     p.add_argument("--type", "-t", help="memory type ('*' wildcard)")
@@ -238,30 +297,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-archived", action="store_true")
     p.add_argument("--no-graph", action="store_true", help="skip graph context")
 
-    p = cmd("get", "Show memories by id.", _tool("memory_get", lambda a: {
-        "memory_ids": a.ids[0] if len(a.ids) == 1 else a.ids, "traverse": a.traverse or None,
-        "graph_depth": a.depth}, _show_memories))
+    p = cmd(
+        "get",
+        "Show memories by id.",
+        _tool(
+            "memory_get",
+            lambda a: {
+                "memory_ids": a.ids[0] if len(a.ids) == 1 else a.ids,
+                "traverse": a.traverse or None,
+                "graph_depth": a.depth,
+            },
+            _show_memories,
+        ),
+    )
     p.add_argument("ids", nargs="+", type=int, metavar="ID")
     p.add_argument("--traverse", action="store_true", help="walk the graph from each id")
     p.add_argument("--depth", type=int, default=1, help="graph depth (default 1)")
 
-    p = cmd("recent", "List the newest memories.", _tool("memory_recent", lambda a: {
-        "limit": a.limit, "project": _projects(a.project), "memory_type": a.type,
-        "verbose": a.verbose_cards or None}, _show_memories))
+    p = cmd(
+        "recent",
+        "List the newest memories.",
+        _tool(
+            "memory_recent",
+            lambda a: {
+                "limit": a.limit,
+                "project": _projects(a.project),
+                "memory_type": a.type,
+                "verbose": a.verbose_cards or None,
+            },
+            _show_memories,
+        ),
+    )
     p.add_argument("--limit", "-n", type=int, default=20)
     p.add_argument("--project", "-p", action="append")
     p.add_argument("--type", "-t")
     p.add_argument("--full", dest="verbose_cards", action="store_true", help="full memories")
 
-    cmd("stats", "Counts by type, instance and project.",
-        _tool("memory_stats", lambda a: {}, _show_dict))
+    cmd(
+        "stats",
+        "Counts by type, instance and project.",
+        _tool("memory_stats", lambda a: {}, _show_dict),
+    )
 
-    p = cmd("archive", "Archive memories (dry run unless --execute).", _tool(
-        "memory_archive", lambda a: {
-            "memory_ids": a.ids or None, "older_than_days": a.older_than_days,
-            "max_access_count": a.max_access, "memory_type": a.type,
-            "project": _projects(a.project), "reason": a.reason,
-            "dry_run": not a.execute}, _show_dict))
+    p = cmd(
+        "archive",
+        "Archive memories (dry run unless --execute).",
+        _tool(
+            "memory_archive",
+            lambda a: {
+                "memory_ids": a.ids or None,
+                "older_than_days": a.older_than_days,
+                "max_access_count": a.max_access,
+                "memory_type": a.type,
+                "project": _projects(a.project),
+                "reason": a.reason,
+                "dry_run": not a.execute,
+            },
+            _show_dict,
+        ),
+    )
     p.add_argument("ids", nargs="*", type=int, metavar="ID")
     p.add_argument("--older-than-days", type=int)
     p.add_argument("--max-access", type=int, help="only memories accessed at most N times")
@@ -270,18 +364,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason")
     p.add_argument("--execute", action="store_true", help="really archive (default: dry run)")
 
-    p = cmd("audit", "Find duplicates, stale memories, orphan edges and more.", _tool(
-        "memory_audit", lambda a: {"checks": a.check, "project": a.project,
-                                   "limit_per_category": a.limit}, _show_dict))
+    p = cmd(
+        "audit",
+        "Find duplicates, stale memories, orphan edges and more.",
+        _tool(
+            "memory_audit",
+            lambda a: {"checks": a.check, "project": a.project, "limit_per_category": a.limit},
+            _show_dict,
+        ),
+    )
     p.add_argument("--check", action="append", help="run only this check (repeatable)")
     p.add_argument("--project", "-p")
     p.add_argument("--limit", type=int, default=20, help="findings per check")
 
-    p = cmd("reembed", "Re-embed memories with the configured embedder (dry run unless "
-                       "--execute).", _reembed)
+    p = cmd(
+        "reembed",
+        "Re-embed memories with the configured embedder (dry run unless --execute).",
+        _reembed,
+    )
     p.add_argument("--all", action="store_true", help="every memory (to change embedder)")
-    p.add_argument("--missing-only", action="store_true",
-                   help="only memories without a vector from the current embedder")
+    p.add_argument(
+        "--missing-only",
+        action="store_true",
+        help="only memories without a vector from the current embedder",
+    )
     p.add_argument("--ids", type=int, nargs="+", metavar="ID")
     p.add_argument("--project", "-p")
     p.add_argument("--older-than-days", type=int)
@@ -289,9 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execute", action="store_true", help="really re-embed (default: dry run)")
 
     p = cmd("doctor", "Check the database setup and print fixes (exit 1 on failure).", _doctor)
-    p.add_argument("--processes", type=int, metavar="N",
-                   help="processes expected to share the server, for the max_connections check "
-                        "(default: configured instances, at least 2)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="processes expected to share the server, for the max_connections check "
+        "(default: configured instances, at least 2)",
+    )
 
     p = cmd("export", "Write memories, edges and messages to a JSONL file.", _export)
     p.add_argument("file", help="output .jsonl path ('-' for stdout)")
@@ -303,8 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except MemoryPalaceError as exc:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -116,15 +117,15 @@ def type_from_url(url: str) -> str:
 
 def _db_entry(name: str, entry: Any, where: str, key: str) -> DatabaseConfig:
     if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where}: key {key!r} must be an object like {{\"type\": ..., \"url\": ...}}")
+        raise ConfigError(
+            f'{where}: key {key!r} must be an object like {{"type": ..., "url": ...}}'
+        )
     url = entry.get("url")
     if not isinstance(url, str) or not url:
         raise ConfigError(f"{where}: key {key}.url must be a database URL string")
     raw_type = entry.get("type") or type_from_url(url)
     if not isinstance(raw_type, str) or raw_type.lower() not in DATABASE_TYPES:
-        raise ConfigError(
-            f"{where}: key {key}.type is {raw_type!r}; use \"sqlite\" or \"postgres\""
-        )
+        raise ConfigError(f'{where}: key {key}.type is {raw_type!r}; use "sqlite" or "postgres"')
     db_type = DATABASE_TYPES[raw_type.lower()]
     if type_from_url(url) != db_type:
         raise ConfigError(f"{where}: key {key}.type is {db_type!r} but its url is {url!r}")
@@ -194,7 +195,9 @@ def load_settings(
     if embedder is None:
         embedder = "ollama" if model else "local"
     if embedder not in EMBEDDERS:
-        raise ConfigError(f"{where}: key embedder is {embedder!r}; use one of {', '.join(EMBEDDERS)}")
+        raise ConfigError(
+            f"{where}: key embedder is {embedder!r}; use one of {', '.join(EMBEDDERS)}"
+        )
     dim = cfg.get("embedding_dimension")
     if dim is not None and (not isinstance(dim, int) or dim <= 0):
         raise ConfigError(f"{where}: key embedding_dimension must be a positive integer")
@@ -204,8 +207,10 @@ def load_settings(
         ollama_url = f"http://{ollama_url}"
 
     weights_cfg = cfg["recall"].get("weights", {})
-    weights = {k: _number(weights_cfg.get(k, 0.0), where, f"recall.weights.{k}")
-               for k in ("similarity", "access", "centrality")}
+    weights = {
+        k: _number(weights_cfg.get(k, 0.0), where, f"recall.weights.{k}")
+        for k in ("similarity", "access", "centrality")
+    }
     for var, key in ENV_WEIGHTS.items():
         if env.get(var):
             weights[key] = _number(env[var], "environment", var)

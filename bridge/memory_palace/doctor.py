@@ -24,8 +24,10 @@ from .errors import BackendUnavailable, MemoryPalaceError
 
 PER_ENGINE = PG_POOL["pool_size"] + PG_POOL["max_overflow"]  # 5 + 10
 NOTIFY_TIMEOUT_S = 5.0
-PGVECTOR_FIX = ("install pgvector: sudo apt install postgresql-15-pgvector (Debian/Ubuntu; use "
-                "your server's major version) or brew install pgvector (macOS)")
+PGVECTOR_FIX = (
+    "install pgvector: sudo apt install postgresql-15-pgvector (Debian/Ubuntu; use "
+    "your server's major version) or brew install pgvector (macOS)"
+)
 
 
 @dataclass
@@ -47,68 +49,111 @@ def _pg_checks(url: str, engines_on_server: int, processes: int) -> list[Check]:
         conn = pg_connect(url)
     except BackendUnavailable as exc:
         if "does not exist" not in exc.message:
-            return [Check("server reachable", False, exc.message,
-                          f"pg_isready -h {host}; then psql -h {host} -U {user} -d {dbname}")]
+            return [
+                Check(
+                    "server reachable",
+                    False,
+                    exc.message,
+                    f"pg_isready -h {host}; then psql -h {host} -U {user} -d {dbname}",
+                )
+            ]
         exists = False
         try:
             conn = pg_connect(u.set(database="postgres").render_as_string(hide_password=False))
         except BackendUnavailable as exc2:
-            return [Check("server reachable", False, exc2.message,
-                          f"pg_isready -h {host}; then psql -h {host} -U {user} -d postgres")]
+            return [
+                Check(
+                    "server reachable",
+                    False,
+                    exc2.message,
+                    f"pg_isready -h {host}; then psql -h {host} -U {user} -d postgres",
+                )
+            ]
     try:
         cur = conn.cursor()
         cur.execute("SHOW server_version")
         checks.append(Check("server reachable", True, f"PostgreSQL {cur.fetchone()[0]}"))
-        checks.append(Check(
-            "database exists", True,
-            dbname if exists else f"{dbname} does not exist yet; it is created on first use"))
+        checks.append(
+            Check(
+                "database exists",
+                True,
+                dbname if exists else f"{dbname} does not exist yet; it is created on first use",
+            )
+        )
 
         cur.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
         row = cur.fetchone()
-        checks.append(Check("pgvector installed on the server", row is not None,
-                            f"version {row[0]}" if row else "not available", PGVECTOR_FIX))
+        checks.append(
+            Check(
+                "pgvector installed on the server",
+                row is not None,
+                f"version {row[0]}" if row else "not available",
+                PGVECTOR_FIX,
+            )
+        )
         if exists:
             cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             row = cur.fetchone()
-            checks.append(Check(
-                f"pgvector enabled in {dbname}", row is not None,
-                f"vector {row[0]}" if row else "the vector extension is not enabled",
-                f'psql {dbname} -c "CREATE EXTENSION IF NOT EXISTS vector;" (as a superuser)'))
+            checks.append(
+                Check(
+                    f"pgvector enabled in {dbname}",
+                    row is not None,
+                    f"vector {row[0]}" if row else "the vector extension is not enabled",
+                    f'psql {dbname} -c "CREATE EXTENSION IF NOT EXISTS vector;" (as a superuser)',
+                )
+            )
 
         cur.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
         row = cur.fetchone()
         can = bool(row and row[0])
-        checks.append(Check(
-            "role may create databases (CREATEDB)", can,
-            "named databases are created automatically" if can else
-            f"role {user} has no CREATEDB: named databases cannot be auto-created",
-            f"ALTER USER {user} CREATEDB;"))
+        checks.append(
+            Check(
+                "role may create databases (CREATEDB)",
+                can,
+                "named databases are created automatically"
+                if can
+                else f"role {user} has no CREATEDB: named databases cannot be auto-created",
+                f"ALTER USER {user} CREATEDB;",
+            )
+        )
 
-        cur.execute("SELECT current_setting('max_connections')::int, "
-                    "current_setting('superuser_reserved_connections')::int, "
-                    "(SELECT count(*) FROM pg_stat_activity)")
+        cur.execute(
+            "SELECT current_setting('max_connections')::int, "
+            "current_setting('superuser_reserved_connections')::int, "
+            "(SELECT count(*) FROM pg_stat_activity)"
+        )
         max_conn, reserved, in_use = cur.fetchone()
         needed = PER_ENGINE * engines_on_server * processes
         usable = max_conn - reserved
-        checks.append(Check(
-            "max_connections covers the pools", needed <= usable,
-            f"max_connections {max_conn} ({usable} usable, {in_use} in use); pools may open "
-            f"up to {needed} = (5 + 10) x {engines_on_server} database(s) x {processes} "
-            "process(es)",
-            "SHOW max_connections; SELECT count(*) FROM pg_stat_activity; then raise it: "
-            f"ALTER SYSTEM SET max_connections = {needed + reserved + 10}; and restart PostgreSQL"))
+        checks.append(
+            Check(
+                "max_connections covers the pools",
+                needed <= usable,
+                f"max_connections {max_conn} ({usable} usable, {in_use} in use); pools may open "
+                f"up to {needed} = (5 + 10) x {engines_on_server} database(s) x {processes} "
+                "process(es)",
+                "SHOW max_connections; SELECT count(*) FROM pg_stat_activity; then raise it: "
+                f"ALTER SYSTEM SET max_connections = {needed + reserved + 10}; and restart PostgreSQL",
+            )
+        )
 
         if exists:
             cur.execute("SELECT to_regclass('memories') IS NOT NULL")
             if cur.fetchone()[0]:
-                cur.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'memories' "
-                            "AND schemaname = current_schema() AND indexdef ILIKE %s",
-                            ("%USING hnsw%",))
+                cur.execute(
+                    "SELECT count(*) FROM pg_indexes WHERE tablename = 'memories' "
+                    "AND schemaname = current_schema() AND indexdef ILIKE %s",
+                    ("%USING hnsw%",),
+                )
                 has = cur.fetchone()[0] > 0
-                checks.append(Check(
-                    "HNSW index on memories.embedding", has,
-                    "present" if has else "missing: vector search scans every row",
-                    "CREATE INDEX ON memories USING hnsw (embedding vector_cosine_ops);"))
+                checks.append(
+                    Check(
+                        "HNSW index on memories.embedding",
+                        has,
+                        "present" if has else "missing: vector search scans every row",
+                        "CREATE INDEX ON memories USING hnsw (embedding vector_cosine_ops);",
+                    )
+                )
                 try:
                     cur.execute("SELECT value FROM palace_meta WHERE key = 'schema_version'")
                     r = cur.fetchone()
@@ -117,15 +162,24 @@ def _pg_checks(url: str, engines_on_server: int, processes: int) -> list[Check]:
                 except psycopg2.errors.UndefinedTable:
                     checks.append(_schema_check(0))
                 except psycopg2.errors.InsufficientPrivilege as exc:
-                    checks.append(Check(
-                        "table privileges", False, str(exc).strip().splitlines()[0],
-                        f"as the tables' owner: GRANT ALL ON ALL TABLES IN SCHEMA public TO "
-                        f"{user}; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {user};"))
+                    checks.append(
+                        Check(
+                            "table privileges",
+                            False,
+                            str(exc).strip().splitlines()[0],
+                            f"as the tables' owner: GRANT ALL ON ALL TABLES IN SCHEMA public TO "
+                            f"{user}; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {user};",
+                        )
+                    )
             else:
-                checks.append(Check("schema", True, "tables not created yet; they are created "
-                                                    "on first use"))
-        checks.append(_listen_notify(url if exists else u.set(database="postgres")
-                                     .render_as_string(hide_password=False)))
+                checks.append(
+                    Check("schema", True, "tables not created yet; they are created on first use")
+                )
+        checks.append(
+            _listen_notify(
+                url if exists else u.set(database="postgres").render_as_string(hide_password=False)
+            )
+        )
     finally:
         conn.close()
     return checks
@@ -133,17 +187,22 @@ def _pg_checks(url: str, engines_on_server: int, processes: int) -> list[Check]:
 
 def _schema_check(version: int) -> Check:
     if version > SCHEMA_VERSION:
-        return Check("schema version", False,
-                     f"database is at version {version}, this code knows {SCHEMA_VERSION}",
-                     "upgrade memory-palace to the version that wrote this database")
+        return Check(
+            "schema version",
+            False,
+            f"database is at version {version}, this code knows {SCHEMA_VERSION}",
+            "upgrade memory-palace to the version that wrote this database",
+        )
     note = "current" if version == SCHEMA_VERSION else "older; migrated automatically on next use"
     return Check("schema version", True, f"{version} ({note})")
 
 
 def _listen_notify(url: str) -> Check:
     channel = f"memory_palace_doctor_{uuid.uuid4().hex[:12]}"
-    fix = ("LISTEN/NOTIFY must reach this process directly: connect to PostgreSQL itself, or "
-           "run pgbouncer in session pooling mode (transaction pooling drops LISTEN)")
+    fix = (
+        "LISTEN/NOTIFY must reach this process directly: connect to PostgreSQL itself, or "
+        "run pgbouncer in session pooling mode (transaction pooling drops LISTEN)"
+    )
     try:
         listener = pg_connect(url)
         sender = pg_connect(url)
@@ -159,9 +218,12 @@ def _listen_notify(url: str) -> Check:
         if ready:
             listener.poll()
         got = [n.payload for n in listener.notifies if n.channel == channel]
-        return Check("LISTEN/NOTIFY round trip", got == ["doctor"],
-                     "notification received" if got else
-                     f"no notification within {NOTIFY_TIMEOUT_S:.0f} s", fix)
+        return Check(
+            "LISTEN/NOTIFY round trip",
+            got == ["doctor"],
+            "notification received" if got else f"no notification within {NOTIFY_TIMEOUT_S:.0f} s",
+            fix,
+        )
     except psycopg2.Error as exc:
         return Check("LISTEN/NOTIFY round trip", False, str(exc).strip(), fix)
     finally:
@@ -177,37 +239,64 @@ def _sqlite_checks(url: str) -> list[Check]:
     if not path.exists():
         parent = path.parent
         ok = parent.exists() or not parent.is_file()
-        return [Check("database file", ok, f"{path} does not exist yet; it is created on first "
-                      "use", f"mkdir -p {parent}")]
+        return [
+            Check(
+                "database file",
+                ok,
+                f"{path} does not exist yet; it is created on first use",
+                f"mkdir -p {parent}",
+            )
+        ]
     checks = [Check("database file", True, f"{path} ({path.stat().st_size} bytes)")]
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
-        return checks + [Check("database readable", False, str(exc),
-                               f"check the permissions of {path}")]
+        return checks + [
+            Check("database readable", False, str(exc), f"check the permissions of {path}")
+        ]
     try:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        checks.append(Check("WAL mode", mode.lower() == "wal", f"journal_mode={mode}",
-                            f'sqlite3 {path} "PRAGMA journal_mode=WAL;" (Memory Palace also '
-                            "sets it whenever it opens the file)"))
-        has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
-                                "name='palace_meta'").fetchone()
+        checks.append(
+            Check(
+                "WAL mode",
+                mode.lower() == "wal",
+                f"journal_mode={mode}",
+                f'sqlite3 {path} "PRAGMA journal_mode=WAL;" (Memory Palace also '
+                "sets it whenever it opens the file)",
+            )
+        )
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='palace_meta'"
+        ).fetchone()
         version = 0
         if has_meta:
             r = conn.execute("SELECT value FROM palace_meta WHERE key='schema_version'").fetchone()
             version = int(r[0]) if r else 0
         elif conn.execute("SELECT 1 FROM sqlite_master WHERE name='memories'").fetchone():
-            checks.append(Check("schema", False, "this is a database of the original Memory "
-                                "Palace layout", "memory-palace-sqlite-to-pg --source "
-                                f"sqlite:///{path} --target postgresql://... (or export/import)"))
+            checks.append(
+                Check(
+                    "schema",
+                    False,
+                    "this is a database of the original Memory Palace layout",
+                    "memory-palace-sqlite-to-pg --source "
+                    f"sqlite:///{path} --target postgresql://... (or export/import)",
+                )
+            )
             return checks
         checks.append(_schema_check(version))
         ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-        checks.append(Check("integrity (quick_check)", ok == "ok", ok,
-                            f"restore {path} from a backup or `memory-palace export`"))
+        checks.append(
+            Check(
+                "integrity (quick_check)",
+                ok == "ok",
+                ok,
+                f"restore {path} from a backup or `memory-palace export`",
+            )
+        )
     except sqlite3.Error as exc:
-        checks.append(Check("database readable", False, str(exc),
-                            f"check the permissions of {path}"))
+        checks.append(
+            Check("database readable", False, str(exc), f"check the permissions of {path}")
+        )
     finally:
         conn.close()
     return checks
@@ -218,8 +307,12 @@ def _server_key(url: str) -> tuple[Any, ...]:
     return (u.host, u.port, u.query.get("host"))
 
 
-def run(settings: Settings, database: str | None = None, out: TextIO = sys.stdout,
-        expected_processes: int | None = None) -> int:
+def run(
+    settings: Settings,
+    database: str | None = None,
+    out: TextIO = sys.stdout,
+    expected_processes: int | None = None,
+) -> int:
     """Check every configured database (or only `database`); print ✓/✗ with fixes.
 
     Returns 0 when every check passes, 1 otherwise.
@@ -262,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import load_settings
 
-    ap = argparse.ArgumentParser(prog="memory-palace doctor",
-                                 description="Check the databases and print fixes.")
+    ap = argparse.ArgumentParser(
+        prog="memory-palace doctor", description="Check the databases and print fixes."
+    )
     ap.add_argument("--database", help="only this named database")
-    ap.add_argument("--processes", type=int, help="processes expected to connect "
-                                                  "(default: configured instances, at least 2)")
+    ap.add_argument(
+        "--processes",
+        type=int,
+        help="processes expected to connect (default: configured instances, at least 2)",
+    )
     ap.add_argument("--data-dir", help="data dir holding config.json")
     args = ap.parse_args(argv)
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-CODES: dict[str, type["MemoryPalaceError"]] = {}
+CODES: dict[str, type[MemoryPalaceError]] = {}
 
 
 class MemoryPalaceError(Exception):
@@ -72,12 +72,12 @@ class Timeout(MemoryPalaceError):
 
 
 __all__ = [
-    "MemoryPalaceError",
-    "ConfigError",
-    "InvalidParams",
-    "NotFound",
-    "Conflict",
     "BackendUnavailable",
+    "ConfigError",
+    "Conflict",
     "EmbedderUnavailable",
+    "InvalidParams",
+    "MemoryPalaceError",
+    "NotFound",
     "Timeout",
 ]

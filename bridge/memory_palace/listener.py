@@ -9,7 +9,8 @@ import os
 import select
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg2
@@ -65,11 +66,17 @@ class _Listener(threading.Thread):
         return [messages.pg_channel(n) for n in self.names()]
 
     def status(self) -> dict[str, Any]:
-        return {"database": self.database, "kind": self.kind, "state": self.state,
-                "channels": self.channels(), "last_message_id": self.last_id,
-                "emitted": self.emitted, "reconnects": self.reconnects,
-                "caught_up": self.caught_up,
-                "last_error": self.last_error}
+        return {
+            "database": self.database,
+            "kind": self.kind,
+            "state": self.state,
+            "channels": self.channels(),
+            "last_message_id": self.last_id,
+            "emitted": self.emitted,
+            "reconnects": self.reconnects,
+            "caught_up": self.caught_up,
+            "last_error": self.last_error,
+        }
 
     def add(self, name: str, wait: float = 2.0) -> bool:
         with self._lock:
@@ -133,9 +140,18 @@ class _Listener(threading.Thread):
 
     def _status_event(self, state: str, **extra: Any) -> None:
         self.state = state
-        self._emit({"event": "listener_status",
-                    "data": {"database": self.database, "state": state, "kind": self.kind,
-                             "last_message_id": self.last_id, **extra}})
+        self._emit(
+            {
+                "event": "listener_status",
+                "data": {
+                    "database": self.database,
+                    "state": state,
+                    "kind": self.kind,
+                    "last_message_id": self.last_id,
+                    **extra,
+                },
+            }
+        )
 
 
 class PgListener(_Listener):
@@ -196,7 +212,7 @@ class PgListener(_Listener):
         if self._conn is not None:
             try:
                 self._conn.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
+            except Exception:
                 pass
             self._conn = None
 
@@ -219,14 +235,15 @@ class PgListener(_Listener):
                         self.caught_up += caught
                         if caught:
                             log.info("listener %s caught up %d messages", self.database, caught)
-                except Exception as exc:  # noqa: BLE001 - any failure here means: retry later
+                except Exception as exc:
                     self._close()
                     self.last_error = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
                     self.state = "reconnecting"
                     self._apply_ops()
                     if first:
-                        log.warning("listener %s cannot connect yet: %s", self.database,
-                                    self.last_error)
+                        log.warning(
+                            "listener %s cannot connect yet: %s", self.database, self.last_error
+                        )
                         self.ready.set()
                     self._sleep(backoff)
                     backoff = min(backoff * 2, MAX_RETRY)
@@ -293,7 +310,7 @@ class SqlitePoller(_Listener):
     def run(self) -> None:
         try:
             self.start_id = self.last_id = messages.max_message_id(self.db)
-        except Exception as exc:  # noqa: BLE001 - keep polling; the error is reported in _health
+        except Exception as exc:
             self.last_error = str(exc)
         self.state = "polling"
         self.ready.set()
@@ -303,7 +320,7 @@ class SqlitePoller(_Listener):
                     self._deliver(payload)
                 if self.state != "polling":
                     self._status_event("polling")
-            except Exception as exc:  # noqa: BLE001 - a locked or missing file must not kill us
+            except Exception as exc:
                 self.last_error = str(exc)
                 if self.state != "error":
                     log.warning("poller %s: %s", self.database, exc)

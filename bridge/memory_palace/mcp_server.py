@@ -33,8 +33,10 @@ def _text(result: dict[str, Any]) -> str:
 def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server:
     """An MCP server over `palace`. The tool list and schemas come from the registry."""
     notifier = notifier or WakeNotifier(palace.settings.instance_routes)
-    tools = [types.Tool(name=t.name, description=t.description, input_schema=t.schema())
-             for t in palace.tools]
+    tools = [
+        types.Tool(name=t.name, description=t.description, input_schema=t.schema())
+        for t in palace.tools
+    ]
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)
@@ -45,20 +47,27 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
             result = await anyio.to_thread.run_sync(palace.call, params.name, args)
         except MemoryPalaceError as exc:
             return types.CallToolResult(
-                content=[types.TextContent(text=f"{exc.code}: {exc.message}")], is_error=True)
-        except Exception as exc:  # noqa: BLE001 - a tool bug must not kill the server
+                content=[types.TextContent(text=f"{exc.code}: {exc.message}")], is_error=True
+            )
+        except Exception as exc:
             log.exception("tool %s failed", params.name)
             return types.CallToolResult(
-                content=[types.TextContent(text=f"INTERNAL_ERROR: {exc}")], is_error=True)
+                content=[types.TextContent(text=f"INTERNAL_ERROR: {exc}")], is_error=True
+            )
         if params.name == "message" and args.get("action") == "send" and result.get("id"):
             sender = args.get("from_instance") or palace.instance_id
-            notifier.notify_sent(sender, str(result.get("to_instance") or args.get("to_instance")),
-                                 int(result["id"]))
+            notifier.notify_sent(
+                sender, str(result.get("to_instance") or args.get("to_instance")), int(result["id"])
+            )
         return types.CallToolResult(content=[types.TextContent(text=_text(result))])
 
-    return Server(SERVER_NAME, version=__version__,
-                  instructions="Memory Palace: shared persistent memory and messaging for agents.",
-                  on_list_tools=list_tools, on_call_tool=call_tool)
+    return Server(
+        SERVER_NAME,
+        version=__version__,
+        instructions="Memory Palace: shared persistent memory and messaging for agents.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
 
 
 async def serve(palace: Palace) -> None:
@@ -79,13 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="memory-palace-mcp",
         description="Serve the Memory Palace tools over MCP (stdio). Configuration comes from "
-                    "config.json in the data dir and MEMORY_PALACE_* variables.")
-    ap.add_argument("--data-dir", help="data dir holding config.json "
-                                       "(default: $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)")
+        "config.json in the data dir and MEMORY_PALACE_* variables.",
+    )
+    ap.add_argument(
+        "--data-dir",
+        help="data dir holding config.json (default: $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
+    )
     ap.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         palace = Palace(load_settings(args.data_dir))
     except MemoryPalaceError as exc:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .config import Settings
 from .db import schema
@@ -39,8 +40,12 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "memory_set_default_database": ("databases", "set_default_database"),
     "memory_current_database": ("databases", "current_database"),
 }
-NO_DATABASE_PARAM = {"memory_list_databases", "memory_register_database",
-                     "memory_set_default_database", "memory_current_database"}
+NO_DATABASE_PARAM = {
+    "memory_list_databases",
+    "memory_register_database",
+    "memory_set_default_database",
+    "memory_current_database",
+}
 
 
 def _handler(tool: str) -> Callable[..., dict[str, Any]]:
@@ -99,15 +104,19 @@ class Palace:
                 f"database {db.masked_url} holds vectors from another embedder: {listed}; "
                 f"the configured one is {self.embedder.id}. Run `memory-palace reembed "
                 "--all --execute` (tool memory_reembed with all_memories=true, dry_run=false), "
-                "or configure the embedder those vectors came from.")
+                "or configure the embedder those vectors came from."
+            )
         db.cache[key] = True
 
     def call(self, tool_name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Validate params and run a tool. Raises MemoryPalaceError subclasses."""
         tool = BY_NAME.get(tool_name)
         if tool is None or tool_name not in self._tool_names:
-            hint = (" (enable it with config \"extensions\": "
-                    "[\"mcp_server.extensions.db_manager\"])" if tool and tool.extension else "")
+            hint = (
+                ' (enable it with config "extensions": ["mcp_server.extensions.db_manager"])'
+                if tool and tool.extension
+                else ""
+            )
             raise InvalidParams(f"unknown tool {tool_name!r}{hint}")
         args = validate(tool, params)
         fn = _handler(tool_name)
@@ -127,4 +136,4 @@ class Palace:
         dispose_engines()
 
 
-__all__ = ["Palace", "MemoryPalaceError"]
+__all__ = ["MemoryPalaceError", "Palace"]

@@ -9,8 +9,9 @@ raises InvalidParams naming the parameter.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -33,14 +34,21 @@ def p(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
     return {**schema, "description": description, **extra}
 
 
-DATABASE = p(S, "Named database (memory domain), e.g. 'life' or 'work'. Omit for the default. "
-                "Unknown names are derived from the default database and created.")
+DATABASE = p(
+    S,
+    "Named database (memory domain), e.g. 'life' or 'work'. Omit for the default. "
+    "Unknown names are derived from the default database and created.",
+)
 INSTANCE = p(S, "Agent instance id, e.g. 'prime'. Defaults to MEMORY_PALACE_INSTANCE_ID.")
-PROJECT_FILTER = p(STR_OR_STRS, "Project filter: a string matches memories in that project; "
-                                "a list matches memories in any of them.")
+PROJECT_FILTER = p(
+    STR_OR_STRS,
+    "Project filter: a string matches memories in that project; "
+    "a list matches memories in any of them.",
+)
 GRAPH_MODE = p(S, "Graph context format.", enum=["summary", "full"], default="summary")
-DIRECTION = p(S, "Edge direction for traversal.", enum=["outgoing", "incoming", "both"],
-              default="both")
+DIRECTION = p(
+    S, "Edge direction for traversal.", enum=["outgoing", "incoming", "both"], default="both"
+)
 
 
 @dataclass(frozen=True)
@@ -69,17 +77,24 @@ TOOLS: list[Tool] = [
         "embedding. Exact duplicates return the existing id. Similar memories are linked.",
         {
             "content": p(S, "The memory text.", minLength=1),
-            "memory_type": p(S, "Open vocabulary: fact, decision, preference, event, insight, "
-                                "gotcha, architecture, ...", default="fact"),
+            "memory_type": p(
+                S,
+                "Open vocabulary: fact, decision, preference, event, insight, "
+                "gotcha, architecture, ...",
+                default="fact",
+            ),
             "subject": p(S, "Short title."),
             "instance_id": INSTANCE,
             "keywords": p(STRS, "Keywords for exact search."),
             "tags": p(STRS, "Free tags."),
             "foundational": p(B, "Core memory: never archived, never stale.", default=False),
             "project": p(STR_OR_STRS, "Project or list of projects.", default="life"),
-            "source_type": p(S, "Where it came from.",
-                             enum=["conversation", "explicit", "inferred", "observation"],
-                             default="explicit"),
+            "source_type": p(
+                S,
+                "Where it came from.",
+                enum=["conversation", "explicit", "inferred", "observation"],
+                default="explicit",
+            ),
             "source_context": p(S, "Free text about the source."),
             "source_session_id": p(S, "Session the memory came from."),
             "supersedes_id": p(I, "Id of a memory this one replaces; it is archived."),
@@ -93,8 +108,9 @@ TOOLS: list[Tool] = [
         "Search memories by meaning and by exact words (hybrid vector + keyword search), "
         "with optional graph context. Each result says how it was found.",
         {
-            "query": p(S, "What to look for: a question, topic, name, id or error string.",
-                       minLength=1),
+            "query": p(
+                S, "What to look for: a question, topic, name, id or error string.", minLength=1
+            ),
             "instance_id": p(S, "Only memories written by this instance."),
             "project": PROJECT_FILTER,
             "memory_type": p(S, "Only this type; '*' is a wildcard, e.g. 'code*'."),
@@ -102,8 +118,7 @@ TOOLS: list[Tool] = [
             "min_foundational": p(B, "Only foundational memories."),
             "include_archived": p(B, "Include archived memories.", default=False),
             "limit": p(I, "Maximum results (at most 100).", default=20, minimum=1),
-            "detail_level": p(S, "Memory detail.", enum=["summary", "verbose"],
-                              default="verbose"),
+            "detail_level": p(S, "Memory detail.", enum=["summary", "verbose"], default="verbose"),
             "synthesize": p(B, "Summarise the results with the configured LLM.", default=False),
             "include_graph": p(B, "Add graph context for the top results.", default=True),
             "graph_top_n": p(I, "How many top results get graph context.", default=5, minimum=0),
@@ -118,20 +133,22 @@ TOOLS: list[Tool] = [
         "Fetch memories by id (one id or a list), with graph context or a graph traversal.",
         {
             "memory_ids": p(INT_OR_INTS, "A memory id or a list of ids."),
-            "detail_level": p(S, "Memory detail.", enum=["summary", "verbose"],
-                              default="verbose"),
-            "synthesize": p(B, "Summarise several memories with the configured LLM.",
-                            default=False),
+            "detail_level": p(S, "Memory detail.", enum=["summary", "verbose"], default="verbose"),
+            "synthesize": p(
+                B, "Summarise several memories with the configured LLM.", default=False
+            ),
             "include_graph": p(B, "Add graph context.", default=True),
             "graph_depth": p(I, "Graph hops for context (0-5).", default=1, minimum=0, maximum=5),
             "graph_mode": GRAPH_MODE,
-            "traverse": p(B, "Return a breadth-first traversal instead of graph context.",
-                          default=False),
+            "traverse": p(
+                B, "Return a breadth-first traversal instead of graph context.", default=False
+            ),
             "max_depth": p(I, "Traversal depth (1-5).", default=3, minimum=1, maximum=5),
             "direction": DIRECTION,
             "relation_types": p(STRS, "Only follow these edge types."),
-            "min_strength": p(N, "Only follow edges at least this strong (0-1).", minimum=0,
-                              maximum=1),
+            "min_strength": p(
+                N, "Only follow edges at least this strong (0-1).", minimum=0, maximum=1
+            ),
             "database": DATABASE,
         },
         required=("memory_ids",),
@@ -159,10 +176,10 @@ TOOLS: list[Tool] = [
             "max_access_count": p(I, "Only memories accessed at most this often.", minimum=0),
             "memory_type": p(S, "Only this type; '*' is a wildcard."),
             "project": PROJECT_FILTER,
-            "centrality_protection": p(B, "Skip memories with many incoming links.",
-                                       default=True),
-            "min_centrality_threshold": p(I, "Incoming links that protect a memory.", default=5,
-                                          minimum=1),
+            "centrality_protection": p(B, "Skip memories with many incoming links.", default=True),
+            "min_centrality_threshold": p(
+                I, "Incoming links that protect a memory.", default=5, minimum=1
+            ),
             "dry_run": p(B, "Only report what would be archived.", default=True),
             "reason": p(S, "Why; recorded on each archived memory."),
             "database": DATABASE,
@@ -206,11 +223,27 @@ TOOLS: list[Tool] = [
         "Find quality problems: duplicates, stale memories, orphan edges, missing embeddings, "
         "contradictions, unlinked memories, cross-project auto-links.",
         {
-            "checks": p(STRS, "Checks to run; omit for all.", items={
-                **S, "enum": ["duplicates", "stale", "orphan_edges", "missing_embeddings",
-                              "contradictions", "unlinked", "cross_project_auto_links"]}),
-            "thresholds": p(O, "Overrides: duplicate_similarity (0.92), stale_days (90), "
-                               "stale_max_access (2), stale_min_centrality (3)."),
+            "checks": p(
+                STRS,
+                "Checks to run; omit for all.",
+                items={
+                    **S,
+                    "enum": [
+                        "duplicates",
+                        "stale",
+                        "orphan_edges",
+                        "missing_embeddings",
+                        "contradictions",
+                        "unlinked",
+                        "cross_project_auto_links",
+                    ],
+                },
+            ),
+            "thresholds": p(
+                O,
+                "Overrides: duplicate_similarity (0.92), stale_days (90), "
+                "stale_max_access (2), stale_min_centrality (3).",
+            ),
             "project": p(S, "Only this project."),
             "limit_per_category": p(I, "Maximum findings per check.", default=20, minimum=1),
             "database": DATABASE,
@@ -224,12 +257,15 @@ TOOLS: list[Tool] = [
             "older_than_days": p(I, "Only memories older than this.", minimum=0),
             "memory_ids": p(INTS, "Only these ids."),
             "project": p(S, "Only this project."),
-            "all_memories": p(B, "Every memory (needed to change embedder or dimension).",
-                              default=False),
-            "missing_only": p(B, "Only memories without an embedding from this embedder.",
-                              default=False),
-            "batch_size": p(I, "Memories per batch and commit.", default=50, minimum=1,
-                            maximum=1000),
+            "all_memories": p(
+                B, "Every memory (needed to change embedder or dimension).", default=False
+            ),
+            "missing_only": p(
+                B, "Only memories without an embedding from this embedder.", default=False
+            ),
+            "batch_size": p(
+                I, "Memories per batch and commit.", default=50, minimum=1, maximum=1000
+            ),
             "dry_run": p(B, "Only count what would be re-embedded.", default=True),
             "database": DATABASE,
         },
@@ -239,23 +275,35 @@ TOOLS: list[Tool] = [
         "Messages between agent instances. action=send|get|mark_read|mark_unread|subscribe|"
         "unsubscribe|poll. Recipients are woken by push when the database is PostgreSQL.",
         {
-            "action": p(S, "What to do.", enum=["send", "get", "mark_read", "mark_unread",
-                                                "subscribe", "unsubscribe", "poll"]),
+            "action": p(
+                S,
+                "What to do.",
+                enum=[
+                    "send",
+                    "get",
+                    "mark_read",
+                    "mark_unread",
+                    "subscribe",
+                    "unsubscribe",
+                    "poll",
+                ],
+            ),
             "instance_id": p(S, "Your instance (get, mark_*, subscribe, poll)."),
             "from_instance": p(S, "Sender (send)."),
             "to_instance": p(S, "Recipient instance, or 'all' (send)."),
             "content": p(S, "Message body (send)."),
-            "message_type": p(S, "handoff, status, question, fyi, context, event or message.",
-                              enum=["handoff", "status", "question", "fyi", "context", "event",
-                                    "message"], default="message"),
+            "message_type": p(
+                S,
+                "handoff, status, question, fyi, context, event or message.",
+                enum=["handoff", "status", "question", "fyi", "context", "event", "message"],
+                default="message",
+            ),
             "subject": p(S, "Short subject (send)."),
             "channel": p(S, "Channel name (send, get, subscribe, unsubscribe)."),
             "priority": p(I, "0-10 (send).", default=0, minimum=0, maximum=10),
-            "ttl_seconds": p(I, "Expire the message after this many seconds (send).",
-                             minimum=1),
+            "ttl_seconds": p(I, "Expire the message after this many seconds (send).", minimum=1),
             "unread_only": p(B, "Only unread messages (get).", default=True),
-            "limit": p(I, "Maximum messages (get, poll).", default=50, minimum=1,
-                       maximum=500),
+            "limit": p(I, "Maximum messages (get, poll).", default=50, minimum=1, maximum=500),
             "message_id": p(I, "Message id (mark_read, mark_unread)."),
             "since_id": p(I, "Only messages with a larger id (poll).", default=0, minimum=0),
             "database": DATABASE,
@@ -303,8 +351,12 @@ def enabled_tools(extensions: tuple[str, ...] | list[str]) -> list[Tool]:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
-    "object": (dict,), "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
 }
 
 
@@ -327,7 +379,8 @@ def _describe(schema: Mapping[str, Any]) -> str:
     if schema["type"] == "array":
         return f"a list of {_describe(schema.get('items', {'type': 'value'}))}s"
     return {"integer": "an integer", "object": "an object", "array": "a list"}.get(
-        schema["type"], f"a {schema['type']}")
+        schema["type"], f"a {schema['type']}"
+    )
 
 
 def validate(tool: Tool, params: Any) -> dict[str, Any]:
@@ -340,36 +393,46 @@ def validate(tool: Tool, params: Any) -> dict[str, Any]:
     if unknown:
         raise InvalidParams(
             f"{tool.name}: unknown parameter {unknown[0]!r}; expected one of "
-            f"{', '.join(sorted(tool.params))}", param=unknown[0])
+            f"{', '.join(sorted(tool.params))}",
+            param=unknown[0],
+        )
     out: dict[str, Any] = {}
     for name, schema in tool.params.items():
         value = params.get(name)
         if value is None:
             if name in tool.required:
-                raise InvalidParams(f"{tool.name}: missing required parameter {name!r}",
-                                    param=name)
+                raise InvalidParams(f"{tool.name}: missing required parameter {name!r}", param=name)
             out[name] = schema.get("default")
             continue
         if not _matches(value, schema):
             raise InvalidParams(
                 f"{tool.name}: parameter {name!r} must be {_describe(schema)}, got "
                 f"{type(value).__name__} {orjson.dumps(value)[:80].decode(errors='replace')}",
-                param=name)
+                param=name,
+            )
         if "enum" in schema and value not in schema["enum"]:
-            raise InvalidParams(f"{tool.name}: parameter {name!r} must be one of "
-                                f"{', '.join(schema['enum'])}, got {value!r}", param=name)
+            raise InvalidParams(
+                f"{tool.name}: parameter {name!r} must be one of "
+                f"{', '.join(schema['enum'])}, got {value!r}",
+                param=name,
+            )
         items = schema.get("items")
         if isinstance(value, list) and items and "enum" in items:
             bad = [v for v in value if v not in items["enum"]]
             if bad:
-                raise InvalidParams(f"{tool.name}: parameter {name!r} has unknown value "
-                                    f"{bad[0]!r}; use {', '.join(items['enum'])}", param=name)
+                raise InvalidParams(
+                    f"{tool.name}: parameter {name!r} has unknown value "
+                    f"{bad[0]!r}; use {', '.join(items['enum'])}",
+                    param=name,
+                )
         if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
-            raise InvalidParams(f"{tool.name}: parameter {name!r} must be >= {schema['minimum']}",
-                                param=name)
+            raise InvalidParams(
+                f"{tool.name}: parameter {name!r} must be >= {schema['minimum']}", param=name
+            )
         if "maximum" in schema and isinstance(value, (int, float)) and value > schema["maximum"]:
-            raise InvalidParams(f"{tool.name}: parameter {name!r} must be <= {schema['maximum']}",
-                                param=name)
+            raise InvalidParams(
+                f"{tool.name}: parameter {name!r} must be <= {schema['maximum']}", param=name
+            )
         if "minLength" in schema and isinstance(value, str) and len(value.strip()) < 1:
             raise InvalidParams(f"{tool.name}: parameter {name!r} must not be empty", param=name)
         out[name] = value
@@ -378,8 +441,14 @@ def validate(tool: Tool, params: Any) -> dict[str, Any]:
 
 def export() -> list[dict[str, Any]]:
     return [
-        {"name": t.name, "openclaw_name": t.openclaw_name or t.name, "description": t.description,
-         "parameters": t.schema(), "extension": t.extension, "llm_backed": t.llm_backed}
+        {
+            "name": t.name,
+            "openclaw_name": t.openclaw_name or t.name,
+            "description": t.description,
+            "parameters": t.schema(),
+            "extension": t.extension,
+            "llm_backed": t.llm_backed,
+        }
         for t in TOOLS
     ]
 

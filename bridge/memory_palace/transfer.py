@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,8 +19,16 @@ from sqlalchemy import text
 
 from .db import schema
 from .db.engine import Database, get_database
-from .db.values import (jsonb_sql, json_out, json_param, list_param, time_param, vector_out,
-                        vector_param, vector_sql)
+from .db.values import (
+    json_out,
+    json_param,
+    jsonb_sql,
+    list_param,
+    time_param,
+    vector_out,
+    vector_param,
+    vector_sql,
+)
 from .errors import Conflict, InvalidParams
 
 if TYPE_CHECKING:
@@ -35,26 +43,78 @@ BATCH = 1000
 # record type -> (table, columns, order by, kinds). Kinds: t=time, l=list, j=json, v=vector,
 # b=bool; anything else is passed through.
 SPECS: dict[str, tuple[str, list[tuple[str, str]], str]] = {
-    "memory": ("memories", [
-        ("id", ""), ("created_at", "t"), ("updated_at", "t"), ("last_accessed_at", "t"),
-        ("access_count", ""), ("instance_id", ""), ("projects", "l"), ("memory_type", ""),
-        ("subject", ""), ("content", ""), ("content_hash", ""), ("keywords", "l"),
-        ("tags", "l"), ("foundational", "b"), ("source_type", ""), ("source_context", ""),
-        ("source_session_id", ""), ("embedding", "v"), ("embedding_model", ""),
-        ("embedding_dim", ""), ("expires_at", "t"), ("is_archived", "b")], "id"),
-    "edge": ("memory_edges", [
-        ("id", ""), ("created_at", "t"), ("source_id", ""), ("target_id", ""),
-        ("relation_type", ""), ("strength", "f"), ("bidirectional", "b"), ("metadata", "j"),
-        ("created_by", ""), ("auto_linked", "b")], "id"),
-    "message": ("messages", [
-        ("id", ""), ("created_at", "t"), ("from_instance", ""), ("to_instance", ""),
-        ("message_type", ""), ("subject", ""), ("content", ""), ("channel", ""),
-        ("priority", ""), ("expires_at", "t"), ("delivery_status", ""),
-        ("delivered_at", "t")], "id"),
-    "message_read": ("message_reads", [
-        ("message_id", ""), ("instance_id", ""), ("read_at", "t")], "message_id, instance_id"),
-    "subscription": ("subscriptions", [
-        ("instance_id", ""), ("channel", ""), ("created_at", "t")], "instance_id, channel"),
+    "memory": (
+        "memories",
+        [
+            ("id", ""),
+            ("created_at", "t"),
+            ("updated_at", "t"),
+            ("last_accessed_at", "t"),
+            ("access_count", ""),
+            ("instance_id", ""),
+            ("projects", "l"),
+            ("memory_type", ""),
+            ("subject", ""),
+            ("content", ""),
+            ("content_hash", ""),
+            ("keywords", "l"),
+            ("tags", "l"),
+            ("foundational", "b"),
+            ("source_type", ""),
+            ("source_context", ""),
+            ("source_session_id", ""),
+            ("embedding", "v"),
+            ("embedding_model", ""),
+            ("embedding_dim", ""),
+            ("expires_at", "t"),
+            ("is_archived", "b"),
+        ],
+        "id",
+    ),
+    "edge": (
+        "memory_edges",
+        [
+            ("id", ""),
+            ("created_at", "t"),
+            ("source_id", ""),
+            ("target_id", ""),
+            ("relation_type", ""),
+            ("strength", "f"),
+            ("bidirectional", "b"),
+            ("metadata", "j"),
+            ("created_by", ""),
+            ("auto_linked", "b"),
+        ],
+        "id",
+    ),
+    "message": (
+        "messages",
+        [
+            ("id", ""),
+            ("created_at", "t"),
+            ("from_instance", ""),
+            ("to_instance", ""),
+            ("message_type", ""),
+            ("subject", ""),
+            ("content", ""),
+            ("channel", ""),
+            ("priority", ""),
+            ("expires_at", "t"),
+            ("delivery_status", ""),
+            ("delivered_at", "t"),
+        ],
+        "id",
+    ),
+    "message_read": (
+        "message_reads",
+        [("message_id", ""), ("instance_id", ""), ("read_at", "t")],
+        "message_id, instance_id",
+    ),
+    "subscription": (
+        "subscriptions",
+        [("instance_id", ""), ("channel", ""), ("created_at", "t")],
+        "instance_id, channel",
+    ),
 }
 SERIAL_TABLES = ("memories", "memory_edges", "messages")
 
@@ -64,8 +124,8 @@ def _time(value: Any) -> str | None:
         return None
     dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _out(kind: str, value: Any) -> Any:
@@ -97,8 +157,9 @@ def _open(path_or_file: str | os.PathLike[str] | IO[bytes], mode: str) -> Iterat
         yield path_or_file  # type: ignore[misc]
 
 
-def export_jsonl(palace: "Palace", database: str | None,
-                 path_or_file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+def export_jsonl(
+    palace: Palace, database: str | None, path_or_file: str | os.PathLike[str] | IO[bytes]
+) -> dict[str, Any]:
     """Write every row of the named database (None = default) as JSON lines.
 
     Returns {"database", "counts": {record type: n}}.
@@ -106,16 +167,27 @@ def export_jsonl(palace: "Palace", database: str | None,
     db = palace.database(database)
     counts: dict[str, int] = {}
     with _open(path_or_file, "wb") as fh:
-        header = {"type": "header", "format": FORMAT, "version": VERSION,
-                  "vector_dim": schema.vector_dim(db)}
+        header = {
+            "type": "header",
+            "format": FORMAT,
+            "version": VERSION,
+            "vector_dim": schema.vector_dim(db),
+        }
         fh.write(orjson.dumps(header, option=orjson.OPT_SORT_KEYS) + b"\n")
         for rtype, (table, cols, order) in SPECS.items():
-            names = ", ".join(("CAST(embedding AS text) AS embedding" if c == "embedding"
-                               and db.is_postgres else c) for c, _ in cols)
+            names = ", ".join(
+                (
+                    "CAST(embedding AS text) AS embedding"
+                    if c == "embedding" and db.is_postgres
+                    else c
+                )
+                for c, _ in cols
+            )
             n = 0
             with db.snapshot() as conn:
                 result = conn.execution_options(stream_results=True).execute(
-                    text(f"SELECT {names} FROM {table} ORDER BY {order}"))
+                    text(f"SELECT {names} FROM {table} ORDER BY {order}")
+                )
                 for row in result:
                     rec = {"type": rtype}
                     rec.update({c: _out(k, v) for (c, k), v in zip(cols, row)})
@@ -148,19 +220,25 @@ def _insert_sql(db: Database, table: str, cols: list[tuple[str, str]]) -> str:
             exprs.append(jsonb_sql(db, c))
         else:
             exprs.append(f":{c}")
-    return (f"INSERT INTO {table} ({', '.join(c for c, _ in cols)}) VALUES "
-            f"({', '.join(exprs)}) ON CONFLICT DO NOTHING")
+    return (
+        f"INSERT INTO {table} ({', '.join(c for c, _ in cols)}) VALUES "
+        f"({', '.join(exprs)}) ON CONFLICT DO NOTHING"
+    )
 
 
 def _rows(db: Database) -> int:
     with db.read() as conn:
-        return sum(int(conn.execute(text(f"SELECT count(*) FROM {SPECS[r][0]}")).scalar())
-                   for r in SPECS)
+        return sum(
+            int(conn.execute(text(f"SELECT count(*) FROM {SPECS[r][0]}")).scalar()) for r in SPECS
+        )
 
 
-def import_jsonl(palace: "Palace", database: str | None,
-                 path_or_file: str | os.PathLike[str] | IO[bytes],
-                 force: bool = False) -> dict[str, Any]:
+def import_jsonl(
+    palace: Palace,
+    database: str | None,
+    path_or_file: str | os.PathLike[str] | IO[bytes],
+    force: bool = False,
+) -> dict[str, Any]:
     """Load a JSONL export into the named database (created when missing), keeping ids.
 
     Refuses a database that holds rows unless force=True; rows whose keys exist are kept.
@@ -170,29 +248,37 @@ def import_jsonl(palace: "Palace", database: str | None,
         data = fh.read()
     lines = data.splitlines()
     if not lines:
-        raise InvalidParams("the import file is empty; pass a file written by "
-                            "`memory-palace export`")
+        raise InvalidParams(
+            "the import file is empty; pass a file written by `memory-palace export`"
+        )
     try:
         header = orjson.loads(lines[0])
     except orjson.JSONDecodeError:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise InvalidParams(f"line 1 is not a {FORMAT} header: the file was not written by "
-                            "`memory-palace export`")
+        raise InvalidParams(
+            f"line 1 is not a {FORMAT} header: the file was not written by `memory-palace export`"
+        )
     if header.get("version") != VERSION:
-        raise InvalidParams(f"export format version {header.get('version')} is not supported "
-                            f"(this code reads version {VERSION}); upgrade memory-palace")
+        raise InvalidParams(
+            f"export format version {header.get('version')} is not supported "
+            f"(this code reads version {VERSION}); upgrade memory-palace"
+        )
     dim = header.get("vector_dim")
     name, url = palace.catalog.resolve(database)
     db = get_database(url)
     schema.migrate(db, dim or palace.embedder.dim)
     stored = schema.vector_dim(db)
     if dim and stored and dim != stored:
-        raise Conflict(f"the export holds {dim}-d vectors but database {name!r} stores "
-                       f"{stored}-d ones; import into a new database name instead")
+        raise Conflict(
+            f"the export holds {dim}-d vectors but database {name!r} stores "
+            f"{stored}-d ones; import into a new database name instead"
+        )
     if not force and _rows(db):
-        raise Conflict(f"database {name!r} already holds rows; import with force "
-                       "(`memory-palace import --force`) to add to it (existing ids are kept)")
+        raise Conflict(
+            f"database {name!r} already holds rows; import with force "
+            "(`memory-palace import --force`) to add to it (existing ids are kept)"
+        )
 
     batches: dict[str, list[dict[str, Any]]] = {r: [] for r in SPECS}
     counts = {r: 0 for r in SPECS}
@@ -204,8 +290,10 @@ def import_jsonl(palace: "Palace", database: str | None,
             rtype = rec["type"]
             cols = SPECS[rtype][1]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise InvalidParams(f"line {lineno} is not a valid export record; nothing was "
-                                "imported past the previous batch") from None
+            raise InvalidParams(
+                f"line {lineno} is not a valid export record; nothing was "
+                "imported past the previous batch"
+            ) from None
         batches[rtype].append({c: _param(db, k, rec.get(c)) for c, k in cols})
         counts[rtype] += 1
     inserted = {r: 0 for r in SPECS}
@@ -214,13 +302,16 @@ def import_jsonl(palace: "Palace", database: str | None,
         rows = batches[rtype]
         for start in range(0, len(rows), BATCH):
             with db.write() as conn:
-                res = conn.execute(stmt, rows[start:start + BATCH])
+                res = conn.execute(stmt, rows[start : start + BATCH])
                 inserted[rtype] += max(res.rowcount, 0)
     if db.is_postgres:
         with db.write() as conn:
             for table in SERIAL_TABLES:
-                conn.execute(text(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"COALESCE((SELECT max(id) FROM {table}), 0) + 1, false)"))
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"COALESCE((SELECT max(id) FROM {table}), 0) + 1, false)"
+                    )
+                )
     db.cache.clear()  # in-process vector caches must reload
     return {"database": name, "counts": counts, "inserted": inserted}

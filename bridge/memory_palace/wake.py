@@ -45,28 +45,35 @@ def parse_routes(raw: Mapping[str, Any]) -> dict[str, Route]:
     routes: dict[str, Route] = {}
     for instance, entry in (raw or {}).items():
         if not isinstance(entry, Mapping):
-            log.warning("instance_routes.%s must be an object {gateway, token, agentId?, "
-                        "sessionKey?}; ignoring it", instance)
+            log.warning(
+                "instance_routes.%s must be an object {gateway, token, agentId?, "
+                "sessionKey?}; ignoring it",
+                instance,
+            )
             continue
         gateway, token = entry.get("gateway"), entry.get("token")
         scheme = urlsplit(gateway).scheme if isinstance(gateway, str) else ""
         if scheme not in ("http", "https") or not isinstance(token, str) or not token:
-            log.warning("instance_routes.%s needs gateway (http(s)://host:port) and a non-empty "
-                        "token (the gateway's hooks.token); ignoring it", instance)
+            log.warning(
+                "instance_routes.%s needs gateway (http(s)://host:port) and a non-empty "
+                "token (the gateway's hooks.token); ignoring it",
+                instance,
+            )
             continue
-        routes[instance] = Route(instance, gateway, token, entry.get("agentId"),
-                                 entry.get("sessionKey"))
+        routes[instance] = Route(
+            instance, gateway, token, entry.get("agentId"), entry.get("sessionKey")
+        )
     return routes
 
 
 # What each documented /hooks/wake failure status means for an instance_routes entry.
 HTTP_FIXES = {
     400: "the gateway refused the request: agentId must name a configured agent, and a "
-         "sessionKey needs hooks.allowRequestSessionKey: true and a matching "
-         "hooks.allowedSessionKeyPrefixes entry",
+    "sessionKey needs hooks.allowRequestSessionKey: true and a matching "
+    "hooks.allowedSessionKeyPrefixes entry",
     401: "the route's token must equal the gateway's hooks.token, not its gateway auth token",
     404: "set hooks.enabled: true on the gateway; with a custom hooks.path, end the route's "
-         "gateway URL with that path",
+    "gateway URL with that path",
     429: "too many failed hook logins: fix the route's token, then wait for Retry-After",
 }
 
@@ -75,7 +82,7 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     """The gateway's `error` field (or a short plain-text body), for the log line."""
     try:
         raw = exc.read(2000)
-    except Exception:  # noqa: BLE001 - best effort for a log line
+    except Exception:
         return ""
     try:
         err = orjson.loads(raw).get("error")
@@ -88,16 +95,19 @@ def wake_text(sender: str, message_id: int, recipient: str, tool: str = "message
     """The woken agent may be an OpenClaw session, whose own built-in `message` tool is for
     chat channels: so the text also names the plugin's tool, palace_message."""
     alias = " (palace_message in the OpenClaw plugin)" if tool != "palace_message" else ""
-    return (f"Memory Palace: new message #{message_id} from {sender} for {recipient}. "
-            f"Read it with the Memory Palace {tool} tool{alias}: "
-            f"action=get, instance_id={recipient}.")
+    return (
+        f"Memory Palace: new message #{message_id} from {sender} for {recipient}. "
+        f"Read it with the Memory Palace {tool} tool{alias}: "
+        f"action=get, instance_id={recipient}."
+    )
 
 
 class WakeNotifier:
     """Wakes recipients after a send. Never blocks or fails the caller."""
 
-    def __init__(self, routes: Mapping[str, Any], *, timeout: float = WAKE_TIMEOUT_S,
-                 tool: str = "message") -> None:
+    def __init__(
+        self, routes: Mapping[str, Any], *, timeout: float = WAKE_TIMEOUT_S, tool: str = "message"
+    ) -> None:
         self.routes = parse_routes(routes)
         self.timeout = timeout
         self.tool = tool
@@ -112,37 +122,51 @@ class WakeNotifier:
         return [route] if route is not None else []
 
     def request(self, route: Route, sender: str, message_id: int) -> urllib.request.Request:
-        body: dict[str, Any] = {"text": wake_text(sender, message_id, route.instance, self.tool),
-                                "mode": "now"}
+        body: dict[str, Any] = {
+            "text": wake_text(sender, message_id, route.instance, self.tool),
+            "mode": "now",
+        }
         if route.agent_id:
             body["agentId"] = route.agent_id
         if route.session_key:
             body["sessionKey"] = route.session_key
         return urllib.request.Request(
-            route.url, data=orjson.dumps(body), method="POST",
-            headers={"Authorization": f"Bearer {route.token}",
-                     "Content-Type": "application/json"})
+            route.url,
+            data=orjson.dumps(body),
+            method="POST",
+            headers={"Authorization": f"Bearer {route.token}", "Content-Type": "application/json"},
+        )
 
     def _post(self, route: Route, sender: str, message_id: int) -> None:
         try:
-            with urllib.request.urlopen(self.request(route, sender, message_id),
-                                        timeout=self.timeout) as resp:
+            with urllib.request.urlopen(
+                self.request(route, sender, message_id), timeout=self.timeout
+            ) as resp:
                 resp.read()
             log.info("woke %s through %s for message %s", route.instance, route.url, message_id)
         except urllib.error.HTTPError as exc:
             detail = _error_detail(exc)
-            log.warning("wake of %s via %s failed: HTTP %s%s (%s)", route.instance, route.url,
-                        exc.code, f": {detail}" if detail else "",
-                        HTTP_FIXES.get(exc.code, "see the gateway log"))
-        except Exception as exc:  # noqa: BLE001 - fire-and-forget: log, never raise
+            log.warning(
+                "wake of %s via %s failed: HTTP %s%s (%s)",
+                route.instance,
+                route.url,
+                exc.code,
+                f": {detail}" if detail else "",
+                HTTP_FIXES.get(exc.code, "see the gateway log"),
+            )
+        except Exception as exc:
             log.warning("wake of %s via %s failed: %s", route.instance, route.url, exc)
 
     def notify_sent(self, sender: str, recipient: str, message_id: int) -> list[threading.Thread]:
         """Start one daemon thread per target route; returns them (tests may join)."""
         threads = []
         for route in self.targets(sender, recipient):
-            t = threading.Thread(target=self._post, args=(route, sender, message_id),
-                                 name=f"wake-{route.instance}", daemon=True)
+            t = threading.Thread(
+                target=self._post,
+                args=(route, sender, message_id),
+                name=f"wake-{route.instance}",
+                daemon=True,
+            )
             t.start()
             threads.append(t)
         with self._lock:

@@ -25,28 +25,42 @@ def server_command() -> str:
     local = Path(sys.executable).parent / "memory-palace-mcp"
     found = str(local) if local.exists() else shutil.which("memory-palace-mcp")
     if not found:
-        raise SystemExit("memory-palace-mcp not found: install memory-palace into "
-                         f"{sys.executable}'s environment (pip install -e .)")
+        raise SystemExit(
+            "memory-palace-mcp not found: install memory-palace into "
+            f"{sys.executable}'s environment (pip install -e .)"
+        )
     return found
 
 
 async def send_all(data_dir: str, sender: str, recipients: list[str]) -> list[dict[str, Any]]:
     env = {**os.environ, "MEMORY_PALACE_DATA_DIR": data_dir, "MEMORY_PALACE_INSTANCE_ID": sender}
-    params = StdioServerParameters(command=server_command(), args=["--log-level", "INFO"],
-                                   env=env)
+    params = StdioServerParameters(command=server_command(), args=["--log-level", "INFO"], env=env)
     sends = []
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         for to in recipients:
             content = f"The vault code for {to} is 4417-{time.time_ns()}"
             sent_at = time.time() * 1000
-            res = await session.call_tool("message", {
-                "action": "send", "from_instance": sender, "to_instance": to,
-                "subject": "vault code", "content": content})
+            res = await session.call_tool(
+                "message",
+                {
+                    "action": "send",
+                    "from_instance": sender,
+                    "to_instance": to,
+                    "subject": "vault code",
+                    "content": content,
+                },
+            )
             if res.is_error:
                 raise SystemExit(f"message send to {to} failed: {res.content[0].text}")
-            sends.append({"id": json.loads(res.content[0].text)["id"], "to": to,
-                          "content": content, "sentAtMs": sent_at})
+            sends.append(
+                {
+                    "id": json.loads(res.content[0].text)["id"],
+                    "to": to,
+                    "content": content,
+                    "sentAtMs": sent_at,
+                }
+            )
     return sends
 
 

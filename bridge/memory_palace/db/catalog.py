@@ -53,6 +53,8 @@ class Catalog:
         check_name(name)
         with self._lock:
             if name not in self._urls:
-                raise NotFound(f"database {name!r} is not registered; register it first with "
-                               "memory_register_database or add it to config.json 'databases'")
+                raise NotFound(
+                    f"database {name!r} is not registered; register it first with "
+                    "memory_register_database or add it to config.json 'databases'"
+                )
             self._default = name

@@ -126,10 +126,17 @@ def _sqlite_on_begin(conn: Connection) -> None:
 
 def _pg_connect(url: str, dbname: str | None = None) -> Any:
     u = sqlalchemy_url(url)
-    kw: dict[str, Any] = {"host": u.host, "port": u.port, "user": u.username,
-                          "password": u.password, "dbname": dbname or u.database}
+    kw: dict[str, Any] = {
+        "host": u.host,
+        "port": u.port,
+        "user": u.username,
+        "password": u.password,
+        "dbname": dbname or u.database,
+    }
     kw.update({k: (v[-1] if isinstance(v, tuple) else v) for k, v in u.query.items()})
-    return psycopg2.connect(connect_timeout=10, **{k: v for k, v in kw.items() if v not in (None, "")})
+    return psycopg2.connect(
+        connect_timeout=10, **{k: v for k, v in kw.items() if v not in (None, "")}
+    )
 
 
 def pg_connect(url: str, *, autocommit: bool = True) -> Any:
@@ -144,8 +151,10 @@ def pg_connect(url: str, *, autocommit: bool = True) -> Any:
 
 def _pg_connect_error(url: str, exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-    return (f"cannot connect to PostgreSQL at {mask_url(url)}: {text}. "
-            "Check that the server runs (pg_isready) and that the URL, user and password are right.")
+    return (
+        f"cannot connect to PostgreSQL at {mask_url(url)}: {text}. "
+        "Check that the server runs (pg_isready) and that the URL, user and password are right."
+    )
 
 
 def ensure_pg_database(url: str) -> bool:
@@ -216,7 +225,7 @@ def ensure_pgvector(url: str) -> str:
                 raise BackendUnavailable(
                     f"pgvector is installed but not enabled in database {dbname!r}, and this role "
                     f"may not enable it ({exc.pgerror or exc}). Fix: as a superuser run "
-                    f"psql {dbname} -c \"CREATE EXTENSION vector;\""
+                    f'psql {dbname} -c "CREATE EXTENSION vector;"'
                 ) from exc
             cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             return cur.fetchone()[0]

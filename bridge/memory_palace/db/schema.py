@@ -254,8 +254,10 @@ def get_meta(conn: Connection, key: str) -> str | None:
 
 def set_meta(conn: Connection, key: str, value: str) -> None:
     conn.execute(
-        text("INSERT INTO palace_meta(key, value) VALUES (:k, :v) "
-             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+        text(
+            "INSERT INTO palace_meta(key, value) VALUES (:k, :v) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        ),
         {"k": key, "v": value},
     )
 
@@ -265,8 +267,9 @@ def schema_version(db: Database) -> int:
         if db.is_postgres:
             exists = conn.execute(text("SELECT to_regclass('palace_meta')")).scalar() is not None
         else:
-            exists = conn.execute(text(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='palace_meta'")).first()
+            exists = conn.execute(
+                text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='palace_meta'")
+            ).first()
         if not exists:
             return 0
         return int(get_meta(conn, "schema_version") or 0)
@@ -298,8 +301,12 @@ def migrate(db: Database, dim: int | None) -> int:
             if dim is not None and get_meta(conn, "vector_dim") is None:
                 set_meta(conn, "vector_dim", str(dim))
         if applied:
-            log.info("migrated %s to schema version %d (%d steps)", db.masked_url, SCHEMA_VERSION,
-                     applied)
+            log.info(
+                "migrated %s to schema version %d (%d steps)",
+                db.masked_url,
+                SCHEMA_VERSION,
+                applied,
+            )
         db.schema_ready = True
         return applied
 
@@ -317,22 +324,31 @@ def resize_vectors(db: Database, dim: int) -> None:
         if db.is_postgres:
             conn.exec_driver_sql("DROP INDEX IF EXISTS idx_memories_embedding_hnsw")
             conn.exec_driver_sql(
-                f"ALTER TABLE memories ALTER COLUMN embedding TYPE vector({int(dim)}) USING NULL")
+                f"ALTER TABLE memories ALTER COLUMN embedding TYPE vector({int(dim)}) USING NULL"
+            )
             conn.exec_driver_sql(
                 "CREATE INDEX IF NOT EXISTS idx_memories_embedding_hnsw ON memories "
-                "USING hnsw (embedding vector_cosine_ops)")
-        conn.execute(text("UPDATE memories SET embedding = NULL, embedding_model = NULL, "
-                          "embedding_dim = NULL WHERE embedding IS NOT NULL"))
+                "USING hnsw (embedding vector_cosine_ops)"
+            )
+        conn.execute(
+            text(
+                "UPDATE memories SET embedding = NULL, embedding_model = NULL, "
+                "embedding_dim = NULL WHERE embedding IS NOT NULL"
+            )
+        )
         set_meta(conn, "vector_dim", str(dim))
 
 
 def foreign_embedders(db: Database, embedder_id: str) -> list[tuple[str, int]]:
     """Embedders other than `embedder_id` that produced stored vectors, with row counts."""
     with db.read() as conn:
-        rows = conn.execute(text(
-            "SELECT embedding_model, count(*) FROM memories WHERE embedding IS NOT NULL "
-            "AND (embedding_model IS NULL OR embedding_model <> :m) GROUP BY embedding_model"),
-            {"m": embedder_id}).all()
+        rows = conn.execute(
+            text(
+                "SELECT embedding_model, count(*) FROM memories WHERE embedding IS NOT NULL "
+                "AND (embedding_model IS NULL OR embedding_model <> :m) GROUP BY embedding_model"
+            ),
+            {"m": embedder_id},
+        ).all()
     return [(r[0] or "unknown", int(r[1])) for r in rows]
 
 

@@ -31,7 +31,9 @@ def sqlite_path(url: str) -> Path:
         raise ConfigError(f"SQLite URL {url!r} must look like sqlite:///path/to/file.db")
     path = rest[3:].split("?", 1)[0]
     if not path or path == ":memory:":
-        raise ConfigError(f"SQLite URL {url!r} must name a file; in-memory databases are not shared")
+        raise ConfigError(
+            f"SQLite URL {url!r} must name a file; in-memory databases are not shared"
+        )
     return Path(path).expanduser()
 
 
@@ -63,7 +65,7 @@ def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, parsed, never string-replaced."""
     try:
         parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - masking must never raise
+    except Exception:
         return "<unparseable url>"
     if parsed.password is None:
         return parsed.render_as_string(hide_password=False)

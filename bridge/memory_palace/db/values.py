@@ -7,7 +7,7 @@ Services call these and never re-encode values themselves.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -17,15 +17,15 @@ from .engine import Database
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def time_param(db: Database, value: datetime | None) -> Any:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value if db.is_postgres else value.astimezone(timezone.utc).isoformat()
+        value = value.replace(tzinfo=UTC)
+    return value if db.is_postgres else value.astimezone(UTC).isoformat()
 
 
 def time_out(value: Any) -> str | None:
@@ -34,8 +34,8 @@ def time_out(value: Any) -> str | None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat()
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat()
     return str(value)
 
 

@@ -14,8 +14,9 @@ def create_embedder(settings: Settings) -> Embedder:
     if settings.embedder == "ollama":
         from .ollama import OllamaEmbedder
 
-        return OllamaEmbedder(settings.ollama_url, settings.embedding_model,
-                              settings.embedding_dimension)
+        return OllamaEmbedder(
+            settings.ollama_url, settings.embedding_model, settings.embedding_dimension
+        )
     from .local import LocalEmbedder
 
     return LocalEmbedder()

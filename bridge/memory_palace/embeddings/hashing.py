@@ -27,7 +27,7 @@ class HashingEmbedder:
             feats.append((zlib.crc32(word.encode()), 1.0))
             padded = f"#{word}#"
             for i in range(len(padded) - 2):
-                feats.append((zlib.crc32(b"3" + padded[i:i + 3].encode()), 0.35))
+                feats.append((zlib.crc32(b"3" + padded[i : i + 3].encode()), 0.35))
         return feats
 
     def _embed(self, text: str) -> np.ndarray:

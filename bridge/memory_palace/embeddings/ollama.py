@@ -30,10 +30,16 @@ PREFERRED_MODELS = ("nomic-embed-text", "mxbai-embed-large")
 INSTRUCTION = "Given a memory search query, retrieve relevant memories."
 INSTRUCT_MARKERS = ("sfr-embedding", "e5-mistral", "gte-qwen", "qwen3-embedding", "linq-embed")
 #: Context length (tokens) of common embedding models, used to cut overlong input client-side.
-CONTEXT_TOKENS = {"nomic-embed-text-v2": 512, "nomic-embed-text": 8192,
-                  "mxbai-embed-large": 512,
-                  "snowflake-arctic-embed2": 8192, "snowflake-arctic-embed": 512,
-                  "all-minilm": 256, "bge-m3": 8192, "bge-large": 512}
+CONTEXT_TOKENS = {
+    "nomic-embed-text-v2": 512,
+    "nomic-embed-text": 8192,
+    "mxbai-embed-large": 512,
+    "snowflake-arctic-embed2": 8192,
+    "snowflake-arctic-embed": 512,
+    "all-minilm": 256,
+    "bge-m3": 8192,
+    "bge-large": 512,
+}
 DEFAULT_CONTEXT_TOKENS = 2048
 CHARS_PER_TOKEN = 3  # conservative for English prose; the server still truncates the rest
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -87,8 +93,9 @@ def document_prefix(model: str, text: str) -> str:
 
 def max_chars(model: str) -> int:
     name = base_name(model)
-    tokens = next((n for key, n in CONTEXT_TOKENS.items() if name.startswith(key)),
-                  DEFAULT_CONTEXT_TOKENS)
+    tokens = next(
+        (n for key, n in CONTEXT_TOKENS.items() if name.startswith(key)), DEFAULT_CONTEXT_TOKENS
+    )
     return tokens * CHARS_PER_TOKEN
 
 
@@ -104,13 +111,23 @@ class _HTTPFailure(Exception):
 class OllamaEmbedder:
     """Embeds through an Ollama server. `model=None` picks an installed embedding model."""
 
-    def __init__(self, base_url: str = "http://localhost:11434", model: str | None = None,
-                 dim: int | None = None, *, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 0.25, batch_size: int = 64,
-                 keep_alive: str | int | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://localhost:11434",
+        model: str | None = None,
+        dim: int | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        batch_size: int = 64,
+        keep_alive: str | int | None = None,
+    ) -> None:
         if keep_alive is not None and str(keep_alive).strip() in ("0", "0s", "0m", "0h"):
-            raise ConfigError("keep_alive 0 would unload the Ollama model after every call; "
-                              "leave it unset (Ollama's default) or use e.g. '30m'")
+            raise ConfigError(
+                "keep_alive 0 would unload the Ollama model after every call; "
+                "leave it unset (Ollama's default) or use e.g. '30m'"
+            )
         base_url = (base_url or "http://localhost:11434").rstrip("/")
         self.base_url = base_url if "://" in base_url else f"http://{base_url}"
         self._model = model or None
@@ -126,7 +143,8 @@ class OllamaEmbedder:
         # A local Ollama must not be sent through an HTTP(S)_PROXY from the environment.
         local = host in ("localhost", "::1") or host.startswith("127.")
         self._opener = urllib.request.build_opener(
-            *([urllib.request.ProxyHandler({})] if local else []))
+            *([urllib.request.ProxyHandler({})] if local else [])
+        )
 
     # -- identity (lazy: may need the server) --------------------------------------------------
 
@@ -162,13 +180,17 @@ class OllamaEmbedder:
         return EmbedderUnavailable(
             f"Ollama at {self.base_url} is not reachable ({detail}): start it with "
             "`ollama serve`, fix ollama_url / OLLAMA_HOST, or set embedder to local",
-            url=self.base_url)
+            url=self.base_url,
+        )
 
-    def _once(self, method: str, path: str, body: dict[str, Any] | None,
-              timeout: float) -> Any:
+    def _once(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.base_url}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with self._opener.open(req, timeout=timeout) as resp:
                 raw = resp.read()
@@ -178,25 +200,32 @@ class OllamaEmbedder:
                 detail = json.loads(detail).get("error", detail)
             except (ValueError, AttributeError):
                 pass
-            raise _HTTPFailure(str(detail).strip() or exc.reason, status=exc.code,
-                               retry=exc.code in RETRY_STATUSES) from exc
-        except (TimeoutError, socket.timeout) as exc:
-            raise _HTTPFailure(f"no answer within {timeout:g} s", status=None,
-                               retry=True) from exc
+            raise _HTTPFailure(
+                str(detail).strip() or exc.reason, status=exc.code, retry=exc.code in RETRY_STATUSES
+            ) from exc
+        except TimeoutError as exc:
+            raise _HTTPFailure(f"no answer within {timeout:g} s", status=None, retry=True) from exc
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise _HTTPFailure(f"no answer within {timeout:g} s", status=None,
-                                   retry=True) from exc
+                raise _HTTPFailure(
+                    f"no answer within {timeout:g} s", status=None, retry=True
+                ) from exc
             raise _HTTPFailure(str(reason), status=None, retry=True) from exc
         try:
             return json.loads(raw)
         except ValueError as exc:
-            raise _HTTPFailure(f"answer is not JSON: {raw[:80]!r}", status=200,
-                               retry=False) from exc
+            raise _HTTPFailure(
+                f"answer is not JSON: {raw[:80]!r}", status=200, retry=False
+            ) from exc
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                 timeout: float | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """One call with retries (connection errors, timeouts, 5xx, 429) and exponential backoff."""
         timeout = self.timeout if timeout is None else timeout
         for attempt in range(self.retries + 1):
@@ -205,9 +234,15 @@ class OllamaEmbedder:
             except _HTTPFailure as failure:
                 if not failure.retry or attempt == self.retries:
                     raise self._error(failure, path, attempt + 1) from failure
-                delay = self.backoff * (2 ** attempt)
-                log.warning("Ollama %s failed (%s); retry %d/%d in %.2f s", path, failure,
-                            attempt + 1, self.retries, delay)
+                delay = self.backoff * (2**attempt)
+                log.warning(
+                    "Ollama %s failed (%s); retry %d/%d in %.2f s",
+                    path,
+                    failure,
+                    attempt + 1,
+                    self.retries,
+                    delay,
+                )
                 time.sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns or raises
 
@@ -220,23 +255,33 @@ class OllamaEmbedder:
             return EmbedderUnavailable(
                 f"Ollama at {self.base_url} has no model {model!r} ({failure}): run "
                 f"`ollama pull {model}` or set embedding_model to an installed model",
-                url=self.base_url, model=model, status=404)
+                url=self.base_url,
+                model=model,
+                status=404,
+            )
         if "context length" in str(failure).lower():
             return EmbedderUnavailable(
                 f"Ollama model {model!r} rejected an input longer than its context ({failure}); "
                 "shorten the memory or use a model with a longer context",
-                url=self.base_url, model=model, status=failure.status)
+                url=self.base_url,
+                model=model,
+                status=failure.status,
+            )
         return EmbedderUnavailable(
             f"Ollama at {self.base_url} answered {path} with HTTP {failure.status}{tries}: "
             f"{failure}; check the Ollama server log, or set embedder to local",
-            url=self.base_url, model=model, status=failure.status)
+            url=self.base_url,
+            model=model,
+            status=failure.status,
+        )
 
     # -- model detection -------------------------------------------------------------------------
 
     def _detect_model(self) -> str:
         tags = self._request("GET", "/api/tags", timeout=min(self.timeout, 10.0))
-        names = [m.get("name") or m.get("model") for m in tags.get("models", [])
-                 if isinstance(m, dict)]
+        names = [
+            m.get("name") or m.get("model") for m in tags.get("models", []) if isinstance(m, dict)
+        ]
         names = [n for n in names if n]
         for wanted in PREFERRED_MODELS:
             hits = [n for n in names if base_name(n) == wanted]
@@ -248,7 +293,9 @@ class OllamaEmbedder:
         raise EmbedderUnavailable(
             f"Ollama at {self.base_url} has no embedding model (installed: "
             f"{', '.join(names) or 'none'}): run `ollama pull nomic-embed-text`, set "
-            "embedding_model, or set embedder to local", url=self.base_url)
+            "embedding_model, or set embedder to local",
+            url=self.base_url,
+        )
 
     # -- embedding -------------------------------------------------------------------------------
 
@@ -257,7 +304,7 @@ class OllamaEmbedder:
         limit = max_chars(model)
         out: list[np.ndarray] = []
         for start in range(0, len(inputs), self.batch_size):
-            batch = [t[:limit] for t in inputs[start:start + self.batch_size]]
+            batch = [t[:limit] for t in inputs[start : start + self.batch_size]]
             body: dict[str, Any] = {"model": model, "input": batch, "truncate": True}
             if self.keep_alive is not None:
                 body["keep_alive"] = self.keep_alive
@@ -268,20 +315,28 @@ class OllamaEmbedder:
                 raise EmbedderUnavailable(
                     f"Ollama at {self.base_url} returned {got} embeddings for {len(batch)} "
                     f"inputs with model {model!r}; is it an embedding model? Use e.g. "
-                    "nomic-embed-text, or set embedder to local", url=self.base_url, model=model)
+                    "nomic-embed-text, or set embedder to local",
+                    url=self.base_url,
+                    model=model,
+                )
             try:
                 out.append(np.asarray(vectors, dtype=np.float32).reshape(len(batch), -1))
             except ValueError as exc:
                 raise EmbedderUnavailable(
                     f"Ollama model {model!r} returned vectors of different lengths; "
-                    "check the model, or set embedder to local", model=model) from exc
+                    "check the model, or set embedder to local",
+                    model=model,
+                ) from exc
         matrix = np.concatenate(out) if out else np.zeros((0, self._dim or 0), np.float32)
         if self._dim is not None and matrix.shape[0] and matrix.shape[1] != self._dim:
             raise EmbedderUnavailable(
                 f"Ollama model {model!r} returns {matrix.shape[1]}-d vectors but "
                 f"{self._dim_source} is {self._dim}; set embedding_dimension to "
                 f"{matrix.shape[1]} (then run memory_reembed) or use another model",
-                model=model, expected=self._dim, actual=int(matrix.shape[1]))
+                model=model,
+                expected=self._dim,
+                actual=int(matrix.shape[1]),
+            )
         return normalise(matrix)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
@@ -294,4 +349,4 @@ class OllamaEmbedder:
         return self._embed_raw([query_prefix(self.model, str(text))])[0]
 
 
-__all__ = ["OllamaEmbedder", "known_dim", "query_prefix", "document_prefix"]
+__all__ = ["OllamaEmbedder", "document_prefix", "known_dim", "query_prefix"]

@@ -28,8 +28,11 @@ def _probe_postgres(url: str) -> dict[str, Any]:
         conn = pg_connect(url)
     except BackendUnavailable as exc:
         missing = "does not exist" in exc.message
-        return {"status": "missing" if missing else "down", "error": exc.message,
-                "table_counts": {}}
+        return {
+            "status": "missing" if missing else "down",
+            "error": exc.message,
+            "table_counts": {},
+        }
     try:
         counts: dict[str, int] = {}
         with conn.cursor() as cur:
@@ -50,16 +53,22 @@ def _probe_sqlite(url: str) -> dict[str, Any]:
     except MemoryPalaceError as exc:
         return {"status": "down", "error": exc.message, "table_counts": {}}
     if not path.exists():
-        return {"status": "missing", "error": f"{path} does not exist yet; it is created on "
-                "first use", "table_counts": {}}
+        return {
+            "status": "missing",
+            "error": f"{path} does not exist yet; it is created on first use",
+            "table_counts": {},
+        }
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
         return {"status": "down", "error": f"cannot open {path}: {exc}", "table_counts": {}}
     try:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        counts = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                  for t in COUNTED_TABLES if t in names}
+        counts = {
+            t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+            for t in COUNTED_TABLES
+            if t in names
+        }
         return {"status": "connected", "table_counts": counts}
     except sqlite3.Error as exc:
         return {"status": "down", "error": f"cannot read {path}: {exc}", "table_counts": {}}
@@ -67,26 +76,37 @@ def _probe_sqlite(url: str) -> dict[str, Any]:
         conn.close()
 
 
-def describe(palace: "Palace", name: str) -> dict[str, Any]:
+def describe(palace: Palace, name: str) -> dict[str, Any]:
     """Masked URL, type, status and table counts of one named database (never raises)."""
     name, url = palace.catalog.resolve(name)
     try:
         kind = type_from_url(url)
     except MemoryPalaceError as exc:
-        return {"name": name, "url": mask_url(url), "type": "unknown", "status": "down",
-                "error": exc.message, "is_default": name == palace.catalog.default,
-                "table_counts": {}}
+        return {
+            "name": name,
+            "url": mask_url(url),
+            "type": "unknown",
+            "status": "down",
+            "error": exc.message,
+            "is_default": name == palace.catalog.default,
+            "table_counts": {},
+        }
     try:
         probe = _probe_postgres(url) if kind == "postgres" else _probe_sqlite(url)
-    except Exception as exc:  # noqa: BLE001 - a probe must report, not fail the listing
+    except Exception as exc:
         log.warning("probing database %s failed: %s", name, exc)
         probe = {"status": "down", "error": str(exc), "table_counts": {}}
-    return {"name": name, "url": mask_url(url), "type": kind,
-            "is_default": name == palace.catalog.default, "configured":
-            palace.catalog.is_configured(name), **probe}
+    return {
+        "name": name,
+        "url": mask_url(url),
+        "type": kind,
+        "is_default": name == palace.catalog.default,
+        "configured": palace.catalog.is_configured(name),
+        **probe,
+    }
 
 
-def list_databases(palace: "Palace") -> dict[str, Any]:
+def list_databases(palace: Palace) -> dict[str, Any]:
     """Every configured or registered database; down ones are reported, not raised."""
     dbs = {n: describe(palace, n) for n in palace.catalog.names()}
     for info in dbs.values():
@@ -94,7 +114,7 @@ def list_databases(palace: "Palace") -> dict[str, Any]:
     return {"databases": dbs, "default": palace.catalog.default, "count": len(dbs)}
 
 
-def register_database(palace: "Palace", name: str, url: str | None = None) -> dict[str, Any]:
+def register_database(palace: Palace, name: str, url: str | None = None) -> dict[str, Any]:
     """Register `name` for this process (derived from the default without a URL), create its
     schema and check the connection. Raises BackendUnavailable when it cannot be reached."""
     registered = palace.catalog.register(name, url)
@@ -107,7 +127,7 @@ def register_database(palace: "Palace", name: str, url: str | None = None) -> di
     return info
 
 
-def set_default_database(palace: "Palace", name: str) -> dict[str, Any]:
+def set_default_database(palace: Palace, name: str) -> dict[str, Any]:
     """Route every later call without `database` to `name` (this process only)."""
     previous = palace.catalog.default
     palace.catalog.set_default(name)
@@ -116,5 +136,5 @@ def set_default_database(palace: "Palace", name: str) -> dict[str, Any]:
     return info
 
 
-def current_database(palace: "Palace") -> dict[str, Any]:
+def current_database(palace: Palace) -> dict[str, Any]:
     return describe(palace, palace.catalog.default)

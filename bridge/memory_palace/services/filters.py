@@ -8,8 +8,9 @@ Names are compared exactly: '_' and '%' in values never act as wildcards.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..db.engine import Database
 
@@ -24,20 +25,37 @@ class Filters:
     include_archived: bool = False
 
     @classmethod
-    def make(cls, instance_id: str | None = None, project: str | list[str] | None = None,
-             memory_type: str | None = None, subject: str | None = None,
-             min_foundational: bool | None = None, include_archived: bool = False) -> "Filters":
+    def make(
+        cls,
+        instance_id: str | None = None,
+        project: str | list[str] | None = None,
+        memory_type: str | None = None,
+        subject: str | None = None,
+        min_foundational: bool | None = None,
+        include_archived: bool = False,
+    ) -> Filters:
         projects = None
         if project is not None:
             projects = (project,) if isinstance(project, str) else tuple(project)
-        return cls(instance_id or None, projects, memory_type or None, subject or None,
-                   bool(min_foundational), bool(include_archived))
+        return cls(
+            instance_id or None,
+            projects,
+            memory_type or None,
+            subject or None,
+            bool(min_foundational),
+            bool(include_archived),
+        )
 
     @property
     def selective(self) -> bool:
         """True when anything beyond 'not archived' restricts the rows."""
-        return bool(self.instance_id or self.projects is not None or self.memory_type
-                    or self.subject or self.foundational_only)
+        return bool(
+            self.instance_id
+            or self.projects is not None
+            or self.memory_type
+            or self.subject
+            or self.foundational_only
+        )
 
 
 def like_escape(value: str) -> str:
@@ -64,8 +82,9 @@ def type_matcher(memory_type: str) -> Callable[[str], bool]:
     return lambda value: rx.fullmatch(value) is not None
 
 
-def projects_sql(db: Database, projects: tuple[str, ...], params: dict[str, Any],
-                 col: str = "memories.projects") -> str:
+def projects_sql(
+    db: Database, projects: tuple[str, ...], params: dict[str, Any], col: str = "memories.projects"
+) -> str:
     if db.is_postgres:
         params["f_projects"] = list(projects)
         return f"{col} && CAST(:f_projects AS TEXT[])"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import bindparam, text
 
@@ -13,15 +14,22 @@ MAX_DEPTH = 5
 SUMMARY_NODE_CAP = 30
 
 
-def _edges_touching(conn: Any, ids: list[int], direction: str,
-                    relation_types: list[str] | None, min_strength: float | None) -> list[Any]:
+def _edges_touching(
+    conn: Any,
+    ids: list[int],
+    direction: str,
+    relation_types: list[str] | None,
+    min_strength: float | None,
+) -> list[Any]:
     conds = []
     if direction in ("outgoing", "both"):
         conds.append("source_id IN :ids")
     if direction in ("incoming", "both"):
         conds.append("target_id IN :ids")
-    sql = ("SELECT id, source_id, target_id, relation_type, strength, bidirectional "
-           f"FROM memory_edges WHERE ({' OR '.join(conds)})")
+    sql = (
+        "SELECT id, source_id, target_id, relation_type, strength, bidirectional "
+        f"FROM memory_edges WHERE ({' OR '.join(conds)})"
+    )
     params: dict[str, Any] = {"ids": ids}
     binds = [bindparam("ids", expanding=True)]
     if relation_types:
@@ -39,13 +47,21 @@ def _subjects(conn: Any, ids: Iterable[int]) -> dict[int, str]:
     if not ids:
         return {}
     stmt = text("SELECT id, subject, content FROM memories WHERE id IN :ids").bindparams(
-        bindparam("ids", expanding=True))
-    return {int(r.id): (r.subject or (r.content or "")[:60]) for r in conn.execute(stmt, {"ids": ids})}
+        bindparam("ids", expanding=True)
+    )
+    return {
+        int(r.id): (r.subject or (r.content or "")[:60]) for r in conn.execute(stmt, {"ids": ids})
+    }
 
 
-def bfs(db: Database, seeds: list[int], depth: int, direction: str = "both",
-        relation_types: list[str] | None = None, min_strength: float | None = None
-        ) -> tuple[dict[int, int], dict[tuple[int, int, str], Any]]:
+def bfs(
+    db: Database,
+    seeds: list[int],
+    depth: int,
+    direction: str = "both",
+    relation_types: list[str] | None = None,
+    min_strength: float | None = None,
+) -> tuple[dict[int, int], dict[tuple[int, int, str], Any]]:
     """Breadth-first walk. Returns ({node: hop}, {(src, tgt, type): edge row})."""
     depth = max(0, min(int(depth), MAX_DEPTH))
     seen: dict[int, int] = {s: 0 for s in seeds}
@@ -72,9 +88,15 @@ def bfs(db: Database, seeds: list[int], depth: int, direction: str = "both",
     return seen, edges
 
 
-def context(db: Database, seeds: list[int], depth: int = 1, mode: str = "summary",
-            direction: str = "both", relation_types: list[str] | None = None,
-            min_strength: float | None = None) -> dict[str, Any]:
+def context(
+    db: Database,
+    seeds: list[int],
+    depth: int = 1,
+    mode: str = "summary",
+    direction: str = "both",
+    relation_types: list[str] | None = None,
+    min_strength: float | None = None,
+) -> dict[str, Any]:
     """Graph context around seeds: 'full' {nodes, edges} or 'summary' strings capped at 30 nodes."""
     if not seeds or depth < 1:
         return {}
@@ -86,8 +108,10 @@ def context(db: Database, seeds: list[int], depth: int = 1, mode: str = "summary
     if mode == "full":
         return {
             "nodes": {str(n): subjects.get(n, "") for n in nodes},
-            "edges": [{"source": s, "target": t, "type": ty, "strength": round(float(e.strength), 3)}
-                      for (s, t, ty), e in edges.items()],
+            "edges": [
+                {"source": s, "target": t, "type": ty, "strength": round(float(e.strength), 3)}
+                for (s, t, ty), e in edges.items()
+            ],
         }
     out_n: dict[int, list[int]] = defaultdict(list)
     in_n: dict[int, list[int]] = defaultdict(list)
@@ -105,20 +129,29 @@ def context(db: Database, seeds: list[int], depth: int = 1, mode: str = "summary
     for n in keep:
         outs, ins = set(out_n[n]), set(in_n[n])
         both = outs & ins
-        marks = ([f"<>{x}" for x in sorted(both)] + [f">{x}" for x in sorted(outs - both)]
-                 + [f"<{x}" for x in sorted(ins - both)])
+        marks = (
+            [f"<>{x}" for x in sorted(both)]
+            + [f">{x}" for x in sorted(outs - both)]
+            + [f"<{x}" for x in sorted(ins - both)]
+        )
         avg = sum(strengths[n]) / len(strengths[n]) if strengths[n] else 0.0
-        summary[str(n)] = (f"{subjects.get(n, '')} | {degree[n]} connections | avg {avg:.2f} | "
-                           + ",".join(marks))
+        summary[str(n)] = (
+            f"{subjects.get(n, '')} | {degree[n]} connections | avg {avg:.2f} | " + ",".join(marks)
+        )
     result: dict[str, Any] = {"nodes": summary, "total_edges": len(edges), "seed_ids": seed_set}
     if len(nodes) > len(keep):
         result["omitted_nodes"] = len(nodes) - len(keep)
     return result
 
 
-def traverse(db: Database, start: int, max_depth: int = 3, direction: str = "both",
-             relation_types: list[str] | None = None, min_strength: float | None = None
-             ) -> dict[str, Any]:
+def traverse(
+    db: Database,
+    start: int,
+    max_depth: int = 3,
+    direction: str = "both",
+    relation_types: list[str] | None = None,
+    min_strength: float | None = None,
+) -> dict[str, Any]:
     nodes, edges = bfs(db, [start], max_depth, direction, relation_types, min_strength)
     with db.read() as conn:
         subjects = _subjects(conn, nodes)
@@ -126,8 +159,18 @@ def traverse(db: Database, start: int, max_depth: int = 3, direction: str = "bot
         "start_id": start,
         "max_depth": max(0, min(int(max_depth), MAX_DEPTH)),
         "direction": direction,
-        "nodes": [{"id": n, "subject": subjects.get(n, ""), "depth": d}
-                  for n, d in sorted(nodes.items(), key=lambda x: (x[1], x[0]))],
-        "edges": [{"source": s, "target": t, "type": ty, "strength": round(float(e.strength), 3),
-                   "bidirectional": bool(e.bidirectional)} for (s, t, ty), e in edges.items()],
+        "nodes": [
+            {"id": n, "subject": subjects.get(n, ""), "depth": d}
+            for n, d in sorted(nodes.items(), key=lambda x: (x[1], x[0]))
+        ],
+        "edges": [
+            {
+                "source": s,
+                "target": t,
+                "type": ty,
+                "strength": round(float(e.strength), 3),
+                "bidirectional": bool(e.bidirectional),
+            }
+            for (s, t, ty), e in edges.items()
+        ],
     }

@@ -5,8 +5,9 @@ uses to catch up (`messages_since`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import bindparam, text
@@ -28,11 +29,15 @@ BROADCAST = "all"
 CHANNEL_ONLY = "#"  # to_instance of a message posted only to a channel is "#<channel>"
 MESSAGE_TYPES = ("handoff", "status", "question", "fyi", "context", "event", "message")
 
-COLUMNS = ("m.id, m.created_at, m.from_instance, m.to_instance, m.message_type, m.subject, "
-           "m.content, m.channel, m.priority, m.expires_at, m.delivery_status, m.delivered_at")
+COLUMNS = (
+    "m.id, m.created_at, m.from_instance, m.to_instance, m.message_type, m.subject, "
+    "m.content, m.channel, m.priority, m.expires_at, m.delivery_status, m.delivered_at"
+)
 NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > :now)"
-RECIPIENT = ("(m.to_instance = :me OR m.to_instance = 'all' OR m.channel IN "
-             "(SELECT s.channel FROM subscriptions s WHERE s.instance_id = :me))")
+RECIPIENT = (
+    "(m.to_instance = :me OR m.to_instance = 'all' OR m.channel IN "
+    "(SELECT s.channel FROM subscriptions s WHERE s.instance_id = :me))"
+)
 
 
 def check_name(value: Any, what: str) -> str:
@@ -40,8 +45,9 @@ def check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidParams(f"{what} must be a non-empty name, e.g. 'prime'", param=what)
     if value != value.strip():
-        raise InvalidParams(f"{what} {value!r} has leading or trailing spaces; remove them",
-                            param=what)
+        raise InvalidParams(
+            f"{what} {value!r} has leading or trailing spaces; remove them", param=what
+        )
     if "\x00" in value:
         raise InvalidParams(f"{what} must not contain NUL characters", param=what)
     size = len(value.encode())
@@ -49,10 +55,15 @@ def check_name(value: Any, what: str) -> str:
         raise InvalidParams(
             f"{what} {value[:20]!r}... is {size} bytes; with the prefix {CHANNEL_PREFIX!r} a "
             f"channel name may be at most {MAX_IDENTIFIER_BYTES} bytes, so use at most "
-            f"{MAX_NAME_BYTES} bytes", param=what)
+            f"{MAX_NAME_BYTES} bytes",
+            param=what,
+        )
     if value.startswith(CHANNEL_ONLY):
-        raise InvalidParams(f"{what} {value!r} must not start with {CHANNEL_ONLY!r} (reserved for "
-                            "channel-only messages)", param=what)
+        raise InvalidParams(
+            f"{what} {value!r} must not start with {CHANNEL_ONLY!r} (reserved for "
+            "channel-only messages)",
+            param=what,
+        )
     return value
 
 
@@ -63,15 +74,17 @@ def pg_channel(name: str) -> str:
 
 def _check_text(value: str | None, what: str) -> None:
     if value is not None and "\x00" in value:
-        raise InvalidParams(f"{what} must not contain NUL characters (\\u0000); remove them",
-                            param=what)
+        raise InvalidParams(
+            f"{what} must not contain NUL characters (\\u0000); remove them", param=what
+        )
 
 
 def _instance(palace: Palace, instance_id: str | None, what: str = "instance_id") -> str:
     if instance_id is None:
         if palace.settings.instance_id is None:
-            raise InvalidParams(f"{what} is required (or set MEMORY_PALACE_INSTANCE_ID)",
-                                param=what)
+            raise InvalidParams(
+                f"{what} is required (or set MEMORY_PALACE_INSTANCE_ID)", param=what
+            )
         return palace.settings.instance_id
     return check_name(instance_id, what)
 
@@ -100,8 +113,11 @@ def message_dict(row: Any, read_at: Any = None, with_read: bool = False) -> dict
 def notify_payload(msg: dict[str, Any]) -> dict[str, Any]:
     """The push payload (the seed's fields plus channel), cut to fit pg_notify's 8000 bytes."""
     payload = {k: msg.get(k) for k in ("from_instance", "to_instance", "message_type", "subject")}
-    payload.update(message_id=msg.get("message_id", msg.get("id")), priority=msg.get("priority"),
-                   channel=msg.get("channel"))
+    payload.update(
+        message_id=msg.get("message_id", msg.get("id")),
+        priority=msg.get("priority"),
+        channel=msg.get("channel"),
+    )
     if len(orjson.dumps(payload)) <= NOTIFY_LIMIT:
         return payload
     subject = payload["subject"] or ""
@@ -123,23 +139,36 @@ def _warning(palace: Palace, names: Iterable[str]) -> str | None:
     unknown = [n for n in names if n != BROADCAST and n not in palace.settings.instances]
     if not unknown:
         return None
-    return (f"instance {', '.join(repr(n) for n in unknown)} is not in the configured instances "
-            f"({', '.join(palace.settings.instances)}); the message was stored anyway. Add it to "
-            "config.json \"instances\" if it is a real agent, or fix the spelling.")
+    return (
+        f"instance {', '.join(repr(n) for n in unknown)} is not in the configured instances "
+        f"({', '.join(palace.settings.instances)}); the message was stored anyway. Add it to "
+        'config.json "instances" if it is a real agent, or fix the spelling.'
+    )
 
 
-def send(palace: Palace, db: Database, *, from_instance: str | None, to_instance: str | None,
-         content: str | None, subject: str | None = None, message_type: str = "message",
-         channel: str | None = None, priority: int = 0,
-         ttl_seconds: int | None = None) -> dict[str, Any]:
+def send(
+    palace: Palace,
+    db: Database,
+    *,
+    from_instance: str | None,
+    to_instance: str | None,
+    content: str | None,
+    subject: str | None = None,
+    message_type: str = "message",
+    channel: str | None = None,
+    priority: int = 0,
+    ttl_seconds: int | None = None,
+) -> dict[str, Any]:
     """Store a message; on PostgreSQL NOTIFY its channels in the same transaction."""
     sender = _instance(palace, from_instance, "from_instance")
     if channel is not None:
         channel = check_name(channel, "channel")
     if to_instance is None:
         if channel is None:
-            raise InvalidParams("send needs to_instance (an instance, or 'all' to broadcast) "
-                                "or a channel", param="to_instance")
+            raise InvalidParams(
+                "send needs to_instance (an instance, or 'all' to broadcast) or a channel",
+                param="to_instance",
+            )
         to = CHANNEL_ONLY + channel
     else:
         to = check_name(to_instance, "to_instance")
@@ -148,25 +177,38 @@ def send(palace: Palace, db: Database, *, from_instance: str | None, to_instance
     _check_text(content, "content")
     _check_text(subject, "subject")
     if message_type not in MESSAGE_TYPES:
-        raise InvalidParams(f"message_type must be one of {', '.join(MESSAGE_TYPES)}",
-                            param="message_type")
+        raise InvalidParams(
+            f"message_type must be one of {', '.join(MESSAGE_TYPES)}", param="message_type"
+        )
     if not 0 <= priority <= 10:
         raise InvalidParams("priority must be between 0 and 10", param="priority")
     now = utcnow()
     expires = now + timedelta(seconds=ttl_seconds) if ttl_seconds else None
     status = "delivered" if db.is_postgres else "pending"
-    params = {"created_at": time_param(db, now), "from_instance": sender, "to_instance": to,
-              "message_type": message_type, "subject": subject, "content": content,
-              "channel": channel, "priority": priority, "expires_at": time_param(db, expires),
-              "status": status, "delivered_at": time_param(db, now) if db.is_postgres else None}
+    params = {
+        "created_at": time_param(db, now),
+        "from_instance": sender,
+        "to_instance": to,
+        "message_type": message_type,
+        "subject": subject,
+        "content": content,
+        "channel": channel,
+        "priority": priority,
+        "expires_at": time_param(db, expires),
+        "status": status,
+        "delivered_at": time_param(db, now) if db.is_postgres else None,
+    }
     channels: list[str] = []
     with db.write() as conn:
-        msg_id = conn.execute(text(
-            "INSERT INTO messages (created_at, from_instance, to_instance, message_type, subject, "
-            "content, channel, priority, expires_at, delivery_status, delivered_at) VALUES "
-            "(:created_at, :from_instance, :to_instance, :message_type, :subject, :content, "
-            ":channel, :priority, :expires_at, :status, :delivered_at) RETURNING id"),
-            params).scalar_one()
+        msg_id = conn.execute(
+            text(
+                "INSERT INTO messages (created_at, from_instance, to_instance, message_type, subject, "
+                "content, channel, priority, expires_at, delivery_status, delivered_at) VALUES "
+                "(:created_at, :from_instance, :to_instance, :message_type, :subject, :content, "
+                ":channel, :priority, :expires_at, :status, :delivered_at) RETURNING id"
+            ),
+            params,
+        ).scalar_one()
         if db.is_postgres:
             payload = orjson.dumps(notify_payload({**params, "message_id": int(msg_id)})).decode()
             if not to.startswith(CHANNEL_ONLY):
@@ -174,21 +216,34 @@ def send(palace: Palace, db: Database, *, from_instance: str | None, to_instance
             if channel is not None and pg_channel(channel) not in channels:
                 channels.append(pg_channel(channel))
             for ch in channels:
-                conn.execute(text("SELECT pg_notify(:ch, :payload)"),
-                             {"ch": ch, "payload": payload})
-    out: dict[str, Any] = {"success": True, "id": int(msg_id), "to_instance": to,
-                           "channel": channel, "delivery_status": status,
-                           "notified_channels": channels,
-                           "expires_at": time_out(expires)}
+                conn.execute(
+                    text("SELECT pg_notify(:ch, :payload)"), {"ch": ch, "payload": payload}
+                )
+    out: dict[str, Any] = {
+        "success": True,
+        "id": int(msg_id),
+        "to_instance": to,
+        "channel": channel,
+        "delivery_status": status,
+        "notified_channels": channels,
+        "expires_at": time_out(expires),
+    }
     warning = _warning(palace, [sender] + ([] if to.startswith(CHANNEL_ONLY) else [to]))
     if warning:
         out["instance_warning"] = warning
     return out
 
 
-def get(palace: Palace, db: Database, *, instance_id: str | None, unread_only: bool = True,
-        channel: str | None = None, message_type: str | None = None,
-        limit: int = 50) -> dict[str, Any]:
+def get(
+    palace: Palace,
+    db: Database,
+    *,
+    instance_id: str | None,
+    unread_only: bool = True,
+    channel: str | None = None,
+    message_type: str | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
     """Messages for an instance (direct, broadcast, subscribed channels), highest priority and
     newest first. Read state is the caller's own."""
     me = _instance(palace, instance_id)
@@ -203,76 +258,102 @@ def get(palace: Palace, db: Database, *, instance_id: str | None, unread_only: b
         where.append("m.message_type = :message_type")
         params["message_type"] = message_type
     with db.read() as conn:
-        rows = conn.execute(text(
-            f"SELECT {COLUMNS}, r.read_at AS read_at FROM messages m "
-            "LEFT JOIN message_reads r ON r.message_id = m.id AND r.instance_id = :me "
-            f"WHERE {' AND '.join(where)} "
-            "ORDER BY m.priority DESC, m.created_at DESC, m.id DESC LIMIT :limit"),
-            params).all()
+        rows = conn.execute(
+            text(
+                f"SELECT {COLUMNS}, r.read_at AS read_at FROM messages m "
+                "LEFT JOIN message_reads r ON r.message_id = m.id AND r.instance_id = :me "
+                f"WHERE {' AND '.join(where)} "
+                "ORDER BY m.priority DESC, m.created_at DESC, m.id DESC LIMIT :limit"
+            ),
+            params,
+        ).all()
     messages = [message_dict(r, r.read_at, with_read=True) for r in rows]
     return {"count": len(messages), "messages": messages, "instance_id": me}
 
 
-def poll(palace: Palace, db: Database, *, instance_id: str | None, since_id: int = 0,
-         limit: int = 50) -> dict[str, Any]:
+def poll(
+    palace: Palace, db: Database, *, instance_id: str | None, since_id: int = 0, limit: int = 50
+) -> dict[str, Any]:
     """Messages for an instance with id > since_id, oldest first (read or not)."""
     me = _instance(palace, instance_id)
     with db.read() as conn:
-        rows = conn.execute(text(
-            f"SELECT {COLUMNS}, r.read_at AS read_at FROM messages m "
-            "LEFT JOIN message_reads r ON r.message_id = m.id AND r.instance_id = :me "
-            f"WHERE m.id > :since AND {RECIPIENT} AND {NOT_EXPIRED} ORDER BY m.id LIMIT :limit"),
-            {"me": me, "since": since_id, "now": time_param(db, utcnow()), "limit": limit}).all()
+        rows = conn.execute(
+            text(
+                f"SELECT {COLUMNS}, r.read_at AS read_at FROM messages m "
+                "LEFT JOIN message_reads r ON r.message_id = m.id AND r.instance_id = :me "
+                f"WHERE m.id > :since AND {RECIPIENT} AND {NOT_EXPIRED} ORDER BY m.id LIMIT :limit"
+            ),
+            {"me": me, "since": since_id, "now": time_param(db, utcnow()), "limit": limit},
+        ).all()
     messages = [message_dict(r, r.read_at, with_read=True) for r in rows]
     last = messages[-1]["id"] if messages else since_id
     return {"count": len(messages), "messages": messages, "last_id": last, "instance_id": me}
 
 
 def _recipient_row(db: Database, conn: Any, message_id: int, me: str) -> Any:
-    row = conn.execute(text(
-        "SELECT m.id, m.to_instance, m.channel, "
-        "(SELECT 1 FROM subscriptions s WHERE s.instance_id = :me AND s.channel = m.channel) "
-        "AS subscribed FROM messages m WHERE m.id = :id AND " + NOT_EXPIRED),
-        {"id": message_id, "me": me, "now": time_param(db, utcnow())}).first()
+    row = conn.execute(
+        text(
+            "SELECT m.id, m.to_instance, m.channel, "
+            "(SELECT 1 FROM subscriptions s WHERE s.instance_id = :me AND s.channel = m.channel) "
+            "AS subscribed FROM messages m WHERE m.id = :id AND " + NOT_EXPIRED
+        ),
+        {"id": message_id, "me": me, "now": time_param(db, utcnow())},
+    ).first()
     if row is None:
-        raise NotFound(f"message {message_id} does not exist or has expired; list messages with "
-                       "action=get", message_id=message_id)
+        raise NotFound(
+            f"message {message_id} does not exist or has expired; list messages with action=get",
+            message_id=message_id,
+        )
     if row.to_instance not in (me, BROADCAST) and row.subscribed is None:
         raise InvalidParams(
             f"instance {me!r} is not a recipient of message {message_id} (to {row.to_instance!r}"
-            + (f", channel {row.channel!r}" if row.channel else "") + "); only a recipient may "
+            + (f", channel {row.channel!r}" if row.channel else "")
+            + "); only a recipient may "
             "mark it read or unread. Pass the recipient's instance_id"
-            + (f" or subscribe {me!r} to channel {row.channel!r}" if row.channel else "") + ".",
-            param="instance_id", message_id=message_id)
+            + (f" or subscribe {me!r} to channel {row.channel!r}" if row.channel else "")
+            + ".",
+            param="instance_id",
+            message_id=message_id,
+        )
     return row
 
 
-def mark_read(palace: Palace, db: Database, *, instance_id: str | None,
-              message_id: int | None) -> dict[str, Any]:
+def mark_read(
+    palace: Palace, db: Database, *, instance_id: str | None, message_id: int | None
+) -> dict[str, Any]:
     me = _instance(palace, instance_id)
     if message_id is None:
         raise InvalidParams("mark_read needs message_id", param="message_id")
     now = utcnow()
     with db.write() as conn:
         _recipient_row(db, conn, message_id, me)
-        inserted = conn.execute(text(
-            "INSERT INTO message_reads (message_id, instance_id, read_at) VALUES (:id, :me, :now) "
-            "ON CONFLICT (message_id, instance_id) DO NOTHING"),
-            {"id": message_id, "me": me, "now": time_param(db, now)}).rowcount
-    return {"success": True, "message_id": message_id, "instance_id": me,
-            "already_read": inserted == 0}
+        inserted = conn.execute(
+            text(
+                "INSERT INTO message_reads (message_id, instance_id, read_at) VALUES (:id, :me, :now) "
+                "ON CONFLICT (message_id, instance_id) DO NOTHING"
+            ),
+            {"id": message_id, "me": me, "now": time_param(db, now)},
+        ).rowcount
+    return {
+        "success": True,
+        "message_id": message_id,
+        "instance_id": me,
+        "already_read": inserted == 0,
+    }
 
 
-def mark_unread(palace: Palace, db: Database, *, instance_id: str | None,
-                message_id: int | None) -> dict[str, Any]:
+def mark_unread(
+    palace: Palace, db: Database, *, instance_id: str | None, message_id: int | None
+) -> dict[str, Any]:
     me = _instance(palace, instance_id)
     if message_id is None:
         raise InvalidParams("mark_unread needs message_id", param="message_id")
     with db.write() as conn:
         _recipient_row(db, conn, message_id, me)
-        deleted = conn.execute(text(
-            "DELETE FROM message_reads WHERE message_id = :id AND instance_id = :me"),
-            {"id": message_id, "me": me}).rowcount
+        deleted = conn.execute(
+            text("DELETE FROM message_reads WHERE message_id = :id AND instance_id = :me"),
+            {"id": message_id, "me": me},
+        ).rowcount
     return {"success": True, "message_id": message_id, "instance_id": me, "was_read": deleted > 0}
 
 
@@ -282,40 +363,61 @@ def subscriptions(db: Database, instance_id: str | None = None) -> list[str]:
         if instance_id is None:
             rows = conn.execute(text("SELECT DISTINCT channel FROM subscriptions ORDER BY channel"))
         else:
-            rows = conn.execute(text("SELECT channel FROM subscriptions WHERE instance_id = :me "
-                                     "ORDER BY channel"), {"me": instance_id})
+            rows = conn.execute(
+                text("SELECT channel FROM subscriptions WHERE instance_id = :me ORDER BY channel"),
+                {"me": instance_id},
+            )
         return [r[0] for r in rows]
 
 
-def subscribe(palace: Palace, db: Database, *, instance_id: str | None,
-              channel: str | None) -> dict[str, Any]:
+def subscribe(
+    palace: Palace, db: Database, *, instance_id: str | None, channel: str | None
+) -> dict[str, Any]:
     me = _instance(palace, instance_id)
     if channel is None:
         raise InvalidParams("subscribe needs channel", param="channel")
     channel = check_name(channel, "channel")
     with db.write() as conn:
-        added = conn.execute(text(
-            "INSERT INTO subscriptions (instance_id, channel, created_at) VALUES (:me, :ch, :now) "
-            "ON CONFLICT (instance_id, channel) DO NOTHING"),
-            {"me": me, "ch": channel, "now": time_param(db, utcnow())}).rowcount
-    return {"success": True, "instance_id": me, "channel": channel, "listen": pg_channel(channel),
-            "already_subscribed": added == 0, "subscriptions": subscriptions(db, me)}
+        added = conn.execute(
+            text(
+                "INSERT INTO subscriptions (instance_id, channel, created_at) VALUES (:me, :ch, :now) "
+                "ON CONFLICT (instance_id, channel) DO NOTHING"
+            ),
+            {"me": me, "ch": channel, "now": time_param(db, utcnow())},
+        ).rowcount
+    return {
+        "success": True,
+        "instance_id": me,
+        "channel": channel,
+        "listen": pg_channel(channel),
+        "already_subscribed": added == 0,
+        "subscriptions": subscriptions(db, me),
+    }
 
 
-def unsubscribe(palace: Palace, db: Database, *, instance_id: str | None,
-                channel: str | None) -> dict[str, Any]:
+def unsubscribe(
+    palace: Palace, db: Database, *, instance_id: str | None, channel: str | None
+) -> dict[str, Any]:
     me = _instance(palace, instance_id)
     if channel is None:
         raise InvalidParams("unsubscribe needs channel", param="channel")
     channel = check_name(channel, "channel")
     with db.write() as conn:
-        removed = conn.execute(text(
-            "DELETE FROM subscriptions WHERE instance_id = :me AND channel = :ch"),
-            {"me": me, "ch": channel}).rowcount
-        left = conn.execute(text("SELECT count(*) FROM subscriptions WHERE channel = :ch"),
-                            {"ch": channel}).scalar_one()
-    return {"success": True, "instance_id": me, "channel": channel, "was_subscribed": removed > 0,
-            "subscribers_left": int(left), "subscriptions": subscriptions(db, me)}
+        removed = conn.execute(
+            text("DELETE FROM subscriptions WHERE instance_id = :me AND channel = :ch"),
+            {"me": me, "ch": channel},
+        ).rowcount
+        left = conn.execute(
+            text("SELECT count(*) FROM subscriptions WHERE channel = :ch"), {"ch": channel}
+        ).scalar_one()
+    return {
+        "success": True,
+        "instance_id": me,
+        "channel": channel,
+        "was_subscribed": removed > 0,
+        "subscribers_left": int(left),
+        "subscriptions": subscriptions(db, me),
+    }
 
 
 def max_message_id(db: Database) -> int:
@@ -323,8 +425,9 @@ def max_message_id(db: Database) -> int:
         return int(conn.execute(text("SELECT coalesce(max(id), 0) FROM messages")).scalar_one())
 
 
-def messages_since(db: Database, last_id: int, targets: Iterable[str],
-                   limit: int = 1000) -> list[dict[str, Any]]:
+def messages_since(
+    db: Database, last_id: int, targets: Iterable[str], limit: int = 1000
+) -> list[dict[str, Any]]:
     """Push payloads of messages with id > last_id sent to any target name, oldest first.
 
     A target matches like a NOTIFY channel does: to_instance == name or channel == name.
@@ -337,29 +440,58 @@ def messages_since(db: Database, last_id: int, targets: Iterable[str],
         "(m.to_instance IN :names OR m.channel IN :names) ORDER BY m.id LIMIT :limit"
     ).bindparams(bindparam("names", expanding=True))
     with db.read() as conn:
-        rows = conn.execute(stmt, {"last": last_id, "names": names, "limit": limit,
-                                   "now": time_param(db, utcnow())}).all()
+        rows = conn.execute(
+            stmt, {"last": last_id, "names": names, "limit": limit, "now": time_param(db, utcnow())}
+        ).all()
     return [notify_payload(message_dict(r)) for r in rows]
 
 
 ACTIONS = ("send", "get", "mark_read", "mark_unread", "subscribe", "unsubscribe", "poll")
 
 
-def handle(palace: Palace, db: Database, *, action: str, instance_id: str | None = None,
-           from_instance: str | None = None, to_instance: str | None = None,
-           content: str | None = None, message_type: str = "message", subject: str | None = None,
-           channel: str | None = None, priority: int = 0, ttl_seconds: int | None = None,
-           unread_only: bool = True, limit: int = 50, message_id: int | None = None,
-           since_id: int = 0) -> dict[str, Any]:
+def handle(
+    palace: Palace,
+    db: Database,
+    *,
+    action: str,
+    instance_id: str | None = None,
+    from_instance: str | None = None,
+    to_instance: str | None = None,
+    content: str | None = None,
+    message_type: str = "message",
+    subject: str | None = None,
+    channel: str | None = None,
+    priority: int = 0,
+    ttl_seconds: int | None = None,
+    unread_only: bool = True,
+    limit: int = 50,
+    message_id: int | None = None,
+    since_id: int = 0,
+) -> dict[str, Any]:
     """The `message` tool: dispatch on action."""
     if action == "send":
-        return send(palace, db, from_instance=from_instance or instance_id,
-                    to_instance=to_instance, content=content, subject=subject,
-                    message_type=message_type, channel=channel, priority=priority,
-                    ttl_seconds=ttl_seconds)
+        return send(
+            palace,
+            db,
+            from_instance=from_instance or instance_id,
+            to_instance=to_instance,
+            content=content,
+            subject=subject,
+            message_type=message_type,
+            channel=channel,
+            priority=priority,
+            ttl_seconds=ttl_seconds,
+        )
     if action == "get":
-        return get(palace, db, instance_id=instance_id, unread_only=unread_only, channel=channel,
-                   message_type=message_type, limit=limit)
+        return get(
+            palace,
+            db,
+            instance_id=instance_id,
+            unread_only=unread_only,
+            channel=channel,
+            message_type=message_type,
+            limit=limit,
+        )
     if action == "poll":
         return poll(palace, db, instance_id=instance_id, since_id=since_id, limit=limit)
     if action == "mark_read":
@@ -370,5 +502,6 @@ def handle(palace: Palace, db: Database, *, action: str, instance_id: str | None
         return subscribe(palace, db, instance_id=instance_id, channel=channel)
     if action == "unsubscribe":
         return unsubscribe(palace, db, instance_id=instance_id, channel=channel)
-    raise InvalidParams(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}",
-                        param="action")
+    raise InvalidParams(
+        f"unknown action {action!r}; use one of {', '.join(ACTIONS)}", param="action"
+    )

@@ -59,8 +59,9 @@ class _Matrix:
             return out
 
         self.ids = ext(self.ids, (new,))
-        self.vecs = ext(self.vecs if self.vecs.size else np.zeros((0, self.dim), np.float32),
-                        (new, self.dim))
+        self.vecs = ext(
+            self.vecs if self.vecs.size else np.zeros((0, self.dim), np.float32), (new, self.dim)
+        )
         self.valid = ext(self.valid, (new,))
         self.archived = ext(self.archived, (new,))
         self.foundational = ext(self.foundational, (new,))
@@ -136,8 +137,10 @@ class _Matrix:
         return m
 
 
-_SELECT = ("SELECT id, embedding, is_archived, foundational, instance_id, memory_type, projects "
-           "FROM memories WHERE embedding IS NOT NULL AND embedding_model = :model")
+_SELECT = (
+    "SELECT id, embedding, is_archived, foundational, instance_id, memory_type, projects "
+    "FROM memories WHERE embedding IS NOT NULL AND embedding_model = :model"
+)
 
 
 class SqliteVectorIndex:
@@ -156,8 +159,13 @@ class SqliteVectorIndex:
                 return m
             changed: list[int] | None = None
             if m is not None:
-                changed = [r[0] for r in conn.execute(text(
-                    "SELECT DISTINCT memory_id FROM memory_changes WHERE seq > :s"), {"s": m.seq})]
+                changed = [
+                    r[0]
+                    for r in conn.execute(
+                        text("SELECT DISTINCT memory_id FROM memory_changes WHERE seq > :s"),
+                        {"s": m.seq},
+                    )
+                ]
                 if len(changed) > FULL_RELOAD_CHANGES:
                     changed = None
             if changed is None or m is None:
@@ -165,10 +173,12 @@ class SqliteVectorIndex:
                 for row in conn.execute(text(_SELECT), {"model": self.model}):
                     m.upsert(row)
             else:
-                stmt = text(_SELECT + " AND id IN :ids").bindparams(bindparam("ids", expanding=True))
+                stmt = text(_SELECT + " AND id IN :ids").bindparams(
+                    bindparam("ids", expanding=True)
+                )
                 seen: set[int] = set()
                 for start in range(0, len(changed), 500):
-                    chunk = changed[start:start + 500]
+                    chunk = changed[start : start + 500]
                     for row in conn.execute(stmt, {"model": self.model, "ids": chunk}):
                         m.upsert(row)
                         seen.add(int(row.id))
@@ -178,8 +188,9 @@ class SqliteVectorIndex:
             self.m = m
             return m
 
-    def search(self, q: np.ndarray, k: int, f: Filters,
-               allowed_ids: set[int] | None = None) -> list[tuple[int, float]]:
+    def search(
+        self, q: np.ndarray, k: int, f: Filters, allowed_ids: set[int] | None = None
+    ) -> list[tuple[int, float]]:
         with self.lock:
             m = self._sync()
             if m.n == 0:
@@ -210,8 +221,9 @@ class SqliteVectorIndex:
             sims = m.vecs[[r for _, r in rows]] @ np.asarray(q, np.float32)
             return {i: float(v) for (i, _), v in zip(rows, sims)}
 
-    def pairwise_max(self, threshold: float, f: Filters, block: int = 2048
-                     ) -> list[tuple[int, int, float]]:
+    def pairwise_max(
+        self, threshold: float, f: Filters, block: int = 2048
+    ) -> list[tuple[int, int, float]]:
         """Pairs (a, b, sim) with a < b and sim >= threshold, by blocked matrix products."""
         with self.lock:
             m = self._sync()
@@ -219,7 +231,7 @@ class SqliteVectorIndex:
             out: list[tuple[int, int, float]] = []
             vecs = m.vecs[rows]
             for start in range(0, len(rows), block):
-                sims = vecs[start:start + block] @ vecs.T
+                sims = vecs[start : start + block] @ vecs.T
                 for i, j in zip(*np.nonzero(sims >= threshold)):
                     a, b = start + int(i), int(j)
                     if a < b:
@@ -236,24 +248,29 @@ def sqlite_index(db: Database, model: str, dim: int) -> SqliteVectorIndex:
         return index
 
 
-def similarities(db: Database, model: str, dim: int, q: np.ndarray, ids: list[int]
-                 ) -> dict[int, float]:
+def similarities(
+    db: Database, model: str, dim: int, q: np.ndarray, ids: list[int]
+) -> dict[int, float]:
     """Cosine similarity of the query to each given memory that has a `model` vector."""
     if not ids:
         return {}
     if not db.is_postgres:
         return sqlite_index(db, model, dim).similarities(q, ids)
     with db.read() as conn:
-        rows = conn.execute(text(
-            f"SELECT id, 1 - (embedding <=> {vector_sql(db, 'q')}) FROM memories "
-            "WHERE id = ANY(:ids) AND embedding_model = :model"),
-            {"q": vector_param(db, q), "ids": list(ids), "model": model})
+        rows = conn.execute(
+            text(
+                f"SELECT id, 1 - (embedding <=> {vector_sql(db, 'q')}) FROM memories "
+                "WHERE id = ANY(:ids) AND embedding_model = :model"
+            ),
+            {"q": vector_param(db, q), "ids": list(ids), "model": model},
+        )
         return {int(r[0]): float(r[1]) for r in rows}
 
 
 def _pg_estimate(conn: Any, cond: str, params: dict[str, Any]) -> float:
-    plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM memories WHERE {cond}"),
-                        params).scalar()
+    plan = conn.execute(
+        text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM memories WHERE {cond}"), params
+    ).scalar()
     if isinstance(plan, str):
         import orjson
 
@@ -276,8 +293,15 @@ def pg_ef_search(k: int, matching: float, total: float) -> int | None:
     return None if need > EF_MAX else max(EF_MIN, need)
 
 
-def search(db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters,
-           allowed_ids: set[int] | None = None) -> list[tuple[int, float]]:
+def search(
+    db: Database,
+    model: str,
+    dim: int,
+    q: np.ndarray,
+    k: int,
+    f: Filters,
+    allowed_ids: set[int] | None = None,
+) -> list[tuple[int, float]]:
     """Top-k (id, cosine similarity) among embedded memories of `model` matching `f`."""
     if not db.is_postgres:
         return sqlite_index(db, model, dim).search(q, k, f, allowed_ids)
@@ -290,10 +314,14 @@ def search(db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
         cond += " AND id = ANY(:allowed)"
         params["allowed"] = list(allowed_ids)
     qv = vector_sql(db, "q")
-    exact = (f"SELECT id, 1 - d AS sim FROM (SELECT id, embedding <=> {qv} AS d FROM memories "
-             f"WHERE {cond} OFFSET 0) s ORDER BY d LIMIT :k")
-    ann = (f"SELECT id, 1 - (embedding <=> {qv}) AS sim FROM memories WHERE {cond} "
-           f"ORDER BY embedding <=> {qv} LIMIT :k")
+    exact = (
+        f"SELECT id, 1 - d AS sim FROM (SELECT id, embedding <=> {qv} AS d FROM memories "
+        f"WHERE {cond} OFFSET 0) s ORDER BY d LIMIT :k"
+    )
+    ann = (
+        f"SELECT id, 1 - (embedding <=> {qv}) AS sim FROM memories WHERE {cond} "
+        f"ORDER BY embedding <=> {qv} LIMIT :k"
+    )
 
     def run(conn: Any, sql: str) -> list[tuple[int, float]]:
         return [(int(r[0]), float(r[1])) for r in conn.execute(text(sql), params)]
@@ -308,8 +336,9 @@ def search(db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
         # than an ANN pass that is bound to fall back to it.
         if matching <= EXACT_SCAN_ROWS or (ef is None and not iterative):
             return run(conn, exact)
-        conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"),
-                     {"ef": str(ef or EF_MAX)})
+        conn.execute(
+            text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef or EF_MAX)}
+        )
         if iterative:
             conn.execute(text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
         hits = run(conn, ann)
