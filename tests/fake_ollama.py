@@ -114,7 +114,7 @@ class FakeOllama:
 
     def _find_model(self, name: str) -> str | None:
         wanted = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-        return next((m for m in self.models if m == wanted or m == name), None)
+        return next((m for m in self.models if m in (wanted, name)), None)
 
     @staticmethod
     def _family(model: str) -> str:

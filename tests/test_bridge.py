@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from memory_palace.tools import enabled_tools
+from memory_palace.tools import TOOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,9 @@ def spawn(tmp_path: Path):
 def test_ready_first_then_only_json_lines(spawn, sqlite_url: str) -> None:
     b = spawn(sqlite_url, env={"MEMORY_PALACE_INSTANCE_ID": "prime"})
     assert b.lines[0] is b.ready
-    assert b.ready["ready"] is True and b.ready["tools"] == len(enabled_tools(()))
+    assert b.ready["ready"] is True and b.ready["tools"] == [
+        t.name for t in TOOLS if t.extension is None
+    ]
     assert b.ready["version"] and b.ready["instance_id"] == "prime"
     stats = b.result("memory_stats")
     assert isinstance(stats, dict) and "error" not in stats
@@ -188,11 +190,11 @@ def test_ready_first_then_only_json_lines(spawn, sqlite_url: str) -> None:
             "INVALID_PARAMS",
             True,
         ),
-        (b'{"id": 7, "method": "_subscribe", "params": {"channel": 5}}', "INVALID_PARAMS", True),
+        (b'{"id": 7, "method": "_subscribe", "params": {"instance": 5}}', "INVALID_PARAMS", True),
         (
             b'{"id": 7, "method": "message", "params": {"action": "mark_read", "instance_id": "prime",'
             b' "message_id": 99999}}',
-            "TOOL_ERROR",
+            "NOT_FOUND",
             True,
         ),
     ],
@@ -206,7 +208,7 @@ def test_bad_requests_get_their_error_and_the_bridge_keeps_serving(
     reply = b.reply(rid)
     assert reply["error"]["code"] == code, reply
     assert "result" not in reply and reply["error"]["message"]
-    if code == "TOOL_ERROR":
+    if code == "NOT_FOUND":  # a tool's refusal carries its domain code
         assert reply["error"]["data"]["kind"] == "NOT_FOUND"
     if code == "INVALID_PARAMS" and b"limit" in line:
         assert reply["error"]["data"]["param"] == "limit" and "limit" in reply["error"]["message"]
@@ -249,7 +251,7 @@ def test_management_methods(spawn, sqlite_url: str) -> None:
     assert routes["instance_routes"] == {"sandy": {"url": "http://127.0.0.1:1/hooks"}}
     health = b.result("_health")
     assert health["listener_state"] == "polling" and health["in_flight"] == 0
-    assert "memory_palace_msg_all" in health["listened_channels"]
+    assert health["listeners"]["default"]["names"] == ["all"] and health["served"] == []
     assert health["uptime_s"] >= 0
     cancel = b.result("_cancel", {"id": "nothing-pending"})
     assert cancel == {
@@ -258,12 +260,12 @@ def test_management_methods(spawn, sqlite_url: str) -> None:
         "state": "unknown",
         "note": cancel["note"],
     }
-    sub = b.result("_subscribe", {"channel": "memory_palace_msg_ops"})
-    assert sub["mode"] == "poll" and sub["channel"] == "memory_palace_msg_ops"
-    assert "memory_palace_msg_ops" in b.result("_health")["listened_channels"]
-    b.result("_unsubscribe", {"channel": "ops"})
-    assert "memory_palace_msg_ops" not in b.result("_health")["listened_channels"]
-    bad = b.call("_subscribe", {"channel": "x" * 60})
+    sub = b.result("_subscribe", {"instance": "ops"})
+    assert sub["mode"] == "poll" and sub["instance"] == "ops" and sub["served"] == ["ops"]
+    assert "ops" in b.result("_health")["listeners"]["default"]["names"]
+    b.result("_unsubscribe", {"instance": "ops"})
+    assert "ops" not in b.result("_health")["listeners"]["default"]["names"]
+    bad = b.call("_subscribe", {"instance": "x" * 60})
     assert bad["error"]["code"] == "INVALID_PARAMS" and "45 bytes" in bad["error"]["message"]
 
 
@@ -330,13 +332,14 @@ def test_sqlite_polling_emits_events(spawn, make_palace, sqlite_url: str) -> Non
     event = b.event(lambda e: e.get("data", {}).get("message_id") == direct["id"])
     assert event["event"] == "new_message"
     assert event["data"]["subject"] == "hi" and event["data"]["from_instance"] == "prime"
-    # A raw _subscribe works on SQLite too: the poller adds the name.
-    assert b.result("_subscribe", {"channel": "ops"})["mode"] == "poll"
+    # A served instance's channel subscription is polled too.
+    b.result("message", {"action": "subscribe", "instance_id": "sandy", "channel": "ops"})
     chan = other.call(
         "message",
         {"action": "send", "from_instance": "prime", "channel": "ops", "content": "deploy"},
     )
-    b.event(lambda e: e.get("data", {}).get("message_id") == chan["id"])
+    event = b.event(lambda e: e.get("data", {}).get("message_id") == chan["id"])
+    assert event["data"]["recipients"] == ["sandy"]
     # Messages for instances nobody listens to are not emitted.
     other.call(
         "message",

@@ -57,7 +57,7 @@ def test_archive_is_dry_run_by_default(cli) -> None:
     assert "would_archive: 1" in out
     code, out, _ = cli("archive", "1", "--execute", "--reason", "done")
     assert "archived_count: 1" in out
-    code, out, _ = cli("recent", "--json")
+    _code, out, _ = cli("recent", "--json")
     assert json.loads(out)["count"] == 0
 
 
@@ -73,7 +73,7 @@ def test_named_database_routes(cli, tmp_path: Path) -> None:
     assert (tmp_path / "data" / "memories_work.db").exists()
     code, out, _ = cli("stats", "--json")
     assert json.loads(out)["total_memories"] == 0
-    code, out, _ = cli("stats", "--json", "--database", "work")
+    _code, out, _ = cli("stats", "--json", "--database", "work")
     assert json.loads(out)["total_memories"] == 1
 
 

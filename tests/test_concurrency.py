@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 from memory_palace import Palace, load_settings
+from memory_palace.db.filters import Filters
 from memory_palace.embeddings import HashingEmbedder
 from memory_palace.services import vectors
-from memory_palace.services.filters import Filters
 
 THREADS = 12
 WRITES = 30
@@ -104,7 +104,7 @@ def _recaller(data_dir: str, done: Any, out: Any) -> None:
                 "memory_recall", {"query": query, "limit": 2, "include_graph": False}
             )["memories"]
             vec = vectors.search(
-                db, palace.embedder.id, 384, palace.embedder.embed_query(query), 1, Filters.make()
+                db, palace.embedder, palace.embedder.embed_query(query), 1, Filters.make()
             )
             exact = [(m["id"], m["found_by"]) for m in hits if m["similarity_score"] > 0.999]
             found[name] = (exact, vec[0][0])
@@ -146,7 +146,7 @@ def test_two_writer_processes_and_a_reader_share_sqlite(
     # 1 seed + 2 x (WRITES + sentinel) written, 2 x 3 archived
     assert info["active"] == 1 + 2 * (WRITES + 1) - 6
     q = parent.embedder.embed_query("sentinel zebraB written last")
-    assert vectors.search(parent.database(), parent.embedder.id, 384, q, 1, Filters.make()) == [
+    assert vectors.search(parent.database(), parent.embedder, q, 1, Filters.make()) == [
         (finals["B"], pytest.approx(1.0, abs=1e-5))
     ]
     listed = parent.call(

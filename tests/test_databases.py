@@ -87,4 +87,5 @@ def test_register_with_explicit_url_and_unreachable(make_palace, pg_url, sqlite_
             "memory_register_database",
             {"name": "gone", "url": "postgresql://x:pw@127.0.0.1:1/memory_palace_x"},
         )
-    assert palace.call("memory_list_databases", {})["databases"]["gone"]["status"] == "down"
+    # a failed registration leaves nothing registered
+    assert "gone" not in palace.call("memory_list_databases", {})["databases"]

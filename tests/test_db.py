@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from memory_palace import BackendUnavailable, Palace
+from memory_palace import Palace, PermissionDenied
 from memory_palace.db import schema
-from memory_palace.db.engine import ensure_pg_database, pg_connect
+from memory_palace.db.postgres import ensure_database, pg_connect
 from memory_palace.db.urls import pg_database_name
 from sqlalchemy import text
 
@@ -16,7 +16,7 @@ from .conftest import pg_url_for
 
 def tables(db) -> set[str]:
     with db.read() as conn:
-        if db.is_postgres:
+        if db.kind == "postgres":
             rows = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))
         else:
             rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
@@ -125,7 +125,7 @@ def role_url(server_url: str, role: str, dbname: str) -> str:
 def test_no_createdb_gives_clear_error(pg_server_url: str, limited_role: str, make_palace) -> None:
     url = role_url(pg_server_url, limited_role, f"mp_nocreate_{uuid.uuid4().hex[:8]}")
     palace = make_palace(url)
-    with pytest.raises(BackendUnavailable) as err:
+    with pytest.raises(PermissionDenied) as err:
         palace.database()
     assert f"ALTER USER {limited_role} CREATEDB;" in str(err.value)
     # the process goes on: a SQLite named database still works from the same palace
@@ -143,7 +143,7 @@ def test_pgvector_missing_and_not_creatable(
         cur.execute(f'CREATE DATABASE "{dbname}" OWNER "{limited_role}"')
     admin.close()
     palace = make_palace(role_url(pg_server_url, limited_role, dbname))
-    with pytest.raises(BackendUnavailable) as err:
+    with pytest.raises(PermissionDenied) as err:
         palace.database()
     assert "CREATE EXTENSION vector" in str(err.value) and dbname in str(err.value)
     # once a superuser enabled it, the limited role goes on
@@ -156,8 +156,8 @@ def test_pgvector_missing_and_not_creatable(
 
 @pytest.mark.postgres
 def test_ensure_database_is_idempotent(pg_url: str) -> None:
-    assert ensure_pg_database(pg_url) is True
-    assert ensure_pg_database(pg_url) is False
+    assert ensure_database(pg_url) is True
+    assert ensure_database(pg_url) is False
 
 
 @pytest.mark.postgres
@@ -169,7 +169,7 @@ def test_mixed_backends_pg_default_sqlite_named(make_palace, pg_url: str, tmp_pa
             "side": {"type": "sqlite", "url": side},
         }
     )
-    assert palace.database().is_postgres and not palace.database("side").is_postgres
+    assert palace.database().kind == "postgres" and palace.database("side").kind == "sqlite"
     assert "memories_fts" in tables(palace.database("side"))
 
 
@@ -187,7 +187,7 @@ def test_mixed_backends_sqlite_default_pg_named(make_palace, pg_url: str, sqlite
             conn.execute(text("SELECT count(*) FROM pg_extension WHERE extname='vector'")).scalar()
             == 1
         )
-    assert not palace.database().is_postgres
+    assert palace.database().kind == "sqlite"
 
 
 def test_sqlite_named_database_is_derived_file(make_palace, sqlite_url: str, tmp_path) -> None:

@@ -137,7 +137,7 @@ def test_every_get_parameter_combination(chain: tuple[Palace, dict[int, int]]) -
                 if shape == "int"
                 else [out["traversals"][str(m[s])] for s in seeds]
             )
-            for seed, w in zip(seeds, walks):
+            for seed, w in zip(seeds, walks, strict=False):
                 want = reference_bfs([seed], max(depth, 1), direction, types, strength)
                 assert {name[n["id"]]: n["depth"] for n in w["nodes"]} == want, label
             continue
@@ -200,10 +200,10 @@ def test_summary_cap_keeps_seeds(palace: Palace) -> None:
     assert list(ctx["nodes"])[:2] == [str(last), str(hub)]
     # after the seeds, the best-connected nodes (degree 2: hub + last), then the lowest ids
     rest = [s for s in spokes if s != last]
-    want = [last, hub] + spokes[35:] + [s for s in rest if s not in spokes[35:]][:23]
+    want = [last, hub, *spokes[35:], *[s for s in rest if s not in spokes[35:]][:23]]
     assert sorted(int(k) for k in ctx["nodes"]) == sorted(want)
-    many = palace.call("memory_get", {"memory_ids": spokes[:33] + [hub]})["graph_context"]
-    assert set(many["nodes"]) >= {str(s) for s in spokes[:33] + [hub]}
+    many = palace.call("memory_get", {"memory_ids": [*spokes[:33], hub]})["graph_context"]
+    assert set(many["nodes"]) >= {str(s) for s in [*spokes[:33], hub]}
     assert len(many["nodes"]) == 34
 
 

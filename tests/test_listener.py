@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from memory_palace.db.engine import pg_connect
+from memory_palace.db.postgres import pg_connect
 
 from tests.test_bridge import spawn  # noqa: F401 - fixture
 
@@ -28,6 +28,11 @@ def has_id(msg_id: int, database: str = "default"):
         and e["data"].get("message_id") == msg_id
         and e["data"].get("database") == database
     )
+
+
+def listened(b, database: str = "default") -> set[str]:
+    """Instance and channel names the bridge's listener of a database listens for."""
+    return set(b.result("_health")["listeners"][database]["names"])
 
 
 def listener_pids(url: str) -> list[int]:
@@ -60,12 +65,9 @@ def test_direct_broadcast_and_channel_push(spawn, make_palace, pg_url) -> None: 
     b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
     assert b.ready["listener"] == {"kind": "listen", "state": "listening"}
     health = b.result("_health")
-    assert {
-        "memory_palace_msg_sandy",
-        "memory_palace_msg_prime",
-        "memory_palace_msg_all",
-        "memory_palace_msg_ops",
-    } <= set(health["listened_channels"])
+    assert health["served"] == ["sandy"]
+    # the served instance, broadcasts and the channel it subscribed to; never config instances
+    assert listened(b) == {"sandy", "all", "ops"}
     direct = send(
         sender,
         to_instance="sandy",
@@ -84,11 +86,13 @@ def test_direct_broadcast_and_channel_push(spawn, make_palace, pg_url) -> None: 
         "priority": 4,
         "channel": None,
         "database": "default",
+        "recipients": ["sandy"],
     }
     broadcast = send(sender, to_instance="all", content="everyone")
     b.event(has_id(broadcast["id"]))
     chan = send(sender, channel="ops", content="deploy")
-    assert b.event(has_id(chan["id"]))["data"]["channel"] == "ops"
+    chan_event = b.event(has_id(chan["id"]))["data"]
+    assert chan_event["channel"] == "ops" and chan_event["recipients"] == ["sandy"]
     both = send(sender, to_instance="sandy", channel="ops", content="twice notified")
     b.event(has_id(both["id"]))
     last = send(sender, to_instance="sandy", content="end")
@@ -97,27 +101,41 @@ def test_direct_broadcast_and_channel_push(spawn, make_palace, pg_url) -> None: 
     assert ids == [direct["id"], broadcast["id"], chan["id"], both["id"], last["id"]]
 
 
-def test_auto_subscription_and_raw_subscribe(spawn, make_palace, pg_url) -> None:  # noqa: F811
+def test_served_instances_and_their_channels(spawn, make_palace, pg_url) -> None:  # noqa: F811
     sender = make_palace(pg_url, instances=["prime"])
     b = spawn(pg_url, instances=["prime"])
-    assert "memory_palace_msg_newbie" not in b.result("_health")["listened_channels"]
+    assert listened(b) == {"all"}  # configured instances are known, not served
     before = send(sender, to_instance="newbie", content="too early")
-    # A tool call that names a new instance makes the bridge LISTEN on its channel.
+    # A read filter naming an instance serves nobody; a caller's identity does.
+    b.result("memory_recall", {"query": "x", "instance_id": "zed"})
     b.result("message", {"action": "get", "instance_id": "newbie"})
-    assert "memory_palace_msg_newbie" in b.result("_health")["listened_channels"]
+    assert b.result("_health")["served"] == ["newbie"] and "zed" not in listened(b)
     after = send(sender, to_instance="newbie", content="now you hear me")
-    b.event(has_id(after["id"]))
-    raw = b.result("_subscribe", {"channel": "alerts"})
-    assert raw["mode"] == "listen" and raw["channel"] == "memory_palace_msg_alerts"
+    assert b.event(has_id(after["id"]))["data"]["recipients"] == ["newbie"]
+    # A send serves its sender, never its recipient.
+    b.result(
+        "message",
+        {"action": "send", "from_instance": "newbie", "to_instance": "other", "content": "hi"},
+    )
+    assert "other" not in listened(b)
+    # The plugin announces the instances it routes.
+    raw = b.result("_subscribe", {"instance": "ops-bot"})
+    assert raw["mode"] == "listen" and raw["served"] == ["newbie", "ops-bot"]
+    page = send(sender, to_instance="ops-bot", content="page")
+    assert b.event(has_id(page["id"]))["data"]["recipients"] == ["ops-bot"]
+    # A served instance's channel subscription is listened to at once.
+    b.result("message", {"action": "subscribe", "instance_id": "newbie", "channel": "alerts"})
     alert = send(sender, channel="alerts", content="fire")
-    b.event(has_id(alert["id"]))
-    b.result("_unsubscribe", {"channel": "alerts"})
+    assert b.event(has_id(alert["id"]))["data"]["recipients"] == ["newbie"]
+    b.result("message", {"action": "unsubscribe", "instance_id": "newbie", "channel": "alerts"})
+    b.result("_unsubscribe", {"instance": "ops-bot"})
     quiet = send(sender, channel="alerts", content="nobody listens")
+    gone = send(sender, to_instance="ops-bot", content="not served any more")
     marker = send(sender, to_instance="newbie", content="marker")
     b.event(has_id(marker["id"]))
     ids = [d["message_id"] for d in b.new_messages()]
-    assert before["id"] not in ids and quiet["id"] not in ids
-    assert ids == [after["id"], alert["id"], marker["id"]]
+    assert before["id"] not in ids and quiet["id"] not in ids and gone["id"] not in ids
+    assert ids == [after["id"], page["id"], alert["id"], marker["id"]]
 
 
 def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> None:  # noqa: F811
@@ -127,7 +145,7 @@ def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> 
         "message", {"action": "subscribe", "instance_id": "prime", "channel": HOSTILE_CHANNEL}
     )
     assert sub["channel"] == HOSTILE_CHANNEL
-    assert "memory_palace_msg_" + HOSTILE_CHANNEL in b.result("_health")["listened_channels"]
+    assert HOSTILE_CHANNEL in listened(b)
     content = "content :id $2 '; DROP TABLE messages; -- " + "€" * 2800  # > 8 KB of UTF-8
     sent = send(sender, channel=HOSTILE_CHANNEL, subject=HOSTILE_SUBJECT, content=content)
     event = b.event(has_id(sent["id"]))["data"]

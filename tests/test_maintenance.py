@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 from memory_palace import Conflict, Palace
 from memory_palace.embeddings import HashingEmbedder
 from sqlalchemy import text
+
+OLD = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def add(palace: Palace, content: str, **kw) -> int:
@@ -34,18 +38,11 @@ def test_audit_finds_each_problem(palace: Palace) -> None:
                 "relation_type, strength, auto_linked) VALUES "
                 "(:now, :s, :t, 'relates_to', 0.8, :t1)"
             ),
-            {
-                "now": "2020-01-01T00:00:00+00:00"
-                if not db.is_postgres
-                else "2020-01-01T00:00:00+00:00",
-                "s": b,
-                "t": c,
-                "t1": True,
-            },
+            {"now": db.backend.encode("time", OLD), "s": b, "t": c, "t1": True},
         )
         conn.execute(
             text("UPDATE memories SET created_at = :old, embedding = NULL WHERE id = :i"),
-            {"old": "2020-01-01T00:00:00+00:00", "i": d},
+            {"old": db.backend.encode("time", OLD), "i": d},
         )
     result = palace.call("memory_audit", {})
     assert [(p["memory_a"], p["memory_b"]) for p in result["duplicates"]] == [(a, b)]
@@ -91,14 +88,9 @@ def test_reembed_changes_dimension_and_resumes(make_palace, db_url: str) -> None
     with pytest.raises(RuntimeError):  # crash after two committed batches of 2
         new.call("memory_reembed", {"all_memories": True, "dry_run": False, "batch_size": 2})
     progress: list[tuple[int, int]] = []
-    from memory_palace.services.maintenance import reembed
-
-    done = reembed(
-        new,
-        new.database(),
-        missing_only=True,
-        dry_run=False,
-        batch_size=2,
+    done = new.call(
+        "memory_reembed",
+        {"missing_only": True, "dry_run": False, "batch_size": 2},
         progress=lambda d, t: progress.append((d, t)),
     )
     assert done["reembedded"] == 3 and done["failed"] == 0

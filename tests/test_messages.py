@@ -10,8 +10,8 @@ from datetime import timedelta
 import orjson
 import pytest
 from memory_palace import InvalidParams, NotFound, Palace
-from memory_palace.db.engine import pg_connect
-from memory_palace.db.values import time_param, utcnow
+from memory_palace.db.postgres import pg_connect
+from memory_palace.db.values import utcnow
 from memory_palace.services import messages
 from sqlalchemy import text
 
@@ -107,7 +107,7 @@ def test_ttl_and_expired_messages_are_never_returned(p: Palace) -> None:
     with db.write() as conn:  # age the second message past its expiry
         conn.execute(
             text("UPDATE messages SET expires_at = :t WHERE id = :id"),
-            {"t": time_param(db, utcnow() - timedelta(seconds=1)), "id": gone["id"]},
+            {"t": db.backend.encode("time", utcnow() - timedelta(seconds=1)), "id": gone["id"]},
         )
     got = msg(p, action="get", instance_id="sandy", unread_only=False)
     assert [m["id"] for m in got["messages"]] == [keep["id"]]
@@ -279,9 +279,10 @@ def test_send_notifies_inside_the_transaction(make_palace, pg_url) -> None:
         }
         last = orjson.loads(got[-1].payload)
         assert last["subject_truncated"] and HOSTILE[3].startswith(last["subject"])
-        assert all(s["delivery_status"] == "delivered" for s in sent)
+        # NOTIFY is not delivery: nobody received these yet
+        assert all(s["delivery_status"] == "pending" for s in sent)
         row = msg(p, action="get", instance_id="sandy")["messages"][0]
-        assert row["delivery_status"] == "delivered" and row["delivered_at"]
+        assert row["delivery_status"] == "pending" and row["delivered_at"] is None
     finally:
         conn.close()
 

@@ -8,12 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 from memory_palace import Palace
-from memory_palace.db.engine import Database, pg_connect
-from memory_palace.db.values import list_param, time_param, utcnow, vector_param
+from memory_palace.db import postgres
+from memory_palace.db.engine import Database
+from memory_palace.db.filters import Filters
+from memory_palace.db.tables import MEMORIES
+from memory_palace.db.values import utcnow
 from memory_palace.embeddings import HashingEmbedder
 from memory_palace.errors import EmbedderUnavailable, InvalidParams
-from memory_palace.services import vectors
-from memory_palace.services.filters import Filters
 from sqlalchemy import text
 
 MODEL = "hash:v1-384"
@@ -41,7 +42,7 @@ def test_semantic_recall_ranks_shared_words_first(palace: Palace) -> None:
     # a misspelt query: no keyword hit, the character n-grams of the embedding still find it
     out = palace.call("memory_recall", {"query": "windwsill aftrnoon", "include_graph": False})
     assert out["search_method"] == "vector"
-    assert [(m["id"], m["found_by"]) for m in out["memories"]][0] == (cat, "vector")
+    assert next((m["id"], m["found_by"]) for m in out["memories"]) == (cat, "vector")
     assert {m["id"] for m in out["memories"]} == {cat, car, tax}
     assert recall(palace, "winter tyres for the car")[0] == (car, "both")
 
@@ -115,7 +116,7 @@ def test_centrality_counts_deliberate_links_only(palace: Palace) -> None:
                     "relation_type, strength, auto_linked) VALUES "
                     "(:now, :s, :t, 'relates_to', 0.9, :a)"
                 ),
-                {"now": time_param(db, utcnow()), "s": o, "t": target, "a": True},
+                {"now": db.backend.encode("time", utcnow()), "s": o, "t": target, "a": True},
             )
     assert score() == base
     for o in others:
@@ -234,63 +235,25 @@ def bulk_insert(db: Database, n: int, every: int, seed: int = 7) -> np.ndarray:
     centres = rng.normal(size=(20, 384)).astype(np.float32)
     vecs = centres[rng.integers(0, 20, n)] + 0.6 * rng.normal(size=(n, 384)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    now = time_param(db, utcnow())
+    now = utcnow()
     rows = [
-        (
-            now,
-            now,
-            "default",
-            ["ten"] if i % every == 0 else ["rest"],
-            "fact",
-            f"bulk row {i}",
-            vecs[i],
-        )
+        {
+            "created_at": now,
+            "updated_at": now,
+            "instance_id": "default",
+            "projects": ["ten"] if i % every == 0 else ["rest"],
+            "memory_type": "fact",
+            "content": f"bulk row {i}",
+            "embedding": vecs[i],
+            "embedding_model": MODEL,
+            "embedding_dim": 384,
+        }
         for i in range(n)
     ]
-    if db.is_postgres:
-        from psycopg2.extras import execute_values
-
-        conn = pg_connect(db.url, autocommit=False)
-        try:
-            with conn.cursor() as cur:
-                execute_values(
-                    cur,
-                    "INSERT INTO memories (created_at, updated_at, instance_id, "
-                    "projects, memory_type, content, embedding, embedding_model, "
-                    "embedding_dim) VALUES %s",
-                    [
-                        (a, b, c, d, e, f, vector_param(db, v), MODEL, 384)
-                        for a, b, c, d, e, f, v in rows
-                    ],
-                    template="(%s, %s, %s, %s, %s, %s, %s::vector, %s, %s)",
-                    page_size=1000,
-                )
-                cur.execute("ANALYZE memories")
-            conn.commit()
-        finally:
-            conn.close()
-    else:
-        with db.write() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO memories (created_at, updated_at, instance_id, "
-                    "projects, memory_type, content, embedding, embedding_model, "
-                    "embedding_dim) VALUES (:a, :b, :c, :d, :e, :f, :v, :m, 384)"
-                ),
-                [
-                    {
-                        "a": a,
-                        "b": b,
-                        "c": c,
-                        "d": list_param(db, d),
-                        "e": e,
-                        "f": f,
-                        "v": vector_param(db, v),
-                        "m": MODEL,
-                    }
-                    for a, b, c, d, e, f, v in rows
-                ],
-            )
+    insert = text(db.backend.insert_sql(MEMORIES, rows[0]))
+    with db.write() as conn:
+        conn.execute(insert, [db.backend.encode_row(MEMORIES, r) for r in rows])
+        conn.exec_driver_sql("ANALYZE memories")
     return vecs
 
 
@@ -299,12 +262,12 @@ def test_filtered_recall_fills_the_limit(
     palace: Palace, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = palace.database()
-    if path != "planned" and not db.is_postgres:
+    if path != "planned" and db.kind != "postgres":
         pytest.skip("the HNSW path exists on PostgreSQL only")
     if path != "planned":  # no exact scan up front: ef_search sized for the filter (750 here)
-        monkeypatch.setattr(vectors, "EXACT_SCAN_ROWS", 0)
+        monkeypatch.setattr(postgres, "EXACT_SCAN_ROWS", 0)
     if path == "fallback":  # ef_search too small to fill: the exact scan must take over
-        monkeypatch.setattr(vectors, "OVERFETCH", 0.2)
+        monkeypatch.setattr(postgres, "OVERFETCH", 0.2)
     n = 6000
     vecs = bulk_insert(db, n, every=10)
     with db.read() as conn:
@@ -317,7 +280,7 @@ def test_filtered_recall_fills_the_limit(
     for trial in range(5):
         q = vecs[rng.integers(0, n)] + 0.3 * rng.normal(size=384).astype(np.float32)
         q /= np.linalg.norm(q)
-        hits = vectors.search(db, MODEL, 384, q, 50, Filters.make(project="ten"))
+        hits = db.backend.vector_search(db, MODEL, 384, q, 50, Filters.make(project="ten"))
         assert len(hits) == 50
         exact = ten[np.argsort(-(vecs[ten] @ q))[:50]]
         want = {id_of[int(i)] for i in exact}
@@ -330,7 +293,7 @@ def test_filtered_recall_fills_the_limit(
     )
     assert out["count"] == 100
     assert all(mem["projects"] == ["ten"] for mem in out["memories"])
-    unfiltered = vectors.search(db, MODEL, 384, vecs[3], 50, Filters.make())
+    unfiltered = db.backend.vector_search(db, MODEL, 384, vecs[3], 50, Filters.make())
     assert len(unfiltered) == 50 and unfiltered[0][0] == id_of[3]
 
 
@@ -357,10 +320,10 @@ def test_operator_like_queries_are_plain_words(palace: Palace, query: str) -> No
 
 
 def test_pg_ef_search_sizing() -> None:
-    assert vectors.pg_ef_search(50, 100_000, 100_000) == vectors.EF_MIN
-    assert vectors.pg_ef_search(50, 10_000, 100_000) == 750
-    assert vectors.pg_ef_search(50, 5_000, 100_000) is None  # beyond EF_MAX: exact scan
-    assert vectors.pg_ef_search(10, 0, 0) is None
+    assert postgres.pg_ef_search(50, 100_000, 100_000) == postgres.EF_MIN
+    assert postgres.pg_ef_search(50, 10_000, 100_000) == 750
+    assert postgres.pg_ef_search(50, 5_000, 100_000) is None  # beyond EF_MAX: exact scan
+    assert postgres.pg_ef_search(10, 0, 0) is None
 
 
 class QueryDownEmbedder(HashingEmbedder):

@@ -5,11 +5,12 @@ from .errors import (
     BackendUnavailable,
     ConfigError,
     Conflict,
+    DatabaseMissing,
     EmbedderUnavailable,
     InvalidParams,
     MemoryPalaceError,
     NotFound,
-    Timeout,
+    PermissionDenied,
 )
 from .palace import Palace
 
@@ -19,12 +20,13 @@ __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "Conflict",
+    "DatabaseMissing",
     "EmbedderUnavailable",
     "InvalidParams",
     "MemoryPalaceError",
     "NotFound",
     "Palace",
+    "PermissionDenied",
     "Settings",
-    "Timeout",
     "load_settings",
 ]

@@ -4,14 +4,15 @@ stdout (one JSON object per line), tools run on a worker pool, listeners push `n
 Protocol. Request `{"id": str|int, "method": str, "params": {}}`; reply `{"id", "result"}` or
 `{"id", "error": {"code", "message", "data"?}}`. Events `{"event": "new_message"|"listener_status",
 "data": {...}}`. Errors have ONE channel: a failed call never returns a result, and a result never
-holds an `error` key. Codes: PARSE_ERROR (id null), INVALID_REQUEST, METHOD_NOT_FOUND,
-INVALID_PARAMS, TOOL_ERROR (the tool refused), INTERNAL_ERROR (a bug; traceback on stderr). For
-INVALID_PARAMS and TOOL_ERROR, `error.data.kind` is the specific MemoryPalaceError code (NOT_FOUND,
-CONFLICT, BACKEND_UNAVAILABLE, ...) and the rest of `error.data` is that error's data.
+holds an `error` key. Protocol codes: PARSE_ERROR (id null), INVALID_REQUEST, METHOD_NOT_FOUND,
+INVALID_PARAMS, INTERNAL_ERROR (a bug; traceback on stderr). A tool that refuses answers with its
+domain code (NOT_FOUND, CONFLICT, PERMISSION_DENIED, BACKEND_UNAVAILABLE, ...; see errors.py);
+`error.data.kind` repeats it and the rest of `error.data` is that error's data.
 
 Management methods: _health, _shutdown, _get_instance_routes, _cancel {id} (a cancelled request
-gets no reply), _subscribe / _unsubscribe {channel, database?} (LISTEN/UNLISTEN on PostgreSQL; on
-SQLite the poller adds or drops the name instead; `result.mode` says "listen" or "poll").
+gets no reply), _subscribe / _unsubscribe {instance, database?}: deliver (or stop delivering)
+`new_message` events for that instance. Events name the served instances they are for in
+`data.recipients`. The ready line lists the tools this bridge serves and its extensions.
 """
 
 from __future__ import annotations
@@ -31,25 +32,17 @@ import orjson
 
 from . import __version__
 from .config import load_settings
-from .errors import InvalidParams, MemoryPalaceError
+from .errors import InvalidParams, MemoryPalaceError, to_wire
 from .listener import Listeners, valid_name
 from .palace import Palace
 from .services import messages
+from .tools import Tool
 
 log = logging.getLogger("memory_palace.bridge")
 
 MAX_LINE = 16 * 1024 * 1024
 WORKERS = 8
 SHUTDOWN_GRACE = 10.0
-INSTANCE_PARAMS = ("instance_id", "from_instance", "to_instance")
-MANAGEMENT = (
-    "_health",
-    "_shutdown",
-    "_get_instance_routes",
-    "_cancel",
-    "_subscribe",
-    "_unsubscribe",
-)
 
 
 class RequestError(Exception):
@@ -137,8 +130,7 @@ class Bridge:
         self.started = time.monotonic()
         self.pool = WorkerPool(workers)
         self.listeners = Listeners(palace, self.write)
-        self.tools = {t.name: t.name for t in palace.tools}
-        self.tools.update({t.openclaw_name: t.name for t in palace.tools if t.openclaw_name})
+        self.methods = set(palace.registry.names())
         self.database_error: dict[str, Any] | None = None
 
     # -- output ---------------------------------------------------------------------------
@@ -173,10 +165,12 @@ class Bridge:
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
         """Initialise the default database and its listener; return the ready line."""
+        registry = self.palace.registry
         ready: dict[str, Any] = {
             "ready": True,
             "version": __version__,
-            "tools": len(self.palace.tools),
+            "tools": [t.name for t in registry.for_surface("bridge")],
+            "extensions": list(registry.extensions),
             "instance_id": self.palace.settings.instance_id,
             "database": self.palace.catalog.default,
         }
@@ -208,8 +202,8 @@ class Bridge:
         return done
 
     # -- requests -------------------------------------------------------------------------
-    def handle_line(self, line: bytes) -> bool:
-        """Handle one request line. Returns False when the bridge should stop."""
+    def _parse(self, line: bytes) -> tuple[Any, str, dict[str, Any]] | None:
+        """(id, method, params) of a well-formed request; anything else is answered here."""
         try:
             req = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -218,14 +212,14 @@ class Bridge:
                 "PARSE_ERROR",
                 f"the line is not valid JSON ({exc}); send one JSON object per line",
             )
-            return True
+            return None
         if not isinstance(req, dict):
             self.error(
                 None,
                 "INVALID_REQUEST",
                 'a request must be a JSON object {"id", "method", "params"}',
             )
-            return True
+            return None
         rid = req.get("id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)):
             self.error(
@@ -234,11 +228,11 @@ class Bridge:
                 'a request needs an "id" that is a string or an '
                 f"integer, got {type(rid).__name__ if 'id' in req else 'none'}",
             )
-            return True
+            return None
         method = req.get("method")
         if not isinstance(method, str) or not method:
             self.error(rid, "INVALID_REQUEST", 'a request needs a "method" string')
-            return True
+            return None
         params = req.get("params")
         if params is None:
             params = {}
@@ -249,22 +243,27 @@ class Bridge:
                 f'{method}: "params" must be a JSON object, got {type(params).__name__}',
                 {"kind": "INVALID_PARAMS", "param": "params"},
             )
-            return True
-        if method not in self.tools and method not in MANAGEMENT:
+            return None
+        if method not in self.methods and method not in MANAGEMENT:
             self.error(
                 rid,
                 "METHOD_NOT_FOUND",
                 f"unknown method {method!r}; methods are the "
-                f"tools ({', '.join(sorted(set(self.tools.values())))}) and "
+                f"tools ({', '.join(t.name for t in self.palace.tools)}) and "
                 f"{', '.join(MANAGEMENT)}",
             )
+            return None
+        return rid, method, params
+
+    def handle_line(self, line: bytes) -> bool:
+        """Handle one request line. Returns False when the bridge should stop."""
+        parsed = self._parse(line)
+        if parsed is None:
             return True
+        rid, method, params = parsed
         if method == "_shutdown":
             self.write({"id": rid, "result": {"success": True, "shutting_down": True}})
             return False
-        if method in ("_health", "_cancel"):  # answered at once, never queued behind work
-            self._run_inline(rid, method, params)
-            return True
         pending = Pending(method, time.monotonic())
         with self._pending_lock:
             if rid in self.pending:
@@ -274,14 +273,19 @@ class Bridge:
                     f"id {rid!r} is already used by a pending request; use a fresh id per request",
                 )
                 return True
-            self.pending[rid] = pending
-        self.pool.submit(lambda: self._work(rid, method, params, pending))
+            inline = method in INLINE
+            if not inline:
+                self.pending[rid] = pending
+        if inline:  # answered at once, never queued behind work
+            self._reply(rid, method, params)
+        else:
+            self.pool.submit(lambda: self._work(rid, method, params, pending))
         return True
 
-    def _run_inline(self, rid: Any, method: str, params: dict[str, Any]) -> None:
+    def _reply(self, rid: Any, method: str, params: dict[str, Any]) -> None:
         try:
             self.write({"id": rid, "result": self.dispatch(method, params)})
-        except Exception as exc:
+        except Exception as exc:  # mapped to a protocol error
             self._write_exception(rid, method, exc)
 
     def _work(self, rid: Any, method: str, params: dict[str, Any], pending: Pending) -> None:
@@ -293,7 +297,7 @@ class Bridge:
         error: Exception | None = None
         try:
             reply = {"id": rid, "result": self.dispatch(method, params)}
-        except Exception as exc:
+        except Exception as exc:  # mapped to a protocol error
             error = exc
         with self._idle:
             if self.pending.get(rid) is pending:
@@ -311,54 +315,39 @@ class Bridge:
     def _write_exception(self, rid: Any, method: str, exc: Exception) -> None:
         if isinstance(exc, RequestError):
             self.error(rid, exc.code, exc.message)
-        elif isinstance(exc, MemoryPalaceError):
-            code = "INVALID_PARAMS" if isinstance(exc, InvalidParams) else "TOOL_ERROR"
-            self.error(rid, code, exc.message, {"kind": exc.code, **exc.data})
-        else:
-            log.error("internal error in %s (request %r)", method, rid, exc_info=exc)
-            self.error(
-                rid,
-                "INTERNAL_ERROR",
-                f"internal error in {method}: "
-                f"{type(exc).__name__}: {exc}; the traceback is in the bridge's stderr log",
-            )
+            return
+        err = to_wire(exc, method)
+        if isinstance(exc, MemoryPalaceError):
+            err["data"] = {"kind": exc.code, **exc.data}
+        self.write({"id": rid, "error": err})
 
     # -- methods --------------------------------------------------------------------------
     def dispatch(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method in MANAGEMENT:
             return getattr(self, "m" + method)(**_management_params(method, params))
-        tool = self.tools[method]
-        self._discover(params)
-        result = self.palace.call(tool, params)
-        if tool == "message":
-            self._after_message(params, result)
+        tool = self.palace.registry.get(method)
+        database = params.get("database") if isinstance(params.get("database"), str) else None
+        self._serve_callers(tool, params, database)
+        result = self.palace.call(method, params)
+        if "subscriptions" in tool.effects:
+            self._refresh(database)
         return result
 
-    def _discover(self, params: dict[str, Any]) -> None:
-        """Auto-subscription: LISTEN on the channel of every instance a request names."""
-        for key in INSTANCE_PARAMS:
+    def _serve_callers(self, tool: Tool, params: dict[str, Any], database: str | None) -> None:
+        """A caller's identity is served from now on: its messages wake it."""
+        for key in tool.identity:
             value = params.get(key)
             if isinstance(value, str) and value != messages.BROADCAST and valid_name(value):
                 try:
-                    self.listeners.discover(value)
+                    self.listeners.serve(value, database)
                 except MemoryPalaceError as exc:
-                    log.warning("cannot listen for instance %r: %s", value, exc.message)
+                    log.warning("cannot deliver messages for %r: %s", value, exc.message)
 
-    def _after_message(self, params: dict[str, Any], result: dict[str, Any]) -> None:
-        """Messages in a named database push too; stored subscriptions are LISTENed at once."""
-        database = params.get("database")
+    def _refresh(self, database: str | None) -> None:
         try:
-            if database is not None:
-                self.listeners.ensure(database)
-            action = params.get("action")
-            if action == "subscribe" and result.get("success"):
-                self.listeners.add(result["channel"], database)
-            elif action == "unsubscribe" and result.get("subscribers_left") == 0:
-                self.listeners.remove(result["channel"], database)
+            self.listeners.refresh(database)
         except MemoryPalaceError as exc:
-            log.warning(
-                "listener update after message %s failed: %s", params.get("action"), exc.message
-            )
+            log.warning("could not update the listened channels: %s", exc.message)
 
     def m_health(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -374,7 +363,6 @@ class Bridge:
             ]
         listeners = self.listeners.status()
         default = listeners.get(self.palace.catalog.default)
-        channels = sorted({c for st in listeners.values() for c in st["channels"]})
         out = {
             "ok": self.database_error is None,
             "version": __version__,
@@ -383,8 +371,9 @@ class Bridge:
             "in_flight": len(inflight),
             "in_flight_requests": inflight,
             "listener_state": default["state"] if default else "none",
-            "listened_channels": channels,
+            "served": self.listeners.served(),
             "listeners": listeners,
+            "workers": self.pool.size,
             "tools": len(self.palace.tools),
         }
         if self.database_error:
@@ -400,6 +389,13 @@ class Bridge:
                     "id": id,
                     "state": "unknown",
                     "note": "no pending request has this id (finished already?)",
+                }
+            if pending.cancelled:
+                return {
+                    "cancelled": True,
+                    "id": id,
+                    "state": "running",
+                    "note": "already cancelled; the work finishes in the background",
                 }
             pending.cancelled = True
             if not pending.running:
@@ -422,38 +418,28 @@ class Bridge:
             "instance_id": s.instance_id,
         }
 
-    def m_subscribe(self, channel: str, database: str | None = None) -> dict[str, Any]:
-        name = _channel_name(channel)
-        listener = self.listeners.add(name, database)
+    def m_subscribe(self, instance: str, database: str | None = None) -> dict[str, Any]:
+        name = messages.check_name(instance, "instance")
+        listener = self.listeners.serve(name, database)
         return {
             "success": True,
-            "channel": messages.pg_channel(name),
-            "name": name,
+            "instance": name,
             "database": listener.database,
             "mode": listener.kind,
             "state": listener.state,
+            "served": self.listeners.served(),
         }
 
-    def m_unsubscribe(self, channel: str, database: str | None = None) -> dict[str, Any]:
-        name = _channel_name(channel)
-        listener = self.listeners.remove(name, database)
+    def m_unsubscribe(self, instance: str, database: str | None = None) -> dict[str, Any]:
+        name = messages.check_name(instance, "instance")
+        listener = self.listeners.unserve(name, database)
         return {
             "success": True,
-            "channel": messages.pg_channel(name),
-            "name": name,
+            "instance": name,
             "database": listener.database,
             "mode": listener.kind,
+            "served": self.listeners.served(),
         }
-
-    def m_shutdown(self) -> dict[str, Any]:  # handled in handle_line; here for completeness
-        return {"success": True}
-
-
-def _channel_name(channel: str) -> str:
-    """Accept 'ops' or 'memory_palace_msg_ops'; validate the bare name."""
-    if channel.startswith(messages.CHANNEL_PREFIX):
-        channel = channel[len(messages.CHANNEL_PREFIX) :]
-    return messages.check_name(channel, "channel")
 
 
 MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -461,9 +447,11 @@ MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "_shutdown": {},
     "_get_instance_routes": {},
     "_cancel": {"id": ((str, int), True)},
-    "_subscribe": {"channel": ((str,), True), "database": ((str,), False)},
-    "_unsubscribe": {"channel": ((str,), True), "database": ((str,), False)},
+    "_subscribe": {"instance": ((str,), True), "database": ((str,), False)},
+    "_unsubscribe": {"instance": ((str,), True), "database": ((str,), False)},
 }
+MANAGEMENT = tuple(MANAGEMENT_PARAMS)
+INLINE = ("_health", "_cancel")  # answered on the reading thread, never queued
 
 
 def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -475,15 +463,15 @@ def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
                 f"{', '.join(spec) or 'no parameters'}",
                 param=key,
             )
-    for key, (types, required) in spec.items():
+    for key, (types_, required) in spec.items():
         value = params.get(key)
         if value is None:
             if required:
                 raise InvalidParams(f"{method}: missing required parameter {key!r}", param=key)
             continue
-        if isinstance(value, bool) or not isinstance(value, types):
+        if isinstance(value, bool) or not isinstance(value, types_):
             raise InvalidParams(
-                f"{method}: parameter {key!r} must be {' or '.join(t.__name__ for t in types)}",
+                f"{method}: parameter {key!r} must be {' or '.join(t.__name__ for t in types_)}",
                 param=key,
             )
     return dict(params)

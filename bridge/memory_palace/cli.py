@@ -21,7 +21,7 @@ from .palace import Palace
 
 EPILOG = """examples:
   memory-palace init
-  memory-palace remember "The staging deploy fails with ERR_CONN_RESET" --subject "staging deploy" --project ops
+  memory-palace remember "The staging deploy fails with ERR_CONN_RESET" -s "staging" -p ops
   memory-palace recall "why does the deploy break?"
   memory-palace recall ERR_CONN_RESET --project ops --json
   memory-palace stats --database work
@@ -122,10 +122,6 @@ def _tool(
 def _reembed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .services.maintenance import reembed
-
-    palace = _palace(args)
-    db = palace.database(args.database)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -134,17 +130,18 @@ def _reembed(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="mem", file=sys.stderr, disable=not sys.stderr.isatty())
         bar.update(done - bar.n)
 
-    result = reembed(
-        palace,
-        db,
-        older_than_days=args.older_than_days,
-        memory_ids=args.ids,
-        project=args.project,
-        all_memories=args.all,
-        missing_only=args.missing_only,
-        batch_size=args.batch_size,
-        dry_run=not args.execute,
-        progress=progress,
+    params = {
+        "older_than_days": args.older_than_days,
+        "memory_ids": args.ids,
+        "project": args.project,
+        "all_memories": args.all,
+        "missing_only": args.missing_only,
+        "batch_size": args.batch_size,
+        "dry_run": not args.execute,
+        "database": args.database,
+    }
+    result = _palace(args).call(
+        "memory_reembed", {k: v for k, v in params.items() if v is not None}, progress=progress
     )
     if bar is not None:
         bar.close()

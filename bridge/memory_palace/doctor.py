@@ -17,10 +17,11 @@ from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
 from .config import Settings
-from .db.engine import PG_POOL, pg_connect
+from .db.postgres import POOL as PG_POOL
+from .db.postgres import pg_connect
 from .db.schema import SCHEMA_VERSION
 from .db.urls import mask_url, pg_database_name, sqlite_path
-from .errors import BackendUnavailable, MemoryPalaceError
+from .errors import BackendUnavailable, DatabaseMissing, MemoryPalaceError
 
 PER_ENGINE = PG_POOL["pool_size"] + PG_POOL["max_overflow"]  # 5 + 10
 NOTIFY_TIMEOUT_S = 5.0
@@ -48,15 +49,15 @@ def _pg_checks(url: str, engines_on_server: int, processes: int) -> list[Check]:
     try:
         conn = pg_connect(url)
     except BackendUnavailable as exc:
-        if "does not exist" not in exc.message:
-            return [
-                Check(
-                    "server reachable",
-                    False,
-                    exc.message,
-                    f"pg_isready -h {host}; then psql -h {host} -U {user} -d {dbname}",
-                )
-            ]
+        return [
+            Check(
+                "server reachable",
+                False,
+                exc.message,
+                f"pg_isready -h {host}; then psql -h {host} -U {user} -d {dbname}",
+            )
+        ]
+    except DatabaseMissing:
         exists = False
         try:
             conn = pg_connect(u.set(database="postgres").render_as_string(hide_password=False))
@@ -133,7 +134,8 @@ def _pg_checks(url: str, engines_on_server: int, processes: int) -> list[Check]:
                 f"up to {needed} = (5 + 10) x {engines_on_server} database(s) x {processes} "
                 "process(es)",
                 "SHOW max_connections; SELECT count(*) FROM pg_stat_activity; then raise it: "
-                f"ALTER SYSTEM SET max_connections = {needed + reserved + 10}; and restart PostgreSQL",
+                f"ALTER SYSTEM SET max_connections = {needed + reserved + 10}; and restart "
+                "PostgreSQL",
             )
         )
 
@@ -251,8 +253,9 @@ def _sqlite_checks(url: str) -> list[Check]:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
-        return checks + [
-            Check("database readable", False, str(exc), f"check the permissions of {path}")
+        return [
+            *checks,
+            Check("database readable", False, str(exc), f"check the permissions of {path}"),
         ]
     try:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]

@@ -1,32 +1,33 @@
-"""The one error tree of Memory Palace. Surfaces map these to their own formats.
+"""The one error tree of Memory Palace, and `to_wire()`, the one mapping to a reply.
 
     MemoryPalaceError            code TOOL_ERROR
     ├── ConfigError              CONFIG_ERROR         bad config file, key or env var
-    ├── InvalidParams            INVALID_PARAMS       a tool got a bad or unknown parameter
+    ├── InvalidParams            INVALID_PARAMS       a bad or unknown parameter or value
     ├── NotFound                 NOT_FOUND            an id or name that does not exist
+    │   └── DatabaseMissing      DATABASE_MISSING     a database that does not exist
     ├── Conflict                 CONFLICT             duplicate edge, mixed dimensions, ...
-    ├── BackendUnavailable       BACKEND_UNAVAILABLE  database down, pgvector missing, no CREATEDB
-    ├── EmbedderUnavailable      EMBEDDER_UNAVAILABLE embedder failed or mismatches stored rows
-    └── Timeout                  TIMEOUT
+    ├── PermissionDenied         PERMISSION_DENIED    a privilege, grant or file mode is missing
+    ├── BackendUnavailable       BACKEND_UNAVAILABLE  database down, connection lost, disk full
+    └── EmbedderUnavailable      EMBEDDER_UNAVAILABLE embedder failed or mismatches stored rows
 
-Every message says what went wrong and how to fix it.
+Driver exceptions are mapped to these at one boundary (`db/errors.py`). Every message says
+what went wrong and how to fix it. Anything else reaching a surface is a bug: INTERNAL_ERROR.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
-CODES: dict[str, type[MemoryPalaceError]] = {}
+log = logging.getLogger("memory_palace")
+
+INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
 class MemoryPalaceError(Exception):
-    """Base class; `code` is stable and machine-readable."""
+    """Base class; `code` is stable and machine-readable, `data` carries details."""
 
     code: ClassVar[str] = "TOOL_ERROR"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        CODES[cls.code] = cls
 
     def __init__(self, message: str, **data: Any) -> None:
         super().__init__(message)
@@ -38,9 +39,6 @@ class MemoryPalaceError(Exception):
         if self.data:
             out["data"] = self.data
         return out
-
-
-CODES[MemoryPalaceError.code] = MemoryPalaceError
 
 
 class ConfigError(MemoryPalaceError):
@@ -55,8 +53,16 @@ class NotFound(MemoryPalaceError):
     code = "NOT_FOUND"
 
 
+class DatabaseMissing(NotFound):
+    code = "DATABASE_MISSING"
+
+
 class Conflict(MemoryPalaceError):
     code = "CONFLICT"
+
+
+class PermissionDenied(MemoryPalaceError):
+    code = "PERMISSION_DENIED"
 
 
 class BackendUnavailable(MemoryPalaceError):
@@ -67,17 +73,29 @@ class EmbedderUnavailable(MemoryPalaceError):
     code = "EMBEDDER_UNAVAILABLE"
 
 
-class Timeout(MemoryPalaceError):
-    code = "TIMEOUT"
+def to_wire(exc: BaseException, where: str = "") -> dict[str, Any]:
+    """{code, message, data?} for any exception: ours as they are; anything else is a bug,
+    logged with its traceback (stderr) and answered as INTERNAL_ERROR without internals."""
+    if isinstance(exc, MemoryPalaceError):
+        return exc.to_dict()
+    log.error("internal error%s", f" in {where}" if where else "", exc_info=exc)
+    return {
+        "code": INTERNAL_ERROR,
+        "message": f"internal error{f' in {where}' if where else ''} ({type(exc).__name__}); "
+        "this is a bug: the traceback is in the server's log (stderr)",
+    }
 
 
 __all__ = [
+    "INTERNAL_ERROR",
     "BackendUnavailable",
     "ConfigError",
     "Conflict",
+    "DatabaseMissing",
     "EmbedderUnavailable",
     "InvalidParams",
     "MemoryPalaceError",
     "NotFound",
-    "Timeout",
+    "PermissionDenied",
+    "to_wire",
 ]

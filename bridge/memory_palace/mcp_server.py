@@ -17,7 +17,7 @@ from mcp.server.stdio import stdio_server
 
 from . import __version__
 from .config import load_settings
-from .errors import MemoryPalaceError
+from .errors import MemoryPalaceError, to_wire
 from .palace import Palace
 from .wake import WakeNotifier
 
@@ -35,7 +35,7 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
     notifier = notifier or WakeNotifier(palace.settings.instance_routes)
     tools = [
         types.Tool(name=t.name, description=t.description, input_schema=t.schema())
-        for t in palace.tools
+        for t in palace.registry.for_surface("mcp")
     ]
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
@@ -45,19 +45,15 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
         args = dict(params.arguments or {})
         try:
             result = await anyio.to_thread.run_sync(palace.call, params.name, args)
-        except MemoryPalaceError as exc:
+        except Exception as exc:  # mapped to an error result; a tool bug must not kill us
+            err = to_wire(exc, params.name)
             return types.CallToolResult(
-                content=[types.TextContent(text=f"{exc.code}: {exc.message}")], is_error=True
+                content=[types.TextContent(text=f"{err['code']}: {err['message']}")], is_error=True
             )
-        except Exception as exc:
-            log.exception("tool %s failed", params.name)
-            return types.CallToolResult(
-                content=[types.TextContent(text=f"INTERNAL_ERROR: {exc}")], is_error=True
-            )
-        if params.name == "message" and args.get("action") == "send" and result.get("id"):
-            sender = args.get("from_instance") or palace.instance_id
+        tool = palace.registry.get(params.name)
+        if "sends" in tool.effects and result.get("id"):
             notifier.notify_sent(
-                sender, str(result.get("to_instance") or args.get("to_instance")), int(result["id"])
+                str(result["from_instance"]), str(result["to_instance"]), int(result["id"])
             )
         return types.CallToolResult(content=[types.TextContent(text=_text(result))])
 

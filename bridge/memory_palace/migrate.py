@@ -30,9 +30,10 @@ from psycopg2 import sql
 
 from .config import Settings, load_settings, type_from_url
 from .db import schema
-from .db.engine import get_database, pg_connect
+from .db.engine import get_database
+from .db.postgres import pg_connect
 from .db.urls import mask_url, sqlite_path
-from .errors import BackendUnavailable, Conflict, InvalidParams, MemoryPalaceError
+from .errors import BackendUnavailable, Conflict, DatabaseMissing, InvalidParams, MemoryPalaceError
 from .services.memories import content_hash
 
 log = logging.getLogger("memory_palace.migrate")
@@ -284,7 +285,7 @@ def encode_copy(rows: list[tuple[Any, ...]], kinds: list[str]) -> bytes:
     append = out.append
     for row in rows:
         append(count)
-        for enc, value in zip(encoders, row):
+        for enc, value in zip(encoders, row, strict=False):
             append(NULL if value is None else enc(value))
     append(TRAILER)
     return b"".join(out)
@@ -678,7 +679,7 @@ class Source:
 
 def canonical(table: Table, row: tuple[Any, ...]) -> bytes:
     out = []
-    for (_, kind), v in zip(table.columns, row):
+    for (_, kind), v in zip(table.columns, row, strict=False):
         if v is None:
             out.append(None)
         elif kind == "tstz":
@@ -800,13 +801,13 @@ def _dry_run(
 ) -> dict[str, Any]:
     try:
         conn = pg_connect(target_url)
+    except DatabaseMissing:
+        report["target_state"] = "missing: it will be created"
+        report["ok"] = True
+        return report
     except BackendUnavailable as exc:
-        report["target_state"] = (
-            "missing: it will be created"
-            if "does not exist" in exc.message
-            else f"unreachable: {exc.message}"
-        )
-        report["ok"] = "unreachable" not in report["target_state"]
+        report["target_state"] = f"unreachable: {exc.message}"
+        report["ok"] = False
         return report
     try:
         with conn.cursor() as cur:

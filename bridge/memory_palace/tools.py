@@ -1,65 +1,148 @@
-"""The tool registry: the single declaration of every tool, its parameters and defaults.
+"""The tool registry: the single declaration of every tool.
 
-The bridge dispatches from it, the MCP server registers from it, and
-`python -m memory_palace.tools --json` feeds the plugin's generated TypeBox schemas.
-Parameters are JSON Schema fragments; `validate()` checks the subset used here and
-raises InvalidParams naming the parameter.
+A tool is a service function plus one `Tool.of(...)` line below. The function's docstring is
+the description; its keyword-only parameters annotated with `P(...)` (see params.py) are the
+parameters, with their types, bounds and defaults; its leading parameters name what the
+caller injects (DEPENDENCIES). Everything else derives from here: dispatch (`Palace.call`),
+validation, the bridge's methods and identity rules, the MCP tool list, the CLI's
+`memory-palace call`, and (through `python -m memory_palace.tools`, read by
+scripts/gen-tool-schemas) the OpenClaw plugin's TypeBox schemas and manifest.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import orjson
 
 from .errors import InvalidParams
+from .params import MAX_INT64, P
+from .services import databases, maintenance, memories, messages, recall
 
-S: dict[str, Any] = {"type": "string"}
-I: dict[str, Any] = {"type": "integer"}
-N: dict[str, Any] = {"type": "number"}
-B: dict[str, Any] = {"type": "boolean"}
-O: dict[str, Any] = {"type": "object"}
-STRS: dict[str, Any] = {"type": "array", "items": S}
-INTS: dict[str, Any] = {"type": "array", "items": I}
-STR_OR_STRS: dict[str, Any] = {"anyOf": [S, STRS]}
-INT_OR_INTS: dict[str, Any] = {"anyOf": [I, INTS]}
+#: What a handler may ask for by naming a leading parameter.
+DEPENDENCIES = ("db", "embedder", "settings", "catalog", "open_database")
+SURFACES = ("bridge", "mcp", "cli", "openclaw")
+DB_MANAGER = "db_manager"
+#: Config `extensions` entries and the registry extension each enables (the first entry is the
+#: name the docs use, kept from the original Memory Palace).
+EXTENSION_NAMES = {"mcp_server.extensions.db_manager": DB_MANAGER, DB_MANAGER: DB_MANAGER}
+EXTENSION_CONFIG = {ext: name for name, ext in reversed(EXTENSION_NAMES.items())}
 
-DB_MANAGER_EXTENSIONS = {"mcp_server.extensions.db_manager", "db_manager"}
+DATABASE_PARAM: dict[str, Any] = {
+    "type": "string",
+    "description": "Named database (memory domain), e.g. 'life' or 'work'. Omit for the "
+    "default. Unknown names are derived from the default database and created.",
+}
+_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
-def p(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {**schema, "description": description, **extra}
+def _schema_of(tp: Any) -> dict[str, Any]:
+    """JSON Schema for a parameter type (the subset tools use)."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *meta = get_args(tp)
+        out = _schema_of(base)
+        for m in meta:
+            if isinstance(m, P):
+                out.update(m.schema())
+        return out
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return _schema_of(members[0])
+        return {"anyOf": [_schema_of(m) for m in members]}
+    if origin is Literal:
+        values = list(get_args(tp))
+        return {"type": _SIMPLE[type(values[0])], "enum": values}
+    if origin is list:
+        (item,) = get_args(tp) or (str,)
+        return {"type": "array", "items": _schema_of(item)}
+    if origin is dict or tp is dict:
+        return {"type": "object"}
+    if tp in _SIMPLE:
+        return {"type": _SIMPLE[tp]}
+    raise TypeError(f"tool parameter type {tp!r} has no JSON Schema mapping; extend _schema_of")
 
 
-DATABASE = p(
-    S,
-    "Named database (memory domain), e.g. 'life' or 'work'. Omit for the default. "
-    "Unknown names are derived from the default database and created.",
-)
-INSTANCE = p(S, "Agent instance id, e.g. 'prime'. Defaults to MEMORY_PALACE_INSTANCE_ID.")
-PROJECT_FILTER = p(
-    STR_OR_STRS,
-    "Project filter: a string matches memories in that project; "
-    "a list matches memories in any of them.",
-)
-GRAPH_MODE = p(S, "Graph context format.", enum=["summary", "full"], default="summary")
-DIRECTION = p(
-    S, "Edge direction for traversal.", enum=["outgoing", "incoming", "both"], default="both"
-)
+def _push_bounds(schema: dict[str, Any], bounds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`minimum`/`maximum` given on a list or union of numbers apply to the numbers in it."""
+    if bounds is None:
+        if schema.get("type") in ("integer", "number"):
+            return schema
+        bounds = {k: schema.pop(k) for k in ("minimum", "maximum") if k in schema}
+        if not bounds:
+            return schema
+    if schema.get("type") in ("integer", "number"):
+        schema.update(bounds)
+    elif schema.get("type") == "array":
+        _push_bounds(schema["items"], bounds)
+    for member in schema.get("anyOf", []):
+        _push_bounds(member, bounds)
+    return schema
 
 
 @dataclass(frozen=True)
 class Tool:
     name: str
+    handler: Callable[..., dict[str, Any]] = field(repr=False)
     description: str
     params: dict[str, dict[str, Any]]
     required: tuple[str, ...] = ()
+    deps: tuple[str, ...] = ()
     extension: str | None = None  # served only when this extension is enabled
-    llm_backed: bool = False  # may call an LLM: surfaces give it a longer timeout
-    openclaw_name: str | None = None
+    aliases: tuple[str, ...] = ()  # other names it answers to (and OpenClaw registers)
+    openclaw_name: str | None = None  # its name in OpenClaw, when that differs
+    identity: tuple[str, ...] = ()  # parameters that say which instance the caller is
+    direct: bool = False  # OpenClaw: always visible to the model (not behind tool search)
+    surfaces: tuple[str, ...] = SURFACES
+    # What a call may change that surfaces react to: "subscriptions" (the bridge re-reads the
+    # channels it listens to), "sends" (a result with id/from_instance/to_instance: MCP wakes).
+    effects: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, fn: Callable[..., dict[str, Any]], name: str, **meta: Any) -> Tool:
+        """Derive a tool from a service function (see the module docstring)."""
+        hints = typing.get_type_hints(fn, include_extras=True)
+        deps: list[str] = []
+        params: dict[str, dict[str, Any]] = {}
+        required: list[str] = []
+        for pname, p in inspect.signature(fn).parameters.items():
+            if p.kind is not p.KEYWORD_ONLY:
+                if pname not in DEPENDENCIES:
+                    raise TypeError(
+                        f"{fn.__qualname__}: leading parameter {pname!r} is not a "
+                        f"dependency ({', '.join(DEPENDENCIES)})"
+                    )
+                deps.append(pname)
+                continue
+            hint = hints[pname]
+            if get_origin(hint) is not Annotated or not any(
+                isinstance(m, P) for m in get_args(hint)[1:]
+            ):
+                continue  # not a tool parameter (a Python-only hook such as a progress callback)
+            schema = _push_bounds(_schema_of(hint))
+            if p.default is p.empty:
+                required.append(pname)
+            elif p.default is not None:
+                schema["default"] = p.default
+            params[pname] = schema
+        if "db" in deps:
+            params["database"] = dict(DATABASE_PARAM)
+        doc = inspect.getdoc(fn) or ""
+        description = " ".join(doc.split("\n\n", 1)[0].split())
+        if not description:
+            raise TypeError(f"{fn.__qualname__}: a tool needs a docstring (its description)")
+        return cls(name, fn, description, params, tuple(required), tuple(deps), **meta)
+
+    @property
+    def takes_database(self) -> bool:
+        return "db" in self.deps
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -70,285 +153,70 @@ class Tool:
         }
 
 
-TOOLS: list[Tool] = [
-    Tool(
-        "memory_set",
-        "Remember something: store a memory (fact, decision, preference, event, ...) with its "
-        "embedding. Exact duplicates return the existing id. Similar memories are linked.",
-        {
-            "content": p(S, "The memory text.", minLength=1),
-            "memory_type": p(
-                S,
-                "Open vocabulary: fact, decision, preference, event, insight, "
-                "gotcha, architecture, ...",
-                default="fact",
-            ),
-            "subject": p(S, "Short title."),
-            "instance_id": INSTANCE,
-            "keywords": p(STRS, "Keywords for exact search."),
-            "tags": p(STRS, "Free tags."),
-            "foundational": p(B, "Core memory: never archived, never stale.", default=False),
-            "project": p(STR_OR_STRS, "Project or list of projects.", default="life"),
-            "source_type": p(
-                S,
-                "Where it came from.",
-                enum=["conversation", "explicit", "inferred", "observation"],
-                default="explicit",
-            ),
-            "source_context": p(S, "Free text about the source."),
-            "source_session_id": p(S, "Session the memory came from."),
-            "supersedes_id": p(I, "Id of a memory this one replaces; it is archived."),
-            "auto_link": p(B, "Link to similar memories (default: config auto_link.enabled)."),
-            "database": DATABASE,
-        },
-        required=("content",),
-    ),
-    Tool(
-        "memory_recall",
-        "Search memories by meaning and by exact words (hybrid vector + keyword search), "
-        "with optional graph context. Each result says how it was found.",
-        {
-            "query": p(
-                S, "What to look for: a question, topic, name, id or error string.", minLength=1
-            ),
-            "instance_id": p(S, "Only memories written by this instance."),
-            "project": PROJECT_FILTER,
-            "memory_type": p(S, "Only this type; '*' is a wildcard, e.g. 'code*'."),
-            "subject": p(S, "Only memories whose subject contains this text."),
-            "min_foundational": p(B, "Only foundational memories."),
-            "include_archived": p(B, "Include archived memories.", default=False),
-            "limit": p(I, "Maximum results (at most 100).", default=20, minimum=1),
-            "detail_level": p(S, "Memory detail.", enum=["summary", "verbose"], default="verbose"),
-            "synthesize": p(B, "Summarise the results with the configured LLM.", default=False),
-            "include_graph": p(B, "Add graph context for the top results.", default=True),
-            "graph_top_n": p(I, "How many top results get graph context.", default=5, minimum=0),
-            "graph_depth": p(I, "Graph hops (1-5).", default=1, minimum=0, maximum=5),
-            "graph_mode": GRAPH_MODE,
-            "database": DATABASE,
-        },
-        required=("query",),
-    ),
-    Tool(
-        "memory_get",
-        "Fetch memories by id (one id or a list), with graph context or a graph traversal.",
-        {
-            "memory_ids": p(INT_OR_INTS, "A memory id or a list of ids."),
-            "detail_level": p(S, "Memory detail.", enum=["summary", "verbose"], default="verbose"),
-            "synthesize": p(
-                B, "Summarise several memories with the configured LLM.", default=False
-            ),
-            "include_graph": p(B, "Add graph context.", default=True),
-            "graph_depth": p(I, "Graph hops for context (0-5).", default=1, minimum=0, maximum=5),
-            "graph_mode": GRAPH_MODE,
-            "traverse": p(
-                B, "Return a breadth-first traversal instead of graph context.", default=False
-            ),
-            "max_depth": p(I, "Traversal depth (1-5).", default=3, minimum=1, maximum=5),
-            "direction": DIRECTION,
-            "relation_types": p(STRS, "Only follow these edge types."),
-            "min_strength": p(
-                N, "Only follow edges at least this strong (0-1).", minimum=0, maximum=1
-            ),
-            "database": DATABASE,
-        },
-        required=("memory_ids",),
-    ),
-    Tool(
-        "memory_recent",
-        "List the newest memories as title cards.",
-        {
-            "limit": p(I, "How many (at most 200).", default=20, minimum=1, maximum=200),
-            "verbose": p(B, "Full memories instead of title cards.", default=False),
-            "project": PROJECT_FILTER,
-            "memory_type": p(S, "Only this type; '*' is a wildcard."),
-            "instance_id": p(S, "Only memories written by this instance."),
-            "include_archived": p(B, "Include archived memories.", default=False),
-            "database": DATABASE,
-        },
-    ),
-    Tool(
-        "memory_archive",
-        "Archive (soft-delete) memories by id or by filters. Dry run by default. Foundational "
-        "memories are never archived; central ones are protected.",
-        {
-            "memory_ids": p(INTS, "Ids to archive (override the filters)."),
-            "older_than_days": p(I, "Only memories older than this.", minimum=0),
-            "max_access_count": p(I, "Only memories accessed at most this often.", minimum=0),
-            "memory_type": p(S, "Only this type; '*' is a wildcard."),
-            "project": PROJECT_FILTER,
-            "centrality_protection": p(B, "Skip memories with many incoming links.", default=True),
-            "min_centrality_threshold": p(
-                I, "Incoming links that protect a memory.", default=5, minimum=1
-            ),
-            "dry_run": p(B, "Only report what would be archived.", default=True),
-            "reason": p(S, "Why; recorded on each archived memory."),
-            "database": DATABASE,
-        },
-    ),
-    Tool(
-        "memory_link",
-        "Create a typed edge between two memories (supersedes, relates_to, derived_from, "
-        "contradicts, exemplifies, refines, or a custom type).",
-        {
-            "source_id": p(I, "Source memory id."),
-            "target_id": p(I, "Target memory id."),
-            "relation_type": p(S, "Edge type.", minLength=1),
-            "strength": p(N, "0-1 (clamped).", default=1.0),
-            "bidirectional": p(B, "The edge holds both ways.", default=False),
-            "metadata": p(O, "Free JSON metadata."),
-            "created_by": p(S, "Who made the edge."),
-            "archive_old": p(B, "With supersedes: archive the target.", default=False),
-            "database": DATABASE,
-        },
-        required=("source_id", "target_id", "relation_type"),
-    ),
-    Tool(
-        "memory_unlink",
-        "Remove edges from source to target (all types, or one).",
-        {
-            "source_id": p(I, "Source memory id."),
-            "target_id": p(I, "Target memory id."),
-            "relation_type": p(S, "Only this type; omit for all."),
-            "database": DATABASE,
-        },
-        required=("source_id", "target_id"),
-    ),
-    Tool(
-        "memory_stats",
-        "Counts by type, instance and project, the most accessed and the newest memories.",
-        {"database": DATABASE},
-    ),
-    Tool(
-        "memory_audit",
-        "Find quality problems: duplicates, stale memories, orphan edges, missing embeddings, "
-        "contradictions, unlinked memories, cross-project auto-links.",
-        {
-            "checks": p(
-                STRS,
-                "Checks to run; omit for all.",
-                items={
-                    **S,
-                    "enum": [
-                        "duplicates",
-                        "stale",
-                        "orphan_edges",
-                        "missing_embeddings",
-                        "contradictions",
-                        "unlinked",
-                        "cross_project_auto_links",
-                    ],
-                },
-            ),
-            "thresholds": p(
-                O,
-                "Overrides: duplicate_similarity (0.92), stale_days (90), "
-                "stale_max_access (2), stale_min_centrality (3).",
-            ),
-            "project": p(S, "Only this project."),
-            "limit_per_category": p(I, "Maximum findings per check.", default=20, minimum=1),
-            "database": DATABASE,
-        },
-    ),
-    Tool(
-        "memory_reembed",
-        "Re-embed memories with the configured embedder: missing only, by ids, by filters, or "
-        "all. Dry run by default; batched and resumable.",
-        {
-            "older_than_days": p(I, "Only memories older than this.", minimum=0),
-            "memory_ids": p(INTS, "Only these ids."),
-            "project": p(S, "Only this project."),
-            "all_memories": p(
-                B, "Every memory (needed to change embedder or dimension).", default=False
-            ),
-            "missing_only": p(
-                B, "Only memories without an embedding from this embedder.", default=False
-            ),
-            "batch_size": p(
-                I, "Memories per batch and commit.", default=50, minimum=1, maximum=1000
-            ),
-            "dry_run": p(B, "Only count what would be re-embedded.", default=True),
-            "database": DATABASE,
-        },
-    ),
-    Tool(
+TOOLS: tuple[Tool, ...] = (
+    Tool.of(memories.remember, "memory_set", identity=("instance_id",), direct=True),
+    Tool.of(recall.recall, "memory_recall", aliases=("memory_search",), direct=True),
+    Tool.of(memories.get, "memory_get", direct=True),
+    Tool.of(memories.recent, "memory_recent"),
+    Tool.of(memories.archive, "memory_archive"),
+    Tool.of(memories.link, "memory_link"),
+    Tool.of(memories.unlink, "memory_unlink"),
+    Tool.of(memories.stats, "memory_stats"),
+    Tool.of(maintenance.audit, "memory_audit"),
+    Tool.of(maintenance.reembed, "memory_reembed"),
+    Tool.of(
+        messages.handle,
         "message",
-        "Messages between agent instances. action=send|get|mark_read|mark_unread|subscribe|"
-        "unsubscribe|poll. Recipients are woken by push when the database is PostgreSQL.",
-        {
-            "action": p(
-                S,
-                "What to do.",
-                enum=[
-                    "send",
-                    "get",
-                    "mark_read",
-                    "mark_unread",
-                    "subscribe",
-                    "unsubscribe",
-                    "poll",
-                ],
-            ),
-            "instance_id": p(S, "Your instance (get, mark_*, subscribe, poll)."),
-            "from_instance": p(S, "Sender (send)."),
-            "to_instance": p(S, "Recipient instance, or 'all' (send)."),
-            "content": p(S, "Message body (send)."),
-            "message_type": p(
-                S,
-                "handoff, status, question, fyi, context, event or message.",
-                enum=["handoff", "status", "question", "fyi", "context", "event", "message"],
-                default="message",
-            ),
-            "subject": p(S, "Short subject (send)."),
-            "channel": p(S, "Channel name (send, get, subscribe, unsubscribe)."),
-            "priority": p(I, "0-10 (send).", default=0, minimum=0, maximum=10),
-            "ttl_seconds": p(I, "Expire the message after this many seconds (send).", minimum=1),
-            "unread_only": p(B, "Only unread messages (get).", default=True),
-            "limit": p(I, "Maximum messages (get, poll).", default=50, minimum=1, maximum=500),
-            "message_id": p(I, "Message id (mark_read, mark_unread)."),
-            "since_id": p(I, "Only messages with a larger id (poll).", default=0, minimum=0),
-            "database": DATABASE,
-        },
-        required=("action",),
         openclaw_name="palace_message",
+        identity=("instance_id", "from_instance"),
+        direct=True,
+        effects=("subscriptions", "sends"),
     ),
-    Tool(
-        "memory_list_databases",
-        "List every configured or registered database with masked URL, type, status, whether "
-        "it is the default, and table counts.",
-        {},
-        extension="db_manager",
-    ),
-    Tool(
-        "memory_register_database",
-        "Register a named database for this process (not persisted). Without a URL it is "
-        "derived from the default. The schema is created and the connection checked.",
-        {"name": p(S, "Database name."), "url": p(S, "Database URL (optional).")},
-        required=("name",),
-        extension="db_manager",
-    ),
-    Tool(
-        "memory_set_default_database",
-        "Make a named database the default for every later call that names none (this process "
-        "only, not persisted).",
-        {"name": p(S, "Database name.")},
-        required=("name",),
-        extension="db_manager",
-    ),
-    Tool(
-        "memory_current_database",
-        "Show the default database: name, masked URL, status and table counts.",
-        {},
-        extension="db_manager",
-    ),
-]
-
-BY_NAME: dict[str, Tool] = {t.name: t for t in TOOLS}
+    Tool.of(databases.list_databases, "memory_list_databases", extension=DB_MANAGER),
+    Tool.of(databases.register_database, "memory_register_database", extension=DB_MANAGER),
+    Tool.of(databases.set_default_database, "memory_set_default_database", extension=DB_MANAGER),
+    Tool.of(databases.current_database, "memory_current_database", extension=DB_MANAGER),
+)
 
 
-def enabled_tools(extensions: tuple[str, ...] | list[str]) -> list[Tool]:
-    names = {("db_manager" if e in DB_MANAGER_EXTENSIONS else e) for e in extensions}
-    return [t for t in TOOLS if t.extension is None or t.extension in names]
+class Registry:
+    """The tools one process serves: the registry filtered by the enabled extensions."""
 
+    def __init__(
+        self, tools: tuple[Tool, ...] | list[Tool], extensions: tuple[str, ...] = ()
+    ) -> None:
+        enabled = {EXTENSION_NAMES.get(e, e) for e in extensions}
+        self.all = tuple(tools)
+        self.tools = tuple(t for t in tools if t.extension is None or t.extension in enabled)
+        self._by_name: dict[str, Tool] = {}
+        for t in self.tools:
+            for n in (t.name, *t.aliases, *([t.openclaw_name] if t.openclaw_name else [])):
+                self._by_name[n] = t
+        self.extensions = tuple(sorted({t.extension for t in self.tools if t.extension}))
+
+    def get(self, name: str) -> Tool:
+        """The tool answering to `name` (its name, an alias or its OpenClaw name)."""
+        tool = self._by_name.get(name)
+        if tool is None:
+            off = next((t for t in self.all if name in (t.name, *t.aliases)), None)
+            hint = (
+                f' (enable it with config "extensions": ["{EXTENSION_CONFIG[off.extension]}"])'
+                if off is not None and off.extension
+                else ""
+            )
+            raise InvalidParams(
+                f"unknown tool {name!r}{hint}; tools are {', '.join(t.name for t in self.tools)}"
+            )
+        return tool
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def for_surface(self, surface: str) -> list[Tool]:
+        return [t for t in self.tools if surface in t.surfaces]
+
+
+# -- validation ---------------------------------------------------------------------------
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -383,8 +251,53 @@ def _describe(schema: Mapping[str, Any]) -> str:
     )
 
 
+def _preview(value: Any) -> str:
+    try:
+        return orjson.dumps(value)[:80].decode(errors="replace")
+    except (TypeError, orjson.JSONEncodeError):
+        return type(value).__name__
+
+
+def _member(value: Any, schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The schema (or anyOf member) that `value` matched."""
+    for s in schema.get("anyOf", [schema]):
+        if _matches(value, s):
+            return s
+    return schema
+
+
+def _check_value(tool: str, name: str, value: Any, schema: Mapping[str, Any]) -> None:
+    s = _member(value, schema)
+    values = value if isinstance(value, list) else [value]
+    item = s.get("items", s) if isinstance(value, list) else s
+    for v in values:
+        if "enum" in item and v not in item["enum"]:
+            raise InvalidParams(
+                f"{tool}: parameter {name!r} must be one of "
+                f"{', '.join(map(str, item['enum']))}, got {v!r}",
+                param=name,
+            )
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            low = item.get("minimum", -MAX_INT64 - 1 if isinstance(v, int) else None)
+            high = item.get("maximum", MAX_INT64 if isinstance(v, int) else None)
+            if low is not None and v < low:
+                raise InvalidParams(f"{tool}: parameter {name!r} must be >= {low}", param=name)
+            if high is not None and v > high:
+                raise InvalidParams(f"{tool}: parameter {name!r} must be <= {high}", param=name)
+    if isinstance(value, str):
+        if "minLength" in s and len(value.strip()) < s["minLength"]:
+            raise InvalidParams(f"{tool}: parameter {name!r} must not be empty", param=name)
+        if "maxLength" in s and len(value) > s["maxLength"]:
+            raise InvalidParams(
+                f"{tool}: parameter {name!r} is longer than {s['maxLength']} characters", param=name
+            )
+
+
 def validate(tool: Tool, params: Any) -> dict[str, Any]:
-    """Check params against the tool's schema; return them with defaults filled in."""
+    """Check params against the tool's schema; return them with defaults filled in.
+
+    Raises InvalidParams naming the parameter, what it must be, and what it got.
+    """
     if params is None:
         params = {}
     if not isinstance(params, dict):
@@ -406,40 +319,17 @@ def validate(tool: Tool, params: Any) -> dict[str, Any]:
             continue
         if not _matches(value, schema):
             raise InvalidParams(
-                f"{tool.name}: parameter {name!r} must be {_describe(schema)}, got "
-                f"{type(value).__name__} {orjson.dumps(value)[:80].decode(errors='replace')}",
+                f"{tool.name}: parameter {name!r} must be {_describe(schema)}, "
+                f"got {type(value).__name__} {_preview(value)}",
                 param=name,
             )
-        if "enum" in schema and value not in schema["enum"]:
-            raise InvalidParams(
-                f"{tool.name}: parameter {name!r} must be one of "
-                f"{', '.join(schema['enum'])}, got {value!r}",
-                param=name,
-            )
-        items = schema.get("items")
-        if isinstance(value, list) and items and "enum" in items:
-            bad = [v for v in value if v not in items["enum"]]
-            if bad:
-                raise InvalidParams(
-                    f"{tool.name}: parameter {name!r} has unknown value "
-                    f"{bad[0]!r}; use {', '.join(items['enum'])}",
-                    param=name,
-                )
-        if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
-            raise InvalidParams(
-                f"{tool.name}: parameter {name!r} must be >= {schema['minimum']}", param=name
-            )
-        if "maximum" in schema and isinstance(value, (int, float)) and value > schema["maximum"]:
-            raise InvalidParams(
-                f"{tool.name}: parameter {name!r} must be <= {schema['maximum']}", param=name
-            )
-        if "minLength" in schema and isinstance(value, str) and len(value.strip()) < 1:
-            raise InvalidParams(f"{tool.name}: parameter {name!r} must not be empty", param=name)
+        _check_value(tool.name, name, value, schema)
         out[name] = value
     return out
 
 
-def export() -> list[dict[str, Any]]:
+def export(tools: tuple[Tool, ...] = TOOLS) -> list[dict[str, Any]]:
+    """The registry as JSON for other languages (scripts/gen-tool-schemas)."""
     return [
         {
             "name": t.name,
@@ -447,11 +337,15 @@ def export() -> list[dict[str, Any]]:
             "description": t.description,
             "parameters": t.schema(),
             "extension": t.extension,
-            "llm_backed": t.llm_backed,
+            "aliases": list(t.aliases),
+            "identity": list(t.identity),
+            "direct": t.direct,
+            "surfaces": list(t.surfaces),
+            "effects": list(t.effects),
         }
-        for t in TOOLS
+        for t in tools
     ]
 
 
-if __name__ == "__main__":  # python -m memory_palace.tools --json
+if __name__ == "__main__":  # python -m memory_palace.tools
     sys.stdout.buffer.write(orjson.dumps(export(), option=orjson.OPT_INDENT_2) + b"\n")

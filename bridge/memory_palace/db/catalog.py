@@ -49,6 +49,12 @@ class Catalog:
             self._urls[name] = url or derive_url(self._base_url, name)
             return self._urls[name]
 
+    def unregister(self, name: str) -> None:
+        """Forget a run-time registration (configured databases stay)."""
+        with self._lock:
+            if name not in self._configured and name != self._default:
+                self._urls.pop(name, None)
+
     def set_default(self, name: str) -> None:
         check_name(name)
         with self._lock:

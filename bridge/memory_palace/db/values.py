@@ -1,8 +1,5 @@
-"""Value encodings per backend, in one place: times, string lists, JSON and vectors.
-
-SQLite stores times as ISO-8601 UTC text, lists and JSON as JSON text, vectors as float32
-little-endian BLOBs. PostgreSQL uses TIMESTAMPTZ, TEXT[], JSONB and pgvector `vector`.
-Services call these and never re-encode values themselves.
+"""Stored values as Python values, for every backend: decoders accept both backends'
+representations (see the kinds table in tables.py). Encoding is per backend (`Backend.encode`).
 """
 
 from __future__ import annotations
@@ -13,39 +10,30 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .engine import Database
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def time_param(db: Database, value: datetime | None) -> Any:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value if db.is_postgres else value.astimezone(UTC).isoformat()
+def as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def time_out(value: Any) -> str | None:
-    """A stored time as ISO-8601 text (UTC) for tool results."""
+def decode_time(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat()
-    return str(value)
+        return as_utc(value)
+    return as_utc(datetime.fromisoformat(str(value)))
 
 
-def list_param(db: Database, value: list[str] | None) -> Any:
-    if value is None:
-        return None
-    return list(value) if db.is_postgres else orjson.dumps(list(value)).decode()
+def iso(value: Any) -> str | None:
+    """A stored time as ISO-8601 UTC text, for tool results."""
+    dt = decode_time(value)
+    return None if dt is None else dt.isoformat()
 
 
-def list_out(value: Any) -> list[str]:
+def decode_strings(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
@@ -53,34 +41,13 @@ def list_out(value: Any) -> list[str]:
     return list(orjson.loads(value))
 
 
-def json_param(db: Database, value: Any) -> Any:
-    if value is None:
-        return None
-    return orjson.dumps(value).decode()  # PG: bind as text, cast in SQL with CAST(:x AS JSONB)
-
-
-def json_out(value: Any) -> Any:
+def decode_json(value: Any) -> Any:
     if value is None or isinstance(value, (dict, list)):
         return value
     return orjson.loads(value)
 
 
-def bool_out(value: Any) -> bool:
-    return bool(value)
-
-
-def vector_param(db: Database, vec: np.ndarray | None) -> Any:
-    """Bind value for the embedding column. PG: '[..]' text, cast with CAST(:v AS vector)."""
-    if vec is None:
-        return None
-    arr = np.asarray(vec, dtype=np.float32)
-    if db.is_postgres:
-        return "[" + ",".join(map(repr, arr.tolist())) + "]"
-    return arr.astype("<f4").tobytes()
-
-
-def vector_out(value: Any) -> np.ndarray | None:
-    """A stored embedding (BLOB, pgvector text, or numpy array) as float32."""
+def decode_vector(value: Any) -> np.ndarray | None:
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -90,10 +57,19 @@ def vector_out(value: Any) -> np.ndarray | None:
     return np.asarray(value, dtype=np.float32)
 
 
-def vector_sql(db: Database, param: str) -> str:
-    """SQL expression for a vector bind parameter named `param`."""
-    return f"CAST(:{param} AS vector)" if db.is_postgres else f":{param}"
+DECODERS = {
+    "time": decode_time,
+    "strings": decode_strings,
+    "json": decode_json,
+    "vector": decode_vector,
+    "bool": bool,
+    "float": float,
+}
 
 
-def jsonb_sql(db: Database, param: str) -> str:
-    return f"CAST(:{param} AS JSONB)" if db.is_postgres else f":{param}"
+def decode(kind: str, value: Any) -> Any:
+    """A stored value of a column kind as its Python value (None stays None)."""
+    if value is None:
+        return None
+    fn = DECODERS.get(kind)
+    return fn(value) if fn else value

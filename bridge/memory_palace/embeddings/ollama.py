@@ -6,6 +6,7 @@ which would unload the model after every call.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -196,10 +197,8 @@ class OllamaEmbedder:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
-            try:
+            with contextlib.suppress(ValueError, AttributeError):
                 detail = json.loads(detail).get("error", detail)
-            except (ValueError, AttributeError):
-                pass
             raise _HTTPFailure(
                 str(detail).strip() or exc.reason, status=exc.code, retry=exc.code in RETRY_STATUSES
             ) from exc

@@ -7,134 +7,93 @@ not exist reports it as such instead of failing (or auto-creating it as a side e
 from __future__ import annotations
 
 import logging
-import sqlite3
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from ..config import type_from_url
-from ..db.engine import pg_connect
-from ..db.urls import mask_url, sqlite_path
-from ..errors import BackendUnavailable, MemoryPalaceError
-
-if TYPE_CHECKING:
-    from ..palace import Palace
+from ..db.catalog import Catalog
+from ..db.engine import Database, backend_for
+from ..db.urls import mask_url
+from ..errors import MemoryPalaceError
+from ..params import P
 
 log = logging.getLogger("memory_palace.databases")
 
 COUNTED_TABLES = ("memories", "memory_edges", "messages")
+OpenDatabase = Callable[[str | None], Database]
+Name = Annotated[str, P("Database name.")]
 
 
-def _probe_postgres(url: str) -> dict[str, Any]:
-    try:
-        conn = pg_connect(url)
-    except BackendUnavailable as exc:
-        missing = "does not exist" in exc.message
-        return {
-            "status": "missing" if missing else "down",
-            "error": exc.message,
-            "table_counts": {},
-        }
-    try:
-        counts: dict[str, int] = {}
-        with conn.cursor() as cur:
-            for table in COUNTED_TABLES:
-                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-                if cur.fetchone()[0]:
-                    # Table names come from the constant tuple above, never from input.
-                    cur.execute(f"SELECT count(*) FROM {table}")
-                    counts[table] = int(cur.fetchone()[0])
-        return {"status": "connected", "table_counts": counts}
-    finally:
-        conn.close()
-
-
-def _probe_sqlite(url: str) -> dict[str, Any]:
-    try:
-        path = sqlite_path(url)
-    except MemoryPalaceError as exc:
-        return {"status": "down", "error": exc.message, "table_counts": {}}
-    if not path.exists():
-        return {
-            "status": "missing",
-            "error": f"{path} does not exist yet; it is created on first use",
-            "table_counts": {},
-        }
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error as exc:
-        return {"status": "down", "error": f"cannot open {path}: {exc}", "table_counts": {}}
-    try:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        counts = {
-            t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-            for t in COUNTED_TABLES
-            if t in names
-        }
-        return {"status": "connected", "table_counts": counts}
-    except sqlite3.Error as exc:
-        return {"status": "down", "error": f"cannot read {path}: {exc}", "table_counts": {}}
-    finally:
-        conn.close()
-
-
-def describe(palace: Palace, name: str) -> dict[str, Any]:
+def describe(catalog: Catalog, name: str) -> dict[str, Any]:
     """Masked URL, type, status and table counts of one named database (never raises)."""
-    name, url = palace.catalog.resolve(name)
+    name, url = catalog.resolve(name)
+    info: dict[str, Any] = {
+        "name": name,
+        "url": mask_url(url),
+        "is_default": name == catalog.default,
+        "configured": catalog.is_configured(name),
+    }
     try:
-        kind = type_from_url(url)
+        backend = backend_for(url)
     except MemoryPalaceError as exc:
         return {
-            "name": name,
-            "url": mask_url(url),
+            **info,
             "type": "unknown",
             "status": "down",
             "error": exc.message,
-            "is_default": name == palace.catalog.default,
             "table_counts": {},
         }
     try:
-        probe = _probe_postgres(url) if kind == "postgres" else _probe_sqlite(url)
-    except Exception as exc:
+        probe = backend.probe(url, COUNTED_TABLES)
+    except Exception as exc:  # a probe must report, not fail the listing
         log.warning("probing database %s failed: %s", name, exc)
-        probe = {"status": "down", "error": str(exc), "table_counts": {}}
-    return {
-        "name": name,
-        "url": mask_url(url),
-        "type": kind,
-        "is_default": name == palace.catalog.default,
-        "configured": palace.catalog.is_configured(name),
-        **probe,
-    }
+        probe = {"status": "down", "error": type(exc).__name__, "table_counts": {}}
+    return {**info, "type": backend.kind, **probe}
 
 
-def list_databases(palace: Palace) -> dict[str, Any]:
-    """Every configured or registered database; down ones are reported, not raised."""
-    dbs = {n: describe(palace, n) for n in palace.catalog.names()}
+def list_databases(catalog: Catalog) -> dict[str, Any]:
+    """List every configured or registered database with masked URL, type, status, whether
+    it is the default, and table counts."""
+    dbs = {n: describe(catalog, n) for n in catalog.names()}
     for info in dbs.values():
         info.pop("name", None)
-    return {"databases": dbs, "default": palace.catalog.default, "count": len(dbs)}
+    return {"databases": dbs, "default": catalog.default, "count": len(dbs)}
 
 
-def register_database(palace: Palace, name: str, url: str | None = None) -> dict[str, Any]:
-    """Register `name` for this process (derived from the default without a URL), create its
-    schema and check the connection. Raises BackendUnavailable when it cannot be reached."""
-    registered = palace.catalog.register(name, url)
-    db = palace.database(name)  # creates the database and schema, or raises with the fix
-    with db.read() as conn:
-        conn.exec_driver_sql("SELECT 1")
-    info = describe(palace, name)
+def register_database(
+    catalog: Catalog,
+    open_database: OpenDatabase,
+    *,
+    name: Name,
+    url: Annotated[str | None, P("Database URL (optional).")] = None,
+) -> dict[str, Any]:
+    """Register a named database for this process (not persisted). Without a URL it is
+    derived from the default. The schema is created and the connection checked."""
+    existed = name in catalog.names()
+    registered = catalog.register(name, url)
+    try:
+        db = open_database(name)  # creates the database and schema, or raises with the fix
+        with db.read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except MemoryPalaceError:
+        if not existed:
+            catalog.unregister(name)  # a failed registration leaves nothing behind
+        raise
+    info = describe(catalog, name)
     info.update({"registered": True, "derived": url is None, "persisted": False})
     log.info("registered database %s at %s", name, mask_url(registered))
     return info
 
 
-def set_default_database(palace: Palace, name: str) -> dict[str, Any]:
-    """Route every later call without `database` to `name` (this process only)."""
-    previous = palace.catalog.default
-    palace.catalog.set_default(name)
-    info = describe(palace, name)
+def set_default_database(catalog: Catalog, *, name: Name) -> dict[str, Any]:
+    """Make a named database the default for every later call that names none (this process
+    only, not persisted)."""
+    previous = catalog.default
+    catalog.set_default(name)
+    info = describe(catalog, name)
     info.update({"previous": previous, "default": name, "persisted": False})
     return info
 
 
-def current_database(palace: Palace) -> dict[str, Any]:
-    return describe(palace, palace.catalog.default)
+def current_database(catalog: Catalog) -> dict[str, Any]:
+    """Show the default database: name, masked URL, status and table counts."""
+    return describe(catalog, catalog.default)

@@ -1,55 +1,59 @@
-"""Memories: remember, get, recent, archive, link, unlink and stats on either backend."""
+"""Memories: remember, get, recent, archive, link, unlink and stats, on either backend.
+
+Each public function is a tool (see tools.py): its keyword-only parameters are the tool's
+parameters. Dependencies (db, embedder, settings) come first and are passed in by the caller.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Connection
 
+from ..config import Settings
 from ..db.engine import Database
-from ..db.values import (
-    json_param,
-    jsonb_sql,
-    list_out,
-    list_param,
-    time_out,
-    time_param,
-    utcnow,
-    vector_param,
-    vector_sql,
-)
+from ..db.filters import Filters, where
+from ..db.tables import EDGES, MEMORIES, MEMORY_CARD, column_list
+from ..db.values import decode_strings, iso, utcnow
+from ..embeddings import Embedder
 from ..errors import Conflict, InvalidParams, MemoryPalaceError, NotFound
+from ..params import (
+    ByInstance,
+    DetailLevel,
+    Direction,
+    DryRun,
+    GraphMode,
+    IncludeArchived,
+    MemoryType,
+    P,
+    Project,
+)
 from . import graph, vectors
-from .filters import Filters, where
-
-if TYPE_CHECKING:
-    from ..palace import Palace
 
 log = logging.getLogger("memory_palace.memories")
 
-COLUMNS = (
-    "id, created_at, updated_at, last_accessed_at, access_count, instance_id, projects, "
-    "memory_type, subject, content, keywords, tags, foundational, source_type, "
-    "source_context, source_session_id, is_archived, embedding_model, "
-    "(embedding IS NOT NULL) AS embedded"
-)
+CARD_SQL = column_list(MEMORIES, MEMORY_CARD) + ", (embedding IS NOT NULL) AS embedded"
 EMBEDDING_FAILED_TAG = "embedding_failed"
+DEFAULT_PROJECT = "life"
 LLM_NOTE = (
     "synthesis needs an LLM and none is configured (config llm_model); returning the raw results"
 )
+SOURCE_TYPES = ("conversation", "explicit", "inferred", "observation")
 
 
 def normalise_projects(project: str | list[str] | None) -> list[str]:
     if project is None:
-        return ["life"]
+        return [DEFAULT_PROJECT]
     items = [project] if isinstance(project, str) else list(project)
     out = list(dict.fromkeys(p.strip() for p in items if p and p.strip()))
-    return out or ["life"]
+    return out or [DEFAULT_PROJECT]
 
 
 def content_hash(content: str) -> str:
@@ -57,18 +61,20 @@ def content_hash(content: str) -> str:
 
 
 def document_text(subject: str | None, content: str) -> str:
+    """The text a memory is embedded as."""
     return f"{subject}\n{content}" if subject else content
 
 
 def memory_dict(row: Any, detail: str = "verbose") -> dict[str, Any]:
-    projects = list_out(row.projects)
+    """A result card from a row selected with CARD_SQL."""
+    projects = decode_strings(row.projects)
     card = {
         "id": int(row.id),
         "subject": row.subject,
         "memory_type": row.memory_type,
         "projects": projects,
         "project": projects[0] if projects else None,
-        "created_at": time_out(row.created_at),
+        "created_at": iso(row.created_at),
         "foundational": bool(row.foundational),
     }
     if detail == "summary":
@@ -78,13 +84,13 @@ def memory_dict(row: Any, detail: str = "verbose") -> dict[str, Any]:
     card.update(
         content=row.content,
         instance_id=row.instance_id,
-        keywords=list_out(row.keywords),
-        tags=list_out(row.tags),
+        keywords=decode_strings(row.keywords),
+        tags=decode_strings(row.tags),
         source_type=row.source_type,
         source_context=row.source_context,
         source_session_id=row.source_session_id,
-        updated_at=time_out(row.updated_at),
-        last_accessed_at=time_out(row.last_accessed_at),
+        updated_at=iso(row.updated_at),
+        last_accessed_at=iso(row.last_accessed_at),
         access_count=int(row.access_count or 0),
         is_archived=bool(row.is_archived),
         embedded=bool(row.embedded),
@@ -94,9 +100,10 @@ def memory_dict(row: Any, detail: str = "verbose") -> dict[str, Any]:
 
 
 def fetch(db: Database, ids: list[int]) -> dict[int, Any]:
+    """Rows (CARD_SQL columns) by id; missing ids are absent."""
     if not ids:
         return {}
-    stmt = text(f"SELECT {COLUMNS} FROM memories WHERE id IN :ids").bindparams(
+    stmt = text(f"SELECT {CARD_SQL} FROM memories WHERE id IN :ids").bindparams(
         bindparam("ids", expanding=True)
     )
     with db.read() as conn:
@@ -106,52 +113,36 @@ def fetch(db: Database, ids: list[int]) -> dict[int, Any]:
 def touch(
     db: Database, ids: list[int], columns: str = "id, access_count, last_accessed_at"
 ) -> dict[int, Any]:
-    """Count an access, atomically in SQL, so concurrent recalls are all counted.
+    """Count an access, atomically in SQL, so concurrent reads are all counted.
 
     Returns {id: row of `columns`} as written, so callers need not read the rows again.
     """
     if not ids:
         return {}
-    sql = (
+    stmt = text(
         "UPDATE memories SET access_count = access_count + 1, last_accessed_at = :now "
         f"WHERE id IN :ids RETURNING {columns}"
-    )
-    params = {"now": time_param(db, utcnow()), "ids": list(ids)}
-    if db.is_postgres:
-        # One round trip on an autocommit connection: a multi-statement query is one implicit
-        # transaction, so SET LOCAL holds for the UPDATE. An access count may lag a crash by a
-        # moment (no wait for the WAL flush); recall need not wait for the disk.
-        ctx, sql = db.read(), "SET LOCAL synchronous_commit = off; " + sql
-    else:
-        ctx = db.write()
-    with ctx as conn:
-        rows = conn.execute(text(sql).bindparams(bindparam("ids", expanding=True)), params)
+    ).bindparams(bindparam("ids", expanding=True))
+    with db.write() as conn:
+        rows = conn.execute(stmt, {"now": db.backend.encode("time", utcnow()), "ids": list(ids)})
         return {int(r.id): r for r in rows}
 
 
-def card(row: Any, detail: str, touched: dict[int, Any]) -> dict[str, Any]:
-    """memory_dict with the access count just written by touch()."""
-    out = memory_dict(row, detail)
-    new = touched.get(int(row.id))
-    if detail != "summary" and new is not None:
-        out["access_count"] = int(new.access_count)
-        out["last_accessed_at"] = time_out(new.last_accessed_at)
-    return out
-
-
-def _archive(conn: Any, db: Database, ids: list[int], note: str) -> None:
+def archive_rows(conn: Connection, db: Database, ids: list[int], note: str) -> None:
     if not ids:
         return
-    concat = "coalesce(source_context, '') || :note"
     stmt = text(
-        f"UPDATE memories SET is_archived = :t, updated_at = :now, source_context = "
-        f"{concat} WHERE id IN :ids"
+        "UPDATE memories SET is_archived = :t, updated_at = :now, source_context = "
+        "coalesce(source_context, '') || :note WHERE id IN :ids"
     ).bindparams(bindparam("ids", expanding=True))
-    conn.execute(stmt, {"t": True, "now": time_param(db, utcnow()), "note": note, "ids": list(ids)})
+    conn.execute(
+        stmt,
+        {"t": True, "now": db.backend.encode("time", utcnow()), "note": note, "ids": list(ids)},
+    )
 
 
 def insert_edge(
-    conn: Any,
+    conn: Connection,
     db: Database,
     source: int,
     target: int,
@@ -163,188 +154,243 @@ def insert_edge(
     auto_linked: bool = False,
 ) -> int | None:
     """Insert an edge; returns its id, or None when the same edge already exists."""
-    row = conn.execute(
-        text(
-            "INSERT INTO memory_edges (created_at, source_id, target_id, relation_type, strength, "
-            "bidirectional, metadata, created_by, auto_linked) VALUES (:now, :s, :t, :r, :st, :bi, "
-            f"{jsonb_sql(db, 'meta')}, :by, :auto) "
-            "ON CONFLICT (source_id, target_id, relation_type) DO NOTHING RETURNING id"
-        ),
-        {
-            "now": time_param(db, utcnow()),
-            "s": source,
-            "t": target,
-            "r": relation,
-            "st": max(0.0, min(1.0, float(strength))),
-            "bi": bidirectional,
-            "meta": json_param(db, metadata),
-            "by": created_by,
-            "auto": auto_linked,
-        },
-    ).first()
+    values = {
+        "created_at": utcnow(),
+        "source_id": source,
+        "target_id": target,
+        "relation_type": relation,
+        "strength": max(0.0, min(1.0, float(strength))),
+        "bidirectional": bidirectional,
+        "metadata": metadata,
+        "created_by": created_by,
+        "auto_linked": auto_linked,
+    }
+    sql = db.backend.insert_sql(
+        EDGES,
+        values,
+        returning="id",
+        on_conflict=" ON CONFLICT (source_id, target_id, relation_type) DO NOTHING",
+    )
+    row = conn.execute(text(sql), db.backend.encode_row(EDGES, values)).first()
     return int(row[0]) if row else None
 
 
-def _find_duplicate(db: Database, digest: str, memory_type: str, projects: list[str]) -> Any | None:
-    with db.read() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT id, subject, projects, (embedding IS NOT NULL) AS embedded FROM memories "
-                "WHERE content_hash = :h AND memory_type = :t AND is_archived = :f"
-            ),
-            {"h": digest, "t": memory_type, "f": False},
-        ).all()
+# -- remember -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Draft:
+    """A memory on its way in: the row values, and what the caller is told about it."""
+
+    values: dict[str, Any]
+    vector: np.ndarray | None
+    result: dict[str, Any]
+
+
+def _find_duplicate(
+    conn: Connection, digest: str, memory_type: str, projects: list[str]
+) -> Any | None:
+    rows = conn.execute(
+        text(
+            "SELECT id, subject, projects, (embedding IS NOT NULL) AS embedded FROM memories "
+            "WHERE content_hash = :h AND memory_type = :t AND is_archived = :f"
+        ),
+        {"h": digest, "t": memory_type, "f": False},
+    ).all()
     want = sorted(projects)
-    return next((r for r in rows if sorted(list_out(r.projects)) == want), None)
+    return next((r for r in rows if sorted(decode_strings(r.projects)) == want), None)
+
+
+def _embed(
+    db: Database, embedder: Embedder, subject: str | None, content: str
+) -> tuple[np.ndarray | None, str | None]:
+    """(vector, None) or (None, why): a failing embedder never loses the memory."""
+    try:
+        vectors.check_embedder(db, embedder)
+        return embedder.embed_documents([document_text(subject, content)])[0], None
+    except MemoryPalaceError as exc:
+        return None, exc.message
+    except Exception as exc:  # an embedder bug must not lose the memory either
+        log.exception("embedding failed")
+        return None, str(exc)
+
+
+def _neighbours(
+    db: Database,
+    embedder: Embedder,
+    settings: Settings,
+    vec: np.ndarray,
+    projects: list[str],
+    exclude: int | None,
+) -> list[tuple[int, float]]:
+    cfg = settings.auto_link
+    scope = Filters.make(project=projects if cfg.get("same_project_only", True) else None)
+    k = int(cfg.get("max_suggestions", 10)) + 10
+    return [(i, s) for i, s in vectors.search(db, embedder, vec, k, scope) if i != exclude]
+
+
+def _auto_link(
+    conn: Connection,
+    db: Database,
+    settings: Settings,
+    new_id: int,
+    neighbours: list[tuple[int, float]],
+    subjects: dict[int, str | None],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Edges to near neighbours (>= link_threshold) and suggestions for the next band."""
+    cfg = settings.auto_link
+    link_at = float(cfg.get("link_threshold", 0.75))
+    suggest_at = float(cfg.get("suggest_threshold", 0.675))
+    most = int(cfg.get("max_suggestions", 10))
+    links: list[dict[str, Any]] = []
+    suggestions: list[dict[str, Any]] = []
+    for target, sim in neighbours:
+        if sim >= link_at:
+            if insert_edge(
+                conn,
+                db,
+                new_id,
+                target,
+                "relates_to",
+                sim,
+                bidirectional=True,
+                metadata={"auto_linked": True, "method": "ann"},
+                created_by="auto_link",
+                auto_linked=True,
+            ):
+                links.append(
+                    {
+                        "target": target,
+                        "target_subject": subjects.get(target),
+                        "type": "relates_to",
+                        "score": round(sim, 4),
+                    }
+                )
+        elif sim >= suggest_at and len(suggestions) < most:
+            suggestions.append(
+                {"target": target, "target_subject": subjects.get(target), "score": round(sim, 4)}
+            )
+    return links, suggestions
+
+
+def _insert_memory(conn: Connection, db: Database, draft: _Draft) -> int:
+    sql = db.backend.insert_sql(MEMORIES, draft.values, returning="id")
+    return int(conn.execute(text(sql), db.backend.encode_row(MEMORIES, draft.values)).scalar())
+
+
+def _supersede(conn: Connection, db: Database, new_id: int, old_id: int, by: str) -> None:
+    insert_edge(
+        conn,
+        db,
+        new_id,
+        old_id,
+        "supersedes",
+        1.0,
+        metadata={"superseded_at": iso(utcnow())},
+        created_by=by,
+    )
+    archive_rows(conn, db, [old_id], f" [SUPERSEDED by #{new_id}]")
 
 
 def remember(
-    palace: Palace,
     db: Database,
+    embedder: Embedder,
+    settings: Settings,
     *,
-    content: str,
-    memory_type: str = "fact",
-    subject: str | None = None,
-    instance_id: str | None = None,
-    keywords: list[str] | None = None,
-    tags: list[str] | None = None,
-    foundational: bool = False,
-    project: str | list[str] | None = "life",
-    source_type: str = "explicit",
-    source_context: str | None = None,
-    source_session_id: str | None = None,
-    supersedes_id: int | None = None,
-    auto_link: bool | None = None,
+    content: Annotated[str, P("The memory text.", min_length=1)],
+    memory_type: Annotated[
+        str,
+        P("Open vocabulary: fact, decision, preference, event, insight, gotcha, architecture, ..."),
+    ] = "fact",
+    subject: Annotated[str | None, P("Short title.")] = None,
+    instance_id: Annotated[
+        str | None, P("Agent instance id, e.g. 'prime'. Defaults to MEMORY_PALACE_INSTANCE_ID.")
+    ] = None,
+    keywords: Annotated[list[str] | None, P("Keywords for exact search.")] = None,
+    tags: Annotated[list[str] | None, P("Free tags.")] = None,
+    foundational: Annotated[bool, P("Core memory: never archived, never stale.")] = False,
+    project: Annotated[str | list[str], P("Project or list of projects.")] = DEFAULT_PROJECT,
+    source_type: Annotated[
+        Literal["conversation", "explicit", "inferred", "observation"], P("Where it came from.")
+    ] = "explicit",
+    source_context: Annotated[str | None, P("Free text about the source.")] = None,
+    source_session_id: Annotated[str | None, P("Session the memory came from.")] = None,
+    supersedes_id: Annotated[
+        int | None, P("Id of a memory this one replaces; it is archived.", minimum=1)
+    ] = None,
+    auto_link: Annotated[
+        bool | None, P("Link to similar memories (default: config auto_link.enabled).")
+    ] = None,
 ) -> dict[str, Any]:
+    """Remember something: store a memory (fact, decision, preference, event, ...) with its
+    embedding. Exact duplicates return the existing id. Similar memories are linked."""
     projects = normalise_projects(project)
-    instance = instance_id or palace.instance_id
+    instance = instance_id or settings.instance_id or "default"
     digest = content_hash(content)
-    dup = _find_duplicate(db, digest, memory_type, projects)
+    with db.read() as conn:
+        dup = _find_duplicate(conn, digest, memory_type, projects)
     if dup is not None:
-        return {
-            "id": int(dup.id),
-            "subject": dup.subject,
-            "embedded": bool(dup.embedded),
-            "duplicate_of": int(dup.id),
-            "note": "an identical memory (same content, project and type) exists; "
-            "nothing was written",
-        }
+        return _duplicate_result(dup)
     if supersedes_id is not None and not fetch(db, [supersedes_id]):
         raise NotFound(
             f"supersedes_id {supersedes_id} does not exist in this database; "
             "check the id with memory_get or memory_recall"
         )
-
+    vec, failure = _embed(db, embedder, subject, content)
     result: dict[str, Any] = {}
     tags = list(tags or [])
-    vec: np.ndarray | None = None
-    embedder = palace.embedder
-    try:
-        palace.check_embedder(db)
-        vec = embedder.embed_documents([document_text(subject, content)])[0]
-    except MemoryPalaceError as exc:
-        result["warning"] = f"stored without an embedding: {exc.message}"
-    except Exception as exc:
-        log.exception("embedding failed")
-        result["warning"] = f"stored without an embedding: {exc}"
     if vec is None:
         tags.append(EMBEDDING_FAILED_TAG)
-        result["warning"] += " (tagged embedding_failed; run memory_reembed with missing_only)"
-
-    link_cfg = palace.settings.auto_link
-    do_link = link_cfg.get("enabled", True) if auto_link is None else auto_link
-    neighbours: list[tuple[int, float]] = []
-    if vec is not None and do_link:
-        scope = Filters.make(project=projects if link_cfg.get("same_project_only", True) else None)
-        k = int(link_cfg.get("max_suggestions", 10)) + 10
-        hits = vectors.search(db, embedder.id, embedder.dim, vec, k, scope)
-        neighbours = [(i, s) for i, s in hits if i != supersedes_id]
-
-    now = time_param(db, utcnow())
-    if instance not in palace.settings.instances:
-        result["instance_warning"] = (
-            f"instance {instance!r} is not in config 'instances' "
-            f"({', '.join(palace.settings.instances)})"
+        result["warning"] = (
+            f"stored without an embedding: {failure} (tagged embedding_failed;"
+            " run memory_reembed with missing_only)"
         )
+    do_link = settings.auto_link.get("enabled", True) if auto_link is None else auto_link
+    neighbours = (
+        _neighbours(db, embedder, settings, vec, projects, supersedes_id)
+        if vec is not None and do_link
+        else []
+    )
     subjects = {i: r.subject for i, r in fetch(db, [i for i, _ in neighbours]).items()}
-    projects_sql = "CAST(:projects AS TEXT[])" if db.is_postgres else ":projects"
-    with db.write() as conn:
-        new_id = int(
-            conn.execute(
-                text(
-                    "INSERT INTO memories (created_at, updated_at, instance_id, projects, memory_type, "
-                    "subject, content, content_hash, keywords, tags, foundational, source_type, "
-                    "source_context, source_session_id, embedding, embedding_model, embedding_dim) "
-                    f"VALUES (:now, :now, :inst, {projects_sql}, "
-                    ":type, :subject, :content, :hash, :keywords, :tags, :foundational, :stype, :sctx, "
-                    f":sid, {vector_sql(db, 'emb')}, :model, :dim) RETURNING id"
-                ),
-                {
-                    "now": now,
-                    "inst": instance,
-                    "projects": list_param(db, projects),
-                    "type": memory_type,
-                    "subject": subject,
-                    "content": content,
-                    "hash": digest,
-                    "keywords": list_param(db, keywords),
-                    "tags": list_param(db, tags),
-                    "foundational": foundational,
-                    "stype": source_type,
-                    "sctx": source_context,
-                    "sid": source_session_id,
-                    "emb": vector_param(db, vec),
-                    "model": embedder.id if vec is not None else None,
-                    "dim": embedder.dim if vec is not None else None,
-                },
-            ).scalar()
+    if instance not in settings.instances:
+        result["instance_warning"] = (
+            f"instance {instance!r} is not in config 'instances' ({', '.join(settings.instances)})"
         )
+    now = utcnow()
+    draft = _Draft(
+        {
+            "created_at": now,
+            "updated_at": now,
+            "instance_id": instance,
+            "projects": projects,
+            "memory_type": memory_type,
+            "subject": subject,
+            "content": content,
+            "content_hash": digest,
+            "keywords": keywords,
+            "tags": tags,
+            "foundational": foundational,
+            "source_type": source_type,
+            "source_context": source_context,
+            "source_session_id": source_session_id,
+            "embedding": vec,
+            "embedding_model": embedder.id if vec is not None else None,
+            "embedding_dim": embedder.dim if vec is not None else None,
+        },
+        vec,
+        result,
+    )
+    with db.write() as conn:
+        # Checked again under a lock on this content, so concurrent writers store it once.
+        db.backend.lock(conn, int(digest[:15], 16))
+        dup = _find_duplicate(conn, digest, memory_type, projects)
+        if dup is not None:
+            return _duplicate_result(dup)
+        new_id = _insert_memory(conn, db, draft)
         if supersedes_id is not None:
-            insert_edge(
-                conn,
-                db,
-                new_id,
-                supersedes_id,
-                "supersedes",
-                1.0,
-                metadata={"superseded_at": time_out(utcnow())},
-                created_by=instance,
-            )
-            _archive(conn, db, [supersedes_id], f" [SUPERSEDED by #{new_id}]")
+            _supersede(conn, db, new_id, supersedes_id, instance)
             result["superseded"] = supersedes_id
-        links, suggestions = [], []
-        link_at = float(link_cfg.get("link_threshold", 0.75))
-        suggest_at = float(link_cfg.get("suggest_threshold", 0.675))
-        for target, sim in neighbours:
-            if sim >= link_at:
-                if insert_edge(
-                    conn,
-                    db,
-                    new_id,
-                    target,
-                    "relates_to",
-                    sim,
-                    bidirectional=True,
-                    metadata={"auto_linked": True, "method": "ann"},
-                    created_by="auto_link",
-                    auto_linked=True,
-                ):
-                    links.append(
-                        {
-                            "target": target,
-                            "target_subject": subjects.get(target),
-                            "type": "relates_to",
-                            "score": round(sim, 4),
-                        }
-                    )
-            elif sim >= suggest_at and len(suggestions) < int(link_cfg.get("max_suggestions", 10)):
-                suggestions.append(
-                    {
-                        "target": target,
-                        "target_subject": subjects.get(target),
-                        "score": round(sim, 4),
-                    }
-                )
+        links, suggestions = _auto_link(conn, db, settings, new_id, neighbours, subjects)
     result.update(id=new_id, subject=subject, embedded=vec is not None)
     if links:
         result["links_created"] = links
@@ -353,44 +399,58 @@ def remember(
     return result
 
 
+def _duplicate_result(dup: Any) -> dict[str, Any]:
+    return {
+        "id": int(dup.id),
+        "subject": dup.subject,
+        "embedded": bool(dup.embedded),
+        "duplicate_of": int(dup.id),
+        "note": "an identical memory (same content, project and type) exists; nothing was written",
+    }
+
+
+# -- reads --------------------------------------------------------------------------------
+
+
 def get(
-    palace: Palace,
     db: Database,
     *,
-    memory_ids: int | list[int],
-    detail_level: str = "verbose",
-    synthesize: bool = False,
-    include_graph: bool = True,
-    graph_depth: int = 1,
-    graph_mode: str = "summary",
-    traverse: bool = False,
-    max_depth: int = 3,
-    direction: str = "both",
-    relation_types: list[str] | None = None,
-    min_strength: float | None = None,
+    memory_ids: Annotated[int | list[int], P("A memory id or a list of ids.", minimum=1)],
+    detail_level: DetailLevel = "verbose",
+    synthesize: Annotated[bool, P("Summarise several memories with the configured LLM.")] = False,
+    include_graph: Annotated[bool, P("Add graph context.")] = True,
+    graph_depth: Annotated[int, P("Graph hops for context (0-5).", minimum=0, maximum=5)] = 1,
+    graph_mode: GraphMode = "summary",
+    traverse: Annotated[
+        bool, P("Return a breadth-first traversal instead of graph context.")
+    ] = False,
+    max_depth: Annotated[int, P("Traversal depth (1-5).", minimum=1, maximum=5)] = 3,
+    direction: Direction = "both",
+    relation_types: Annotated[list[str] | None, P("Only follow these edge types.")] = None,
+    min_strength: Annotated[
+        float | None, P("Only follow edges at least this strong (0-1).", minimum=0, maximum=1)
+    ] = None,
 ) -> dict[str, Any]:
+    """Fetch memories by id (one id or a list), with graph context or a graph traversal."""
     single = isinstance(memory_ids, int)
     ids = [memory_ids] if single else list(dict.fromkeys(memory_ids))
     if not ids:
         raise InvalidParams("memory_get: memory_ids must name at least one id")
-    with db.read():  # one pooled connection for every read below
-        rows = touch(db, ids, COLUMNS)  # counts the access and reads the rows at once
-        found = [i for i in ids if i in rows]
-        if single and not found:
-            raise NotFound(
-                f"memory {memory_ids} does not exist; find ids with memory_recall or memory_recent"
-            )
-        out: dict[str, Any]
-        if single:
-            out = {"memory": memory_dict(rows[found[0]], detail_level)}
-        else:
-            out = {
-                "memories": [memory_dict(rows[i], detail_level) for i in found],
-                "count": len(found),
-            }
-            missing = [i for i in ids if i not in rows]
-            if missing:
-                out["not_found"] = missing
+    rows = touch(db, ids, CARD_SQL)  # counts the access and reads the rows at once
+    found = [i for i in ids if i in rows]
+    if single and not found:
+        raise NotFound(
+            f"memory {memory_ids} does not exist; find ids with memory_recall or memory_recent"
+        )
+    out: dict[str, Any]
+    if single:
+        out = {"memory": memory_dict(rows[found[0]], detail_level)}
+    else:
+        out = {"memories": [memory_dict(rows[i], detail_level) for i in found], "count": len(found)}
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            out["not_found"] = missing
+    with db.read():  # the graph reads below share one pooled connection
         if traverse:
             walks = {
                 i: graph.traverse(db, i, max_depth, direction, relation_types, min_strength)
@@ -406,22 +466,22 @@ def get(
             )
             if ctx:
                 out["graph_context"] = ctx
-        if synthesize and len(found) > 1:
-            out["note"] = LLM_NOTE
-        return out
+    if synthesize and len(found) > 1:
+        out["note"] = LLM_NOTE
+    return out
 
 
 def recent(
-    palace: Palace,
     db: Database,
     *,
-    limit: int = 20,
-    verbose: bool = False,
-    project: str | list[str] | None = None,
-    memory_type: str | None = None,
-    instance_id: str | None = None,
-    include_archived: bool = False,
+    limit: Annotated[int, P("How many (at most 200).", minimum=1, maximum=200)] = 20,
+    verbose: Annotated[bool, P("Full memories instead of title cards.")] = False,
+    project: Project = None,
+    memory_type: MemoryType = None,
+    instance_id: ByInstance = None,
+    include_archived: IncludeArchived = False,
 ) -> dict[str, Any]:
+    """List the newest memories as title cards."""
     cond, params = where(
         db, Filters.make(instance_id, project, memory_type, include_archived=include_archived)
     )
@@ -429,7 +489,7 @@ def recent(
         total = conn.execute(text(f"SELECT count(*) FROM memories WHERE {cond}"), params).scalar()
         rows = conn.execute(
             text(
-                f"SELECT {COLUMNS} FROM memories WHERE {cond} "
+                f"SELECT {CARD_SQL} FROM memories WHERE {cond} "
                 "ORDER BY created_at DESC, id DESC LIMIT :limit"
             ),
             {**params, "limit": limit},
@@ -442,28 +502,24 @@ def recent(
     }
 
 
-def in_degree_sql() -> str:
-    """Deliberate in-degree per memory: auto-links don't count toward centrality."""
-    return (
-        "SELECT target_id, count(*) AS indeg FROM memory_edges "
-        "WHERE auto_linked = :auto_false GROUP BY target_id"
-    )
+IN_DEGREE_SQL = (
+    "SELECT target_id, count(*) AS indeg FROM memory_edges "
+    "WHERE auto_linked = :auto_false GROUP BY target_id"
+)
+"""Deliberate in-degree per memory: auto-links don't count toward centrality."""
 
 
-def archive(
-    palace: Palace,
+# -- archive, link, unlink ----------------------------------------------------------------
+
+
+def _archive_candidates(
     db: Database,
-    *,
-    memory_ids: list[int] | None = None,
-    older_than_days: int | None = None,
-    max_access_count: int | None = None,
-    memory_type: str | None = None,
-    project: str | list[str] | None = None,
-    centrality_protection: bool = True,
-    min_centrality_threshold: int = 5,
-    dry_run: bool = True,
-    reason: str | None = None,
-) -> dict[str, Any]:
+    memory_ids: list[int] | None,
+    older_than_days: int | None,
+    max_access_count: int | None,
+    memory_type: str | None,
+    project: str | list[str] | None,
+) -> list[Any]:
     params: dict[str, Any] = {"auto_false": False}
     if memory_ids:
         cond = "m.id IN :ids AND m.is_archived = :f_false"
@@ -483,38 +539,66 @@ def archive(
         params.update(fp)
         if older_than_days is not None:
             cond += " AND m.created_at < :cutoff"
-            params["cutoff"] = time_param(db, utcnow() - timedelta(days=older_than_days))
+            params["cutoff"] = db.backend.encode("time", utcnow() - timedelta(days=older_than_days))
         if max_access_count is not None:
             cond += " AND m.access_count <= :max_acc"
             params["max_acc"] = max_access_count
     stmt = text(
         f"SELECT m.id, m.subject, m.foundational, coalesce(d.indeg, 0) AS indeg "
-        f"FROM memories m LEFT JOIN ({in_degree_sql()}) d ON d.target_id = m.id "
+        f"FROM memories m LEFT JOIN ({IN_DEGREE_SQL}) d ON d.target_id = m.id "
         f"WHERE {cond} ORDER BY m.id"
     )
     if memory_ids:
         stmt = stmt.bindparams(bindparam("ids", expanding=True))
     with db.read() as conn:
-        rows = conn.execute(stmt, params).all()
-    chosen, skipped_foundational, skipped_central, details = [], [], [], []
-    warnings = 0
+        return list(conn.execute(stmt, params))
+
+
+def archive(
+    db: Database,
+    *,
+    memory_ids: Annotated[
+        list[int] | None, P("Ids to archive (override the filters).", minimum=1)
+    ] = None,
+    older_than_days: Annotated[
+        int | None, P("Only memories older than this.", minimum=0, maximum=36500)
+    ] = None,
+    max_access_count: Annotated[
+        int | None, P("Only memories accessed at most this often.", minimum=0)
+    ] = None,
+    memory_type: MemoryType = None,
+    project: Project = None,
+    centrality_protection: Annotated[bool, P("Skip memories with many incoming links.")] = True,
+    min_centrality_threshold: Annotated[
+        int, P("Incoming links that protect a memory.", minimum=1)
+    ] = 5,
+    dry_run: DryRun = True,
+    reason: Annotated[str | None, P("Why; recorded on each archived memory.")] = None,
+) -> dict[str, Any]:
+    """Archive (soft-delete) memories by id or by filters. Dry run by default. Foundational
+    memories are never archived; central ones are protected."""
+    rows = _archive_candidates(
+        db, memory_ids, older_than_days, max_access_count, memory_type, project
+    )
+    chosen: list[int] = []
+    skipped_foundational: list[int] = []
+    skipped_central: list[int] = []
+    details: list[dict[str, Any]] = []
     for r in rows:
-        entry = {"id": int(r.id), "subject": r.subject, "in_degree": int(r.indeg)}
+        entry: dict[str, Any] = {"id": int(r.id), "subject": r.subject, "in_degree": int(r.indeg)}
         if r.foundational:
             skipped_foundational.append(int(r.id))
-            continue
-        if centrality_protection and r.indeg >= min_centrality_threshold:
+        elif centrality_protection and r.indeg >= min_centrality_threshold:
             skipped_central.append(int(r.id))
-            continue
-        if r.indeg >= 3:
-            entry["warning"] = f"{int(r.indeg)} memories link here"
-            warnings += 1
-        chosen.append(int(r.id))
-        details.append(entry)
+        else:
+            if r.indeg >= 3:
+                entry["warning"] = f"{int(r.indeg)} memories link here"
+            chosen.append(int(r.id))
+            details.append(entry)
     out: dict[str, Any] = {
         "skipped_foundational": skipped_foundational,
         "skipped_centrality": skipped_central,
-        "warning_count": warnings,
+        "warning_count": sum(1 for d in details if "warning" in d),
         "details": details,
     }
     if memory_ids:
@@ -524,25 +608,27 @@ def archive(
         out["note"] = "dry run: nothing changed; pass dry_run=false to archive"
         return out
     with db.write() as conn:
-        _archive(conn, db, chosen, f" [ARCHIVED: {reason or 'manual'}]")
+        archive_rows(conn, db, chosen, f" [ARCHIVED: {reason or 'manual'}]")
     out["archived_count"] = len(chosen)
     out["note"] = "archived memories are hidden from recall; include_archived=true shows them"
     return out
 
 
 def link(
-    palace: Palace,
     db: Database,
+    settings: Settings,
     *,
-    source_id: int,
-    target_id: int,
-    relation_type: str,
-    strength: float = 1.0,
-    bidirectional: bool = False,
-    metadata: dict | None = None,
-    created_by: str | None = None,
-    archive_old: bool = False,
+    source_id: Annotated[int, P("Source memory id.", minimum=1)],
+    target_id: Annotated[int, P("Target memory id.", minimum=1)],
+    relation_type: Annotated[str, P("Edge type.", min_length=1)],
+    strength: Annotated[float, P("0-1 (clamped).")] = 1.0,
+    bidirectional: Annotated[bool, P("The edge holds both ways.")] = False,
+    metadata: Annotated[dict[str, Any] | None, P("Free JSON metadata.")] = None,
+    created_by: Annotated[str | None, P("Who made the edge.")] = None,
+    archive_old: Annotated[bool, P("With supersedes: archive the target.")] = False,
 ) -> dict[str, Any]:
+    """Create a typed edge between two memories (supersedes, relates_to, derived_from,
+    contradicts, exemplifies, refines, or a custom type)."""
     if source_id == target_id:
         raise InvalidParams("memory_link: a memory cannot link to itself")
     found = fetch(db, [source_id, target_id])
@@ -559,13 +645,13 @@ def link(
             strength,
             bidirectional,
             metadata,
-            created_by or palace.instance_id,
+            created_by or settings.instance_id or "default",
         )
         if edge_id is None:
             existing = conn.execute(
                 text(
-                    "SELECT id FROM memory_edges WHERE source_id = :s AND target_id = :t "
-                    "AND relation_type = :r"
+                    "SELECT id FROM memory_edges WHERE source_id = :s AND target_id = :t AND "
+                    "relation_type = :r"
                 ),
                 {"s": source_id, "t": target_id, "r": relation_type},
             ).scalar()
@@ -581,19 +667,19 @@ def link(
             "message": f"linked {source_id} -[{relation_type}]-> {target_id}",
         }
         if archive_old and relation_type == "supersedes":
-            _archive(conn, db, [target_id], f" [SUPERSEDED by #{source_id}]")
+            archive_rows(conn, db, [target_id], f" [SUPERSEDED by #{source_id}]")
             out["old_memory_archived"] = True
     return out
 
 
 def unlink(
-    palace: Palace,
     db: Database,
     *,
-    source_id: int,
-    target_id: int,
-    relation_type: str | None = None,
+    source_id: Annotated[int, P("Source memory id.", minimum=1)],
+    target_id: Annotated[int, P("Target memory id.", minimum=1)],
+    relation_type: Annotated[str | None, P("Only this type; omit for all.")] = None,
 ) -> dict[str, Any]:
+    """Remove edges from source to target (all types, or one)."""
     sql = "DELETE FROM memory_edges WHERE source_id = :s AND target_id = :t"
     params: dict[str, Any] = {"s": source_id, "t": target_id}
     if relation_type:
@@ -607,15 +693,10 @@ def unlink(
     }
 
 
-def stats(palace: Palace, db: Database) -> dict[str, Any]:
-    """Aggregates in SQL; never loads memory rows into Python."""
-    project_rows = (
-        "SELECT p, count(*) FROM memories, unnest(projects) AS p "
-        "WHERE NOT is_archived GROUP BY p ORDER BY 2 DESC"
-        if db.is_postgres
-        else "SELECT json_each.value, count(*) FROM memories, json_each(memories.projects) "
-        "WHERE is_archived = 0 GROUP BY 1 ORDER BY 2 DESC"
-    )
+def stats(db: Database) -> dict[str, Any]:
+    """Counts by type, instance and project, the most accessed and the newest memories."""
+    source, element = db.backend.strings_elements("memories", "projects", "p")
+    active = {"f": False}
     with db.read() as conn:
         c = conn.execute(
             text(
@@ -628,47 +709,39 @@ def stats(palace: Palace, db: Database) -> dict[str, Any]:
                 "FROM memories"
             )
         ).one()
-        by_type = dict(
-            conn.execute(
-                text(
-                    "SELECT coalesce(memory_type, '?'), count(*) FROM memories WHERE is_archived = :f "
-                    "GROUP BY 1 ORDER BY 2 DESC"
-                ),
-                {"f": False},
-            ).all()
+
+        def counts(sql: str) -> dict[str, int]:
+            return {k: int(v) for k, v in conn.execute(text(sql), active).all()}
+
+        by_type = counts(
+            "SELECT coalesce(memory_type, '?'), count(*) FROM memories "
+            "WHERE is_archived = :f GROUP BY 1 ORDER BY 2 DESC"
         )
-        by_instance = dict(
-            conn.execute(
-                text(
-                    "SELECT coalesce(instance_id, '?'), count(*) FROM memories WHERE is_archived = :f "
-                    "GROUP BY 1 ORDER BY 2 DESC"
-                ),
-                {"f": False},
-            ).all()
+        by_instance = counts(
+            "SELECT coalesce(instance_id, '?'), count(*) FROM memories "
+            "WHERE is_archived = :f GROUP BY 1 ORDER BY 2 DESC"
         )
-        by_project = dict(conn.execute(text(project_rows)).all())
+        by_project = counts(
+            f"SELECT {element}, count(*) FROM memories, {source} "
+            "WHERE is_archived = :f GROUP BY 1 ORDER BY 2 DESC"
+        )
         most = conn.execute(
             text(
                 "SELECT id, subject, access_count FROM memories WHERE is_archived = :f "
                 "ORDER BY access_count DESC, id LIMIT 5"
             ),
-            {"f": False},
+            active,
         ).all()
         newest = conn.execute(
             text(
                 "SELECT id, subject FROM memories WHERE is_archived = :f "
                 "ORDER BY created_at DESC, id DESC LIMIT 5"
             ),
-            {"f": False},
+            active,
         ).all()
         edges = conn.execute(text("SELECT count(*) FROM memory_edges")).scalar()
-        models = dict(
-            conn.execute(
-                text(
-                    "SELECT embedding_model, count(*) FROM memories WHERE embedding IS NOT NULL "
-                    "GROUP BY 1"
-                )
-            ).all()
+        models = counts(
+            "SELECT embedding_model, count(*) FROM memories WHERE embedding IS NOT NULL GROUP BY 1"
         )
     return {
         "total_memories": int(c.total),
@@ -677,12 +750,12 @@ def stats(palace: Palace, db: Database) -> dict[str, Any]:
         "foundational_memories": int(c.foundational),
         "embedded_memories": int(c.embedded),
         "total_edges": int(edges),
-        "by_type": {k: int(v) for k, v in by_type.items()},
-        "by_instance": {k: int(v) for k, v in by_instance.items()},
-        "by_project": {k: int(v) for k, v in by_project.items()},
+        "by_type": by_type,
+        "by_instance": by_instance,
+        "by_project": by_project,
         "most_accessed": [f"#{r.id}: {r.subject or ''} ({r.access_count})" for r in most],
         "recently_added": [f"#{r.id}: {r.subject or ''}" for r in newest],
-        "embedding_models": {k: int(v) for k, v in models.items()},
+        "embedding_models": models,
         "database": db.masked_url,
     }
 

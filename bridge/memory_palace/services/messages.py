@@ -7,17 +7,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from sqlalchemy import bindparam, text
 
+from ..config import Settings
 from ..db.engine import Database
-from ..db.values import time_out, time_param, utcnow
+from ..db.tables import MESSAGES
+from ..db.values import iso, utcnow
 from ..errors import InvalidParams, NotFound
-
-if TYPE_CHECKING:
-    from ..palace import Palace
+from ..params import P
 
 log = logging.getLogger("memory_palace.messages")
 
@@ -27,7 +27,10 @@ MAX_NAME_BYTES = MAX_IDENTIFIER_BYTES - len(CHANNEL_PREFIX.encode())
 NOTIFY_LIMIT = 7999  # pg_notify payloads must be shorter than 8000 bytes
 BROADCAST = "all"
 CHANNEL_ONLY = "#"  # to_instance of a message posted only to a channel is "#<channel>"
-MESSAGE_TYPES = ("handoff", "status", "question", "fyi", "context", "event", "message")
+Action = Literal["send", "get", "mark_read", "mark_unread", "subscribe", "unsubscribe", "poll"]
+MessageType = Literal["handoff", "status", "question", "fyi", "context", "event", "message"]
+ACTIONS: tuple[str, ...] = get_args(Action)
+MESSAGE_TYPES: tuple[str, ...] = get_args(MessageType)
 
 COLUMNS = (
     "m.id, m.created_at, m.from_instance, m.to_instance, m.message_type, m.subject, "
@@ -79,20 +82,20 @@ def _check_text(value: str | None, what: str) -> None:
         )
 
 
-def _instance(palace: Palace, instance_id: str | None, what: str = "instance_id") -> str:
+def _instance(settings: Settings, instance_id: str | None, what: str = "instance_id") -> str:
     if instance_id is None:
-        if palace.settings.instance_id is None:
+        if settings.instance_id is None:
             raise InvalidParams(
                 f"{what} is required (or set MEMORY_PALACE_INSTANCE_ID)", param=what
             )
-        return palace.settings.instance_id
+        return settings.instance_id
     return check_name(instance_id, what)
 
 
 def message_dict(row: Any, read_at: Any = None, with_read: bool = False) -> dict[str, Any]:
     out = {
         "id": int(row.id),
-        "created_at": time_out(row.created_at),
+        "created_at": iso(row.created_at),
         "from_instance": row.from_instance,
         "to_instance": row.to_instance,
         "message_type": row.message_type,
@@ -100,13 +103,13 @@ def message_dict(row: Any, read_at: Any = None, with_read: bool = False) -> dict
         "content": row.content,
         "channel": row.channel,
         "priority": int(row.priority),
-        "expires_at": time_out(row.expires_at),
+        "expires_at": iso(row.expires_at),
         "delivery_status": row.delivery_status,
-        "delivered_at": time_out(row.delivered_at),
+        "delivered_at": iso(row.delivered_at),
     }
     if with_read:
         out["read"] = read_at is not None
-        out["read_at"] = time_out(read_at)
+        out["read_at"] = iso(read_at)
     return out
 
 
@@ -135,20 +138,20 @@ def notify_payload(msg: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _warning(palace: Palace, names: Iterable[str]) -> str | None:
-    unknown = [n for n in names if n != BROADCAST and n not in palace.settings.instances]
+def _warning(settings: Settings, names: Iterable[str]) -> str | None:
+    unknown = [n for n in names if n != BROADCAST and n not in settings.instances]
     if not unknown:
         return None
     return (
         f"instance {', '.join(repr(n) for n in unknown)} is not in the configured instances "
-        f"({', '.join(palace.settings.instances)}); the message was stored anyway. Add it to "
+        f"({', '.join(settings.instances)}); the message was stored anyway. Add it to "
         'config.json "instances" if it is a real agent, or fix the spelling.'
     )
 
 
 def send(
-    palace: Palace,
     db: Database,
+    settings: Settings,
     *,
     from_instance: str | None,
     to_instance: str | None,
@@ -160,7 +163,7 @@ def send(
     ttl_seconds: int | None = None,
 ) -> dict[str, Any]:
     """Store a message; on PostgreSQL NOTIFY its channels in the same transaction."""
-    sender = _instance(palace, from_instance, "from_instance")
+    sender = _instance(settings, from_instance, "from_instance")
     if channel is not None:
         channel = check_name(channel, "channel")
     if to_instance is None:
@@ -184,9 +187,8 @@ def send(
         raise InvalidParams("priority must be between 0 and 10", param="priority")
     now = utcnow()
     expires = now + timedelta(seconds=ttl_seconds) if ttl_seconds else None
-    status = "delivered" if db.is_postgres else "pending"
-    params = {
-        "created_at": time_param(db, now),
+    values = {
+        "created_at": now,
         "from_instance": sender,
         "to_instance": to,
         "message_type": message_type,
@@ -194,49 +196,39 @@ def send(
         "content": content,
         "channel": channel,
         "priority": priority,
-        "expires_at": time_param(db, expires),
-        "status": status,
-        "delivered_at": time_param(db, now) if db.is_postgres else None,
+        "expires_at": expires,
+        "delivery_status": "pending",
     }
-    channels: list[str] = []
+    status = "pending"
+    targets = ([] if to.startswith(CHANNEL_ONLY) else [to]) + (
+        [channel] if channel is not None and channel != to else []
+    )
     with db.write() as conn:
         msg_id = conn.execute(
-            text(
-                "INSERT INTO messages (created_at, from_instance, to_instance, message_type, subject, "
-                "content, channel, priority, expires_at, delivery_status, delivered_at) VALUES "
-                "(:created_at, :from_instance, :to_instance, :message_type, :subject, :content, "
-                ":channel, :priority, :expires_at, :status, :delivered_at) RETURNING id"
-            ),
-            params,
+            text(db.backend.insert_sql(MESSAGES, values, returning="id")),
+            db.backend.encode_row(MESSAGES, values),
         ).scalar_one()
-        if db.is_postgres:
-            payload = orjson.dumps(notify_payload({**params, "message_id": int(msg_id)})).decode()
-            if not to.startswith(CHANNEL_ONLY):
-                channels.append(pg_channel(to))
-            if channel is not None and pg_channel(channel) not in channels:
-                channels.append(pg_channel(channel))
-            for ch in channels:
-                conn.execute(
-                    text("SELECT pg_notify(:ch, :payload)"), {"ch": ch, "payload": payload}
-                )
+        payload = orjson.dumps(notify_payload({**values, "message_id": int(msg_id)})).decode()
+        channels = db.backend.notify(conn, [pg_channel(t) for t in targets], payload)
     out: dict[str, Any] = {
         "success": True,
         "id": int(msg_id),
+        "from_instance": sender,
         "to_instance": to,
         "channel": channel,
         "delivery_status": status,
         "notified_channels": channels,
-        "expires_at": time_out(expires),
+        "expires_at": iso(expires),
     }
-    warning = _warning(palace, [sender] + ([] if to.startswith(CHANNEL_ONLY) else [to]))
+    warning = _warning(settings, [sender] + ([] if to.startswith(CHANNEL_ONLY) else [to]))
     if warning:
         out["instance_warning"] = warning
     return out
 
 
 def get(
-    palace: Palace,
     db: Database,
+    settings: Settings,
     *,
     instance_id: str | None,
     unread_only: bool = True,
@@ -246,9 +238,9 @@ def get(
 ) -> dict[str, Any]:
     """Messages for an instance (direct, broadcast, subscribed channels), highest priority and
     newest first. Read state is the caller's own."""
-    me = _instance(palace, instance_id)
+    me = _instance(settings, instance_id)
     where = [RECIPIENT, NOT_EXPIRED]
-    params: dict[str, Any] = {"me": me, "now": time_param(db, utcnow()), "limit": limit}
+    params: dict[str, Any] = {"me": me, "now": db.backend.encode("time", utcnow()), "limit": limit}
     if unread_only:
         where.append("r.message_id IS NULL")
     if channel is not None:
@@ -272,10 +264,10 @@ def get(
 
 
 def poll(
-    palace: Palace, db: Database, *, instance_id: str | None, since_id: int = 0, limit: int = 50
+    db: Database, settings: Settings, *, instance_id: str | None, since_id: int = 0, limit: int = 50
 ) -> dict[str, Any]:
     """Messages for an instance with id > since_id, oldest first (read or not)."""
-    me = _instance(palace, instance_id)
+    me = _instance(settings, instance_id)
     with db.read() as conn:
         rows = conn.execute(
             text(
@@ -283,7 +275,12 @@ def poll(
                 "LEFT JOIN message_reads r ON r.message_id = m.id AND r.instance_id = :me "
                 f"WHERE m.id > :since AND {RECIPIENT} AND {NOT_EXPIRED} ORDER BY m.id LIMIT :limit"
             ),
-            {"me": me, "since": since_id, "now": time_param(db, utcnow()), "limit": limit},
+            {
+                "me": me,
+                "since": since_id,
+                "now": db.backend.encode("time", utcnow()),
+                "limit": limit,
+            },
         ).all()
     messages = [message_dict(r, r.read_at, with_read=True) for r in rows]
     last = messages[-1]["id"] if messages else since_id
@@ -297,7 +294,7 @@ def _recipient_row(db: Database, conn: Any, message_id: int, me: str) -> Any:
             "(SELECT 1 FROM subscriptions s WHERE s.instance_id = :me AND s.channel = m.channel) "
             "AS subscribed FROM messages m WHERE m.id = :id AND " + NOT_EXPIRED
         ),
-        {"id": message_id, "me": me, "now": time_param(db, utcnow())},
+        {"id": message_id, "me": me, "now": db.backend.encode("time", utcnow())},
     ).first()
     if row is None:
         raise NotFound(
@@ -319,9 +316,9 @@ def _recipient_row(db: Database, conn: Any, message_id: int, me: str) -> Any:
 
 
 def mark_read(
-    palace: Palace, db: Database, *, instance_id: str | None, message_id: int | None
+    db: Database, settings: Settings, *, instance_id: str | None, message_id: int | None
 ) -> dict[str, Any]:
-    me = _instance(palace, instance_id)
+    me = _instance(settings, instance_id)
     if message_id is None:
         raise InvalidParams("mark_read needs message_id", param="message_id")
     now = utcnow()
@@ -329,10 +326,10 @@ def mark_read(
         _recipient_row(db, conn, message_id, me)
         inserted = conn.execute(
             text(
-                "INSERT INTO message_reads (message_id, instance_id, read_at) VALUES (:id, :me, :now) "
-                "ON CONFLICT (message_id, instance_id) DO NOTHING"
+                "INSERT INTO message_reads (message_id, instance_id, read_at) "
+                "VALUES (:id, :me, :now) ON CONFLICT (message_id, instance_id) DO NOTHING"
             ),
-            {"id": message_id, "me": me, "now": time_param(db, now)},
+            {"id": message_id, "me": me, "now": db.backend.encode("time", now)},
         ).rowcount
     return {
         "success": True,
@@ -343,9 +340,9 @@ def mark_read(
 
 
 def mark_unread(
-    palace: Palace, db: Database, *, instance_id: str | None, message_id: int | None
+    db: Database, settings: Settings, *, instance_id: str | None, message_id: int | None
 ) -> dict[str, Any]:
-    me = _instance(palace, instance_id)
+    me = _instance(settings, instance_id)
     if message_id is None:
         raise InvalidParams("mark_unread needs message_id", param="message_id")
     with db.write() as conn:
@@ -371,19 +368,19 @@ def subscriptions(db: Database, instance_id: str | None = None) -> list[str]:
 
 
 def subscribe(
-    palace: Palace, db: Database, *, instance_id: str | None, channel: str | None
+    db: Database, settings: Settings, *, instance_id: str | None, channel: str | None
 ) -> dict[str, Any]:
-    me = _instance(palace, instance_id)
+    me = _instance(settings, instance_id)
     if channel is None:
         raise InvalidParams("subscribe needs channel", param="channel")
     channel = check_name(channel, "channel")
     with db.write() as conn:
         added = conn.execute(
             text(
-                "INSERT INTO subscriptions (instance_id, channel, created_at) VALUES (:me, :ch, :now) "
-                "ON CONFLICT (instance_id, channel) DO NOTHING"
+                "INSERT INTO subscriptions (instance_id, channel, created_at) "
+                "VALUES (:me, :ch, :now) ON CONFLICT (instance_id, channel) DO NOTHING"
             ),
-            {"me": me, "ch": channel, "now": time_param(db, utcnow())},
+            {"me": me, "ch": channel, "now": db.backend.encode("time", utcnow())},
         ).rowcount
     return {
         "success": True,
@@ -396,9 +393,9 @@ def subscribe(
 
 
 def unsubscribe(
-    palace: Palace, db: Database, *, instance_id: str | None, channel: str | None
+    db: Database, settings: Settings, *, instance_id: str | None, channel: str | None
 ) -> dict[str, Any]:
-    me = _instance(palace, instance_id)
+    me = _instance(settings, instance_id)
     if channel is None:
         raise InvalidParams("unsubscribe needs channel", param="channel")
     channel = check_name(channel, "channel")
@@ -441,38 +438,51 @@ def messages_since(
     ).bindparams(bindparam("names", expanding=True))
     with db.read() as conn:
         rows = conn.execute(
-            stmt, {"last": last_id, "names": names, "limit": limit, "now": time_param(db, utcnow())}
+            stmt,
+            {
+                "last": last_id,
+                "names": names,
+                "limit": limit,
+                "now": db.backend.encode("time", utcnow()),
+            },
         ).all()
     return [notify_payload(message_dict(r)) for r in rows]
 
 
-ACTIONS = ("send", "get", "mark_read", "mark_unread", "subscribe", "unsubscribe", "poll")
-
-
 def handle(
-    palace: Palace,
     db: Database,
+    settings: Settings,
     *,
-    action: str,
-    instance_id: str | None = None,
-    from_instance: str | None = None,
-    to_instance: str | None = None,
-    content: str | None = None,
-    message_type: str = "message",
-    subject: str | None = None,
-    channel: str | None = None,
-    priority: int = 0,
-    ttl_seconds: int | None = None,
-    unread_only: bool = True,
-    limit: int = 50,
-    message_id: int | None = None,
-    since_id: int = 0,
+    action: Annotated[Action, P("What to do.")],
+    instance_id: Annotated[str | None, P("Your instance (get, mark_*, subscribe, poll).")] = None,
+    from_instance: Annotated[str | None, P("Sender (send).")] = None,
+    to_instance: Annotated[str | None, P("Recipient instance, or 'all' (send).")] = None,
+    content: Annotated[str | None, P("Message body (send).")] = None,
+    message_type: Annotated[
+        MessageType, P("handoff, status, question, fyi, context, event or message.")
+    ] = "message",
+    subject: Annotated[str | None, P("Short subject (send).")] = None,
+    channel: Annotated[str | None, P("Channel name (send, get, subscribe, unsubscribe).")] = None,
+    priority: Annotated[int, P("0-10 (send).", minimum=0, maximum=10)] = 0,
+    ttl_seconds: Annotated[
+        int | None,
+        P(
+            "Expire the message after this many seconds (send).",
+            minimum=1,
+            maximum=10 * 365 * 86400,
+        ),
+    ] = None,
+    unread_only: Annotated[bool, P("Only unread messages (get).")] = True,
+    limit: Annotated[int, P("Maximum messages (get, poll).", minimum=1, maximum=500)] = 50,
+    message_id: Annotated[int | None, P("Message id (mark_read, mark_unread).", minimum=1)] = None,
+    since_id: Annotated[int, P("Only messages with a larger id (poll).", minimum=0)] = 0,
 ) -> dict[str, Any]:
-    """The `message` tool: dispatch on action."""
+    """Messages between agent instances. action=send|get|mark_read|mark_unread|subscribe|
+    unsubscribe|poll. Recipients are woken by push when the database is PostgreSQL."""
     if action == "send":
         return send(
-            palace,
             db,
+            settings,
             from_instance=from_instance or instance_id,
             to_instance=to_instance,
             content=content,
@@ -484,8 +494,8 @@ def handle(
         )
     if action == "get":
         return get(
-            palace,
             db,
+            settings,
             instance_id=instance_id,
             unread_only=unread_only,
             channel=channel,
@@ -493,15 +503,15 @@ def handle(
             limit=limit,
         )
     if action == "poll":
-        return poll(palace, db, instance_id=instance_id, since_id=since_id, limit=limit)
+        return poll(db, settings, instance_id=instance_id, since_id=since_id, limit=limit)
     if action == "mark_read":
-        return mark_read(palace, db, instance_id=instance_id, message_id=message_id)
+        return mark_read(db, settings, instance_id=instance_id, message_id=message_id)
     if action == "mark_unread":
-        return mark_unread(palace, db, instance_id=instance_id, message_id=message_id)
+        return mark_unread(db, settings, instance_id=instance_id, message_id=message_id)
     if action == "subscribe":
-        return subscribe(palace, db, instance_id=instance_id, channel=channel)
+        return subscribe(db, settings, instance_id=instance_id, channel=channel)
     if action == "unsubscribe":
-        return unsubscribe(palace, db, instance_id=instance_id, channel=channel)
+        return unsubscribe(db, settings, instance_id=instance_id, channel=channel)
     raise InvalidParams(
         f"unknown action {action!r}; use one of {', '.join(ACTIONS)}", param="action"
     )

@@ -5,73 +5,50 @@ queries (the original normalised by the best candidate of each query)."""
 from __future__ import annotations
 
 import math
-import re
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
+import numpy as np
 from sqlalchemy import bindparam, text
 
+from ..config import Settings
 from ..db.engine import Database
-from ..errors import EmbedderUnavailable, InvalidParams, Timeout
+from ..db.filters import Filters
+from ..db.values import iso
+from ..embeddings import Embedder
+from ..errors import EmbedderUnavailable, InvalidParams
+from ..params import ByInstance, DetailLevel, GraphMode, IncludeArchived, MemoryType, P, Project
 from . import graph, vectors
-from .filters import Filters, where
-from .memories import LLM_NOTE, card, fetch, touch
-
-if TYPE_CHECKING:
-    from ..palace import Palace
+from .memories import LLM_NOTE, fetch, memory_dict, touch
 
 CANDIDATES = 50
 ACCESS_SCALE = 100  # log(1+access)/log(1+100): 100 accesses count as fully "popular"
 CENTRALITY_SCALE = 10  # 10 deliberate incoming links count as fully "central"
-TOKEN_RE = re.compile(r"\w+", re.UNICODE)
-# PostgreSQL's 'english' configuration drops these; FTS5 has no stop words, so a question like
-# "what does Alice like to drink" would otherwise match every memory containing "to".
-STOP_WORDS = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "do", "does", "did", "for", "from", "had", "has", "have", "how", "i", "in", "is", "it", "its", "me", "my", "of", "on", "or", "our", "so", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"]
-)
 
 
-def fts5_query(query: str) -> str | None:
-    """An FTS5 MATCH expression: every word quoted (no operator injection), OR-ed."""
-    tokens = list(dict.fromkeys(TOKEN_RE.findall(query)))
-    content = [t for t in tokens if t.lower() not in STOP_WORDS] or tokens
-    return " OR ".join(f'"{t}"' for t in content) or None
+@dataclass
+class Candidates:
+    """What the two legs found for one query."""
 
+    vector: list[tuple[int, float]] = field(default_factory=list)
+    keyword: list[tuple[int, float]] = field(default_factory=list)
+    similarity: dict[int, float] = field(default_factory=dict)
+    embedded_query: bool = False  # False when the embedder failed: keyword search only
+    warning: str | None = None
 
-def keyword_search(db: Database, query: str, k: int, f: Filters) -> list[tuple[int, float]]:
-    cond, params = where(db, f, "m")
-    if db.is_postgres:
-        # websearch_to_tsquery ANDs the words; OR them so a partial match still ranks.
-        sql = (
-            "SELECT m.id, ts_rank_cd(m.tsv, q) AS r FROM memories m, "
-            "CAST(replace(CAST(websearch_to_tsquery('english', :q) AS text), ' & ', ' | ') "
-            "AS tsquery) AS q "
-            f"WHERE m.tsv @@ q AND {cond} ORDER BY r DESC, m.id LIMIT :k"
-        )
-        params["q"] = query
-    else:
-        match = fts5_query(query)
-        if match is None:
-            return []
-        sql = (
-            "SELECT m.id, bm25(memories_fts, 4.0, 1.0, 2.0) AS r FROM memories_fts "
-            "JOIN memories m ON m.id = memories_fts.rowid "
-            f"WHERE memories_fts MATCH :q AND {cond} ORDER BY r, m.id LIMIT :k"
-        )
-        params["q"] = match
-    params["k"] = k
-    with db.read() as conn:
-        return [(int(r[0]), float(r[1])) for r in conn.execute(text(sql), params)]
+    def found_by(self, mid: int) -> str:
+        legs = [
+            name
+            for name, hits in (("vector", self.vector), ("keyword", self.keyword))
+            if any(h[0] == mid for h in hits)
+        ]
+        return "both" if len(legs) == 2 else legs[0]
 
-
-def _subject_ids(db: Database, f: Filters) -> set[int] | None:
-    """SQLite's vector index has no subject column: pre-select ids for a subject filter."""
-    if db.is_postgres or not f.subject:
-        return None
-    cond, params = where(db, f)
-    with db.read() as conn:
-        return {
-            int(r[0]) for r in conn.execute(text(f"SELECT id FROM memories WHERE {cond}"), params)
-        }
+    @property
+    def method(self) -> str:
+        if self.vector and self.keyword:
+            return "hybrid"
+        return "vector" if self.vector else "keyword" if self.keyword else "none"
 
 
 def _in_degrees(db: Database, ids: list[int]) -> dict[int, int]:
@@ -85,119 +62,121 @@ def _in_degrees(db: Database, ids: list[int]) -> dict[int, int]:
         return {int(a): int(b) for a, b in conn.execute(stmt, {"f": False, "ids": ids})}
 
 
+def _query_vector(
+    db: Database, embedder: Embedder, query: str
+) -> tuple[np.ndarray | None, str | None]:
+    try:
+        vectors.check_embedder(db, embedder)  # a mismatch (Conflict) still raises: needs a fix
+        return embedder.embed_query(query), None
+    except EmbedderUnavailable as exc:  # keyword search still answers
+        return None, (
+            f"vector search skipped: {exc.message}; results come from keyword search only"
+        )
+
+
+def gather(db: Database, embedder: Embedder, query: str, f: Filters, k: int) -> Candidates:
+    """Both legs' top-k, and the cosine of every candidate that has a vector."""
+    qvec, warning = _query_vector(db, embedder, query)
+    found = Candidates(warning=warning, embedded_query=qvec is not None)
+    found.keyword = db.backend.keyword_search(db, query, k, f)
+    if qvec is not None:
+        found.vector = vectors.search(db, embedder, qvec, k, f)
+        found.similarity = dict(found.vector)
+        # keyword-only hits get their cosine too, from the stored vectors
+        missing = [i for i, _ in found.keyword if i not in found.similarity]
+        found.similarity.update(vectors.similarities(db, embedder, qvec, missing))
+    return found
+
+
+def rank(db: Database, settings: Settings, found: Candidates) -> list[tuple[float, int, Any]]:
+    """(score, id, row) best first."""
+    rrf_k = settings.rrf_k
+    fused: dict[int, float] = {}
+    for hits in (found.vector, found.keyword):
+        for position, (mid, _) in enumerate(hits, start=1):
+            fused[mid] = fused.get(mid, 0.0) + 1.0 / (rrf_k + position)
+    best = 2.0 / (rrf_k + 1)  # rank 1 in both lists: rank relevance 1.0
+    rows = fetch(db, list(fused))
+    degrees = _in_degrees(db, list(fused))
+    w = settings.weights
+    scored = []
+    for mid, rrf in fused.items():
+        row = rows.get(mid)
+        if row is None:
+            continue
+        # Rank fusion alone is flat at the top of small result sets (rank 1 vs 2 differ by
+        # ~1%), so half the relevance is the absolute cosine: stable across queries.
+        relevance = rrf / best
+        if found.embedded_query:
+            relevance = 0.5 * relevance + 0.5 * max(0.0, found.similarity.get(mid, 0.0))
+        access = min(1.0, math.log1p(row.access_count or 0) / math.log1p(ACCESS_SCALE))
+        centrality = min(1.0, math.log1p(degrees.get(mid, 0)) / math.log1p(CENTRALITY_SCALE))
+        score = w["similarity"] * relevance + w["access"] * access + w["centrality"] * centrality
+        scored.append((score, mid, row))
+    scored.sort(key=lambda x: (-x[0], x[1]))
+    return scored
+
+
 def recall(
-    palace: Palace,
     db: Database,
+    embedder: Embedder,
+    settings: Settings,
     *,
-    query: str,
-    instance_id: str | None = None,
-    project: str | list[str] | None = None,
-    memory_type: str | None = None,
-    subject: str | None = None,
-    min_foundational: bool | None = None,
-    include_archived: bool = False,
-    limit: int = 20,
-    detail_level: str = "verbose",
-    synthesize: bool = False,
-    include_graph: bool = True,
-    graph_top_n: int = 5,
-    graph_depth: int = 1,
-    graph_mode: str = "summary",
+    query: Annotated[
+        str, P("What to look for: a question, topic, name, id or error string.", min_length=1)
+    ],
+    instance_id: ByInstance = None,
+    project: Project = None,
+    memory_type: MemoryType = None,
+    subject: Annotated[str | None, P("Only memories whose subject contains this text.")] = None,
+    min_foundational: Annotated[bool | None, P("Only foundational memories.")] = None,
+    include_archived: IncludeArchived = False,
+    limit: Annotated[int, P("Maximum results (at most 100).", minimum=1)] = 20,
+    detail_level: DetailLevel = "verbose",
+    synthesize: Annotated[bool, P("Summarise the results with the configured LLM.")] = False,
+    include_graph: Annotated[bool, P("Add graph context for the top results.")] = True,
+    graph_top_n: Annotated[
+        int, P("How many top results get graph context.", minimum=0, maximum=100)
+    ] = 5,
+    graph_depth: Annotated[int, P("Graph hops (1-5).", minimum=0, maximum=5)] = 1,
+    graph_mode: GraphMode = "summary",
 ) -> dict[str, Any]:
-    cap = palace.settings.max_limit
-    if limit > cap:
+    """Search memories by meaning and by exact words (hybrid vector + keyword search), with
+    optional graph context. Each result says how it was found."""
+    if limit > settings.max_limit:
         raise InvalidParams(
-            f"memory_recall: limit {limit} is above the maximum {cap}; ask for "
-            "fewer results or page with filters"
+            f"memory_recall: limit {limit} is above the maximum "
+            f"{settings.max_limit}; ask for fewer results or page with filters"
         )
-    with db.read():  # one pooled connection for every read below
-        f = Filters.make(
-            instance_id, project, memory_type, subject, min_foundational, include_archived
-        )
-        k = max(CANDIDATES, limit)
-        embedder = palace.embedder
-        warning = None
-        try:
-            palace.check_embedder(db)  # a mismatch (Conflict) still raises: it needs a fix
-            qvec = embedder.embed_query(query)
-        except (EmbedderUnavailable, Timeout) as exc:  # keyword search still answers
-            qvec, warning = (
-                None,
-                (f"vector search skipped: {exc.message}; results come from keyword search only"),
-            )
-        vec_hits = (
-            []
-            if qvec is None
-            else vectors.search(db, embedder.id, embedder.dim, qvec, k, f, _subject_ids(db, f))
-        )
-        kw_hits = keyword_search(db, query, k, f)
-
-        rrf_k = palace.settings.rrf_k
-        fused: dict[int, float] = {}
-        found_by: dict[int, set[str]] = {}
-        for name, hits in (("vector", vec_hits), ("keyword", kw_hits)):
-            for rank, (mid, _) in enumerate(hits, start=1):
-                fused[mid] = fused.get(mid, 0.0) + 1.0 / (rrf_k + rank)
-                found_by.setdefault(mid, set()).add(name)
-        best = 2.0 / (rrf_k + 1)  # rank 1 in both lists: rank relevance 1.0
-        ids = list(fused)
-        similarity = dict(vec_hits)
-        if qvec is not None:  # keyword-only hits get their cosine too, from the stored vectors
-            missing = [i for i in ids if i not in similarity]
-            similarity.update(vectors.similarities(db, embedder.id, embedder.dim, qvec, missing))
-        rows = fetch(db, ids)
-        degrees = _in_degrees(db, ids)
-        w = palace.settings.weights
-        scored = []
-        for mid in ids:
-            row = rows.get(mid)
-            if row is None:
-                continue
-            # Rank fusion alone is flat at the top of small result sets (rank 1 vs 2 differ by
-            # ~1%), so half the relevance is the absolute cosine: stable across queries.
-            relevance = fused[mid] / best
-            if qvec is not None:
-                relevance = 0.5 * relevance + 0.5 * max(0.0, similarity.get(mid, 0.0))
-            access = min(1.0, math.log1p(row.access_count or 0) / math.log1p(ACCESS_SCALE))
-            centrality = min(1.0, math.log1p(degrees.get(mid, 0)) / math.log1p(CENTRALITY_SCALE))
-            score = (
-                w["similarity"] * relevance + w["access"] * access + w["centrality"] * centrality
-            )
-            scored.append((score, mid))
-        scored.sort(key=lambda x: (-x[0], x[1]))
-        top = scored[:limit]
-        top_ids = [mid for _, mid in top]
+    f = Filters.make(instance_id, project, memory_type, subject, min_foundational, include_archived)
+    with db.read():  # the reads below share one pooled connection
+        found = gather(db, embedder, query, f, max(CANDIDATES, limit))
+        top = rank(db, settings, found)[:limit]
+        top_ids = [mid for _, mid, _ in top]
         touched = touch(db, top_ids)
-
         memories = []
-        for score, mid in top:
-            item = card(rows[mid], detail_level, touched)
-            how = found_by[mid]
-            item["found_by"] = "both" if len(how) == 2 else next(iter(how))
+        for score, mid, row in top:
+            item = memory_dict(row, detail_level)
+            new = touched.get(mid)
+            if detail_level != "summary" and new is not None:
+                item["access_count"] = int(new.access_count)
+                item["last_accessed_at"] = iso(new.last_accessed_at)
+            item["found_by"] = found.found_by(mid)
             item["score"] = round(score, 4)
-            if mid in similarity:
-                item["similarity_score"] = round(similarity[mid], 4)
+            if mid in found.similarity:
+                item["similarity_score"] = round(found.similarity[mid], 4)
             memories.append(item)
-        method = (
-            "hybrid"
-            if vec_hits and kw_hits
-            else "vector"
-            if vec_hits
-            else "keyword"
-            if kw_hits
-            else "none"
-        )
         out: dict[str, Any] = {
             "memories": memories,
             "count": len(memories),
-            "search_method": method,
+            "search_method": found.method,
         }
-        if warning:
-            out["warning"] = warning
+        if found.warning:
+            out["warning"] = found.warning
         if include_graph and graph_top_n > 0 and graph_depth > 0 and top_ids:
             ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode)
             if ctx:
                 out["graph_context"] = ctx
-        if synthesize:
-            out["note"] = LLM_NOTE
-        return out
+    if synthesize:
+        out["note"] = LLM_NOTE
+    return out

@@ -1,348 +1,54 @@
-"""k-nearest-neighbour search over memory embeddings, filtered, on both backends.
+"""Vector search through the backend, and the guard that keeps one embedder per database.
 
-SQLite: an in-process float32 matrix per database (numpy matvec: ~5 ms at 100k x 384), kept
-fresh through the `memory_changes` log that triggers fill, so writes by other processes are
-seen without re-reading every BLOB. PostgreSQL: HNSW with a raised ef_search, or an exact scan
-through the filter indexes when the filter is selective, so the limit is always filled
-(pgvector < 0.8 post-filters HNSW candidates).
+The search itself is backend-specific (`Backend.vector_search`): an in-process numpy index on
+SQLite, HNSW or an exact scan on PostgreSQL, both filling the limit under filters.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
-from sqlalchemy import bindparam, text
 
+from ..db import schema
+from ..db.backend import Hits
 from ..db.engine import Database
-from ..db.values import list_out, vector_out, vector_param, vector_sql
-from .filters import Filters, type_matcher, where
-
-EXACT_SCAN_ROWS = 3000  # PG: estimated matching rows below which an exact scan is cheaper
-EF_MIN, EF_MAX = 100, 1000  # PG: hnsw.ef_search bounds (1000 is pgvector's maximum)
-OVERFETCH = 1.5  # PG: candidates per wanted row, over the filter's selectivity
-FULL_RELOAD_CHANGES = 20000
+from ..db.filters import Filters
+from ..embeddings import Embedder
+from ..errors import Conflict
 
 
-@dataclass
-class _Matrix:
-    """Row-aligned arrays for the embedded memories of one embedder."""
-
-    dim: int
-    n: int = 0
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    vecs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    valid: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    archived: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    foundational: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    instance: list[str | None] = field(default_factory=list)
-    mtype: list[str | None] = field(default_factory=list)
-    projects: list[frozenset[str]] = field(default_factory=list)
-    row_of: dict[int, int] = field(default_factory=dict)
-    by_project: dict[str, set[int]] = field(default_factory=dict)
-    by_instance: dict[str | None, set[int]] = field(default_factory=dict)
-    by_type: dict[str | None, set[int]] = field(default_factory=dict)
-    seq: int = 0
-
-    def _grow(self, need: int) -> None:
-        cap = len(self.ids)
-        if need <= cap:
-            return
-        new = max(need, cap * 2, 1024)
-
-        def ext(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-            out = np.zeros(shape, a.dtype)
-            out[: a.shape[0]] = a
-            return out
-
-        self.ids = ext(self.ids, (new,))
-        self.vecs = ext(
-            self.vecs if self.vecs.size else np.zeros((0, self.dim), np.float32), (new, self.dim)
-        )
-        self.valid = ext(self.valid, (new,))
-        self.archived = ext(self.archived, (new,))
-        self.foundational = ext(self.foundational, (new,))
-
-    def _unindex(self, r: int) -> None:
-        for p in self.projects[r]:
-            self.by_project.get(p, set()).discard(r)
-        self.by_instance.get(self.instance[r], set()).discard(r)
-        self.by_type.get(self.mtype[r], set()).discard(r)
-
-    def upsert(self, row: Any) -> None:
-        mid = int(row.id)
-        r = self.row_of.get(mid)
-        if r is None:
-            self._grow(self.n + 1)
-            r = self.n
-            self.n += 1
-            self.row_of[mid] = r
-            self.instance.append(None)
-            self.mtype.append(None)
-            self.projects.append(frozenset())
-        else:
-            self._unindex(r)
-        self.ids[r] = mid
-        self.vecs[r] = vector_out(row.embedding)
-        self.valid[r] = True
-        self.archived[r] = bool(row.is_archived)
-        self.foundational[r] = bool(row.foundational)
-        self.instance[r] = row.instance_id
-        self.mtype[r] = row.memory_type
-        self.projects[r] = frozenset(list_out(row.projects))
-        for p in self.projects[r]:
-            self.by_project.setdefault(p, set()).add(r)
-        self.by_instance.setdefault(row.instance_id, set()).add(r)
-        self.by_type.setdefault(row.memory_type, set()).add(r)
-
-    def drop(self, mid: int) -> None:
-        r = self.row_of.get(mid)
-        if r is not None:
-            self.valid[r] = False
-
-    def _rows(self, index: dict[Any, set[int]], keys: list[Any]) -> np.ndarray:
-        mask = np.zeros(self.n, bool)
-        for k in keys:
-            rows = index.get(k)
-            if rows:
-                mask[np.fromiter(rows, np.int64, len(rows))] = True
-        return mask
-
-    def mask(self, f: Filters, allowed_ids: set[int] | None) -> np.ndarray:
-        m = self.valid[: self.n].copy()
-        if not f.include_archived:
-            m &= ~self.archived[: self.n]
-        if f.foundational_only:
-            m &= self.foundational[: self.n]
-        if f.instance_id:
-            m &= self._rows(self.by_instance, [f.instance_id])
-        if f.projects is not None:
-            m &= self._rows(self.by_project, list(f.projects))
-        if f.memory_type:
-            if "*" in f.memory_type:
-                match = type_matcher(f.memory_type)
-                keys = [t for t in self.by_type if t is not None and match(t)]
-            else:
-                keys = [f.memory_type]
-            m &= self._rows(self.by_type, keys)
-        if allowed_ids is not None:
-            allowed = np.zeros(self.n, bool)
-            rows = [self.row_of[i] for i in allowed_ids if i in self.row_of]
-            if rows:
-                allowed[np.array(rows, np.int64)] = True
-            m &= allowed
-        return m
-
-
-_SELECT = (
-    "SELECT id, embedding, is_archived, foundational, instance_id, memory_type, projects "
-    "FROM memories WHERE embedding IS NOT NULL AND embedding_model = :model"
-)
-
-
-class SqliteVectorIndex:
-    def __init__(self, db: Database, model: str, dim: int) -> None:
-        self.db = db
-        self.model = model
-        self.dim = dim
-        self.lock = threading.Lock()
-        self.m: _Matrix | None = None
-
-    def _sync(self) -> _Matrix:
-        with self.db.read() as conn:
-            seq = conn.execute(text("SELECT coalesce(max(seq), 0) FROM memory_changes")).scalar()
-            m = self.m
-            if m is not None and seq == m.seq:
-                return m
-            changed: list[int] | None = None
-            if m is not None:
-                changed = [
-                    r[0]
-                    for r in conn.execute(
-                        text("SELECT DISTINCT memory_id FROM memory_changes WHERE seq > :s"),
-                        {"s": m.seq},
-                    )
-                ]
-                if len(changed) > FULL_RELOAD_CHANGES:
-                    changed = None
-            if changed is None or m is None:
-                m = _Matrix(self.dim)
-                for row in conn.execute(text(_SELECT), {"model": self.model}):
-                    m.upsert(row)
-            else:
-                stmt = text(_SELECT + " AND id IN :ids").bindparams(
-                    bindparam("ids", expanding=True)
-                )
-                seen: set[int] = set()
-                for start in range(0, len(changed), 500):
-                    chunk = changed[start : start + 500]
-                    for row in conn.execute(stmt, {"model": self.model, "ids": chunk}):
-                        m.upsert(row)
-                        seen.add(int(row.id))
-                for mid in set(changed) - seen:
-                    m.drop(mid)
-            m.seq = seq
-            self.m = m
-            return m
-
-    def search(
-        self, q: np.ndarray, k: int, f: Filters, allowed_ids: set[int] | None = None
-    ) -> list[tuple[int, float]]:
-        with self.lock:
-            m = self._sync()
-            if m.n == 0:
-                return []
-            rows = np.flatnonzero(m.mask(f, allowed_ids))
-            count = len(rows)
-            if count == 0:
-                return []
-            q = np.asarray(q, np.float32)
-            # A selective filter scores only its rows (a gather beats a full matvec + mask).
-            # einsum, not BLAS gemv: a memory-bound matvec gains little from BLAS threads, and
-            # their spin-waiting made p95 ~20x p50 on a busy 2-core host (several bridges).
-            if count * 2 < m.n:
-                scores = np.einsum("ij,j->i", m.vecs[rows], q)
-            else:
-                scores = np.einsum("ij,j->i", m.vecs[: m.n], q)[rows]
-            k = min(k, count)
-            top = np.argpartition(-scores, k - 1)[:k] if k < count else np.arange(count)
-            top = top[np.argsort(-scores[top], kind="stable")]
-            return [(int(m.ids[rows[i]]), float(scores[i])) for i in top]
-
-    def similarities(self, q: np.ndarray, ids: list[int]) -> dict[int, float]:
-        with self.lock:
-            m = self._sync()
-            rows = [(i, m.row_of[i]) for i in ids if i in m.row_of and m.valid[m.row_of[i]]]
-            if not rows:
-                return {}
-            sims = m.vecs[[r for _, r in rows]] @ np.asarray(q, np.float32)
-            return {i: float(v) for (i, _), v in zip(rows, sims)}
-
-    def pairwise_max(
-        self, threshold: float, f: Filters, block: int = 2048
-    ) -> list[tuple[int, int, float]]:
-        """Pairs (a, b, sim) with a < b and sim >= threshold, by blocked matrix products."""
-        with self.lock:
-            m = self._sync()
-            rows = np.nonzero(m.mask(f, None))[0]
-            out: list[tuple[int, int, float]] = []
-            vecs = m.vecs[rows]
-            for start in range(0, len(rows), block):
-                sims = vecs[start : start + block] @ vecs.T
-                for i, j in zip(*np.nonzero(sims >= threshold)):
-                    a, b = start + int(i), int(j)
-                    if a < b:
-                        out.append((int(m.ids[rows[a]]), int(m.ids[rows[b]]), float(sims[i, j])))
-            return out
-
-
-def sqlite_index(db: Database, model: str, dim: int) -> SqliteVectorIndex:
-    with db.lock:
-        key = ("vector_index", model)
-        index = db.cache.get(key)
-        if index is None:
-            index = db.cache[key] = SqliteVectorIndex(db, model, dim)
-        return index
+def search(db: Database, embedder: Embedder, q: np.ndarray, k: int, f: Filters) -> Hits:
+    """Top-k (id, cosine similarity) among memories embedded by `embedder` matching `f`."""
+    return db.backend.vector_search(db, embedder.id, embedder.dim, q, k, f)
 
 
 def similarities(
-    db: Database, model: str, dim: int, q: np.ndarray, ids: list[int]
+    db: Database, embedder: Embedder, q: np.ndarray, ids: list[int]
 ) -> dict[int, float]:
-    """Cosine similarity of the query to each given memory that has a `model` vector."""
-    if not ids:
-        return {}
-    if not db.is_postgres:
-        return sqlite_index(db, model, dim).similarities(q, ids)
-    with db.read() as conn:
-        rows = conn.execute(
-            text(
-                f"SELECT id, 1 - (embedding <=> {vector_sql(db, 'q')}) FROM memories "
-                "WHERE id = ANY(:ids) AND embedding_model = :model"
-            ),
-            {"q": vector_param(db, q), "ids": list(ids), "model": model},
+    """Cosine similarity of the query to each given memory that has a vector."""
+    return db.backend.similarities(db, embedder.id, embedder.dim, q, ids)
+
+
+def check_embedder(db: Database, embedder: Embedder) -> None:
+    """Refuse to mix embedders: stored vectors must come from the configured one.
+
+    Raises Conflict naming the fix (memory_reembed) on a dimension or model mismatch.
+    """
+    key = ("embedder_ok", embedder.id)
+    if db.cache.get(key):
+        return
+    schema.check_dimension(db, embedder.dim)
+    others = schema.foreign_embedders(db, embedder.id)
+    if others:
+        listed = ", ".join(f"{m} ({n} memories)" for m, n in others)
+        raise Conflict(
+            f"database {db.masked_url} holds vectors from another embedder: {listed}; the "
+            f"configured one is {embedder.id}. Run `memory-palace reembed --all --execute` "
+            "(tool memory_reembed with all_memories=true, dry_run=false), or configure the "
+            "embedder those vectors came from."
         )
-        return {int(r[0]): float(r[1]) for r in rows}
+    db.cache[key] = True
 
 
-def _pg_estimate(conn: Any, cond: str, params: dict[str, Any]) -> float:
-    plan = conn.execute(
-        text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM memories WHERE {cond}"), params
-    ).scalar()
-    if isinstance(plan, str):
-        import orjson
-
-        plan = orjson.loads(plan)
-    return float(plan[0]["Plan"]["Plan Rows"])
-
-
-def pg_iterative(db: Database) -> bool:
-    version = db.pgvector_version or "0"
-    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    return parts >= (0, 8)
-
-
-def pg_ef_search(k: int, matching: float, total: float) -> int | None:
-    """ef_search that should leave k rows after a filter keeping matching/total of them, or
-    None when that needs more than EF_MAX. Measured at 100k x 384 with a 10 % filter and k=50:
-    ef 750 fills every query (ef 600 left 48 of 50 once) with recall@10 0.99."""
-    selectivity = max(min(matching / max(total, 1.0), 1.0), 1e-6)
-    need = math.ceil(OVERFETCH * k / selectivity)
-    return None if need > EF_MAX else max(EF_MIN, need)
-
-
-def search(
-    db: Database,
-    model: str,
-    dim: int,
-    q: np.ndarray,
-    k: int,
-    f: Filters,
-    allowed_ids: set[int] | None = None,
-) -> list[tuple[int, float]]:
-    """Top-k (id, cosine similarity) among embedded memories of `model` matching `f`."""
-    if not db.is_postgres:
-        return sqlite_index(db, model, dim).search(q, k, f, allowed_ids)
-    cond, params = where(db, f)
-    cond += " AND embedding IS NOT NULL AND embedding_model = :model"
-    params.update(model=model, q=vector_param(db, q), k=k)
-    if allowed_ids is not None:
-        if not allowed_ids:
-            return []
-        cond += " AND id = ANY(:allowed)"
-        params["allowed"] = list(allowed_ids)
-    qv = vector_sql(db, "q")
-    exact = (
-        f"SELECT id, 1 - d AS sim FROM (SELECT id, embedding <=> {qv} AS d FROM memories "
-        f"WHERE {cond} OFFSET 0) s ORDER BY d LIMIT :k"
-    )
-    ann = (
-        f"SELECT id, 1 - (embedding <=> {qv}) AS sim FROM memories WHERE {cond} "
-        f"ORDER BY embedding <=> {qv} LIMIT :k"
-    )
-
-    def run(conn: Any, sql: str) -> list[tuple[int, float]]:
-        return [(int(r[0]), float(r[1])) for r in conn.execute(text(sql), params)]
-
-    with db.snapshot() as conn:
-        total = _pg_estimate(conn, "true", {})
-        matching = _pg_estimate(conn, cond, params) if f.selective or allowed_ids else total
-        iterative = pg_iterative(db)
-        ef = pg_ef_search(k, matching, total)
-        # Without iterative scans (pgvector < 0.8) HNSW returns at most ef_search candidates
-        # before the filter: when even the largest ef cannot fill k, the exact scan is cheaper
-        # than an ANN pass that is bound to fall back to it.
-        if matching <= EXACT_SCAN_ROWS or (ef is None and not iterative):
-            return run(conn, exact)
-        conn.execute(
-            text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef or EF_MAX)}
-        )
-        if iterative:
-            conn.execute(text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
-        hits = run(conn, ann)
-        if len(hits) < k:  # post-filtering dropped rows: an exact scan always fills the limit
-            hits = run(conn, exact)
-        hits.sort(key=lambda h: -h[1])
-        return hits
+def forget_embedder_check(db: Database, embedder: Embedder) -> None:
+    """After a re-embed the stored vectors changed: check them again on next use."""
+    db.cache.pop(("embedder_ok", embedder.id), None)

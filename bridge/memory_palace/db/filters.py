@@ -1,4 +1,4 @@
-"""Memory filters as SQL for both backends, with the same semantics as the in-process vector index.
+"""Memory filters as SQL for either backend, with the same meaning as the in-process vector index.
 
 project: a string matches memories whose projects contain it; a list matches any overlap.
 memory_type: exact, or a pattern where '*' is a wildcard. subject: case-insensitive substring.
@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..db.engine import Database
+if TYPE_CHECKING:
+    from .engine import Database
 
 
 @dataclass(frozen=True)
@@ -62,43 +63,15 @@ def like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def type_pattern(memory_type: str) -> str | None:
-    """LIKE pattern for a '*' wildcard type, or None for an exact type."""
-    if "*" not in memory_type:
-        return None
-    return "%".join(like_escape(part) for part in memory_type.split("*"))
-
-
-def glob_pattern(memory_type: str) -> str:
-    """SQLite GLOB pattern for a '*' wildcard type. GLOB, unlike SQLite's LIKE, is
-    case-sensitive, like PostgreSQL's LIKE and the vector index; '?' and '[' are literal."""
-    special = {"?": "[?]", "[": "[[]"}
-    return "*".join("".join(special.get(c, c) for c in part) for part in memory_type.split("*"))
-
-
 def type_matcher(memory_type: str) -> Callable[[str], bool]:
     """In-process twin of the SQL type filter: only '*' is a wildcard, case-sensitive."""
     rx = re.compile(".*".join(re.escape(p) for p in memory_type.split("*")), re.DOTALL)
     return lambda value: rx.fullmatch(value) is not None
 
 
-def projects_sql(
-    db: Database, projects: tuple[str, ...], params: dict[str, Any], col: str = "memories.projects"
-) -> str:
-    if db.is_postgres:
-        params["f_projects"] = list(projects)
-        return f"{col} && CAST(:f_projects AS TEXT[])"
-    names = []
-    for i, value in enumerate(projects):
-        params[f"f_project{i}"] = value
-        names.append(f":f_project{i}")
-    if not names:
-        return "0 = 1"
-    return f"EXISTS (SELECT 1 FROM json_each({col}) WHERE json_each.value IN ({', '.join(names)}))"
-
-
 def where(db: Database, f: Filters, alias: str = "memories") -> tuple[str, dict[str, Any]]:
     """(SQL condition, bind params) for the filters on table alias `alias`."""
+    backend = db.backend
     params: dict[str, Any] = {}
     parts: list[str] = []
     if not f.include_archived:
@@ -108,21 +81,19 @@ def where(db: Database, f: Filters, alias: str = "memories") -> tuple[str, dict[
         parts.append(f"{alias}.instance_id = :f_instance")
         params["f_instance"] = f.instance_id
     if f.projects is not None:
-        parts.append(projects_sql(db, f.projects, params, f"{alias}.projects"))
+        parts.append(
+            backend.strings_any(f"{alias}.projects", list(f.projects), params, "f_project")
+        )
     if f.memory_type:
-        pattern = type_pattern(f.memory_type)
-        if pattern is None:
+        if "*" in f.memory_type:
+            parts.append(
+                backend.type_pattern(f"{alias}.memory_type", f.memory_type, params, "f_type")
+            )
+        else:
             parts.append(f"{alias}.memory_type = :f_type")
             params["f_type"] = f.memory_type
-        elif db.is_postgres:
-            parts.append(f"{alias}.memory_type LIKE :f_type ESCAPE '\\'")
-            params["f_type"] = pattern
-        else:
-            parts.append(f"{alias}.memory_type GLOB :f_type")
-            params["f_type"] = glob_pattern(f.memory_type)
     if f.subject:
-        op = "ILIKE" if db.is_postgres else "LIKE"
-        parts.append(f"{alias}.subject {op} :f_subject ESCAPE '\\'")
+        parts.append(backend.contains_folded(f"{alias}.subject", "f_subject"))
         params["f_subject"] = f"%{like_escape(f.subject)}%"
     if f.foundational_only:
         parts.append(f"{alias}.foundational = :f_true")

@@ -1,0 +1,316 @@
+"""The SQLite adapter: JSON-text arrays, float32 BLOB vectors searched by an in-process numpy
+index (`sqlite_index.py`), FTS5 keyword search, polling instead of NOTIFY."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import orjson
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import QueuePool
+
+from ..errors import BackendUnavailable, ConfigError, InvalidParams, PermissionDenied
+from .backend import Backend, Hits
+from .filters import Filters, where
+from .search_text import fts5_query
+from .sqlite_index import sqlite_index
+from .tables import NOW
+from .urls import sqlite_path
+from .values import as_utc
+
+if TYPE_CHECKING:
+    from .engine import Database
+
+BUSY_TIMEOUT_MS = 30_000
+POOL = {"pool_size": 5, "max_overflow": 10}
+
+# Keyword search: an external-content FTS5 table kept in sync by triggers; and a change log that
+# the in-process vector index of every process reads to see other processes' writes.
+SEARCH_DDL = [
+    """CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
+        subject, content, keywords, content='memories', content_rowid='id',
+        tokenize='porter unicode61')""",
+    """CREATE TRIGGER IF NOT EXISTS memories_fts_ai AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts(rowid, subject, content, keywords)
+        VALUES (new.id, new.subject, new.content, new.keywords);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS memories_fts_ad AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts(memories_fts, rowid, subject, content, keywords)
+        VALUES ('delete', old.id, old.subject, old.content, old.keywords);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS memories_fts_au AFTER UPDATE OF subject, content, keywords
+        ON memories BEGIN
+        INSERT INTO memories_fts(memories_fts, rowid, subject, content, keywords)
+        VALUES ('delete', old.id, old.subject, old.content, old.keywords);
+        INSERT INTO memories_fts(rowid, subject, content, keywords)
+        VALUES (new.id, new.subject, new.content, new.keywords);
+    END""",
+    """CREATE TABLE IF NOT EXISTS memory_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, memory_id INTEGER NOT NULL)""",
+    """CREATE TRIGGER IF NOT EXISTS memory_changes_ai AFTER INSERT ON memories BEGIN
+        INSERT INTO memory_changes(memory_id) VALUES (new.id);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS memory_changes_au AFTER UPDATE OF
+        embedding, embedding_model, is_archived, projects, memory_type, instance_id, foundational
+        ON memories BEGIN
+        INSERT INTO memory_changes(memory_id) VALUES (new.id);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS memory_changes_ad AFTER DELETE ON memories BEGIN
+        INSERT INTO memory_changes(memory_id) VALUES (old.id);
+    END""",
+]
+
+# SQLite primary result codes (sqlite3.h) and what each means for the caller.
+_UNAVAILABLE = {
+    5: "the database is locked by another process (busy)",
+    6: "a table is locked",
+    10: "a disk I/O error",
+    11: "the database file is corrupt",
+    13: "the disk is full",
+    14: "the database file cannot be opened",
+    26: "the file is not a database",
+}
+_PERMISSION = {
+    3: "access permission denied",
+    8: "the database is read-only",
+    23: "authorization denied",
+}
+_INVALID = {
+    18: "a string or BLOB is too big",
+    20: "a value has the wrong type",
+    25: "a parameter is out of range",
+}
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+    # SQLite's LIKE and lower() fold ASCII only; this folds like PostgreSQL's ILIKE does.
+    dbapi_conn.create_function(
+        "mp_fold", 1, lambda s: s.casefold() if isinstance(s, str) else s, deterministic=True
+    )
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _on_begin(conn: Connection) -> None:
+    options = conn.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return
+    mode = options.get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class SqliteBackend(Backend):
+    kind = "sqlite"
+    listen_mode = "poll"
+    TYPES: ClassVar[dict[str, str]] = {
+        "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "ref": "INTEGER",
+        "int": "INTEGER",
+        "float": "REAL",
+        "bool": "INTEGER",
+        "text": "TEXT",
+        "time": "TEXT",
+        "strings": "TEXT",
+        "json": "TEXT",
+        "vector": "BLOB",
+    }
+
+    # -- DDL --------------------------------------------------------------------------------
+    def literal(self, kind: str, value: Any) -> str:
+        if value is NOW:
+            return "(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))"
+        if kind == "bool":
+            return "1" if value else "0"
+        if kind == "strings":
+            return "'" + orjson.dumps(list(value)).decode().replace("'", "''") + "'"
+        if isinstance(value, str):
+            return "'" + value.replace("'", "''") + "'"
+        return repr(value)
+
+    def index_ddl(self, table: Any, index: Any) -> str | None:
+        if any(table.column(c).kind == "strings" for c in index.columns):
+            return None  # JSON text: a b-tree over it helps no json_each() filter
+        return super().index_ddl(table, index)
+
+    def search_ddl(self, dim: int | None) -> list[str]:
+        return list(SEARCH_DDL)
+
+    def existing_columns(self, conn: Connection, table: str) -> set[str]:
+        return {r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+
+    # -- values -----------------------------------------------------------------------------
+    def encode_time(self, value: datetime) -> str:
+        return as_utc(value).isoformat()
+
+    def encode_strings(self, value: list[str]) -> str:
+        return orjson.dumps(list(value)).decode()
+
+    def encode_vector(self, value: np.ndarray) -> bytes:
+        return np.asarray(value, dtype="<f4").tobytes()
+
+    # -- SQL fragments ----------------------------------------------------------------------
+    def strings_any(
+        self, column: str, values: list[str], params: dict[str, Any], prefix: str
+    ) -> str:
+        if not values:
+            return "0 = 1"
+        names = []
+        for i, value in enumerate(values):
+            params[f"{prefix}{i}"] = value
+            names.append(f":{prefix}{i}")
+        return (
+            f"EXISTS (SELECT 1 FROM json_each({column}) "
+            f"WHERE json_each.value IN ({', '.join(names)}))"
+        )
+
+    def strings_overlap(self, a: str, b: str) -> str:
+        return f"EXISTS (SELECT 1 FROM json_each({a}) x, json_each({b}) y WHERE x.value = y.value)"
+
+    def strings_elements(self, table: str, column: str, alias: str) -> tuple[str, str]:
+        return f"json_each({table}.{column}) AS {alias}", f"{alias}.value"
+
+    def strings_remove(self, column: str, param: str) -> str:
+        return f"(SELECT json_group_array(value) FROM json_each({column}) WHERE value <> :{param})"
+
+    def contains_folded(self, column: str, param: str) -> str:
+        return f"mp_fold({column}) LIKE mp_fold(:{param}) ESCAPE '\\'"
+
+    def type_pattern(self, column: str, pattern: str, params: dict[str, Any], name: str) -> str:
+        # GLOB, unlike SQLite's LIKE, is case-sensitive like PostgreSQL's LIKE; '?' and '['
+        # are made literal so only '*' is a wildcard.
+        special = {"?": "[?]", "[": "[[]"}
+        params[name] = "*".join(
+            "".join(special.get(c, c) for c in part) for part in pattern.split("*")
+        )
+        return f"{column} GLOB :{name}"
+
+    # -- search -----------------------------------------------------------------------------
+    def keyword_search(self, db: Database, query: str, k: int, f: Filters) -> Hits:
+        match = fts5_query(query)
+        if match is None:
+            return []
+        cond, params = where(db, f, "m")
+        sql = (
+            "SELECT m.id, bm25(memories_fts, 4.0, 1.0, 2.0) AS r FROM memories_fts "
+            "JOIN memories m ON m.id = memories_fts.rowid "
+            f"WHERE memories_fts MATCH :q AND {cond} ORDER BY r, m.id LIMIT :k"
+        )
+        with db.read() as conn:
+            rows = conn.execute(text(sql), {**params, "q": match, "k": k})
+            return [(int(r[0]), -float(r[1])) for r in rows]
+
+    def vector_search(
+        self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
+    ) -> Hits:
+        allowed = None
+        if f.subject:  # the index holds no subjects: pre-select ids for a subject filter
+            cond, params = where(db, f)
+            with db.read() as conn:
+                allowed = {
+                    int(r[0])
+                    for r in conn.execute(text(f"SELECT id FROM memories WHERE {cond}"), params)
+                }
+        return sqlite_index(db, model, dim).search(q, k, f, allowed)
+
+    def similarities(
+        self, db: Database, model: str, dim: int, q: np.ndarray, ids: list[int]
+    ) -> dict[int, float]:
+        return sqlite_index(db, model, dim).similarities(q, ids) if ids else {}
+
+    def similar_pairs(
+        self, db: Database, model: str, dim: int, threshold: float, f: Filters, limit: int
+    ) -> list[tuple[int, int, float]]:
+        pairs = sqlite_index(db, model, dim).pairwise_max(threshold, f)
+        return sorted(pairs, key=lambda p: -p[2])[:limit]
+
+    def resize_vectors(self, conn: Connection, dim: int) -> None:
+        pass  # BLOBs have no declared size
+
+    # -- administration ---------------------------------------------------------------------
+    def prepare(self, url: str) -> dict[str, Any]:
+        path = sqlite_path(url)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot create the directory for {path}: {exc.strerror or exc}; check the "
+                "path and its permissions"
+            ) from exc
+        return {}
+
+    def create_engine(self, url: str) -> Engine:
+        engine = create_engine(
+            f"sqlite:///{sqlite_path(url)}",
+            poolclass=QueuePool,
+            **POOL,
+            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+        )
+        event.listen(engine, "connect", _on_connect)
+        event.listen(engine, "begin", _on_begin)
+        return engine
+
+    def probe(self, url: str, tables: tuple[str, ...]) -> dict[str, Any]:
+        try:
+            path = sqlite_path(url)
+        except ConfigError as exc:
+            return {"status": "down", "error": exc.message, "table_counts": {}}
+        if not path.exists():
+            return {
+                "status": "missing",
+                "table_counts": {},
+                "error": f"{path} does not exist yet; it is created on first use",
+            }
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error as exc:
+            return {"status": "down", "error": f"cannot open {path}: {exc}", "table_counts": {}}
+        try:
+            names = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            # Table names come from the caller's constant tuple, never from input.
+            counts = {
+                t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                for t in tables
+                if t in names
+            }
+            return {"status": "connected", "table_counts": counts}
+        except sqlite3.Error as exc:
+            return {"status": "down", "error": f"cannot read {path}: {exc}", "table_counts": {}}
+        finally:
+            conn.close()
+
+    def translate(self, exc: BaseException, db: Database | None) -> Exception | None:
+        where_ = f" ({sqlite_path(db.url)})" if db is not None else ""
+        if isinstance(exc, OverflowError):
+            return InvalidParams(f"a number is out of range: {exc}; integers must fit in 64 bits")
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        detail = str(exc)
+        if code in _PERMISSION:
+            return PermissionDenied(
+                f"SQLite{where_}: {_PERMISSION[code]} ({detail}); make the file and its "
+                "directory writable by this user"
+            )
+        if code in _INVALID:
+            return InvalidParams(f"SQLite{where_}: {_INVALID[code]} ({detail})")
+        if code in _UNAVAILABLE or isinstance(exc, sqlite3.OperationalError):
+            what = _UNAVAILABLE.get(code, detail)
+            return BackendUnavailable(
+                f"SQLite{where_}: {what} ({detail}); check the file, its directory and the free "
+                "disk space; the call can be retried"
+            )
+        return None
+
+
+BACKEND = SqliteBackend()

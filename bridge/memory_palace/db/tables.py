@@ -1,0 +1,241 @@
+"""Every table, declared once. DDL for both backends, INSERT/SELECT column lists, the value
+codecs of export/import and of the SQLite-to-PostgreSQL migration all derive from these specs.
+
+A column's `kind` is backend-neutral; each backend maps it to a storage type and a codec:
+
+    kind     SQLite            PostgreSQL          Python value in services
+    id       INTEGER PK AUTO   BIGSERIAL PK        int
+    ref      INTEGER (FK)      BIGINT (FK)         int
+    int      INTEGER           INTEGER             int
+    float    REAL              DOUBLE PRECISION    float
+    bool     INTEGER 0/1       BOOLEAN             bool
+    text     TEXT              TEXT                str
+    time     TEXT (ISO UTC)    TIMESTAMPTZ         datetime (aware, UTC)
+    strings  TEXT (JSON)       TEXT[]              list[str]
+    json     TEXT (JSON)       JSONB               any JSON value
+    vector   BLOB (f32 LE)     vector(dim)         numpy float32 array
+
+Adding a column is one line here: `schema.migrate` adds missing columns to existing databases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("id", "ref", "int", "float", "bool", "text", "time", "strings", "json", "vector")
+NOW = object()  # default: the current time
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str
+    nullable: bool = True
+    default: Any = None
+    references: str | None = None  # "table(column)"; ON DELETE CASCADE
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"column {self.name}: unknown kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    columns: tuple[str, ...]
+    where: str | None = None  # a partial index's condition (same SQL on both backends)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] = ("id",)  # identifies a row (primary key)
+    unique: tuple[tuple[str, ...], ...] = ()
+    checks: tuple[str, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    # A column whose value differs, for the same key, when two copies of a row conflict.
+    compare: str | None = None
+    record: str | None = None  # the record type in JSONL exports; None: not exported/migrated
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def exported(self) -> bool:
+        return self.record is not None
+
+    @property
+    def serial(self) -> bool:
+        return any(c.kind == "id" for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+    def kinds(self, names: tuple[str, ...] | list[str] | None = None) -> dict[str, str]:
+        cols = self.columns if names is None else [self.column(n) for n in names]
+        return {c.name: c.kind for c in cols}
+
+
+def _c(name: str, kind: str, **kw: Any) -> Column:
+    return Column(name, kind, **kw)
+
+
+MEMORIES = Table(
+    "memories",
+    (
+        _c("id", "id"),
+        _c("created_at", "time", nullable=False, default=NOW),
+        _c("updated_at", "time"),
+        _c("last_accessed_at", "time"),
+        _c("access_count", "int", nullable=False, default=0),
+        _c("instance_id", "text"),
+        _c("projects", "strings", nullable=False, default=("life",)),
+        _c("memory_type", "text"),
+        _c("subject", "text"),
+        _c("content", "text", nullable=False),
+        _c("content_hash", "text"),
+        _c("keywords", "strings"),
+        _c("tags", "strings"),
+        _c("foundational", "bool", nullable=False, default=False),
+        _c("source_type", "text"),
+        _c("source_context", "text"),
+        _c("source_session_id", "text"),
+        _c("embedding", "vector"),
+        _c("embedding_model", "text"),
+        _c("embedding_dim", "int"),
+        _c("expires_at", "time"),
+        _c("is_archived", "bool", nullable=False, default=False),
+    ),
+    indexes=(
+        Index("ix_memories_instance", ("instance_id",)),
+        Index("ix_memories_type", ("memory_type",)),
+        Index("ix_memories_subject", ("subject",)),
+        Index("ix_memories_created", ("created_at",)),
+        Index("ix_memories_hash", ("content_hash",)),
+        Index("ix_memories_archived", ("is_archived", "foundational")),
+        Index("ix_memories_projects", ("projects",)),
+    ),
+    compare="content",
+    record="memory",
+)
+
+EDGES = Table(
+    "memory_edges",
+    (
+        _c("id", "id"),
+        _c("created_at", "time", nullable=False, default=NOW),
+        _c("source_id", "ref", nullable=False, references="memories(id)"),
+        _c("target_id", "ref", nullable=False, references="memories(id)"),
+        _c("relation_type", "text", nullable=False),
+        _c("strength", "float", nullable=False, default=1.0),
+        _c("bidirectional", "bool", nullable=False, default=False),
+        _c("metadata", "json"),
+        _c("created_by", "text"),
+        _c("auto_linked", "bool", nullable=False, default=False),
+    ),
+    unique=(("source_id", "target_id", "relation_type"),),
+    checks=("strength >= 0 AND strength <= 1", "source_id <> target_id"),
+    indexes=(
+        Index("ix_edges_source", ("source_id", "relation_type")),
+        Index("ix_edges_target", ("target_id", "auto_linked")),
+        Index("ix_edges_type", ("relation_type",)),
+    ),
+    compare="relation_type",
+    record="edge",
+)
+
+MESSAGES = Table(
+    "messages",
+    (
+        _c("id", "id"),
+        _c("created_at", "time", nullable=False, default=NOW),
+        _c("from_instance", "text", nullable=False),
+        _c("to_instance", "text", nullable=False),
+        _c("message_type", "text", nullable=False, default="message"),
+        _c("subject", "text"),
+        _c("content", "text", nullable=False),
+        _c("channel", "text"),
+        _c("priority", "int", nullable=False, default=0),
+        _c("expires_at", "time"),
+        _c("delivery_status", "text", nullable=False, default="pending"),
+        _c("delivered_at", "time"),
+    ),
+    checks=("priority >= 0 AND priority <= 10",),
+    indexes=(
+        Index("ix_messages_to", ("to_instance", "id")),
+        Index("ix_messages_channel", ("channel", "id")),
+    ),
+    compare="content",
+    record="message",
+)
+
+MESSAGE_READS = Table(
+    "message_reads",
+    (
+        _c("message_id", "ref", nullable=False, references="messages(id)"),
+        _c("instance_id", "text", nullable=False),
+        _c("read_at", "time", nullable=False, default=NOW),
+    ),
+    key=("message_id", "instance_id"),
+    record="message_read",
+)
+
+SUBSCRIPTIONS = Table(
+    "subscriptions",
+    (
+        _c("instance_id", "text", nullable=False),
+        _c("channel", "text", nullable=False),
+        _c("created_at", "time", nullable=False, default=NOW),
+    ),
+    key=("instance_id", "channel"),
+    record="subscription",
+)
+
+META = Table(
+    "palace_meta",
+    (_c("key", "text", nullable=False), _c("value", "text", nullable=False)),
+    key=("key",),
+)
+
+#: In dependency order: a table's references point to tables before it.
+TABLES: tuple[Table, ...] = (META, MEMORIES, EDGES, MESSAGES, MESSAGE_READS, SUBSCRIPTIONS)
+BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+EXPORTED: tuple[Table, ...] = tuple(t for t in TABLES if t.exported)
+
+# Columns a memory result card reads (everything but the vector and bookkeeping).
+MEMORY_CARD = tuple(
+    n for n in MEMORIES.names if n not in ("embedding", "content_hash", "embedding_dim")
+)
+
+
+def column_list(
+    table: Table, names: tuple[str, ...] | None = None, alias: str | None = None
+) -> str:
+    """`a, b, c` (or `m.a, m.b`) for a SELECT of the given columns (default: all)."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + n for n in (names or table.names))
+
+
+__all__ = [
+    "BY_NAME",
+    "EDGES",
+    "EXPORTED",
+    "MEMORIES",
+    "MEMORY_CARD",
+    "MESSAGES",
+    "MESSAGE_READS",
+    "META",
+    "NOW",
+    "SUBSCRIPTIONS",
+    "TABLES",
+    "Column",
+    "Index",
+    "Table",
+    "column_list",
+]
