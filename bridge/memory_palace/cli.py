@@ -16,7 +16,7 @@ import orjson
 
 from . import __version__
 from .config import load_settings
-from .errors import MemoryPalaceError
+from .errors import InvalidParams, MemoryPalaceError
 from .palace import Palace
 
 EPILOG = """examples:
@@ -198,6 +198,45 @@ def _import(args: argparse.Namespace) -> int:
 
     result = import_jsonl(_palace(args), args.database, args.file, force=args.force)
     _print_json(result) if args.json else _show_dict(result)
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    try:
+        params = orjson.loads(args.params)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidParams(
+            f'PARAMS is not valid JSON ({exc}); pass an object such as \'{{"query": "deploy"}}\''
+        ) from None
+    if not isinstance(params, dict):
+        raise InvalidParams("PARAMS must be a JSON object, e.g. '{\"limit\": 5}'")
+    for item in args.param or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidParams(f"--param {item!r} must look like KEY=VALUE")
+        try:
+            params[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            params[key] = raw  # not JSON: the text itself
+    if args.database:
+        params["database"] = args.database
+    _print_json(_palace(args).call(args.tool, params))
+    return 0
+
+
+def _tools(args: argparse.Namespace) -> int:
+    tools = _palace(args).registry.for_surface("cli")
+    if args.json:
+        _print_json(
+            [
+                {"name": t.name, "description": t.description, "parameters": t.schema()}
+                for t in tools
+            ]
+        )
+        return 0
+    width = max(len(t.name) for t in tools)
+    for t in tools:
+        print(f"{t.name.ljust(width)}  {t.description}")
     return 0
 
 
@@ -399,6 +438,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes expected to share the server, for the max_connections check "
         "(default: configured instances, at least 2)",
     )
+
+    p = cmd("call", "Call any tool by name with JSON parameters; prints its JSON result.", _call)
+    p.add_argument("tool", help="tool name (see `memory-palace tools`)")
+    p.add_argument(
+        "params", nargs="?", default="{}", help="the parameters as one JSON object (default: {})"
+    )
+    p.add_argument(
+        "--param",
+        "-P",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one parameter; VALUE is read as JSON when it parses, else as text (repeatable)",
+    )
+    cmd("tools", "List every tool with its description (--json: with parameter schemas).", _tools)
 
     p = cmd("export", "Write memories, edges and messages to a JSONL file.", _export)
     p.add_argument("file", help="output .jsonl path ('-' for stdout)")

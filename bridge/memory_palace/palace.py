@@ -17,16 +17,23 @@ from .db.engine import Database, dispose_engines, get_database
 from .embeddings import Embedder, create_embedder
 from .errors import MemoryPalaceError
 from .services import vectors
-from .tools import TOOLS, Registry, Tool, validate
+from . import tools as tools_module
+from .tools import Registry, Tool, validate
 
 
 class Palace:
     def __init__(
-        self, settings: Settings, embedder: Embedder | None = None, tools: tuple[Tool, ...] = TOOLS
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        tools: tuple[Tool, ...] | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = Catalog(settings)
-        self.registry = Registry(tools, settings.extensions)
+        # The registry is read when a Palace is built (default: every tool in tools.TOOLS).
+        self.registry = Registry(
+            tools_module.TOOLS if tools is None else tools, settings.extensions
+        )
         self._embedder = embedder
         self._lock = threading.Lock()
 
