@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import tools as tools_module
 from .config import Settings
 from .db import schema
 from .db.catalog import Catalog
@@ -17,7 +18,6 @@ from .db.engine import Database, dispose_engines, get_database
 from .embeddings import Embedder, create_embedder
 from .errors import MemoryPalaceError
 from .services import vectors
-from . import tools as tools_module
 from .tools import Registry, Tool, validate
 
 
