@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -174,6 +175,28 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .db.urls import mask_url
+
+    settings = load_settings(args.data_dir)  # raises ConfigError naming file and key
+    if args.action == "check":
+        where = settings.config_path if settings.config_path.exists() else "built-in defaults"
+        print(f"config OK: {where}")
+        return 0
+    shown = asdict(settings)
+    shown["databases"] = {
+        n: {"type": d.type, "url": mask_url(d.url)} for n, d in settings.databases.items()
+    }
+    shown["instance_routes"] = {
+        n: {**r, "token": "***"} if "token" in r else r for n, r in settings.instance_routes.items()
+    }
+    shown["auto_link"] = settings.auto_link.model_dump()
+    _print_json({k: str(v) if isinstance(v, Path) else v for k, v in shown.items()})
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import run
 
@@ -278,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     cmd("init", "Create the data directory, config.json and the database schema.", _init)
+    p = cmd(
+        "config",
+        "Check config.json against its schema, or show the effective settings "
+        "(passwords and tokens masked).",
+        _config,
+    )
+    p.add_argument(
+        "action",
+        choices=["check", "show"],
+        help="check: validate; show: print the effective settings as JSON",
+    )
 
     p = cmd(
         "remember",

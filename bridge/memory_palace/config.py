@@ -1,57 +1,111 @@
 """Settings: built-in defaults, then `config.json`, then `MEMORY_PALACE_*` variables.
 
-`load_settings()` is called by entry points only; everything else receives the result.
-Nothing here opens a database or chooses a backend.
+The file is validated by a schema (`ConfigFile`, pydantic): an unknown key is an error with a
+"did you mean" suggestion, and a wrong type names the file, the key, what it must be and an
+example. `load_settings()` is called by entry points only; everything else receives the
+result. Nothing here opens a database or chooses a backend.
 """
 
 from __future__ import annotations
 
-import copy
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
 DATABASE_TYPES = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}
 EMBEDDERS = ("local", "ollama", "hash")
-
-DEFAULTS: dict[str, Any] = {
-    "database": {},
-    "default_database": "default",
-    "extensions": [],
-    "instances": ["default"],
-    "instance_routes": {},
-    "embedder": None,  # None = "ollama" when an Ollama model is configured, else "local"
-    "ollama_url": "http://localhost:11434",
-    "embedding_model": None,
-    "embedding_dimension": None,
-    "llm_model": None,
-    # Accepted so the original Memory Palace's config.json loads unchanged; not used here.
-    "synthesis": {"enabled": False},
-    "toon_output": False,
-    "auto_link": {
-        "enabled": True,
-        "link_threshold": 0.75,
-        "suggest_threshold": 0.675,
-        "max_suggestions": 10,
-        "same_project_only": True,
-    },
-    "recall": {
-        "weights": {"similarity": 0.7, "access": 0.15, "centrality": 0.15},
-        "rrf_k": 60,
-        "max_limit": 100,
-    },
-}
-
+#: Extension names accepted in `extensions` (the first is the original Memory Palace's name).
+EXTENSIONS = ("mcp_server.extensions.db_manager", "db_manager")
 ENV_WEIGHTS = {
     "MEMORY_PALACE_WEIGHT_SIMILARITY": "similarity",
     "MEMORY_PALACE_WEIGHT_ACCESS": "access",
     "MEMORY_PALACE_WEIGHT_CENTRALITY": "centrality",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatabaseEntry(_Strict):
+    type: Literal["sqlite", "postgres", "postgresql"] | None = Field(
+        None, description="sqlite or postgres; derived from the URL when omitted"
+    )
+    url: str = Field(min_length=1, description="sqlite:///path/file.db or postgresql://...")
+
+
+class AutoLink(_Strict):
+    enabled: bool = True
+    link_threshold: float = Field(0.75, ge=0, le=1)
+    suggest_threshold: float = Field(0.675, ge=0, le=1)
+    max_suggestions: int = Field(10, ge=0, le=100)
+    same_project_only: bool = True
+    # Accepted so the original Memory Palace's config.json loads unchanged; not used here.
+    classify_edges: bool = False
+    classification_model: str | None = None
+
+
+class Weights(_Strict):
+    similarity: float = Field(0.7, ge=0)
+    access: float = Field(0.15, ge=0)
+    centrality: float = Field(0.15, ge=0)
+
+
+class Recall(_Strict):
+    weights: Weights = Weights()
+    rrf_k: int = Field(60, ge=1, le=10_000)
+    max_limit: int = Field(100, ge=1, le=1000)
+
+
+class Synthesis(_Strict):
+    enabled: bool = False  # accepted from the original's config; synthesis needs llm_model
+
+
+class ConfigFile(_Strict):
+    """The schema of config.json. Every key is optional."""
+
+    database: DatabaseEntry | None = None
+    databases: dict[str, DatabaseEntry] | None = None
+    default_database: str = Field("default", min_length=1)
+    extensions: list[Literal[EXTENSIONS]] = []  # type: ignore[valid-type]
+    instances: list[str] = ["default"]
+    instance_routes: dict[str, dict[str, Any]] = {}
+    embedder: Literal["local", "ollama", "hash"] | None = None
+    ollama_url: str = "http://localhost:11434"
+    embedding_model: str | None = None
+    embedding_dimension: int | None = Field(None, gt=0, le=65_536)
+    llm_model: str | None = None
+    synthesis: Synthesis = Synthesis()
+    toon_output: bool = False  # accepted from the original's config; replies are JSON
+    auto_link: AutoLink = AutoLink()
+    recall: Recall = Recall()
+
+    @field_validator("instances")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or name != name.strip():
+                raise ValueError(f"instance id {name!r} must be non-empty without outer spaces")
+        return value
+
+
+EXAMPLES = {
+    "database": '{"type": "postgres", "url": "postgresql://user:pass@localhost:5432/memory_palace"}',
+    "databases": '{"work": {"type": "sqlite", "url": "sqlite:///~/.memory-palace/work.db"}}',
+    "instances": '["prime", "sandy"]',
+    "extensions": '["mcp_server.extensions.db_manager"]',
+    "recall": '{"max_limit": 100, "weights": {"similarity": 0.7, "access": 0.15, '
+    '"centrality": 0.15}}',
+    "auto_link": '{"enabled": true, "link_threshold": 0.75}',
+    "instance_routes": '{"sandy": {"gateway": "http://127.0.0.1:18789", "token": "..."}}',
 }
 
 
@@ -77,11 +131,10 @@ class Settings:
     embedding_model: str | None = None
     embedding_dimension: int | None = None
     llm_model: str | None = None
-    auto_link: Mapping[str, Any] = field(default_factory=dict)
+    auto_link: AutoLink = field(default_factory=AutoLink)
     weights: Mapping[str, float] = field(default_factory=dict)
     rrf_k: int = 60
     max_limit: int = 100
-    raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def default_url(self) -> str:
@@ -93,50 +146,144 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
     return Path(raw).expanduser() if raw else Path.home() / ".memory-palace"
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def type_from_url(url: str) -> str:
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
         return "sqlite"
     if scheme in ("postgres", "postgresql"):
         return "postgres"
     raise ConfigError(
-        f"unsupported database URL scheme {scheme!r} in {url!r}: "
-        "use sqlite:///path/to/file.db or postgresql://user:pass@host:5432/dbname"
+        f"unsupported database URL scheme {scheme!r}: use sqlite:///path/to/file.db or "
+        "postgresql://user:pass@host:5432/dbname"
     )
 
 
-def _db_entry(name: str, entry: Any, where: str, key: str) -> DatabaseConfig:
-    if not isinstance(entry, Mapping):
-        raise ConfigError(
-            f'{where}: key {key!r} must be an object like {{"type": ..., "url": ...}}'
+def _key(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at `loc` (its last part is the unknown key)."""
+    for part in loc[:-1]:
+        fields = model.model_fields
+        if part not in fields:
+            return []
+        annotation = fields[part].annotation
+        nested = [
+            a
+            for a in getattr(annotation, "__args__", (annotation,))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _explain(exc: ValidationError, where: str) -> ConfigError:
+    """One ConfigError naming the file, the key, what is wrong and what to write instead."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        key = _key(loc)
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(ConfigFile, loc), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown key {key!r}{hint}")
+            continue
+        example = EXAMPLES.get(str(loc[0]))
+        got = err.get("input")
+        shown = "" if isinstance(got, (dict, list)) else f", got {got!r}"
+        problems.append(
+            f"key {key!r}: {err['msg'].lower()}{shown}"
+            + (f'; e.g. "{loc[0]}": {example}' if example else "")
         )
-    url = entry.get("url")
-    if not isinstance(url, str) or not url:
-        raise ConfigError(f"{where}: key {key}.url must be a database URL string")
-    raw_type = entry.get("type") or type_from_url(url)
-    if not isinstance(raw_type, str) or raw_type.lower() not in DATABASE_TYPES:
-        raise ConfigError(f'{where}: key {key}.type is {raw_type!r}; use "sqlite" or "postgres"')
-    db_type = DATABASE_TYPES[raw_type.lower()]
-    if type_from_url(url) != db_type:
-        raise ConfigError(f"{where}: key {key}.type is {db_type!r} but its url is {url!r}")
-    return DatabaseConfig(name=name, type=db_type, url=url)
+    return ConfigError(
+        f"{where}: " + "; ".join(problems), keys=[_key(e["loc"]) for e in exc.errors()]
+    )
 
 
-def _number(value: Any, where: str, key: str) -> float:
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from None
+        loaded = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a JSON object at the top level")
+    return loaded
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _database(name: str, entry: DatabaseEntry, where: str, key: str, root: Path) -> DatabaseConfig:
+    try:
+        url_type = type_from_url(entry.url)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: key {key}.url: {exc.message}") from None
+    db_type = DATABASE_TYPES[entry.type] if entry.type else url_type
+    if url_type != db_type:
+        raise ConfigError(
+            f"{where}: key {key}.type is {db_type!r} but its url is a "
+            f"{url_type} URL; make them agree"
+        )
+    return DatabaseConfig(name, db_type, _absolute(entry.url, root))
+
+
+def _absolute(url: str, root: Path) -> str:
+    """A relative SQLite path is relative to the data dir, never to the current directory."""
+    if type_from_url(url) != "sqlite" or not url.startswith("sqlite:///"):
+        return url
+    path = url[len("sqlite:///") :]
+    if path.startswith(("/", "~")) or path == ":memory:" or not path:
+        return url
+    return f"sqlite:///{root / path}"
+
+
+def _databases(
+    cfg: ConfigFile, where: str, root: Path, env_url: str | None
+) -> dict[str, DatabaseConfig]:
+    databases = {
+        name: _database(name, entry, where, f"databases.{name}", root)
+        for name, entry in (cfg.databases or {}).items()
+    }
+    name = cfg.default_database
+    if name not in databases:
+        legacy = cfg.database or DatabaseEntry(url=f"sqlite:///{root / 'memories.db'}")
+        databases[name] = _database(name, legacy, where, "database", root)
+    if env_url:  # wins over both the legacy key and the named default entry
+        try:
+            databases[name] = DatabaseConfig(name, type_from_url(env_url), env_url)
+        except ConfigError as exc:
+            raise ConfigError(f"environment: MEMORY_PALACE_DATABASE_URL: {exc.message}") from None
+    return databases
+
+
+def _weights(cfg: ConfigFile, env: Mapping[str, str], where: str) -> dict[str, float]:
+    weights = cfg.recall.weights.model_dump()
+    for var, key in ENV_WEIGHTS.items():
+        if env.get(var):
+            try:
+                weights[key] = float(env[var])
+            except ValueError:
+                raise ConfigError(
+                    f"environment: {var} must be a number, got {env[var]!r}"
+                ) from None
+    total = sum(weights.values())
+    if total <= 0 or min(weights.values()) < 0:
+        raise ConfigError(f"{where}: recall weights must be >= 0 and not all zero")
+    return {k: v / total for k, v in weights.items()}
 
 
 def load_settings(
@@ -149,104 +296,46 @@ def load_settings(
     Raises ConfigError naming the file and key on a malformed file or value.
     """
     env = os.environ if env is None else env
-    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir(env)
-    root = root.resolve()
+    root = (
+        Path(data_dir).expanduser() if data_dir is not None else default_data_dir(env)
+    ).resolve()
     path = root / "config.json"
-    where = str(path)
-    raw: dict[str, Any] = {}
-    if path.exists():
-        try:
-            loaded = orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{where} is not valid JSON: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{where} must hold a JSON object at the top level")
-        raw = loaded
-    cfg = _merge(DEFAULTS, raw)
-    if overrides:
-        cfg = _merge(cfg, overrides)
-        where = f"{where} (with overrides)"
-
-    default_name = cfg.get("default_database") or "default"
-    if not isinstance(default_name, str):
-        raise ConfigError(f"{where}: key default_database must be a string")
-
-    env_url = env.get("MEMORY_PALACE_DATABASE_URL") or None
-    databases: dict[str, DatabaseConfig] = {}
-    named = cfg.get("databases")
-    if named is not None:
-        if not isinstance(named, Mapping):
-            raise ConfigError(f"{where}: key databases must be an object of name -> {{type, url}}")
-        for name, entry in named.items():
-            databases[name] = _db_entry(name, entry, where, f"databases.{name}")
-    legacy = cfg.get("database") or {}
-    if default_name not in databases:
-        url = legacy.get("url") if isinstance(legacy, Mapping) else None
-        if url is None:
-            url = f"sqlite:///{root / 'memories.db'}"
-            legacy = {"url": url}
-        databases[default_name] = _db_entry(default_name, legacy, where, "database")
-    if env_url:
-        # The env var wins over both the legacy key and the named default entry.
-        databases[default_name] = DatabaseConfig(default_name, type_from_url(env_url), env_url)
-
-    embedder = env.get("MEMORY_PALACE_EMBEDDER") or cfg.get("embedder")
-    model = env.get("MEMORY_PALACE_EMBEDDING_MODEL") or cfg.get("embedding_model")
-    if embedder is None:
-        embedder = "ollama" if model else "local"
+    where = str(path) + (" (with overrides)" if overrides else "")
+    raw = _merge(_read(path), overrides or {})
+    try:
+        cfg = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(exc, where) from None
+    model = env.get("MEMORY_PALACE_EMBEDDING_MODEL") or cfg.embedding_model
+    embedder = env.get("MEMORY_PALACE_EMBEDDER") or cfg.embedder or ("ollama" if model else "local")
     if embedder not in EMBEDDERS:
         raise ConfigError(
-            f"{where}: key embedder is {embedder!r}; use one of {', '.join(EMBEDDERS)}"
+            f"environment: MEMORY_PALACE_EMBEDDER is {embedder!r}; use one of "
+            f"{', '.join(EMBEDDERS)}"
         )
-    dim = cfg.get("embedding_dimension")
-    if dim is not None and (not isinstance(dim, int) or dim <= 0):
-        raise ConfigError(f"{where}: key embedding_dimension must be a positive integer")
-
-    ollama_url = env.get("OLLAMA_HOST") or cfg.get("ollama_url")
-    if ollama_url and "://" not in ollama_url:
+    ollama_url = env.get("OLLAMA_HOST") or cfg.ollama_url
+    if "://" not in ollama_url:
         ollama_url = f"http://{ollama_url}"
-
-    weights_cfg = cfg["recall"].get("weights", {})
-    weights = {
-        k: _number(weights_cfg.get(k, 0.0), where, f"recall.weights.{k}")
-        for k in ("similarity", "access", "centrality")
-    }
-    for var, key in ENV_WEIGHTS.items():
-        if env.get(var):
-            weights[key] = _number(env[var], "environment", var)
-    total = sum(weights.values())
-    if total <= 0:
-        raise ConfigError(f"{where}: recall weights must not all be zero")
-    weights = {k: v / total for k, v in weights.items()}
-
-    instances = list(cfg.get("instances") or [])
+    instances = list(cfg.instances)
     instance_id = env.get("MEMORY_PALACE_INSTANCE_ID") or None
     if instance_id and instance_id not in instances:
         instances.append(instance_id)
-    routes = cfg.get("instance_routes") or {}
-    if not isinstance(routes, Mapping):
-        raise ConfigError(f"{where}: key instance_routes must be an object of instance -> route")
-    extensions = cfg.get("extensions") or []
-    if not isinstance(extensions, list) or not all(isinstance(e, str) for e in extensions):
-        raise ConfigError(f"{where}: key extensions must be a list of strings")
-
     return Settings(
         data_dir=root,
         config_path=path,
-        databases=databases,
-        default_database=default_name,
-        extensions=tuple(extensions),
+        databases=_databases(cfg, where, root, env.get("MEMORY_PALACE_DATABASE_URL") or None),
+        default_database=cfg.default_database,
+        extensions=tuple(cfg.extensions),
         instances=tuple(instances),
         instance_id=instance_id,
-        instance_routes=dict(routes),
+        instance_routes=dict(cfg.instance_routes),
         embedder=embedder,
-        ollama_url=ollama_url or "http://localhost:11434",
+        ollama_url=ollama_url,
         embedding_model=model,
-        embedding_dimension=dim,
-        llm_model=env.get("MEMORY_PALACE_LLM_MODEL") or cfg.get("llm_model"),
-        auto_link=dict(cfg["auto_link"]),
-        weights=weights,
-        rrf_k=int(cfg["recall"].get("rrf_k", 60)),
-        max_limit=int(cfg["recall"].get("max_limit", 100)),
-        raw=cfg,
+        embedding_dimension=cfg.embedding_dimension,
+        llm_model=env.get("MEMORY_PALACE_LLM_MODEL") or cfg.llm_model,
+        auto_link=cfg.auto_link,
+        weights=_weights(cfg, env, where),
+        rrf_k=cfg.recall.rrf_k,
+        max_limit=cfg.recall.max_limit,
     )

@@ -224,8 +224,8 @@ def _neighbours(
     exclude: int | None,
 ) -> list[tuple[int, float]]:
     cfg = settings.auto_link
-    scope = Filters.make(project=projects if cfg.get("same_project_only", True) else None)
-    k = int(cfg.get("max_suggestions", 10)) + 10
+    scope = Filters.make(project=projects if cfg.same_project_only else None)
+    k = cfg.max_suggestions + 10
     return [(i, s) for i, s in vectors.search(db, embedder, vec, k, scope) if i != exclude]
 
 
@@ -239,9 +239,7 @@ def _auto_link(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Edges to near neighbours (>= link_threshold) and suggestions for the next band."""
     cfg = settings.auto_link
-    link_at = float(cfg.get("link_threshold", 0.75))
-    suggest_at = float(cfg.get("suggest_threshold", 0.675))
-    most = int(cfg.get("max_suggestions", 10))
+    link_at, suggest_at, most = cfg.link_threshold, cfg.suggest_threshold, cfg.max_suggestions
     links: list[dict[str, Any]] = []
     suggestions: list[dict[str, Any]] = []
     for target, sim in neighbours:
@@ -345,7 +343,7 @@ def remember(
             f"stored without an embedding: {failure} (tagged embedding_failed;"
             " run memory_reembed with missing_only)"
         )
-    do_link = settings.auto_link.get("enabled", True) if auto_link is None else auto_link
+    do_link = settings.auto_link.enabled if auto_link is None else auto_link
     neighbours = (
         _neighbours(db, embedder, settings, vec, projects, supersedes_id)
         if vec is not None and do_link
