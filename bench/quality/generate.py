@@ -25,10 +25,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CONTENT = HERE / "content"
 SEED = 20261202
-STOP = frozenset(
-    "a an and are as at be but by do does did for from had has have how i in is it its me my of "
-    "on or our so than that the their them then there these they this to was we were what when "
-    "where which who why will with you your after before into not only over under up out".split())
+STOP = frozenset(re.findall(r"\w+", """
+    a an and are as at be but by do does did for from had has have how i in is it its me my of
+    on or our so than that the their them then there these they this to was we were what when
+    where which who why will with you your after before into not only over under up out"""))
 
 
 @dataclass
@@ -185,6 +185,18 @@ class Builder:
                 others = [m.key for p, m in by_project.items() if p != proj]
                 self.queries.append(Query("project_filtered", q, {by_project[proj].key: 2}, g,
                                           dom, project=proj, distractors=others))
+
+    def project_notes(self) -> None:
+        """Everyday notes in every consulting project: same topics, small differences."""
+        notes = [line.strip() for line in (CONTENT / "project_notes.txt").read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        for proj in ("brightline", "kestrel", "marlow", "quanta", "tidewater"):
+            for i, note in enumerate(notes):
+                pick = {m.group(1): self.rng.choice(m.group(2).split("|"))
+                        for m in SLOT_RE.finditer(note) if m.group(2)}
+                self.add(content=fill(note, {}, pick, {}), project=proj,
+                         memory_type="note", domain="consulting", role="filler",
+                         group=f"notes-{proj}")
 
     # --- exact identifiers --------------------------------------------------------------------
 
@@ -520,13 +532,13 @@ class ConversationWriter:
             self.turn(b, self.pick(b, "open_reply", a), s, when, t, True)
             due = [p for p in self.pending if p[0] <= s]
             self.pending = [p for p in self.pending if p[0] > s]
-            steps: list[Any] = [lambda w=w: self.tell(s, when, t, *w) for w in items]
-            steps += [lambda p=p: self.follow_up(s, when, t, *p[1:]) for p in due]
+            steps: list[Any] = [(self.tell, w) for w in items]
+            steps += [(self.follow_up, p[1:]) for p in due]
             r.shuffle(steps)
-            for step in steps:
+            for fn, step_args in steps:
                 if r.random() < 0.35:
                     self.small_talk(s, when, t)
-                step()
+                fn(s, when, t, *step_args)
                 if r.random() < 0.3:
                     x = self.names[r.randint(0, 1)]
                     self.turn(x, self.reaction(x, self.other(x)), s, when, t, True)
@@ -599,6 +611,7 @@ def build() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     b.keyword_overlap()
     b.superseded()
     b.project_filtered()
+    b.project_notes()
     b.exact_ids()
     b.conversations()
     # Insertion order: a shared timeline, so domains interleave the way an agent's memories do;
