@@ -541,6 +541,21 @@ def analysis(res: RunResult, queries: list[dict[str, Any]], memories: dict[str, 
             if s in ranked and (t is None or ranked.index(s) + 1 < t):
                 stale_above += 1
 
+    slices: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for q in queries:
+        if q["category"] == "exact_id":
+            target = memories[next(iter(q["targets"]))]
+            where = "content" if q["identifier"].lower() in target["content"].lower() else \
+                "keywords only"
+            form = "bare id" if q["text"] == q["identifier"] else "phrase"
+            slices[f"exact_id, id in {where}"].append(q)
+            slices[f"exact_id, {form}"].append(q)
+        elif q["category"] == "conversation":
+            slices["conversation, hard" if q.get("hard") else "conversation, not hard"].append(q)
+    slice_r1 = {name: {"n": len(qs), **{m: statistics.fmean(
+        first_rank(res.ranks[q["id"]][m], q["targets"]) == 1 for q in qs) for m in METHODS}}
+        for name, qs in slices.items()}
+
     def top(c: collections.Counter[str]) -> list[dict[str, Any]]:
         return [{"id": k, "top10_count": n, "role": memories[k]["role"],
                  "project": memories[k]["project"], "content": memories[k]["content"][:70]}
@@ -548,7 +563,7 @@ def analysis(res: RunResult, queries: list[dict[str, Any]], memories: dict[str, 
     return {"hubs": {m: top(c) for m, c in hubs.items()},
             "legs_top5": {c: dict(v) for c, v in legs.items()},
             "found_by_top5_slots": dict(found), "found_by_of_found_targets": dict(found_target),
-            "stale_above_new": {"count": stale_above, "of": stale_n}}
+            "stale_above_new": {"count": stale_above, "of": stale_n}, "slices_R@1": slice_r1}
 
 
 def print_analysis(a: dict[str, Any]) -> None:
@@ -566,6 +581,10 @@ def print_analysis(a: dict[str, Any]) -> None:
           + ", ".join(f"{k} {100 * n / total:.0f}%" for k, n in sorted(slots.items()))
           + "; targets it found, by: "
           + ", ".join(f"{k} {n}" for k, n in sorted(a["found_by_of_found_targets"].items())))
+    print("  R@1 on slices:")
+    print(f"    {'slice':<30}{'n':>4} " + " ".join(f"{m:>7}" for m in METHODS))
+    for name, row in sorted(a["slices_R@1"].items()):
+        print(f"    {name:<30}{row['n']:>4} " + " ".join(f"{row[m]:>7.3f}" for m in METHODS))
     print(f"  superseded without supersedes_id: the stale version ranked above the new one in "
           f"{a['stale_above_new']['count']} of {a['stale_above_new']['of']}")
     for m, n in (("recall", 5), ("pass2", 3), ("cosine", 3), ("bm25", 3)):

@@ -254,7 +254,8 @@ class Builder:
                     other = frames[(j + 1 + k) % len(frames)]
                     dis.append(self.id_memory(other, miss, spec, kind, dom,
                                               rng.random() < 0.5, "near_miss", g).key)
-                phrase = rng.choice(spec["queries"]) if j % 2 else "{id}"
+                # bare or phrase on a different cycle than content/keywords: all four pairs occur
+                phrase = rng.choice(spec["queries"]) if (j // 2) % 2 else "{id}"
                 self.queries.append(Query("exact_id", phrase.replace("{id}", ident),
                                           {t.key: 2}, g, dom, distractors=dis,
                                           identifier=ident))
