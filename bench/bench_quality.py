@@ -242,6 +242,16 @@ class Baselines:
             self.indexes[key] = (rows, Bm25Index([self.keys[i] for i in rows], texts))
         return self.indexes[key]
 
+    def answer_vs_generic(self, q: dict[str, Any], qvec: np.ndarray) -> tuple[float, float]:
+        """Cosine of the query to its answer and to the closest generic turn it is searched with
+        (how far apart the embedder puts them)."""
+        rows, _ = self._candidates((q.get("filters") or {}).get("project"), None)
+        pos = {self.keys[i]: i for i in rows}
+        answer = max(float(self.vecs[pos[t]] @ qvec) for t, g in q["targets"].items() if g == 2)
+        generic = [i for i in rows if self.memories[i]["role"] == "generic_turn"]
+        best = float(np.max(self.vecs[generic] @ qvec)) if generic else float("nan")
+        return answer, best
+
     def rank(self, query: str, qvec: np.ndarray, project: str | None,
              memory_type: str | None) -> dict[str, list[str]]:
         rows, bm25 = self._candidates(project, memory_type)
@@ -377,6 +387,8 @@ class RunResult:
     load_s: float = 0.0
     legs_api: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    # conversation queries: (cosine of the answer, best cosine of a generic turn)
+    cos_gap: list[tuple[float, float]] = field(default_factory=list)
 
 
 def run_one(backend: str, url: str, root: Path, embedder_name: str, cached: CachedEmbedder,
@@ -418,6 +430,8 @@ def run_one(backend: str, url: str, root: Path, embedder_name: str, cached: Cach
             qvec = cached.embed_query(q["text"])
             res.ranks[q["id"]].update(base.rank(q["text"], qvec, filters.get("project"),
                                                 filters.get("memory_type")))
+            if q["category"] == "conversation":
+                res.cos_gap.append(base.answer_vs_generic(q, qvec))
 
         for name in ("recall", "pass2"):
             for q in queries:
@@ -483,16 +497,17 @@ def print_table(s: dict[str, Any]) -> None:
           f"{s['latency_ms'].get('p50', 0):.1f} ms, p95 {s['latency_ms'].get('p95', 0):.1f} ms; "
           f"load {s['load_s']:.0f} s")
     names = {"recall": "memory_recall", "pass2": "recall pass 2"}
-    print(f"{'':<17}{'':>4} |" + "|".join(f"{names.get(m, m):^{width}}" for m in METHODS))
-    print(f"{'category':<17}{'n':>4} |"
-          + "|".join(" " + " ".join(f"{x:>4}" for x in ("R@1", "R@5", "MRR", "nDCG")) + "  "
-                     for _ in METHODS))
+    print((f"{'':<17}{'':>4} |" + "|".join(f"{names.get(m, m):^{width}}" for m in METHODS))
+          .rstrip())
+    print((f"{'category':<17}{'n':>4} |"
+           + "|".join(" " + " ".join(f"{x:>4}" for x in ("R@1", "R@5", "MRR", "nDCG")) + "  "
+                      for _ in METHODS)).rstrip())
     for c in s["categories"] + ["macro", "micro"]:
         cells = []
         for m in METHODS:
             v = s["metrics"][m][c]
             cells.append(" " + " ".join(f"{fmt(v[x]):>4}" for x in METRICS) + "  ")
-        print(f"{c:<17}{s['n'][c]:>4} |" + "|".join(cells))
+        print((f"{c:<17}{s['n'][c]:>4} |" + "|".join(cells)).rstrip())
     print("memory_recall vs best baseline (cosine/bm25/rrf):")
     for t in s["targets"]:
         parts = []
@@ -531,16 +546,20 @@ def analysis(res: RunResult, queries: list[dict[str, Any]], memories: dict[str, 
         how = res.found_by.get(q["id"], [])
         found.update(how[:5])
         found_target.update(h for mid, h in zip(r["recall"], how) if q["targets"].get(mid) == 2)
-    stale_above = 0
+    stale_above = {m: 0 for m in METHODS}
     stale_n = 0
     for q in queries:
         for s in q.get("stale", []):
             stale_n += 1
-            ranked = res.ranks[q["id"]]["recall"]
-            t = first_rank(ranked, q["targets"])
-            if s in ranked and (t is None or ranked.index(s) + 1 < t):
-                stale_above += 1
-
+            for m in METHODS:
+                ranked = res.ranks[q["id"]][m]
+                t = first_rank(ranked, q["targets"])
+                if s in ranked[:LIMIT] and (t is None or ranked.index(s) + 1 < t):
+                    stale_above[m] += 1
+    # generic chat turns ("Haha yes!") ranked first: fusion and access boosts favour them
+    chat = [q for q in queries if q["category"] == "conversation"]
+    generic_top1 = {m: sum(bool(res.ranks[q["id"]][m]) and memories[res.ranks[q["id"]][m][0]]
+                           ["role"] == "generic_turn" for q in chat) for m in METHODS}
     slices: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for q in queries:
         if q["category"] == "exact_id":
@@ -560,10 +579,17 @@ def analysis(res: RunResult, queries: list[dict[str, Any]], memories: dict[str, 
         return [{"id": k, "top10_count": n, "role": memories[k]["role"],
                  "project": memories[k]["project"], "content": memories[k]["content"][:70]}
                 for k, n in c.most_common(10)]
-    return {"hubs": {m: top(c) for m, c in hubs.items()},
+    gap = np.array(res.cos_gap) if res.cos_gap else np.zeros((0, 2))
+    cosines = {"n": len(gap)}
+    if len(gap):
+        cosines.update(answer_p50=float(np.median(gap[:, 0])),
+                       best_generic_p50=float(np.median(gap[:, 1])),
+                       answer_below_generic=int((gap[:, 0] < gap[:, 1]).sum()))
+    return {"hubs": {m: top(c) for m, c in hubs.items()}, "conversation_cosines": cosines,
             "legs_top5": {c: dict(v) for c, v in legs.items()},
             "found_by_top5_slots": dict(found), "found_by_of_found_targets": dict(found_target),
-            "stale_above_new": {"count": stale_above, "of": stale_n}, "slices_R@1": slice_r1}
+            "stale_above_new": {"of": stale_n, **stale_above}, "slices_R@1": slice_r1,
+            "conversation_generic_top1": {"of": len(chat), **generic_top1}}
 
 
 def print_analysis(a: dict[str, Any]) -> None:
@@ -585,8 +611,19 @@ def print_analysis(a: dict[str, Any]) -> None:
     print(f"    {'slice':<30}{'n':>4} " + " ".join(f"{m:>7}" for m in METHODS))
     for name, row in sorted(a["slices_R@1"].items()):
         print(f"    {name:<30}{row['n']:>4} " + " ".join(f"{row[m]:>7.3f}" for m in METHODS))
-    print(f"  superseded without supersedes_id: the stale version ranked above the new one in "
-          f"{a['stale_above_new']['count']} of {a['stale_above_new']['of']}")
+    g = a["conversation_generic_top1"]
+    if g["of"]:
+        print(f"  conversation queries whose top 1 is a generic turn (of {g['of']}): "
+              + ", ".join(f"{m} {g[m]}" for m in METHODS))
+    c = a["conversation_cosines"]
+    if c["n"]:
+        print(f"  conversation cosines: answer p50 {c['answer_p50']:.3f}, closest generic turn p50 "
+              f"{c['best_generic_p50']:.3f}; the answer is below a generic turn in "
+              f"{c['answer_below_generic']} of {c['n']}")
+    st = a["stale_above_new"]
+    if st["of"]:
+        print(f"  updates without supersedes_id whose stale version ranks above the new one "
+              f"(of {st['of']}): " + ", ".join(f"{m} {st[m]}" for m in METHODS))
     for m, n in (("recall", 5), ("pass2", 3), ("cosine", 3), ("bm25", 3)):
         print(f"  memories in the most {m} top-10 lists:")
         for h in a["hubs"][m][:n]:
