@@ -41,13 +41,14 @@ from typing import Any
 
 import numpy as np
 import orjson
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
 from memory_palace import Palace, load_settings
 from memory_palace.db.engine import Database, dispose_engines
 from memory_palace.embeddings import create_embedder
 from memory_palace.errors import InvalidParams
 from memory_palace.services.memories import document_text
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 DATA = Path(__file__).resolve().parent / "quality"
 LIMIT = 10  # memory_recall limit and the depth of every metric
@@ -110,6 +111,9 @@ def validate_data(memories: list[dict[str, Any]], queries: list[dict[str, Any]],
             project = (q.get("filters") or {}).get("project")
             if t in by_id and project and by_id[t]["project"] != project:
                 problems.append(f"{q['id']}: target {t} is outside the filter project {project}")
+            mtype = (q.get("filters") or {}).get("memory_type")
+            if t in by_id and mtype and by_id[t]["memory_type"] != mtype:
+                problems.append(f"{q['id']}: target {t} is not of the filter type {mtype}")
         if q["category"] == "exact_id":
             ident = q.get("identifier")
             if not ident or ident.lower() not in q["text"].lower():

@@ -98,6 +98,14 @@ class Query:
         return out
 
 
+def type_filter(group: str, memory_type: str) -> str | None:
+    """About a third of the typed questions ("what do we prefer", "what did we decide") also
+    filter by memory_type, as an agent that knows what it is looking for would."""
+    if memory_type not in ("preference", "decision", "gotcha"):
+        return None
+    return memory_type if hashlib.sha256(f"type:{group}".encode()).digest()[0] % 3 == 0 else None
+
+
 def hash_split(group: str) -> str:
     """dev or test from a stable hash of the item's group, so related queries stay together."""
     return "dev" if hashlib.sha256(group.encode()).digest()[0] % 2 == 0 else "test"
@@ -147,7 +155,8 @@ class Builder:
             if near:
                 dis.append(self.add(content=near, project=proj, memory_type=typ, subject=subj,
                                     domain=dom, role="near_duplicate", group=g).key)
-            self.queries.append(Query("paraphrase", q, {t.key: 2}, g, dom, distractors=dis))
+            self.queries.append(Query("paraphrase", q, {t.key: 2}, g, dom, distractors=dis,
+                                      memory_type=type_filter(g, typ)))
 
     def keyword_overlap(self) -> None:
         for i, (dom, proj, typ, subj, mem, q, decoy) in enumerate(rows("keyword_overlap.txt", 7)):
@@ -157,7 +166,7 @@ class Builder:
             d = self.add(content=decoy, project=proj, memory_type=typ, domain=dom, role="decoy",
                          group=g)
             self.queries.append(Query("keyword_overlap", q, {t.key: 2}, g, dom,
-                                      distractors=[d.key]))
+                                      distractors=[d.key], memory_type=type_filter(g, typ)))
 
     def superseded(self) -> None:
         for i, (mode, dom, proj, typ, subj, old, new, q) in enumerate(rows("superseded.txt", 8)):
