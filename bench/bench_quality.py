@@ -28,6 +28,7 @@ import collections
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -130,8 +131,10 @@ def validate_data(memories: list[dict[str, Any]], queries: list[dict[str, Any]],
 
 
 def contains_token(m: dict[str, Any], ident: str) -> bool:
-    import re
-
+    """`ident` as a whole token (KW200 is not in KW2000) in the content or a keyword."""
+    text = m["content"] + "\n" + "\n".join(m.get("keywords", []))
+    if ident.lower() not in text.lower():
+        return False
     pat = re.compile(r"(?<![\w.-])" + re.escape(ident) + r"(?![\w-]|\.\w)", re.IGNORECASE)
     return bool(pat.search(m["content"]) or any(pat.fullmatch(k) for k in m.get("keywords", [])))
 

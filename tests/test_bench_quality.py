@@ -63,6 +63,11 @@ def test_validation_catches_broken_data(bench: ModuleType,
     on_old = [dict(q) for q in queries]
     on_old[0] = dict(on_old[0], targets={sup["supersedes"]: 2})
     assert any("archived" in p for p in bench.validate_data(memories, on_old))
+    q = next(q for q in queries if q["category"] == "exact_id")
+    leak = [dict(m) for m in memories]
+    other = next(i for i, m in enumerate(leak) if m["id"] not in q["targets"])
+    leak[other]["content"] += f" See also {q['identifier']}."
+    assert any("identifier" in p for p in bench.validate_data(leak, queries))
 
 
 def test_generator_reproduces_the_committed_files() -> None:
