@@ -14,7 +14,7 @@ const FAKE = fileURLToPath(new URL("../test-support/fake-bridge.mjs", import.met
 const clients: BridgeClient[] = [];
 const dirs: string[] = [];
 
-function fake(mode: string, extra: Partial<ConstructorParameters<typeof BridgeClient>[0]> = {}) {
+function fake(mode: string, extra: Partial<ConstructorParameters<typeof BridgeClient>[0]> = {}, env: Record<string, string> = {}) {
   const dir = mkdtempSync(join(tmpdir(), "mp-fake-"));
   dirs.push(dir);
   const log = join(dir, "starts.log");
@@ -24,7 +24,7 @@ function fake(mode: string, extra: Partial<ConstructorParameters<typeof BridgeCl
     launch: {
       command: process.execPath,
       args: [FAKE],
-      env: { FAKE_BRIDGE_MODE: mode, FAKE_BRIDGE_LOG: log },
+      env: { FAKE_BRIDGE_MODE: mode, FAKE_BRIDGE_LOG: log, ...env },
       installHint: "install the bridge with `pip install memory-palace`",
     },
     readyTimeoutMs: 3000,
@@ -54,12 +54,24 @@ describe("BridgeClient with a fake bridge", () => {
     expect(starts()).toBe(1);
   });
 
-  it("turns bridge errors into BridgeError with the bridge's code", async () => {
+  it("turns a refusal into a BridgeError carrying the bridge's domain code and data", async () => {
     const { client } = fake("normal");
     const error = await client.call("fail", {}, { timeoutMs: 5000 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(BridgeError);
-    expect((error as BridgeError).code).toBe("TOOL_ERROR");
-    expect((error as BridgeError).message).toContain("fail: it refused");
+    expect((error as BridgeError).code).toBe("NOT_FOUND");
+    expect((error as BridgeError).data).toEqual({ kind: "NOT_FOUND", id: 999 });
+    expect((error as BridgeError).message).toContain("fail: memory 999 does not exist");
+  });
+
+  it("reads tools, extensions and instance from the ready line", async () => {
+    const { client } = fake("normal", {}, { FAKE_BRIDGE_EXTENSIONS: "db_manager", MEMORY_PALACE_INSTANCE_ID: "me" });
+    expect(client.extensions).toEqual([]);
+    const info = await client.start();
+    expect(info.extensions).toEqual(["db_manager"]);
+    expect(info.tools).toContain("memory_list_databases");
+    expect(info.instanceId).toBe("me");
+    expect(client.extensions).toEqual(["db_manager"]);
+    expect(client.served).toEqual(["me"]);
   });
 
   it("kills a bridge that never gets ready and says how to install it", async () => {
@@ -88,13 +100,11 @@ describe("BridgeClient with a fake bridge", () => {
     expect(error.message).toContain("pip install memory-palace");
   });
 
-  it("rejects pending calls on exit, restarts with backoff, reports health and re-subscribes", async () => {
+  it("rejects pending calls on exit, restarts with backoff, and reports health", async () => {
     const health = { failures: [] as unknown[], cleared: 0 };
-    const { client, events, starts } = fake("normal");
+    const { client, starts } = fake("normal");
     client.setHealth({ reportFailure: (e) => health.failures.push(e), clearFailure: () => health.cleared++ });
-    await client.subscribe("memory_palace_msg_b");
     await client.start();
-    await until(() => events.some((e) => e.event === "subscribed"), 3000, "first subscribe");
     const firstPid = client.pid;
     const pending = client.call("sleep", { ms: 10_000 }, { timeoutMs: 20_000 });
     const crash = client.call("crash", { code: 7 }, { timeoutMs: 5000 });
@@ -109,9 +119,71 @@ describe("BridgeClient with a fake bridge", () => {
     expect(client.pid).not.toBe(firstPid);
     expect(starts()).toBe(2);
     expect(health.cleared).toBe(1);
-    await until(() => events.filter((e) => e.event === "subscribed").length === 2, 3000, "re-subscribe");
-    const last = events.filter((e) => e.event === "subscribed").at(-1)?.data as { channel: string; pid: number };
-    expect(last).toEqual({ channel: "memory_palace_msg_b", pid: client.pid });
+  });
+
+  it("announces the served instances, with their database, on every ready line", async () => {
+    const registry = [{ instance: "b" }, { instance: "b", database: "work" }];
+    const { client, events } = fake("normal", { served: () => registry });
+    const announced = (pid: number | undefined) =>
+      events.filter((e) => e.event === "subscribed" && (e.data as { pid: number }).pid === pid).map((e) => e.data);
+    await client.serve("c"); // not running: remembered, nothing is spawned
+    expect(client.pid).toBeUndefined();
+    await client.start();
+    const firstPid = client.pid;
+    await until(() => announced(firstPid).length === 3, 3000, "the first announcements");
+    expect(announced(firstPid)).toEqual(expect.arrayContaining([
+      { instance: "c", database: "default", pid: firstPid },
+      { instance: "b", database: "default", pid: firstPid },
+      { instance: "b", database: "work", pid: firstPid },
+    ]));
+    await client.serve("d", "life"); // ready: sent now, resolved once acknowledged
+    expect(announced(firstPid)).toContainEqual({ instance: "d", database: "life", pid: firstPid });
+    expect(client.served).toEqual(["b", "c", "d"]);
+
+    registry.push({ instance: "e" }); // the registry learned e while the bridge was down
+    await client.call("crash", { code: 1 }, { timeoutMs: 5000 }).catch(() => undefined);
+    await client.call("echo", {}, { timeoutMs: 5000 });
+    const secondPid = client.pid;
+    expect(secondPid).not.toBe(firstPid);
+    await until(() => announced(secondPid).length === 5 && client.unannounced === 0, 3000, "the announcements after the restart");
+    expect(announced(secondPid).map((d) => JSON.stringify(d)).sort()).toEqual([
+      { instance: "b", database: "default", pid: secondPid },
+      { instance: "b", database: "work", pid: secondPid },
+      { instance: "c", database: "default", pid: secondPid },
+      { instance: "d", database: "life", pid: secondPid },
+      { instance: "e", database: "default", pid: secondPid },
+    ].map((d) => JSON.stringify(d)).sort());
+    expect(client.served).toEqual(["b", "c", "d", "e"]);
+  });
+
+  it("retries a failed announcement with backoff until it holds", async () => {
+    const { client, events, logger } = fake("normal", { served: () => [{ instance: "b" }] }, { FAKE_BRIDGE_FAIL_SUBSCRIBE: "3" });
+    await client.start();
+    await until(() => events.some((e) => e.event === "subscribed"), 5000, "the announcement to hold");
+    expect(logger.lines.filter((l) => l.includes("could not ask the bridge to deliver messages for b; will retry"))).toHaveLength(3);
+    expect(logger.lines.find((l) => l.includes("will retry"))).toContain("the database is down");
+    expect(client.unannounced).toBe(0);
+    expect(client.served).toEqual(["b"]);
+    // A refusal of an explicit serve() rejects with the bridge's code; the retry still makes it hold.
+    const { client: other, events: otherEvents } = fake("normal", {}, { FAKE_BRIDGE_FAIL_SUBSCRIBE: "1" });
+    await other.start();
+    const error = (await other.serve("c").catch((e: unknown) => e)) as BridgeError;
+    expect(error.code).toBe("BACKEND_UNAVAILABLE");
+    await until(() => otherEvents.some((e) => e.event === "subscribed"), 5000, "the retried announcement");
+    expect(other.served).toEqual(["c"]);
+  });
+
+  it("drops an announcement the bridge refuses as invalid, and unserves", async () => {
+    const { client, logger } = fake("normal");
+    await client.start();
+    const error = (await client.serve("").catch((e: unknown) => e)) as BridgeError;
+    expect(error.code).toBe("INVALID_PARAMS");
+    expect(client.unannounced).toBe(0);
+    expect(logger.lines.some((l) => l.includes("not retrying"))).toBe(true);
+    await client.serve("b");
+    expect(client.served).toEqual(["b"]);
+    await client.unserve("b");
+    expect(client.served).toEqual([]);
   });
 
   it("times out a call and tells the bridge to cancel it", async () => {

@@ -1,12 +1,15 @@
 /**
  * Supervisor and client for the Python bridge (newline JSON on stdio): one spawn shared by
  * concurrent first calls, ready handshake with a timeout, per-call timeouts and abort that send
- * `_cancel`, restart with capped exponential backoff, re-subscription after a restart, and a
- * graceful stop (_shutdown, then SIGTERM, then SIGKILL). It never logs stdout line by line.
+ * `_cancel`, restart with capped exponential backoff, and a graceful stop (_shutdown, then
+ * SIGTERM, then SIGKILL). On every ready line it announces the instances to serve again
+ * (served-instances.ts). It never logs stdout line by line.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import type { BridgeLaunch } from "./config.js";
-import { BridgeError, PLUGIN_CODES } from "./errors.js";
+import { BridgeError, PLUGIN_CODES, replyCode } from "./errors.js";
+import { ServedInstances } from "./served-instances.js";
+import type { ServedInstance } from "./sessions.js";
 
 export interface BridgeLogger {
   info(message: string): void;
@@ -22,7 +25,11 @@ export interface ServiceHealth {
 
 export interface ReadyInfo {
   readonly version?: string;
-  readonly tools?: number;
+  /** Bridge methods this bridge serves (its ready line's `tools`). */
+  readonly tools: readonly string[];
+  /** Extensions enabled in the bridge's config.json (e.g. "db_manager"). */
+  readonly extensions: readonly string[];
+  readonly instanceId?: string;
   readonly pid: number;
   /** 0 for the first start, then counts restarts. */
   readonly generation: number;
@@ -33,8 +40,13 @@ export interface BridgeClientOptions {
   readonly readyTimeoutMs: number;
   readonly logger: BridgeLogger;
   readonly onEvent?: (event: string, data: unknown) => void;
-  /** Runs after every ready line, after the known channels were subscribed again. */
+  /** Runs after every ready line, once the served instances are being announced again. */
   readonly onReady?: (info: ReadyInfo) => void;
+  /** The instances to serve (the session registry); announced again on every ready line. */
+  readonly served?: () => Iterable<ServedInstance>;
+  /** Budget of one `_subscribe` (it may start a listener or create a named database). */
+  readonly announceTimeoutMs?: number;
+  /** Restart backoff; failed announcements are retried on the same schedule. */
   readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
   /** A bridge that stays up this long resets the backoff. */
   readonly stableAfterMs?: number;
@@ -70,11 +82,14 @@ interface Proc {
 type State = "idle" | "starting" | "ready" | "backoff" | "stopping" | "stopped";
 
 const STDERR_TAIL = 20;
+const ANNOUNCE_TIMEOUT_MS = 30_000;
+const DEFAULT_BACKOFF = { initialMs: 250, maxMs: 30_000 } as const;
 
 export class BridgeClient {
   private readonly opts: BridgeClientOptions;
   private readonly pending = new Map<number, Pending>();
-  private readonly channels = new Set<string>();
+  private readonly servedInstances: ServedInstances;
+  private extensionsValue: readonly string[] = [];
   private proc: Proc | undefined;
   private startPromise: Promise<ReadyInfo> | undefined;
   private restartTimer: NodeJS.Timeout | undefined;
@@ -89,6 +104,15 @@ export class BridgeClient {
 
   constructor(opts: BridgeClientOptions) {
     this.opts = opts;
+    this.servedInstances = new ServedInstances({
+      transport: {
+        call: (method, params, options) => this.call(method, params, options),
+        readyGeneration: () => (this.stateValue === "ready" && this.proc?.ready && !this.proc.ended ? this.proc.generation : undefined),
+      },
+      logger: opts.logger,
+      timeoutMs: opts.announceTimeoutMs ?? ANNOUNCE_TIMEOUT_MS,
+      backoff: opts.backoff ?? DEFAULT_BACKOFF,
+    });
   }
 
   get state(): State {
@@ -99,8 +123,19 @@ export class BridgeClient {
     return this.proc && !this.proc.ended ? this.proc.child.pid : undefined;
   }
 
-  get subscribedChannels(): readonly string[] {
-    return [...this.channels];
+  /** The instances the bridge reported serving (its latest `_subscribe`/`_unsubscribe` answer). */
+  get served(): readonly string[] {
+    return this.servedInstances.reported;
+  }
+
+  /** Extensions of the latest ready line; none before the first one. */
+  get extensions(): readonly string[] {
+    return this.extensionsValue;
+  }
+
+  /** Announcements not (yet) acknowledged by the running bridge. */
+  get unannounced(): number {
+    return this.servedInstances.unannounced;
   }
 
   get inFlight(): number {
@@ -162,15 +197,19 @@ export class BridgeClient {
     });
   }
 
-  /** LISTEN on a channel now (if running) and again after every restart. */
-  async subscribe(channel: string): Promise<void> {
-    this.channels.add(channel);
-    if (this.stateValue === "ready") await this.call("_subscribe", { channel }, { timeoutMs: 10_000 });
+  /**
+   * Ask the bridge to deliver `new_message` events for `instance` (in `database`; the default
+   * when omitted), now if it is ready and again after every restart. Never spawns. Resolves when
+   * the running bridge acknowledged it (at once when none is ready); a failure rejects and is
+   * retried with backoff until it holds.
+   */
+  serve(instance: string, database?: string): Promise<void> {
+    return this.servedInstances.serve(instance, database);
   }
 
-  async unsubscribe(channel: string): Promise<void> {
-    if (!this.channels.delete(channel)) return;
-    if (this.stateValue === "ready") await this.call("_unsubscribe", { channel }, { timeoutMs: 10_000 });
+  /** Stop delivering for `instance` (the bridge stops serving it in every database). */
+  unserve(instance: string, database?: string): Promise<void> {
+    return this.servedInstances.unserve(instance, database);
   }
 
   /** Stop for good: _shutdown, then SIGTERM, then SIGKILL. Resolves once the process is gone. */
@@ -179,6 +218,7 @@ export class BridgeClient {
     this.stateValue = "stopping";
     clearTimeout(this.restartTimer);
     this.restartTimer = undefined;
+    this.servedInstances.stop();
     const stopped = new BridgeError(PLUGIN_CODES.stopped, "the bridge was stopped with its service");
     for (const waiter of this.restartWaiters.splice(0)) waiter.reject(stopped);
     const proc = this.proc;
@@ -204,7 +244,9 @@ export class BridgeClient {
   private readyInfo(proc: Proc, line?: Record<string, unknown>): ReadyInfo {
     return {
       version: typeof line?.version === "string" ? line.version : undefined,
-      tools: typeof line?.tools === "number" ? line.tools : undefined,
+      tools: strings(line?.tools),
+      extensions: line ? strings(line.extensions) : this.extensionsValue,
+      ...(typeof line?.instance_id === "string" ? { instanceId: line.instance_id } : {}),
       pid: proc.child.pid ?? -1,
       generation: proc.generation,
     };
@@ -323,7 +365,7 @@ export class BridgeClient {
       pending.cleanup();
       if (msg.error && typeof msg.error === "object") {
         const err = msg.error as { code?: unknown; message?: unknown; data?: unknown };
-        const code = typeof err.code === "string" ? err.code : "TOOL_ERROR";
+        const code = replyCode(err);
         const message = typeof err.message === "string" ? err.message : "the bridge reported an error";
         pending.reject(new BridgeError(code, `${pending.method}: ${message}`, { data: err.data }));
       } else {
@@ -341,20 +383,24 @@ export class BridgeClient {
     const info = this.readyInfo(proc, line);
     const dbError = (line.database_error as { message?: unknown } | undefined)?.message;
     if (dbError) this.opts.logger.warn(`memory-palace: the bridge started without its default database: ${String(dbError)}`);
+    const extensions = info.extensions.length ? `, extensions ${info.extensions.join(", ")}` : "";
     this.opts.logger.info(
-      `memory-palace: bridge ready (pid ${info.pid}, version ${info.version ?? "?"}, ${info.tools ?? "?"} tools)`,
+      `memory-palace: bridge ready (pid ${info.pid}, version ${info.version ?? "?"}, ${info.tools.length} tools${extensions})`,
     );
+    this.extensionsValue = info.extensions;
     if (this.lastFailure) {
       this.health?.clearFailure();
       this.lastFailure = undefined;
     }
     proc.stableTimer = setTimeout(() => (this.failures = 0), this.opts.stableAfterMs ?? 30_000);
     proc.stableTimer.unref();
-    for (const channel of this.channels) {
-      this.call("_subscribe", { channel }, { timeoutMs: 10_000 }).catch((error: unknown) => {
-        this.opts.logger.warn(`memory-palace: could not LISTEN on ${channel}: ${String(error)}`);
-      });
+    let targets: ServedInstance[] = [];
+    try {
+      targets = [...(this.opts.served?.() ?? [])];
+    } catch (error) {
+      this.opts.logger.error(`memory-palace: could not list the instances to serve: ${String(error)}`);
     }
+    this.servedInstances.onReady(proc.generation, targets, info.instanceId);
     proc.settleStart?.(undefined, info);
     for (const waiter of this.restartWaiters.splice(0)) waiter.resolve(info);
     try {
@@ -415,7 +461,7 @@ export class BridgeClient {
   private scheduleRestart(error: Error): void {
     this.lastFailure = error;
     this.health?.reportFailure(error);
-    const backoff = this.opts.backoff ?? { initialMs: 250, maxMs: 30_000 };
+    const backoff = this.opts.backoff ?? DEFAULT_BACKOFF;
     const delay = Math.min(backoff.maxMs, backoff.initialMs * 2 ** this.failures);
     this.failures++;
     this.stateValue = "backoff";
@@ -461,6 +507,10 @@ export class BridgeClient {
     if (proc.ended || !proc.child.stdin.writable) return;
     proc.child.stdin.write(`${JSON.stringify(message)}\n`);
   }
+}
+
+function strings(value: unknown): string[] {
+  return Array.isArray(value) ? value.filter((v): v is string => typeof v === "string") : [];
 }
 
 function describe(launch: BridgeLaunch): string {

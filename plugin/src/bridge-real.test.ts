@@ -32,28 +32,38 @@ afterEach(async () => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-function realClient(health?: { failures: unknown[]; cleared: number }) {
+function realClient(health?: { failures: unknown[]; cleared: number }, served?: () => Array<{ instance: string; database?: string }>) {
   const dataDir = mkdtempSync(join(tmpdir(), "mp-real-"));
   dirs.push(dataDir);
   const launch = bridgeLaunch(parseConfig({ pythonPath: PYTHON, dataDir, instanceId: "a" }));
   const logger = memoryLogger();
+  const events: Array<{ event: string; data: Record<string, unknown> }> = [];
   const client = new BridgeClient({
     launch: { ...launch, env: { ...launch.env, MEMORY_PALACE_EMBEDDER: "hash" } },
     readyTimeoutMs: 20_000,
     logger,
     backoff: { initialMs: 100, maxMs: 1000 },
+    onEvent: (event, data) => events.push({ event, data: data as Record<string, unknown> }),
+    ...(served ? { served } : {}),
   });
   if (health) client.setHealth({ reportFailure: (e) => health.failures.push(e), clearFailure: () => health.cleared++ });
   clients.push(client);
-  return { client, logger };
+  return { client, logger, events };
+}
+
+interface Health {
+  served: string[];
+  listeners: Record<string, { served: string[] }>;
+  in_flight: number;
 }
 
 describe("BridgeClient with the real bridge", () => {
-  it("rejects the pending call when the bridge is killed, restarts, re-subscribes, and serves again", async () => {
+  it("rejects the pending call when the bridge is killed, restarts, serves the announced instances again, and serves", async () => {
     const health = { failures: [] as unknown[], cleared: 0 };
-    const { client } = realClient(health);
-    await client.subscribe("memory_palace_msg_b");
+    const registry = [{ instance: "b" }];
+    const { client, events } = realClient(health, () => registry);
     const stored = (await client.call("memory_set", { content: "persisted across restarts" }, { timeoutMs: 20_000 })) as { id: number };
+    await client.serve("c", "work"); // an instance that lives in a named database
     const pid = client.pid as number;
     process.kill(pid, "SIGSTOP"); // frozen: the next call is certainly still pending when it dies
     const pending = client.call("memory_stats", {}, { timeoutMs: 30_000 });
@@ -68,10 +78,34 @@ describe("BridgeClient with the real bridge", () => {
     expect(client.pid).not.toBe(pid);
     expect(alive(pid)).toBe(false);
     expect(health.cleared).toBe(1);
-    const channels = async () => ((await client.call("_health", {}, { timeoutMs: 5000 })) as { listened_channels: string[] }).listened_channels;
-    const end = Date.now() + 5000;
-    while (!(await channels()).some((c) => c.endsWith("b")) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
-    expect((await channels()).some((c) => c.endsWith("b"))).toBe(true);
+    // The new process serves only "a" by itself; b (registry) and c in "work" come from the announcements.
+    const state = async () => (await client.call("_health", {}, { timeoutMs: 5000 })) as Health;
+    const end = Date.now() + 10_000;
+    let now = await state();
+    while (!(now.served.includes("b") && now.listeners.work?.served.includes("c")) && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 50));
+      now = await state();
+    }
+    expect(now.served).toEqual(["a", "b", "c"]);
+    expect(Object.keys(now.listeners).sort()).toEqual(["default", "work"]);
+    expect(client.served).toEqual(["a", "b", "c"]);
+    expect(client.unannounced).toBe(0);
+    // b is not a caller here: the event for it exists only because the plugin announced b.
+    const sent = (await client.call("message", { action: "send", from_instance: "a", to_instance: "b", content: "hi", subject: "s" }, { timeoutMs: 20_000 })) as { id: number };
+    await until(() => events.some((e) => e.event === "new_message" && e.data.message_id === sent.id), 10_000, "the new_message event");
+    const event = events.find((e) => e.event === "new_message" && e.data.message_id === sent.id);
+    expect(event?.data).toMatchObject({ recipients: ["b"], database: "default", from_instance: "a", to_instance: "b" });
+    expect(event?.data).not.toHaveProperty("content");
+  });
+
+  it("carries the bridge's domain code on a refusal: NOT_FOUND, and refuses the old channel param", async () => {
+    const { client } = realClient();
+    const error = (await client.call("memory_get", { memory_ids: 987_654 }, { timeoutMs: 20_000 }).catch((e: unknown) => e)) as BridgeError;
+    expect(error.code).toBe("NOT_FOUND");
+    expect(error.data).toMatchObject({ kind: "NOT_FOUND" });
+    expect(error.message).toMatch(/memory_get: memory 987654 does not exist/);
+    const old = (await client.call("_subscribe", { channel: "b" }, { timeoutMs: 10_000 }).catch((e: unknown) => e)) as BridgeError;
+    expect(old.code).toBe("INVALID_PARAMS");
   });
 
   it("times out a call the bridge cannot answer, cancels it there, and keeps serving", async () => {
@@ -85,11 +119,11 @@ describe("BridgeClient with the real bridge", () => {
     expect(Date.now() - started).toBeLessThan(2000);
     expect(client.inFlight).toBe(0);
     process.kill(pid, "SIGCONT"); // the bridge now reads the call and its _cancel
-    const health = (await client.call("_health", {}, { timeoutMs: 10_000 })) as { in_flight: number };
+    const health = (await client.call("_health", {}, { timeoutMs: 10_000 })) as Health;
     const end = Date.now() + 5000;
     let inFlight = health.in_flight;
     while (inFlight > 0 && Date.now() < end) {
-      inFlight = ((await client.call("_health", {}, { timeoutMs: 5000 })) as { in_flight: number }).in_flight;
+      inFlight = ((await client.call("_health", {}, { timeoutMs: 5000 })) as Health).in_flight;
     }
     expect(inFlight).toBe(0);
     expect(client.pid).toBe(pid);

@@ -9,7 +9,7 @@ describe("parseConfig", () => {
     expect(cfg.requestTimeoutMs).toBe(DEFAULTS.requestTimeoutMs);
     expect(cfg.llmRequestTimeoutMs).toBeGreaterThan(cfg.requestTimeoutMs);
     expect(cfg.instanceRoutes).toEqual({});
-    expect(cfg.databaseManager).toBe(false);
+    expect(cfg).not.toHaveProperty("databaseManager");
   });
 
   it("normalises instance routes and names bad keys", () => {

@@ -18,7 +18,6 @@ export interface PluginConfig {
   readonly llmRequestTimeoutMs: number;
   readonly readyTimeoutMs: number;
   readonly instanceRoutes: Readonly<Record<string, InstanceRoute>>;
-  readonly databaseManager: boolean;
 }
 
 export const DEFAULTS = {
@@ -30,7 +29,7 @@ export const DEFAULTS = {
 
 const KEYS = new Set([
   "bridgeCommand", "pythonPath", "instanceId", "dataDir", "databaseUrl", "requestTimeoutMs",
-  "llmRequestTimeoutMs", "readyTimeoutMs", "instanceRoutes", "databaseManager",
+  "llmRequestTimeoutMs", "readyTimeoutMs", "instanceRoutes",
 ]);
 
 function fail(message: string): never {
@@ -78,8 +77,6 @@ export function parseConfig(raw: unknown): PluginConfig {
   if (typeof cfg !== "object" || Array.isArray(cfg)) fail("must be an object");
   const unknown = Object.keys(cfg).filter((k) => !KEYS.has(k));
   if (unknown.length) fail(`has unknown key ${unknown.join(", ")}; expected ${[...KEYS].join(", ")}`);
-  const databaseManager = cfg.databaseManager ?? false;
-  if (typeof databaseManager !== "boolean") fail("key databaseManager must be true or false");
   return {
     bridgeCommand: str(cfg, "bridgeCommand") ?? DEFAULTS.bridgeCommand,
     pythonPath: str(cfg, "pythonPath"),
@@ -90,7 +87,6 @@ export function parseConfig(raw: unknown): PluginConfig {
     llmRequestTimeoutMs: ms(cfg, "llmRequestTimeoutMs", DEFAULTS.llmRequestTimeoutMs),
     readyTimeoutMs: ms(cfg, "readyTimeoutMs", DEFAULTS.readyTimeoutMs),
     instanceRoutes: routes(cfg.instanceRoutes),
-    databaseManager,
   };
 }
 

@@ -10,7 +10,8 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { BridgeClient, type BridgeLogger } from "./bridge-client.js";
 import { bridgeLaunch, type PluginConfig } from "./config.js";
-import { instanceChannel, MAIN_SESSION_KEY, SessionRegistry } from "./sessions.js";
+import { MAIN_SESSION_KEY, SessionRegistry } from "./sessions.js";
+import { enabledSpecs } from "./tools.js";
 import { Waker, type WakeRuntime } from "./wake.js";
 
 export interface Host {
@@ -37,9 +38,6 @@ export function persistRegistry(host: Host, stateDir: string, logger: BridgeLogg
   host.statePath = path;
   try {
     host.registry.restore(JSON.parse(readFileSync(path, "utf8")));
-    for (const channel of host.registry.channelNames()) {
-      host.bridge.subscribe(instanceChannel(channel)).catch(() => undefined);
-    }
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== "ENOENT") {
       logger.warn(`memory-palace: ignoring unreadable ${path}: ${String(error)}`);
@@ -87,22 +85,25 @@ export function acquireHost(config: PluginConfig, logger: BridgeLogger, runtime:
     launch: bridgeLaunch(config),
     readyTimeoutMs: config.readyTimeoutMs,
     logger,
+    // The bridge serves every instance with a route: announced on each ready line, retried on failure.
+    served: () => registry.served(),
     onEvent: (event, data) => {
       if (event === "new_message") waker.handle(data);
       else if (event === "listener_status") logger.info(`memory-palace: listener ${JSON.stringify(data)}`);
     },
-    onReady: () => {
+    onReady: (info) => {
+      const missing = enabledSpecs(info.extensions).filter((spec) => !info.tools.includes(spec.method));
+      if (missing.length && info.tools.length) {
+        logger.warn(`memory-palace: the bridge does not serve ${missing.map((s) => s.method).join(", ")}; upgrade memory-palace so bridge and plugin match`);
+      }
       bridge.call("_get_instance_routes", {}, { timeoutMs: 10_000 })
         .then((routes) => seedBridgeRoutes(registry, routes))
         .catch((error: unknown) => logger.warn(`memory-palace: could not read instance routes: ${String(error)}`));
     },
   });
   Object.assign(host, { bridge, waker });
-  // Auto-subscription on instance discovery: LISTEN on the new instance's channel.
-  registry.onDiscover = (instance) => {
-    bridge.subscribe(instanceChannel(instance)).catch((error: unknown) => {
-      logger.warn(`memory-palace: could not LISTEN for ${instance}: ${String(error)}`);
-    });
+  registry.onServe = (instance, database) => {
+    bridge.serve(instance, database).catch(() => undefined); // logged and retried by the client
   };
   for (const [instance, route] of Object.entries(config.instanceRoutes)) {
     registry.learn(instance, route.sessionKey, route.agentId, "config");

@@ -1,6 +1,6 @@
 // Registers the real entry against a hand-made mock of the SDK's OpenClawPluginApi and drives the
 // tools, the hook, the service and the gateway method; the bridge is the fake bridge process.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -9,6 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { alive, memoryLogger, until } from "./test-helpers.js";
 import { BridgeError } from "./errors.js";
 import entry from "./index.js";
+import { TOOL_SPECS } from "./tool-schemas.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const FAKE = join(ROOT, "plugin/test-support/fake-bridge.mjs");
@@ -106,6 +107,7 @@ beforeEach(() => {
 afterEach(async () => {
   for (const stop of stops.splice(0)) await stop();
   delete process.env.FAKE_BRIDGE_LOG;
+  delete process.env.FAKE_BRIDGE_EXTENSIONS;
   rmSync(currentDataDir, { recursive: true, force: true });
 });
 
@@ -119,12 +121,22 @@ describe("plugin entry", () => {
     }
   });
 
-  it("registers every manifest tool with a label and schema, plus hook, service, method and memory prompt", () => {
-    const { api, rec } = mockApi({ databaseManager: true });
+  it("declares every manifest tool; the bridge's extensions decide which the factory returns", async () => {
+    process.env.FAKE_BRIDGE_EXTENSIONS = "db_manager";
+    const { api, rec } = mockApi({ bridgeCommand: FAKE });
     entry.register(api);
+    expect((rec.factories[0]?.opts as { names: string[] }).names.sort()).toEqual([...MANIFEST.contracts.tools].sort());
+    const extensionTools = TOOL_SPECS.filter((s) => s.extension === "db_manager").map((s) => s.name);
+    expect(extensionTools.length).toBeGreaterThan(0);
+    const before = [...tools(rec, {}).keys()];
+    expect(before).toContain("memory_set");
+    for (const name of extensionTools) expect(before).not.toContain(name); // not ready yet: no extensions
+    await rec.services[0]?.start(serviceCtx({ failures: [] }));
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    await until(() => (sessions(rec).bridge as { state: string }).state === "ready", 5000, "ready");
     const made = tools(rec, { sessionKey: "agent:main:main", agentId: "main" });
     expect([...made.keys()].sort()).toEqual([...MANIFEST.contracts.tools].sort());
-    expect((rec.factories[0]?.opts as { names: string[] }).names.sort()).toEqual([...MANIFEST.contracts.tools].sort());
+    expect((sessions(rec).bridge as { extensions: string[] }).extensions).toEqual(["db_manager"]);
     for (const tool of made.values()) {
       expect(tool.label).toMatch(/^Memory Palace: /);
       expect(tool.description.length).toBeGreaterThan(20);
@@ -133,6 +145,7 @@ describe("plugin entry", () => {
     const recall = made.get("memory_recall")?.parameters as { properties: Record<string, { default?: unknown }> };
     expect(recall.properties.limit?.default).toBe(20);
     expect(recall.properties).toHaveProperty("database");
+    for (const spec of TOOL_SPECS) expect(made.get(spec.name)?.catalogMode).toBe(spec.direct ? "direct-only" : undefined);
     expect(made.get("palace_message")?.catalogMode).toBe("direct-only");
     expect(made.get("memory_search")?.description).toContain("Same as memory_recall");
     expect([...rec.hooks.keys()]).toEqual(["before_tool_call"]);
@@ -142,12 +155,20 @@ describe("plugin entry", () => {
     expect(prompt.join("\n")).toContain("memory_search");
   });
 
-  it("leaves the database-manager tools out unless enabled", () => {
-    const { api, rec } = mockApi({});
+  it("leaves the extension tools out when the bridge's ready line lists no extension", async () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE });
     entry.register(api);
+    await rec.services[0]?.start(serviceCtx({ failures: [] }));
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    await until(() => (sessions(rec).bridge as { state: string }).state === "ready", 5000, "ready");
     const names = [...tools(rec, {}).keys()];
     expect(names).not.toContain("memory_list_databases");
     expect(names).toContain("memory_set");
+    expect(names).toHaveLength(TOOL_SPECS.filter((s) => s.extension === null).length);
+  });
+
+  it("refuses the removed databaseManager key by name", () => {
+    expect(() => entry.register(mockApi({ databaseManager: true }).api)).toThrow(/unknown key databaseManager/);
   });
 
   it("rejects unknown config keys by name", () => {
@@ -185,27 +206,37 @@ describe("plugin entry", () => {
     expect(snap.sessions.b?.sessionKey).toBe("agent:main:palace-b");
   });
 
-  it("persists learned routes and channels under stateDir, so a reload still wakes the right session", async () => {
+  it("persists learned routes and their databases under stateDir, so a reload serves and wakes the right session", async () => {
+    // A file from before this version also has `channels`: it is ignored, not fatal.
+    mkdirSync(join(currentDataDir, "memory-palace"), { recursive: true });
+    writeFileSync(join(currentDataDir, "memory-palace/sessions.json"), JSON.stringify({
+      sessions: { old: { sessionKey: "agent:main:palace-old", agentId: "main", lastSeen: 1, source: "tool" } },
+      count: 1,
+      channels: { deploys: ["old"] },
+    }));
     const first = mockApi({ bridgeCommand: FAKE });
     entry.register(first.api);
     await first.rec.services[0]?.start(serviceCtx({ failures: [] }));
     const made = tools(first.rec, { sessionKey: "agent:main:palace-b", agentId: "main" });
-    await made.get("memory_set")?.execute("1", { content: "x", instance_id: "b" });
-    await made.get("palace_message")?.execute("2", { action: "subscribe", instance_id: "b", channel: "deploys" });
+    await made.get("memory_set")?.execute("1", { content: "x", instance_id: "b", database: "work" });
     await first.rec.services[0]?.stop?.(serviceCtx({ failures: [] }));
-    const saved = JSON.parse(readFileSync(join(currentDataDir, "memory-palace/sessions.json"), "utf8")) as { sessions: Record<string, { sessionKey: string }>; channels: Record<string, string[]> };
-    expect(saved.sessions.b?.sessionKey).toBe("agent:main:palace-b");
-    expect(saved.channels.deploys).toEqual(["b"]);
+    const saved = JSON.parse(readFileSync(join(currentDataDir, "memory-palace/sessions.json"), "utf8")) as { sessions: Record<string, { sessionKey: string; databases: string[] }> };
+    expect(saved.sessions.b).toMatchObject({ sessionKey: "agent:main:palace-b", databases: ["work"] });
+    expect(saved.sessions.old?.sessionKey).toBe("agent:main:palace-old");
+    expect(saved).not.toHaveProperty("channels");
 
-    const second = mockApi({ bridgeCommand: FAKE }); // the reloaded plugin: a new host
+    const second = mockApi({ bridgeCommand: FAKE }); // the reloaded plugin: a new host and bridge
     entry.register(second.api);
     await second.rec.services[0]?.start(serviceCtx({ failures: [] }));
     stops.push(() => second.rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
-    await tools(second.rec, { sessionKey: "agent:main:palace-a" }).get("palace_message")?.execute("3", { action: "send", from_instance: "a", to_instance: "b", subject: "after reload" });
+    // The fake bridge serves only announced instances: b is served because the restored registry announced it.
+    await until(() => (sessions(second.rec).served as string[]).includes("b"), 5000, "b served again");
+    await tools(second.rec, { sessionKey: "agent:main:palace-a" }).get("palace_message")?.execute("3", { action: "send", from_instance: "a", to_instance: "b", subject: "after reload", database: "work" });
     await until(() => second.rec.beats.length === 1, 5000, "the wake after reload");
-    expect(second.rec.events[0]?.opts.sessionKey).toBe("agent:main:palace-b");
-    const snap = sessions(second.rec) as { listening: string[] };
-    expect(snap.listening).toEqual(expect.arrayContaining(["memory_palace_msg_b", "memory_palace_msg_deploys"]));
+    expect(second.rec.events[0]?.opts).toMatchObject({ sessionKey: "agent:main:palace-b", contextKey: "memory-palace:work:b:1" });
+    const snap = sessions(second.rec) as { served: string[]; bridge: { unannounced: number } };
+    expect(snap.served).toEqual(expect.arrayContaining(["a", "b", "old"]));
+    expect(snap.bridge.unannounced).toBe(0);
   });
 
   it("validates params before sending, applies defaults, returns compact JSON, and throws failures", async () => {
@@ -242,7 +273,7 @@ describe("plugin entry", () => {
     expect(snap.sessions.b?.sessionKey).toBe("agent:main:b");
   });
 
-  it("routes a sent message to the recipient's session, subscribes discovered instances, and dedupes", async () => {
+  it("routes a sent message to the recipient's session, serves discovered instances, and dedupes", async () => {
     const { api, rec } = mockApi({ bridgeCommand: FAKE, instanceRoutes: { ops: "agent:ops:main" } });
     entry.register(api);
     await rec.services[0]?.start(serviceCtx({ failures: [] }));
@@ -253,12 +284,13 @@ describe("plugin entry", () => {
     await a.get("palace_message")?.execute("2", { action: "send", from_instance: "a", to_instance: "b", subject: "deploy\u0007 done", content: "secret content" });
     await until(() => rec.beats.length === 1, 5000, "the wake");
     expect(rec.events).toHaveLength(1);
-    expect(rec.events[0]?.opts).toEqual({ sessionKey: "agent:main:palace-b", agentId: "main", contextKey: "memory-palace:b:1" });
+    expect(rec.events[0]?.opts).toEqual({ sessionKey: "agent:main:palace-b", agentId: "main", contextKey: "memory-palace:default:b:1" });
     expect(rec.events[0]?.text).toContain('"deploy done"');
     expect(rec.events[0]?.text).not.toContain("secret content");
     expect(rec.beats[0]).toMatchObject({ intent: "immediate", sessionKey: "agent:main:palace-b", reason: "memory-palace:new_message" });
-    const snap = sessions(rec) as { listening: string[]; sessions: Record<string, unknown>; wakes: { recent: unknown[] } };
-    expect(snap.listening).toEqual(expect.arrayContaining(["memory_palace_msg_ops", "memory_palace_msg_b", "memory_palace_msg_a"]));
+    const snap = sessions(rec) as { served: string[]; sessions: Record<string, unknown>; wakes: { recent: unknown[] } };
+    expect(snap).not.toHaveProperty("listening");
+    expect(snap.served).toEqual(["a", "b", "ops"]);
     expect(Object.keys(snap.sessions).sort()).toEqual(["a", "b", "ops"]);
     expect(snap.wakes.recent).toHaveLength(1);
   });

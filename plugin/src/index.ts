@@ -25,10 +25,10 @@ function register(api: OpenClawPluginApi): void {
       const { bridge, registry } = current();
       return createTools({ bridge, registry, config }, { sessionKey: ctx.sessionKey, agentId: ctx.agentId });
     },
-    { names: toolNames(config) },
+    { names: toolNames() },
   );
 
-  const ours = new Set(toolNames(config));
+  const ours = new Set(toolNames());
   api.on("before_tool_call", (event, ctx) => {
     // Must never throw: a throwing before_tool_call blocks every tool call in the gateway.
     try {
@@ -60,8 +60,11 @@ function register(api: OpenClawPluginApi): void {
     const { bridge, registry, waker } = current();
     respond(true, {
       ...registry.snapshot(),
-      listening: bridge.subscribedChannels,
-      bridge: { state: bridge.state, pid: bridge.pid ?? null, inFlight: bridge.inFlight },
+      served: bridge.served,
+      bridge: {
+        state: bridge.state, pid: bridge.pid ?? null, inFlight: bridge.inFlight,
+        extensions: bridge.extensions, unannounced: bridge.unannounced,
+      },
       wakes: { recent: waker.recent, queued: waker.queued, unrouted: waker.unrouted },
     });
   });

@@ -1,8 +1,10 @@
 /**
- * Session registry: which OpenClaw session speaks for which Memory Palace instance, and which
- * instances listen on which message channel. Routes come from config (pinned), the bridge's
- * instance_routes, this gateway's instanceId, and tool calls (learned, last caller wins).
+ * Session registry: which OpenClaw session speaks for which Memory Palace instance, and in which
+ * named databases the instance was seen. Routes come from config (pinned), the bridge's
+ * instance_routes, this gateway's instanceId, and tool calls (learned, last caller wins). Every
+ * instance with a route is one the bridge is asked to serve (see BridgeClient.serve).
  */
+import { TOOL_SPECS, type ToolSpec } from "./tool-schemas.js";
 
 export type RouteSource = "config" | "bridge" | "instanceId" | "tool";
 
@@ -11,6 +13,14 @@ export interface SessionRoute {
   readonly agentId: string;
   readonly lastSeen: number;
   readonly source: RouteSource;
+  /** Named databases the instance was seen in (a call's `database`); the default is implied. */
+  readonly databases: readonly string[];
+}
+
+/** An instance the bridge should deliver messages for, in one database (omitted: the default). */
+export interface ServedInstance {
+  readonly instance: string;
+  readonly database?: string;
 }
 
 /**
@@ -20,12 +30,6 @@ export interface SessionRoute {
 const RANK: Readonly<Record<RouteSource, number>> = { config: 3, bridge: 2, tool: 1, instanceId: 0 };
 const PINNED_RANK = 2;
 
-/** Params that say which instance the caller *is* (others, like recall's instance_id, filter). */
-const IDENTITY_PARAMS: Readonly<Record<string, readonly string[]>> = {
-  memory_set: ["instance_id"],
-  palace_message: ["instance_id", "from_instance"],
-};
-
 export const MAIN_SESSION_KEY = "agent:main:main";
 
 /** Session keys look like agent:<agentId>:<rest>; anything else belongs to the main agent. */
@@ -34,60 +38,75 @@ export function agentIdOf(sessionKey: string): string {
   return match?.[1] ?? "main";
 }
 
-export function instanceChannel(instance: string): string {
-  return `memory_palace_msg_${instance}`;
+/** Tool name -> the params that say which instance the caller *is* (others, like recall's instance_id, filter). */
+export function identityParams(specs: readonly ToolSpec[]): ReadonlyMap<string, readonly string[]> {
+  return new Map(specs.filter((spec) => spec.identity.length > 0).map((spec) => [spec.name, spec.identity]));
+}
+
+const SPEC_IDENTITY = identityParams(TOOL_SPECS);
+
+function databaseOf(params: Record<string, unknown>): string | undefined {
+  const value = params.database;
+  return typeof value === "string" && value ? value : undefined;
 }
 
 export class SessionRegistry {
   private readonly routes = new Map<string, SessionRoute>();
-  private readonly channels = new Map<string, Set<string>>();
   private readonly defaultInstance: string | undefined;
-  /** Called once per newly known instance (the plugin LISTENs on its channel). */
-  onDiscover: ((instance: string) => void) | undefined;
+  private readonly identity: ReadonlyMap<string, readonly string[]>;
+  /** Called for each newly known instance (no database), and each new database of a known one. */
+  onServe: ((instance: string, database?: string) => void) | undefined;
   /** Called after any change, so the host can persist learned routes across restarts. */
   onChange: (() => void) | undefined;
 
-  constructor(defaultInstance?: string) {
+  constructor(defaultInstance?: string, identity: ReadonlyMap<string, readonly string[]> = SPEC_IDENTITY) {
     this.defaultInstance = defaultInstance;
+    this.identity = identity;
   }
 
-  /** Record that `instance` lives in `sessionKey`. Returns true when the route changed. */
-  learn(instance: string, sessionKey: string, agentId: string | undefined, source: RouteSource): boolean {
+  /** Record that `instance` lives in `sessionKey` (and was used in `database`). True when the route changed. */
+  learn(instance: string, sessionKey: string, agentId: string | undefined, source: RouteSource, database?: string): boolean {
     if (!instance || !sessionKey || instance === "all") return false;
     const now = Date.now();
     const existing = this.routes.get(instance);
     const agent = agentId || agentIdOf(sessionKey);
+    const databases = existing?.databases ?? [];
     if (existing && RANK[existing.source] >= PINNED_RANK && RANK[source] < RANK[existing.source]) {
       if (existing.sessionKey === sessionKey) this.routes.set(instance, { ...existing, lastSeen: now });
+      this.noteDatabase(instance, database);
       return false;
     }
     const changed = !existing || existing.sessionKey !== sessionKey || existing.agentId !== agent;
-    this.routes.set(instance, { sessionKey, agentId: agent, lastSeen: now, source });
-    if (!existing) this.onDiscover?.(instance);
+    this.routes.set(instance, { sessionKey, agentId: agent, lastSeen: now, source, databases });
+    if (!existing) this.onServe?.(instance);
+    this.noteDatabase(instance, database);
     this.onChange?.();
     return changed;
   }
 
-  /** Bring back routes and channel members learned before a restart or reload. */
+  /** Bring back routes learned before a restart or reload (an old file's `channels` is ignored). */
   restore(saved: unknown): void {
-    const data = saved as { sessions?: Record<string, Partial<SessionRoute>>; channels?: Record<string, unknown> } | null;
+    const data = saved as { sessions?: Record<string, Partial<SessionRoute>> } | null;
     for (const [instance, route] of Object.entries(data?.sessions ?? {})) {
+      if (!route || typeof route !== "object") continue;
       const source = route.source && route.source in RANK ? route.source : "tool";
-      if (typeof route.sessionKey !== "string" || this.routes.has(instance) && RANK[this.routes.get(instance)!.source] >= RANK[source]) continue;
+      const current = this.routes.get(instance);
+      if (typeof route.sessionKey !== "string" || (current && RANK[current.source] >= RANK[source])) continue;
       this.learn(instance, route.sessionKey, route.agentId, source);
+      if (Array.isArray(route.databases)) {
+        for (const db of route.databases) if (typeof db === "string" && db) this.noteDatabase(instance, db);
+      }
       const lastSeen = Number(route.lastSeen);
       if (Number.isFinite(lastSeen)) this.routes.set(instance, { ...this.routes.get(instance)!, lastSeen });
     }
-    for (const [channel, members] of Object.entries(data?.channels ?? {})) {
-      if (Array.isArray(members)) for (const m of members) if (typeof m === "string") this.subscribeChannel(m, channel);
-    }
   }
 
-  /** Learn from one palace tool call: the identity param, else this gateway's instanceId. */
+  /** Learn from one palace tool call: its identity param, else this gateway's instanceId. */
   noteToolCall(toolName: string, params: Record<string, unknown>, sessionKey?: string, agentId?: string): string | undefined {
     if (!sessionKey) return undefined;
+    const database = databaseOf(params);
     let instance: string | undefined;
-    for (const key of IDENTITY_PARAMS[toolName] ?? []) {
+    for (const key of this.identity.get(toolName) ?? []) {
       const value = params[key];
       if (typeof value === "string" && value) {
         instance = value;
@@ -96,12 +115,15 @@ export class SessionRegistry {
     }
     if (!instance && this.defaultInstance) {
       // A call without an identity acts as this gateway's instance; it refines the guessed route.
-      const current = this.routes.get(this.defaultInstance);
-      if (current && current.source !== "instanceId") return undefined;
       instance = this.defaultInstance;
+      const current = this.routes.get(instance);
+      if (current && current.source !== "instanceId") {
+        this.noteDatabase(instance, database);
+        return undefined;
+      }
     }
     if (!instance) return undefined;
-    this.learn(instance, sessionKey, agentId, "tool");
+    this.learn(instance, sessionKey, agentId, "tool", database);
     return instance;
   }
 
@@ -113,37 +135,25 @@ export class SessionRegistry {
     return [...this.routes.keys()];
   }
 
-  subscribeChannel(instance: string, channel: string): void {
-    let members = this.channels.get(channel);
-    if (!members) this.channels.set(channel, (members = new Set()));
-    members.add(instance);
+  /** What the bridge should serve: every routed instance, in the default and each database it used. */
+  served(): ServedInstance[] {
+    const out: ServedInstance[] = [];
+    for (const [instance, route] of this.routes) {
+      out.push({ instance });
+      for (const database of route.databases) out.push({ instance, database });
+    }
+    return out;
+  }
+
+  snapshot(): { sessions: Record<string, SessionRoute>; count: number } {
+    return { sessions: Object.fromEntries(this.routes), count: this.routes.size };
+  }
+
+  private noteDatabase(instance: string, database: string | undefined): void {
+    const route = this.routes.get(instance);
+    if (!database || !route || route.databases.includes(database)) return;
+    this.routes.set(instance, { ...route, databases: [...route.databases, database] });
+    this.onServe?.(instance, database);
     this.onChange?.();
-  }
-
-  /** Returns true when nobody is left on the channel. */
-  unsubscribeChannel(instance: string, channel: string): boolean {
-    const members = this.channels.get(channel);
-    if (!members) return true;
-    members.delete(instance);
-    this.onChange?.();
-    if (members.size) return false;
-    this.channels.delete(channel);
-    return true;
-  }
-
-  channelNames(): string[] {
-    return [...this.channels.keys()];
-  }
-
-  subscribers(channel: string): string[] {
-    return [...(this.channels.get(channel) ?? [])];
-  }
-
-  snapshot(): { sessions: Record<string, SessionRoute>; count: number; channels: Record<string, string[]> } {
-    return {
-      sessions: Object.fromEntries(this.routes),
-      count: this.routes.size,
-      channels: Object.fromEntries([...this.channels].map(([c, m]) => [c, [...m]])),
-    };
   }
 }

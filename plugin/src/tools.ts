@@ -1,29 +1,23 @@
 /**
  * Agent tools: one per registry tool (tool-schemas.ts), each validated with typebox/value before
- * it reaches the bridge. execute() forwards to the bridge and returns compact JSON text; every
- * failure throws. Calls also teach the session registry which session speaks for which instance.
+ * it reaches the bridge. Which tools exist follows the bridge: a tool of an extension appears once
+ * the bridge's ready line lists that extension. execute() forwards to the bridge and returns
+ * compact JSON text; every failure throws. Calls also teach the session registry which session
+ * speaks for which instance.
  */
 import type { AnyAgentTool } from "openclaw/plugin-sdk/plugin-entry";
 import { Value } from "typebox/value";
 import type { BridgeClient } from "./bridge-client.js";
 import type { PluginConfig } from "./config.js";
 import { BridgeError, PLUGIN_CODES } from "./errors.js";
-import { instanceChannel, type SessionRegistry } from "./sessions.js";
+import type { SessionRegistry } from "./sessions.js";
 import { TOOL_SPECS, type ToolSpec } from "./tool-schemas.js";
-
-/**
- * Kept model-visible even in tool-search mode: the tools the wake text and the memory prompt
- * name. The rest stay reachable through tool_search/tool_call (see docs/openclaw.md).
- */
-export const DIRECT_TOOLS: ReadonlySet<string> = new Set([
-  "palace_message", "memory_search", "memory_recall", "memory_set", "memory_get",
-]);
 
 /** Grace on top of our own timeout so OpenClaw's budget never fires before our cancel does. */
 const HARNESS_GRACE_MS = 5_000;
 
 export interface ToolDeps {
-  readonly bridge: BridgeClient;
+  readonly bridge: Pick<BridgeClient, "call" | "extensions">;
   readonly registry: SessionRegistry;
   readonly config: PluginConfig;
 }
@@ -33,12 +27,14 @@ export interface CallerContext {
   readonly agentId?: string;
 }
 
-export function enabledSpecs(config: PluginConfig): ToolSpec[] {
-  return TOOL_SPECS.filter((spec) => spec.extension === null || config.databaseManager);
+/** The tools a bridge with these extensions serves (before its ready line: no extensions). */
+export function enabledSpecs(extensions: readonly string[], specs: readonly ToolSpec[] = TOOL_SPECS): ToolSpec[] {
+  return specs.filter((spec) => spec.extension === null || extensions.includes(spec.extension));
 }
 
-export function toolNames(config: PluginConfig): string[] {
-  return enabledSpecs(config).map((spec) => spec.name);
+/** Every tool the factory may return (the manifest's contracts.tools). */
+export function toolNames(): string[] {
+  return TOOL_SPECS.map((spec) => spec.name);
 }
 
 /** Coerce, default and check params; throws INVALID_PARAMS naming the parameters at fault. */
@@ -68,22 +64,10 @@ export function validateParams(spec: ToolSpec, raw: unknown): Record<string, unk
   return params as Record<string, unknown>;
 }
 
-function timeoutFor(spec: ToolSpec, params: Record<string, unknown>, config: PluginConfig): number {
-  const llm = spec.llmBacked || params.synthesize === true;
-  return llm ? config.llmRequestTimeoutMs : config.requestTimeoutMs;
-}
-
-/** After a successful palace_message subscribe/unsubscribe, keep channel routing in step. */
-async function trackChannel(deps: ToolDeps, params: Record<string, unknown>): Promise<void> {
-  const { action, channel } = params;
-  const instance = (params.instance_id as string | undefined) ?? deps.config.instanceId;
-  if (typeof channel !== "string" || !channel || !instance) return;
-  if (action === "subscribe") {
-    deps.registry.subscribeChannel(instance, channel);
-    await deps.bridge.subscribe(instanceChannel(channel));
-  } else if (action === "unsubscribe" && deps.registry.unsubscribeChannel(instance, channel)) {
-    await deps.bridge.unsubscribe(instanceChannel(channel));
-  }
+/** LLM-backed calls (`synthesize: true`) get the longer budget. */
+export function timeoutFor(params: unknown, config: PluginConfig): number {
+  const synth = !!params && typeof params === "object" && (params as Record<string, unknown>).synthesize === true;
+  return synth ? config.llmRequestTimeoutMs : config.requestTimeoutMs;
 }
 
 export function createTool(spec: ToolSpec, deps: ToolDeps, caller: CallerContext): AnyAgentTool {
@@ -92,24 +76,12 @@ export function createTool(spec: ToolSpec, deps: ToolDeps, caller: CallerContext
     label: spec.label,
     description: spec.description,
     parameters: spec.parameters,
-    ...(DIRECT_TOOLS.has(spec.name) ? { catalogMode: "direct-only" as const } : {}),
-    getExecutionTimeoutMs: (args: unknown) => {
-      const synth = !!args && typeof args === "object" && (args as Record<string, unknown>).synthesize === true;
-      const base = spec.llmBacked || synth ? deps.config.llmRequestTimeoutMs : deps.config.requestTimeoutMs;
-      return base + HARNESS_GRACE_MS;
-    },
+    ...(spec.direct ? { catalogMode: "direct-only" as const } : {}),
+    getExecutionTimeoutMs: (args: unknown) => timeoutFor(args, deps.config) + HARNESS_GRACE_MS,
     async execute(_toolCallId: string, rawParams: unknown, signal?: AbortSignal) {
       const params = validateParams(spec, rawParams);
       deps.registry.noteToolCall(spec.name, params, caller.sessionKey, caller.agentId);
-      const result = await deps.bridge.call(spec.method, params, {
-        timeoutMs: timeoutFor(spec, params, deps.config),
-        signal,
-      });
-      if (spec.name === "palace_message") {
-        await trackChannel(deps, params).catch((error: unknown) => {
-          throw new BridgeError("TOOL_ERROR", `palace_message ${String(params.action)} succeeded, but the push channel could not be updated: ${String(error)}`, { cause: error });
-        });
-      }
+      const result = await deps.bridge.call(spec.method, params, { timeoutMs: timeoutFor(params, deps.config), signal });
       return {
         content: [{ type: "text" as const, text: JSON.stringify(result ?? null) }],
         details: { tool: spec.name, result },
@@ -118,6 +90,6 @@ export function createTool(spec: ToolSpec, deps: ToolDeps, caller: CallerContext
   };
 }
 
-export function createTools(deps: ToolDeps, caller: CallerContext): AnyAgentTool[] {
-  return enabledSpecs(deps.config).map((spec) => createTool(spec, deps, caller));
+export function createTools(deps: ToolDeps, caller: CallerContext, specs: readonly ToolSpec[] = TOOL_SPECS): AnyAgentTool[] {
+  return enabledSpecs(deps.bridge.extensions, specs).map((spec) => createTool(spec, deps, caller));
 }

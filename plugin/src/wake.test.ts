@@ -1,6 +1,7 @@
 // Routing, dedupe, text safety and retry of the push wake, with a recording runtime.
 import { describe, expect, it } from "vitest";
-import { SessionRegistry } from "./sessions.js";
+import { identityParams, SessionRegistry } from "./sessions.js";
+import { TOOL_SPECS, type ToolSpec } from "./tool-schemas.js";
 import { cleanText, Waker, WAKE_REASON, wakeText, type NewMessage, type WakeRuntime } from "./wake.js";
 
 interface Recorded {
@@ -40,7 +41,8 @@ function setup() {
 }
 
 const msg = (over: Partial<NewMessage> = {}): NewMessage => ({
-  message_id: 42, from_instance: "a", to_instance: "b", message_type: "handoff", subject: "hello", channel: null, priority: 0, ...over,
+  message_id: 42, from_instance: "a", to_instance: "b", message_type: "handoff", subject: "hello", channel: null, priority: 0,
+  recipients: ["b"], ...over,
 });
 
 describe("wake routing", () => {
@@ -55,24 +57,23 @@ describe("wake routing", () => {
     ]);
   });
 
-  it("wakes every known session except the sender's for 'all'", () => {
-    const { registry, waker, rec } = setup();
-    registry.learn("a2", "agent:main:palace-a", undefined, "tool"); // a second name in the sender's session
-    waker.handle(msg({ to_instance: "all", message_id: 7 }));
+  it("wakes exactly the recipients' sessions, whatever to_instance and channel say", () => {
+    const { waker, rec } = setup();
+    waker.handle(msg({ to_instance: "all", message_id: 7, recipients: ["b", "c"] }));
     expect(rec.events.map((e) => e.opts.sessionKey).sort()).toEqual(["agent:main:palace-b", "agent:ops:palace-c"]);
     expect(rec.beats.find((b) => b.sessionKey === "agent:ops:palace-c")?.agentId).toBe("ops");
+    // A channel message: only the served subscribers the bridge named, not the routed sender or to_instance.
+    waker.handle(msg({ to_instance: "all", channel: "deploys", message_id: 8, recipients: ["c"] }));
+    waker.handle(msg({ to_instance: "b", message_id: 9, recipients: ["c"] }));
+    expect(rec.events.slice(2).map((e) => e.opts.contextKey)).toEqual(["memory-palace:c:8", "memory-palace:c:9"]);
   });
 
-  it("wakes a channel's subscribers only", () => {
-    const { registry, waker, rec } = setup();
-    registry.subscribeChannel("c", "deploys");
-    registry.subscribeChannel("a", "deploys");
-    waker.handle(msg({ to_instance: "all", channel: "deploys", message_id: 8 }));
-    expect(rec.events.map((e) => e.opts.sessionKey)).toEqual(["agent:ops:palace-c"]);
-    expect(registry.unsubscribeChannel("c", "deploys")).toBe(false);
-    expect(registry.unsubscribeChannel("a", "deploys")).toBe(true);
-    waker.handle(msg({ to_instance: "all", channel: "deploys", message_id: 9 }));
-    expect(rec.events).toHaveLength(1);
+  it("wakes nobody for an event without recipients and counts it as unrouted", () => {
+    const { waker, rec } = setup();
+    waker.handle(msg({ recipients: [] }));
+    waker.handle(msg({ message_id: 43, recipients: undefined }));
+    expect(rec.events).toHaveLength(0);
+    expect(waker.unrouted).toBe(2);
   });
 
   it("dedupes by message id", () => {
@@ -94,7 +95,7 @@ describe("wake routing", () => {
 
   it("counts messages for instances with no known session and wakes nobody", () => {
     const { waker, rec } = setup();
-    waker.handle(msg({ to_instance: "zed" }));
+    waker.handle(msg({ to_instance: "zed", recipients: ["zed"] }));
     expect(rec.events).toHaveLength(0);
     expect(waker.unrouted).toBe(1);
   });
@@ -143,13 +144,29 @@ describe("wake text", () => {
 });
 
 describe("session registry", () => {
+  it("takes identity params from the generated specs", () => {
+    const identity = identityParams(TOOL_SPECS);
+    expect(identity.get("memory_set")).toEqual(["instance_id"]);
+    expect(identity.get("palace_message")).toEqual(["instance_id", "from_instance"]);
+    expect(identity.has("memory_recall")).toBe(false);
+    for (const spec of TOOL_SPECS) expect(identity.get(spec.name) ?? []).toEqual(spec.identity);
+  });
+
+  it("learns routes from whatever params the specs call identity", () => {
+    const spec = { ...TOOL_SPECS[0], name: "custom_tool", identity: ["who"] } as ToolSpec;
+    const registry = new SessionRegistry(undefined, identityParams([spec]));
+    registry.noteToolCall("custom_tool", { instance_id: "not-identity", who: "w" }, "agent:main:w");
+    registry.noteToolCall("memory_set", { instance_id: "x" }, "agent:main:x"); // not an identity in this map
+    expect(registry.instances()).toEqual(["w"]);
+  });
+
   it("pins configured routes against tool calls but lets tools replace the instanceId guess", () => {
     const registry = new SessionRegistry("me");
     const discovered: string[] = [];
-    registry.onDiscover = (i) => discovered.push(i);
+    registry.onServe = (i, db) => discovered.push(db ? `${i}@${db}` : i);
     registry.learn("me", "agent:main:main", "main", "instanceId");
     registry.learn("ops", "agent:ops:main", "ops", "config");
-    registry.noteToolCall("memory_set", { instance_id: "ops" }, "agent:main:other");
+    registry.noteToolCall("memory_set", { instance_id: "ops", database: "work" }, "agent:main:other");
     expect(registry.get("ops")?.sessionKey).toBe("agent:ops:main");
     registry.noteToolCall("memory_stats", {}, "agent:main:s1");
     expect(registry.get("me")?.sessionKey).toBe("agent:main:s1");
@@ -158,6 +175,25 @@ describe("session registry", () => {
     // recall's instance_id is a filter, not an identity
     registry.noteToolCall("memory_recall", { query: "q", instance_id: "filter-only" }, "agent:main:s2");
     expect(registry.get("filter-only")).toBeUndefined();
-    expect(discovered).toEqual(["me", "ops", "x"]);
+    registry.noteToolCall("memory_recall", { query: "q", database: "life" }, "agent:main:s1"); // acts as "me"
+    expect(discovered).toEqual(["me", "ops", "ops@work", "x", "me@life"]);
+    expect(registry.served()).toEqual([
+      { instance: "me" }, { instance: "me", database: "life" },
+      { instance: "ops" }, { instance: "ops", database: "work" },
+      { instance: "x" },
+    ]);
+  });
+
+  it("restores sessions and their databases, ignoring an old file's channels", () => {
+    const registry = new SessionRegistry();
+    const served: string[] = [];
+    registry.onServe = (i, db) => served.push(db ? `${i}@${db}` : i);
+    registry.restore({
+      sessions: { b: { sessionKey: "agent:main:palace-b", agentId: "main", lastSeen: 5, source: "tool", databases: ["work"] } },
+      channels: { deploys: ["b"] },
+    });
+    expect(registry.get("b")).toMatchObject({ sessionKey: "agent:main:palace-b", lastSeen: 5, databases: ["work"] });
+    expect(served).toEqual(["b", "b@work"]);
+    expect(registry.snapshot()).not.toHaveProperty("channels");
   });
 });

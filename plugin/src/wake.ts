@@ -1,6 +1,6 @@
 /**
- * Push wake: a bridge `new_message` event becomes a system event in each target session plus an
- * immediate heartbeat. Both OpenClaw calls throw while the plugin is being replaced, so failed
+ * Push wake: a bridge `new_message` event becomes a system event in the session of each of its
+ * `recipients` (the served instances the bridge says it is for) plus an immediate heartbeat. Both OpenClaw calls throw while the plugin is being replaced, so failed
  * wakes are queued and retried. Message content is never put in the event, only its metadata.
  */
 import type { SessionRegistry, SessionRoute } from "./sessions.js";
@@ -32,6 +32,8 @@ export interface NewMessage {
   readonly priority?: number;
   /** Named database the message lives in (message ids are per database). */
   readonly database?: string | null;
+  /** The served instances the message is for, chosen by the bridge (direct, broadcast, channel). */
+  readonly recipients?: readonly string[];
 }
 
 export interface WakeRecord {
@@ -111,26 +113,10 @@ export class Waker {
     return this.queue.length;
   }
 
-  /** Choose target instances: direct -> the recipient; channel -> its subscribers; all -> everyone else. */
+  /** The instances to wake: exactly the event's recipients (the bridge decides who a message is for). */
   targets(msg: NewMessage): string[] {
-    const sender = this.registry.get(msg.from_instance);
-    const out = new Set<string>();
-    if (msg.channel) {
-      for (const instance of this.registry.subscribers(msg.channel)) out.add(instance);
-      if (msg.to_instance !== "all") out.add(msg.to_instance);
-    } else if (msg.to_instance === "all") {
-      for (const instance of this.registry.instances()) out.add(instance);
-    } else {
-      out.add(msg.to_instance);
-    }
-    out.delete(msg.from_instance);
-    if (msg.to_instance === "all" && sender) {
-      // A broadcast never wakes the sender's own session, whatever instance name it uses there.
-      for (const instance of out) {
-        if (this.registry.get(instance)?.sessionKey === sender.sessionKey) out.delete(instance);
-      }
-    }
-    return [...out];
+    const recipients = Array.isArray(msg.recipients) ? msg.recipients : [];
+    return [...new Set(recipients.filter((r): r is string => typeof r === "string" && r.length > 0))];
   }
 
   /** Handle one bridge event. Never throws. */
@@ -142,7 +128,12 @@ export class Waker {
     }
     const receivedAt = Date.now();
     const records: WakeRecord[] = [];
-    for (const instance of this.targets(msg)) {
+    const targets = this.targets(msg);
+    if (targets.length === 0) {
+      this.unrouted++;
+      this.logger.debug?.(`memory-palace: message #${msg.message_id} names no recipients`);
+    }
+    for (const instance of targets) {
       const key = `${msg.database ?? ""}:${Number(msg.message_id)}:${instance}`;
       if (this.seen.has(key)) continue;
       const route: SessionRoute | undefined = this.registry.get(instance);

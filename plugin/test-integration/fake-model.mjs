@@ -8,7 +8,7 @@ import { createServer } from "node:http";
 const WAKE = /Memory Palace: new [^\n"]*? message #(\d+)/g;
 const CALL = /palace_message tool with (\{\\?"action\\?":\\?"get\\?",\\?"instance_id\\?":\\?"[^"\\]+\\?"(?:,\\?"database\\?":\\?"[^"\\]+\\?")?\})/g;
 const seen = [];
-const answered = new Set(); // wake ids already answered with a tool call: one get per wake
+const answered = new Set(); // wakes (id + call) already answered with a tool call: one get per wake
 
 function text(message) {
   const c = message?.content;
@@ -31,18 +31,18 @@ function decide(body) {
     prompt: messages.filter((m) => m.role !== "system").map(text).join("\n"),
   };
   seen.push(record);
-  if (wake && !answered.has(wake[1])) {
-    const call = [...all.matchAll(CALL)].at(-1);
-    const args = call ? call[1].replaceAll('\\"', '"') : null;
-    if (args) {
-      answered.add(wake[1]);
-      const direct = tools.includes("palace_message");
-      record.answer = direct ? "palace_message" : "tool_call";
-      const fn = direct
-        ? { name: "palace_message", arguments: args }
-        : { name: "tool_call", arguments: JSON.stringify({ name: "palace_message", arguments: JSON.parse(args) }) };
-      return { toolCall: { id: `call_${seen.length}`, type: "function", function: fn } };
-    }
+  const call = wake ? [...all.matchAll(CALL)].at(-1) : undefined;
+  const args = call ? call[1].replaceAll('\\"', '"') : null;
+  // Message ids are per database: the call (which names the database) tells two #1s apart.
+  const key = wake && args ? `${wake[1]} ${args}` : null;
+  if (key && !answered.has(key)) {
+    answered.add(key);
+    const direct = tools.includes("palace_message");
+    record.answer = direct ? "palace_message" : "tool_call";
+    const fn = direct
+      ? { name: "palace_message", arguments: args }
+      : { name: "tool_call", arguments: JSON.stringify({ name: "palace_message", arguments: JSON.parse(args) }) };
+    return { toolCall: { id: `call_${seen.length}`, type: "function", function: fn } };
   }
   record.answer = "NO_REPLY";
   return { content: "NO_REPLY" };

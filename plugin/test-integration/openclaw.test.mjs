@@ -3,6 +3,7 @@
 // slot set; `openclaw gateway run` starts it with the real Python bridge on a real PostgreSQL
 // (pgserver); POST /tools/invoke drives memory_set / memory_recall / palace_message from two
 // sessions; a fake OpenAI-compatible model proves session B was woken and ran palace_message get.
+// The bridge's config.json enables the db_manager extension, so its tools must appear too.
 // It fails on any failed step. Skip only with MEMORY_PALACE_SKIP_OPENCLAW=1 (said out loud).
 //   MEMORY_PALACE_PYTHON   Python with memory-palace + pgserver installed (required)
 //   MEMORY_PALACE_TEST_PG_URL  use this PostgreSQL instead of starting pgserver
@@ -77,12 +78,12 @@ async function modelRequests() {
 }
 
 /** Send a message A -> B and wait until B's woken session has read it through palace_message get. */
-async function sendAndAwaitRead(tag) {
+async function sendAndAwaitRead(tag, database) {
   const content = `Please rotate the deploy key today (${tag} ${Date.now()}).`;
   const sentAt = Date.now();
-  const sent = await invoke("palace_message", { action: "send", from_instance: "a", to_instance: "b", message_type: "handoff", subject: "deploy key \u0007rotation", content }, "agent:main:palace-a");
+  const sent = await invoke("palace_message", { action: "send", from_instance: "a", to_instance: "b", message_type: "handoff", subject: "deploy key \u0007rotation", content, ...(database ? { database } : {}) }, "agent:main:palace-a");
   assert.equal(typeof sent.id, "number", JSON.stringify(sent));
-  const turn = await poll(`the fake model to see B's wake event for #${sent.id}`, async () => (await modelRequests()).find((r) => r.wakeMessageId === sent.id), 60_000, 20).catch((error) => {
+  const turn = await poll(`the fake model to see B's wake event for #${sent.id}`, async () => (await modelRequests()).find((r) => r.at >= sentAt && r.wakeMessageId === sent.id), 60_000, 20).catch((error) => {
     throw new Error(`${error.message}\nplugin state: ${JSON.stringify(gatewayCall("memoryPalace.sessions"))}`);
   });
   const read = await poll(`the palace_message get result for #${sent.id} in the next model request`, async () => (await modelRequests()).find((r) => r.toolResults.some((t) => t.includes(content))), 60_000, 20);
@@ -140,6 +141,9 @@ before(async () => {
   assert.equal(config.plugins?.slots?.memory, "memory-palace", "install should select the memory slot");
   config.plugins.slots.memory = "memory-palace";
   state.dataDir = join(T, "palace-data");
+  mkdirSync(state.dataDir, { recursive: true });
+  // Extensions are the bridge's business: the plugin registers their tools once the ready line lists them.
+  writeFileSync(join(state.dataDir, "config.json"), JSON.stringify({ extensions: ["mcp_server.extensions.db_manager"] }));
   config.plugins.entries["memory-palace"].config = {
     pythonPath: PYTHON,
     databaseUrl,
@@ -197,6 +201,14 @@ test("the plugin folder copy holds no venv, database or node_modules; its size i
   assert.ok(stats.bytes < 5_000_000, `the capture is small (${stats.bytes} bytes)`);
 });
 
+test("the db_manager extension enabled in the bridge's config.json brings its tools", { skip: SKIP }, async () => {
+  const current = await invoke("memory_current_database", {}, "agent:main:main");
+  assert.equal(typeof current.name, "string", JSON.stringify(current));
+  const listed = await invoke("memory_list_databases", {}, "agent:main:main");
+  assert.ok(JSON.stringify(listed).includes(current.name), JSON.stringify(listed).slice(0, 500));
+  assert.deepEqual(gatewayCall("memoryPalace.sessions").bridge.extensions, ["db_manager"]);
+});
+
 test("memory_set and memory_recall/memory_search work through /tools/invoke on real PostgreSQL", { skip: SKIP }, async () => {
   const stored = await invoke("memory_set", { content: "The deploy key rotates every Tuesday at 09:00 UTC.", subject: "deploy key rotation", instance_id: "b", memory_type: "fact" }, "agent:main:palace-b");
   assert.equal(typeof stored.id, "number");
@@ -212,7 +224,8 @@ test("memory_set and memory_recall/memory_search work through /tools/invoke on r
 test("palace_message from A wakes B's session, which reads the message with palace_message get", { skip: SKIP }, async () => {
   const before = gatewayCall("memoryPalace.sessions");
   assert.equal(before.sessions?.b?.sessionKey, "agent:main:palace-b", `b was learned from its tool call: ${JSON.stringify(before)}`);
-  assert.ok((before.listening ?? []).includes("memory_palace_msg_b"), "the plugin subscribed b's channel on discovery");
+  assert.ok((before.served ?? []).includes("b"), `the bridge serves b: ${JSON.stringify(before.served)}`);
+  assert.equal(before.bridge.unannounced, 0, "every routed instance was announced to the bridge");
 
   const { sent, sentAt, turn, read } = await sendAndAwaitRead("first");
   metrics.sendToHeartbeatTurnMs = turn.at - sentAt;
@@ -248,8 +261,10 @@ test("palace_message from A wakes B's session, which reads the message with pala
   log(`send->enqueueSystemEvent ${metrics.sendToEnqueueMs} ms (warm ${metrics.warmSendToEnqueueMs} ms); send->heartbeat turn ${metrics.sendToHeartbeatTurnMs} ms (warm ${metrics.warmSendToHeartbeatTurnMs} ms)`);
 });
 
-test("after `openclaw plugins reload`, a new bridge serves and a message still wakes B's session", { skip: SKIP }, async () => {
+test("after `openclaw plugins reload`, the new bridge serves b again and a message in a named database still wakes B's session", { skip: SKIP }, async () => {
+  await invoke("memory_set", { content: "Work notes live in their own database.", instance_id: "b", database: "work" }, "agent:main:palace-b");
   const before = gatewayCall("memoryPalace.sessions");
+  assert.ok(before.sessions?.b?.databases?.includes("work"), `b was seen in the work database: ${JSON.stringify(before.sessions?.b)}`);
   const t0 = Date.now();
   openclaw(["plugins", "reload", "memory-palace", "--accept-capabilities", "--json"]);
   const reloaded = await poll("the reloaded plugin's bridge", async () => {
@@ -258,11 +273,19 @@ test("after `openclaw plugins reload`, a new bridge serves and a message still w
   }, 90_000, 500);
   metrics.reloadToBridgeReadyMs = Date.now() - t0;
   assert.equal(reloaded.sessions?.b?.sessionKey, "agent:main:palace-b", "learned routes survived the reload (stateDir/memory-palace/sessions.json)");
+  assert.deepEqual(reloaded.sessions.b.databases, before.sessions.b.databases, "and the databases it was seen in");
   await poll("the old bridge to exit", async () => ourBridges().length === 1, 20_000, 200);
   assert.deepEqual(ourBridges(), [reloaded.bridge.pid]);
-  const { sent, sentAt, turn } = await sendAndAwaitRead("after reload");
+  // Nobody called as b since the reload: the new bridge serves b because the plugin announced it.
+  const served = await poll("b announced to the new bridge", async () => {
+    const now = gatewayCall("memoryPalace.sessions");
+    return now.served.includes("b") && now.bridge.unannounced === 0 ? now : undefined;
+  }, 30_000, 200);
+  assert.ok(served.served.includes("b"));
+  const { sent, sentAt, turn } = await sendAndAwaitRead("after reload", "work");
   metrics.afterReloadSendToHeartbeatTurnMs = turn.at - sentAt;
-  const wakes = gatewayCall("memoryPalace.sessions").wakes.recent.filter((w) => w.messageId === sent.id);
+  // The content is only in the work database: B's get found it, so the wake named the database.
+  const wakes = gatewayCall("memoryPalace.sessions").wakes.recent.filter((w) => w.messageId === sent.id && w.database === "work");
   assert.equal(wakes.length, 1);
   assert.equal(wakes[0].sessionKey, "agent:main:palace-b");
 });
