@@ -23,7 +23,8 @@ import numpy as np
 import orjson
 from memory_palace import migrate as mig
 from memory_palace.db import schema
-from memory_palace.db.engine import dispose_engines, get_database, pg_connect
+from memory_palace.db.engine import dispose_engines, get_database
+from memory_palace.db.postgres import pg_connect
 from sqlalchemy.engine import make_url
 
 
