@@ -118,20 +118,36 @@ class BadRows:
         return sum(1 for b in self.rows if b.table == table)
 
 
-def source_value(kind: str, value: Any) -> Any:
-    """A value as SQLite returned it, as the Python value of its kind. Raises ValueError or
-    TypeError when it cannot be one."""
-    if value is None:
-        return None
+def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")  # invalid UTF-8 is reported, not lost
+    return str(value)
+
+
+def source_decoder(kind: str) -> Callable[[Any], Any]:
+    """The decoder of a non-NULL value of `kind` as SQLite returns it. It raises ValueError or
+    TypeError when the value cannot be one."""
     if kind == "text":
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "surrogateescape")
-        return value if isinstance(value, str) else str(value)
-    if value in ("", b"") or (value == "null" and kind in ("strings", "json", "vector")):
-        return None  # the original wrote empty and JSON-null values for missing ones
-    if kind == "json" and isinstance(value, (int, float)):
-        return value  # SQLite stored a JSON number as a number
-    return decode(kind, value)
+        return _text
+    blank = ("", b"", "null") if kind in ("strings", "json", "vector") else ("", b"")
+
+    def decode_source(value: Any) -> Any:
+        if type(value) is int and kind in INT_BITS:
+            return value
+        if type(value) in (str, bytes) and value in blank:
+            return None  # the original wrote empty and JSON-null values for missing ones
+        if kind == "json" and isinstance(value, (int, float)):
+            return value  # SQLite stored a JSON number as a number
+        return decode(kind, value)
+
+    return decode_source
+
+
+def source_value(kind: str, value: Any) -> Any:
+    """A value as SQLite returned it, as the Python value of its kind."""
+    return None if value is None else source_decoder(kind)(value)
 
 
 def text_problem(value: str) -> str | None:
@@ -183,6 +199,7 @@ class Checks:
             "vector": self._vector,
             **{kind: self._int_range(bits) for kind, bits in INT_BITS.items()},
         }
+        self._plans: dict[str, list[tuple[str, bool, Any, str | None]]] = {}
 
     def _text(self, name: str, value: str) -> str | None:
         problem = text_problem(value)
@@ -225,28 +242,34 @@ class Checks:
 
         return check
 
+    def _plan(self, table: Table) -> list[tuple[str, bool, Any, str | None]]:
+        """(column, nullable, value check, referenced table) of the columns to look at."""
+        plan = self._plans.get(table.name)
+        if plan is None:
+            plan = []
+            for col in table.columns:
+                check = self.by_kind.get(col.kind)
+                parent = parent_of(col.references)[0] if col.references else None
+                if check is not None or parent is not None or not col.nullable:
+                    plan.append((col.name, col.nullable, check, parent))
+            self._plans[table.name] = plan
+        return plan
+
     def problems(self, table: Table, rec: Record) -> list[str]:
         out = []
-        for col in table.columns:
-            value = rec[col.name]
+        for name, nullable, check, parent in self._plan(table):
+            value = rec[name]
             if value is None:
-                if not col.nullable:
-                    out.append(f"{col.name} is empty, but the column requires a value")
+                if not nullable:
+                    out.append(f"{name} is empty, but the column requires a value")
                 continue
-            check = self.by_kind.get(col.kind)
-            if check is not None and (problem := check(col.name, value)):
+            if check is not None and (problem := check(name, value)):
                 out.append(problem)
-            if col.references and (problem := self._reference(col.references, col, value)):
-                out.append(problem)
+            if parent is not None and value in self.bad.skipped.get(parent, ()):
+                out.append(f"{name} {value} refers to a {parent} row that is skipped as bad")
         if not out and table.name == "memories":
             out += self._keyword_index(rec)
         return out
-
-    def _reference(self, reference: str, col: Column, value: Any) -> str | None:
-        parent, _ = parent_of(reference)
-        if value in self.bad.skipped.get(parent, ()):
-            return f"{col.name} {value} refers to a {parent} row that is skipped as bad"
-        return None
 
     def _keyword_index(self, rec: Record) -> list[str]:
         subject, content, keywords = (rec[n] for n in KEYWORD_TEXT)
@@ -273,20 +296,25 @@ class Reader:
     def __init__(self, table: Table, checks: Checks) -> None:
         self.table = table
         self.checks = checks
+        self.names = table.names
         self.defaults = [c for c in table.columns if not c.nullable and c.default is not None]
-        self.key_index = [table.names.index(k) for k in table.key]
-        self._columns: dict[str, list[tuple[str, str]]] = {}
+        self.key_index = [self.names.index(k) for k in table.key]
+        self._columns: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {}
 
     def _decode(self, part: Part, raw: tuple[Any, ...]) -> tuple[Record, list[str]]:
         columns = self._columns.get(part.sql)
         if columns is None:
-            columns = [(c.name, c.kind) for c in self.table.columns] + list(part.extras)
+            kinds = [(c.name, c.kind) for c in self.table.columns] + list(part.extras)
+            columns = [(name, kind, source_decoder(kind)) for name, kind in kinds]
             self._columns[part.sql] = columns
         rec: Record = {}
         reasons = []
-        for (name, kind), value in zip(columns, raw, strict=True):
+        for (name, kind, dec), value in zip(columns, raw, strict=True):
+            if value is None:
+                rec[name] = None
+                continue
             try:
-                rec[name] = source_value(kind, value)
+                rec[name] = dec(value)
             except (ValueError, TypeError, OverflowError):
                 rec[name] = None
                 reasons.append(f"{name} is {UNREADABLE[kind]}: {_shown(value)}")
@@ -310,7 +338,7 @@ class Reader:
                 rec[col.name] = _default(col)
         reasons += self.checks.problems(self.table, rec)
         if not reasons:
-            return tuple(rec[n] for n in self.table.names), self._target_key(rec)
+            return tuple(rec[n] for n in self.names), self._target_key(rec)
         source = part.source if part.source != self.table.name else None
         bad = BadRow(self.table.name, self._source_key(raw), "; ".join(reasons), source)
         return bad, self._target_key(rec)
