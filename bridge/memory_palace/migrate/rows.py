@@ -20,13 +20,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import IO, Any
 
 import numpy as np
 import orjson
 
 from ..db.tables import NOW, Column, Table
-from ..db.values import decode, utcnow
+from ..db.values import DECODERS, utcnow
 from ..errors import InvalidParams
 from .layouts import Part, Record, Source, parent_of
 
@@ -131,23 +132,18 @@ def source_decoder(kind: str) -> Callable[[Any], Any]:
     TypeError when the value cannot be one."""
     if kind == "text":
         return _text
+    decoder = DECODERS[kind]
+    # The original wrote empty and JSON-null values for missing ones.
     blank = ("", b"", "null") if kind in ("strings", "json", "vector") else ("", b"")
 
     def decode_source(value: Any) -> Any:
-        if type(value) is int and kind in INT_BITS:
-            return value
         if type(value) in (str, bytes) and value in blank:
-            return None  # the original wrote empty and JSON-null values for missing ones
+            return None
         if kind == "json" and isinstance(value, (int, float)):
             return value  # SQLite stored a JSON number as a number
-        return decode(kind, value)
+        return decoder(value)
 
     return decode_source
-
-
-def source_value(kind: str, value: Any) -> Any:
-    """A value as SQLite returned it, as the Python value of its kind."""
-    return None if value is None else source_decoder(kind)(value)
 
 
 def text_problem(value: str) -> str | None:
@@ -184,6 +180,15 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Which columns of a table to check, and how."""
+
+    texts: tuple[str, ...]  # text columns
+    lists: tuple[str, ...]  # strings columns
+    rest: list[tuple[str, bool, Any, str | None]]  # (column, nullable, check, referenced table)
+
+
 class Checks:
     """What a decoded row must satisfy to be stored in PostgreSQL."""
 
@@ -199,7 +204,7 @@ class Checks:
             "vector": self._vector,
             **{kind: self._int_range(bits) for kind, bits in INT_BITS.items()},
         }
-        self._plans: dict[str, list[tuple[str, bool, Any, str | None]]] = {}
+        self._plans: dict[str, _Plan] = {}
 
     def _text(self, name: str, value: str) -> str | None:
         problem = text_problem(value)
@@ -242,22 +247,38 @@ class Checks:
 
         return check
 
-    def _plan(self, table: Table) -> list[tuple[str, bool, Any, str | None]]:
-        """(column, nullable, value check, referenced table) of the columns to look at."""
+    def _plan(self, table: Table) -> _Plan:
         plan = self._plans.get(table.name)
         if plan is None:
-            plan = []
+            plan = _Plan(
+                tuple(c.name for c in table.columns if c.kind == "text"),
+                tuple(c.name for c in table.columns if c.kind == "strings"),
+                [],
+            )
             for col in table.columns:
-                check = self.by_kind.get(col.kind)
+                check = None if col.kind in ("text", "strings") else self.by_kind.get(col.kind)
                 parent = parent_of(col.references)[0] if col.references else None
                 if check is not None or parent is not None or not col.nullable:
-                    plan.append((col.name, col.nullable, check, parent))
+                    plan.rest.append((col.name, col.nullable, check, parent))
             self._plans[table.name] = plan
         return plan
 
+    def _text_problems(self, plan: _Plan, rec: Record) -> list[str]:
+        """Problems of the row's text and strings values. Checked all at once; only a row
+        with a problem is checked column by column, to name them."""
+        texts = [v for v in map(rec.__getitem__, plan.texts) if v is not None]
+        for name in plan.lists:
+            texts.extend(rec[name] or ())
+        if all(type(t) is str for t in texts) and text_problem("".join(texts)) is None:
+            return []
+        found = [self._text(n, rec[n]) for n in plan.texts if rec[n] is not None]
+        found += [self._strings(n, rec[n]) for n in plan.lists if rec[n] is not None]
+        return [p for p in found if p]
+
     def problems(self, table: Table, rec: Record) -> list[str]:
-        out = []
-        for name, nullable, check, parent in self._plan(table):
+        plan = self._plan(table)
+        out = self._text_problems(plan, rec)
+        for name, nullable, check, parent in plan.rest:
             value = rec[name]
             if value is None:
                 if not nullable:
@@ -273,6 +294,9 @@ class Checks:
 
     def _keyword_index(self, rec: Record) -> list[str]:
         subject, content, keywords = (rec[n] for n in KEYWORD_TEXT)
+        chars = len(subject or "") + len(content) + sum(map(len, keywords or ()))
+        if chars * 4 <= TSV_CANDIDATE:  # a character is at most 4 bytes of UTF-8
+            return []
         size = _utf8_len(subject) + _utf8_len(content) + sum(_utf8_len(k) for k in keywords or ())
         if size <= TSV_CANDIDATE:
             return []
@@ -296,33 +320,43 @@ class Reader:
     def __init__(self, table: Table, checks: Checks) -> None:
         self.table = table
         self.checks = checks
-        self.names = table.names
+        self.row_of = itemgetter(*table.names)  # a record as the table's row
+        self.key_of = itemgetter(*table.key)  # a record's key: a value, a tuple if composite
         self.defaults = [c for c in table.columns if not c.nullable and c.default is not None]
-        self.key_index = [self.names.index(k) for k in table.key]
-        self._columns: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {}
+        self.key_index = [table.names.index(k) for k in table.key]
+        self._columns: dict[str, tuple[list[str], list[str], list[Callable[[Any], Any]]]] = {}
 
-    def _decode(self, part: Part, raw: tuple[Any, ...]) -> tuple[Record, list[str]]:
+    def _columns_of(self, part: Part) -> tuple[list[str], list[str], list[Callable[[Any], Any]]]:
         columns = self._columns.get(part.sql)
         if columns is None:
             kinds = [(c.name, c.kind) for c in self.table.columns] + list(part.extras)
-            columns = [(name, kind, source_decoder(kind)) for name, kind in kinds]
+            columns = (
+                [name for name, _ in kinds],
+                [kind for _, kind in kinds],
+                [source_decoder(kind) for _, kind in kinds],
+            )
             self._columns[part.sql] = columns
+        return columns
+
+    def _decode(self, part: Part, raw: tuple[Any, ...]) -> tuple[Record, list[str]]:
+        names, kinds, decoders = self._columns_of(part)
+        try:
+            values = [
+                v if v is None or (d is _text and type(v) is str) else d(v)
+                for d, v in zip(decoders, raw, strict=True)
+            ]
+            return dict(zip(names, values, strict=True)), []
+        except (ValueError, TypeError, OverflowError):
+            pass  # decode column by column, to name each value that is unreadable
         rec: Record = {}
         reasons = []
-        for (name, kind, dec), value in zip(columns, raw, strict=True):
-            if value is None:
-                rec[name] = None
-                continue
+        for name, kind, decoder, value in zip(names, kinds, decoders, raw, strict=True):
             try:
-                rec[name] = dec(value)
+                rec[name] = None if value is None else decoder(value)
             except (ValueError, TypeError, OverflowError):
                 rec[name] = None
                 reasons.append(f"{name} is {UNREADABLE[kind]}: {_shown(value)}")
         return rec, reasons
-
-    def _target_key(self, rec: Record) -> Any:
-        key = tuple(rec[k] for k in self.table.key)
-        return key[0] if len(key) == 1 else key
 
     def _source_key(self, raw: tuple[Any, ...]) -> Any:
         key = [_plain(raw[i]) for i in self.key_index]
@@ -338,10 +372,10 @@ class Reader:
                 rec[col.name] = _default(col)
         reasons += self.checks.problems(self.table, rec)
         if not reasons:
-            return tuple(rec[n] for n in self.names), self._target_key(rec)
+            return self.row_of(rec), self.key_of(rec)
         source = part.source if part.source != self.table.name else None
         bad = BadRow(self.table.name, self._source_key(raw), "; ".join(reasons), source)
-        return bad, self._target_key(rec)
+        return bad, self.key_of(rec)
 
 
 def _plain(value: Any) -> Any:

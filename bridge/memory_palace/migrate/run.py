@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -264,13 +266,14 @@ def _claim(conn: Any, plan: Plan) -> None:
     conn.commit()
 
 
-def _sample_positions(count: int, sample: int) -> set[int]:
+def _sample_positions(count: int, sample: int) -> list[int]:
+    """Positions, among the rows copied, of the rows whose checksum is compared."""
     if count <= 0 or sample <= 0:
-        return set()
+        return []
     if count <= sample:
-        return set(range(count))
+        return list(range(count))
     step = count / sample
-    return {int(i * step) for i in range(sample)}
+    return sorted({int(i * step) for i in range(sample)})
 
 
 def _copy_table(
@@ -278,33 +281,28 @@ def _copy_table(
 ) -> TableCopy:
     copy = TableCopy(table, source=plan.counts[table.name])
     wanted = _sample_positions(copy.source, opts.sample)
-    key_index = [table.names.index(k) for k in table.key]
+    key_of = itemgetter(*(table.names.index(k) for k in table.key))
     stage = Stage(conn, table)
     stage.prepare()
     started = time.perf_counter()
     for rows, payload, seen in pipelined(read(plan.src, table, checks, opts.batch_size), table):
         moved = stage.move(rows, payload) if rows else Moved()
-        refused = {id(row) for row, _ in moved.refused}
-        for row, why in moved.refused:
-            key = _key(row, key_index)
-            checks.bad.add(BadRow(table.name, key, f"PostgreSQL refused it: {why}"), key)
-        for row in rows:
-            if id(row) in refused:
-                continue
-            if len(copy.keys) in wanted:
-                copy.samples.append(row)
-            copy.keys.append(_key(row, key_index))
+        if moved.refused:
+            for row, why in moved.refused:
+                key = key_of(row)
+                checks.bad.add(BadRow(table.name, key, f"PostgreSQL refused it: {why}"), key)
+            refused = {id(row) for row, _ in moved.refused}
+            rows = [row for row in rows if id(row) not in refused]
+        start = len(copy.keys)
+        copy.keys.extend(map(key_of, rows))
+        first, last = bisect_left(wanted, start), bisect_left(wanted, len(copy.keys))
+        copy.samples.extend(rows[p - start] for p in wanted[first:last])
         copy.inserted += moved.inserted
         copy.conflicts += moved.conflicts
         bar.update(seen)
     copy.skipped = checks.bad.count(table.name)
     copy.seconds = time.perf_counter() - started
     return copy
-
-
-def _key(row: tuple[Any, ...], key_index: list[int]) -> Any:
-    key = tuple(row[i] for i in key_index)
-    return key[0] if len(key) == 1 else key
 
 
 def copy_tables(conn: Any, plan: Plan, checks: Checks, opts: Options) -> list[TableCopy]:
