@@ -165,7 +165,9 @@ class Stage:
     def _move(self, rows: list[tuple[Any, ...]], payload: bytes) -> Moved:
         moved = Moved()
         with self.conn.cursor() as cur:
-            cur.copy_expert(self.copy, io.BytesIO(payload))
+            # One read of the whole payload: psycopg2 reads 8 kB at a time by default, and
+            # each read waits for the GIL the reader thread holds.
+            cur.copy_expert(self.copy, io.BytesIO(payload), size=len(payload))
             cur.execute(self.move_sql)
             moved.inserted = cur.rowcount
             if self.conflict_sql is not None and cur.rowcount < len(rows):
