@@ -409,6 +409,10 @@ BAD_CASES = {
         _set("UPDATE messages SET subject = CAST(x'ff41' AS TEXT) WHERE id = 3"),
         {("messages", 3): "subject is not valid UTF-8"},
     ),
+    "invalid utf-8 in a key": (  # the report shows the bytes as escapes
+        _set("UPDATE subscriptions SET instance_id = CAST(x'ff63' AS TEXT)"),
+        {("subscriptions", ("\\udcffc", "ops")): "instance_id is not valid UTF-8"},
+    ),
     "unparseable time": (
         _set("UPDATE messages SET created_at = 'yesterday' WHERE id = 1"),
         {

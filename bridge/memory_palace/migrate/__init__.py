@@ -6,7 +6,8 @@ Memory Palace's v2/v3 layouts) into PostgreSQL with batched binary COPY, then ve
     target.py   the target before writing: its state, the exact keyword-index check
     copy.py     binary COPY by column kind; staging table and batches
     verify.py   counts and sample checksums after the copy
-    run.py      plan, dry run, run, report
+    plan.py     options, URL checks, what the source and target hold, the vector dimension
+    run.py      dry run, run (named steps), report
     cli.py      the command line
 
 The tables, their columns, kinds, keys and defaults come from `db/tables.py`.
@@ -15,8 +16,9 @@ The tables, their columns, kinds, keys and defaults come from `db/tables.py`.
 from .cli import main
 from .copy import ENCODERS, encode_copy
 from .layouts import LAYOUTS, Source
+from .plan import DEFAULT_BATCH
 from .rows import BadRow, BadRowsFound
-from .run import DEFAULT_BATCH, migrate, source_rows
+from .run import migrate, source_rows
 
 __all__ = [
     "DEFAULT_BATCH",

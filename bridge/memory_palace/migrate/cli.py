@@ -16,7 +16,8 @@ import orjson
 from .. import __version__
 from ..config import Settings, load_settings
 from ..errors import ConfigError, Conflict, InvalidParams, MemoryPalaceError
-from .run import DEFAULT_BATCH, DEFAULT_SAMPLE, migrate
+from .plan import DEFAULT_BATCH, DEFAULT_SAMPLE
+from .run import migrate
 
 PROG = "memory-palace-sqlite-to-pg"
 DEFAULT_TARGET = "postgresql://localhost:5432/memory_palace"
@@ -178,7 +179,10 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
     for note in report.get("notes", []):
         w(f"note: {note}\n")
     if not report["dry_run"]:
-        w("migration verified\n" if report["ok"] else "verification FAILED: see the ✗ lines\n")
+        verdict = (
+            "migration verified" if report["ok"] else "verification FAILED: see the ✗ lines above"
+        )
+        w(verdict + "\n")
 
 
 def _migrate(args: argparse.Namespace) -> dict[str, Any]:

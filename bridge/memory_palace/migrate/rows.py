@@ -186,7 +186,7 @@ class _Plan:
 
     texts: tuple[str, ...]  # text columns
     lists: tuple[str, ...]  # strings columns
-    rest: list[tuple[str, bool, Any, str | None]]  # (column, nullable, check, referenced table)
+    rest: tuple[tuple[str, bool, Any, str | None], ...]  # (column, nullable, check, parent)
 
 
 class Checks:
@@ -197,9 +197,8 @@ class Checks:
         self.dim = dim  # the target's vector dimension (None: no embeddings to check)
         self.tsv = tsv  # asks PostgreSQL; None when it cannot be asked
         self.unchecked_tsv = 0  # large memories that could not be asked about
+        # Text and strings are checked a row at a time (_text_problems).
         self.by_kind: dict[str, Callable[[str, Any], str | None]] = {
-            "text": self._text,
-            "strings": self._strings,
             "json": self._json,
             "vector": self._vector,
             **{kind: self._int_range(bits) for kind, bits in INT_BITS.items()},
@@ -250,16 +249,17 @@ class Checks:
     def _plan(self, table: Table) -> _Plan:
         plan = self._plans.get(table.name)
         if plan is None:
+            rest = []
+            for col in table.columns:
+                check = self.by_kind.get(col.kind)
+                parent = parent_of(col.references)[0] if col.references else None
+                if check is not None or parent is not None or not col.nullable:
+                    rest.append((col.name, col.nullable, check, parent))
             plan = _Plan(
                 tuple(c.name for c in table.columns if c.kind == "text"),
                 tuple(c.name for c in table.columns if c.kind == "strings"),
-                [],
+                tuple(rest),
             )
-            for col in table.columns:
-                check = None if col.kind in ("text", "strings") else self.by_kind.get(col.kind)
-                parent = parent_of(col.references)[0] if col.references else None
-                if check is not None or parent is not None or not col.nullable:
-                    plan.rest.append((col.name, col.nullable, check, parent))
             self._plans[table.name] = plan
         return plan
 
@@ -379,8 +379,10 @@ class Reader:
 
 
 def _plain(value: Any) -> Any:
-    """A source value as JSON can show it."""
-    return value if value is None or isinstance(value, (int, float, str)) else repr(value)
+    """A source value as JSON can show it (invalid UTF-8 as backslash escapes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if value is None or isinstance(value, (int, float)) else repr(value)
 
 
 def read(

@@ -1,7 +1,7 @@
-"""The migration, step by step: plan (what the source and the target hold, which vector
-dimension rows must have), then either a dry run (check every row, write nothing) or a run:
-check every row and refuse bad ones unless told to skip them, create the target, copy table by
-table, build the vector index, move the id sequences, verify. Both return a report (a dict).
+"""The migration, step by step, from a plan (plan.py): either a dry run (check every row,
+write nothing) or a run: check every row and refuse bad ones unless told to skip them, create
+the target, copy table by table, build the vector index, move the id sequences, verify. Both
+return a report (a dict).
 """
 
 from __future__ import annotations
@@ -17,52 +17,19 @@ from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import type_from_url
 from ..db import schema
 from ..db.engine import Database, get_database
 from ..db.errors import translate_db_errors
 from ..db.postgres import HNSW_INDEX, pg_connect
 from ..db.tables import BY_NAME, EXPORTED, Table
-from ..db.urls import mask_url, sqlite_path
-from ..errors import BackendUnavailable, ConfigError, Conflict, InvalidParams
+from ..db.urls import mask_url
+from ..errors import Conflict, InvalidParams
 from . import target
 from .copy import Moved, Stage, pipelined
-from .layouts import LAYOUTS, Source
+from .layouts import Source
+from .plan import DEFAULT_BATCH, DEFAULT_SAMPLE, Options, Plan, check_urls, make_plan
 from .rows import TSV_CANDIDATE, BadRow, BadRows, BadRowsFound, Checks, read
 from .verify import checksum, count_present
-
-DEFAULT_BATCH = 5000
-DEFAULT_SAMPLE = 500
-
-
-@dataclass(frozen=True)
-class Options:
-    batch_size: int = DEFAULT_BATCH
-    force: bool = False
-    sample: int = DEFAULT_SAMPLE
-    progress: bool | None = None  # None: when stderr is a terminal
-    default_dim: int = 384  # the vector column's size when no embedding says otherwise
-    skip_bad_rows: bool = False
-    bad_rows_file: Path | None = None  # default: next to the source
-
-
-@dataclass
-class Plan:
-    src: Source
-    target_url: str
-    counts: dict[str, int]  # source rows per target table
-    state: target.TargetState | None  # None: unreachable (a dry run goes on)
-    conn: Any  # autocommit connection for checks (None when unreachable)
-    dim: int | None  # the vector dimension embeddings must have
-    report: dict[str, Any]
-
-    def checks(self, bad: BadRows) -> Checks:
-        tsv = target.KeywordIndexCheck(self.conn) if self.conn is not None else None
-        return Checks(bad, self.dim, tsv)
-
-    @property
-    def resuming(self) -> bool:
-        return self.state is not None and self.state.in_progress == str(self.src.path)
 
 
 @dataclass
@@ -80,100 +47,6 @@ class TableCopy:
     @property
     def ok(self) -> bool:
         return self.present == self.source - self.skipped and not self.conflicts
-
-
-def _kind(url: str) -> str | None:
-    try:
-        return type_from_url(url)
-    except ConfigError:
-        return None
-
-
-def check_urls(source_url: str, target_url: str, batch_size: int) -> Path:
-    """The source file, once both URLs and the batch size are usable."""
-    if _kind(source_url) != "sqlite":
-        raise InvalidParams(
-            "--source must be a SQLite file or URL (sqlite:///path/memories.db), got "
-            f"{mask_url(source_url)}"
-        )
-    if _kind(target_url) != "postgres":
-        raise InvalidParams(
-            "--target must be a PostgreSQL URL (postgresql://user:pass@host:5432/memory_palace)"
-            f", got {mask_url(target_url)}"
-        )
-    if batch_size < 1:
-        raise InvalidParams("--batch-size must be at least 1")
-    return sqlite_path(source_url).resolve()
-
-
-def expected_dim(dims: dict[int, int], stored: int | None, target_name: str) -> int | None:
-    """The dimension embeddings must have: the target's, else the source's most common one.
-    Embeddings of another dimension are bad rows; with no basis to choose, a Conflict."""
-    listed = ", ".join(f"{d}-d ({n} memories)" for d, n in sorted(dims.items()))
-    if stored is not None:
-        if dims and stored not in dims:
-            raise Conflict(
-                f"the source's embeddings are {listed} but the target {target_name} stores "
-                f"{stored}-d vectors. Migrate into a new database (--target "
-                ".../memory_palace_new), or re-embed the source with the target's model first."
-            )
-        return stored
-    top = max(dims.values(), default=0)
-    leaders = [d for d, n in dims.items() if n == top]
-    if len(leaders) > 1:
-        raise Conflict(
-            f"the source holds embeddings of several dimensions: {listed}. pgvector needs "
-            "one dimension per column. Re-embed the source with one model first "
-            "(memory-palace reembed --all --execute on the SQLite database), then migrate."
-        )
-    return leaders[0] if leaders else None
-
-
-def _base_report(src: Source, target_url: str, counts: dict[str, int]) -> dict[str, Any]:
-    return {
-        "source": str(src.path),
-        "target": mask_url(target_url),
-        "layout": src.layout,
-        "layout_description": LAYOUTS[src.layout],
-        "source_rows": counts,
-        "skipped_orphans": src.orphans(),
-        "notes": [],
-    }
-
-
-def _embedding_note(src: Source, report: dict[str, Any]) -> None:
-    if src.layout != "memory-palace" and report["dimension"]:
-        model = src.embedding_model or "unknown"
-        report["embedding_model"] = model
-        report["notes"].append(
-            f"embeddings from the original carry embedding_model={model!r}. If that is not the "
-            "embedder configured here, run `memory-palace reembed --all --execute` (tool "
-            "memory_reembed with all_memories=true, dry_run=false) against the target."
-        )
-
-
-def make_plan(src: Source, target_url: str, dry_run: bool) -> Plan:
-    counts = {t.name: src.count(t) for t in EXPORTED}
-    report = _base_report(src, target_url, counts)
-    report["dry_run"] = dry_run
-    conn = state = None
-    try:
-        conn, exists = target.connect(target_url)
-        state = target.read_state(conn, exists)
-    except BackendUnavailable as exc:
-        if not dry_run:
-            raise
-        report["target_state"] = f"unreachable: {exc.message}"
-    try:
-        stored = state.stored_dim if state else None
-        dim = expected_dim(src.dims(), stored, mask_url(target_url))
-    except BaseException:
-        if conn is not None:
-            conn.close()
-        raise
-    report["dimension"] = dim
-    _embedding_note(src, report)
-    return Plan(src, target_url, counts, state, conn, dim, report)
 
 
 def _progress(total: int, enabled: bool | None, what: str) -> Any:
@@ -456,9 +329,9 @@ def migrate(
     """Copy `source_url` (SQLite) into `target_url` (PostgreSQL) and verify. Returns a report;
     report["ok"] is True only when every copied row is present and the sample matches.
 
-    Raises MemoryPalaceError subclasses only: InvalidParams (bad arguments or source,
-    BadRowsFound), Conflict (dimensions, a target holding rows), BackendUnavailable,
-    PermissionDenied, DatabaseMissing.
+    Expected failures raise MemoryPalaceError subclasses (driver errors are mapped at the
+    db/errors.py boundary): InvalidParams (arguments, the source file, BadRowsFound), Conflict
+    (embedding dimensions, a target that holds rows), BackendUnavailable, PermissionDenied.
     """
     opts = Options(batch_size, force, sample, progress, default_dim, skip_bad_rows, bad_rows_file)
     path = check_urls(source_url, target_url, batch_size)
