@@ -8,8 +8,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+import memory_palace
 import numpy as np
 import orjson
 import psycopg2
@@ -17,6 +20,10 @@ import pytest
 from memory_palace import migrate as mig
 from memory_palace.db import schema
 from memory_palace.db.engine import dispose_engines, get_database
+from memory_palace.db.postgres import ensure_database, ensure_pgvector, pg_connect
+from memory_palace.db.tables import KINDS, MEMORIES
+from memory_palace.migrate.copy import Stage
+from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.postgres
 
@@ -361,3 +368,306 @@ def test_help_lists_the_flags():
         "--embedding-model",
     ):
         assert flag in out
+
+
+# -- bad rows ------------------------------------------------------------------------------------
+# this_layout(memories=6): memories 2, 4, .., 12; edge 10+i links memory 2i -> 2i+2 (i = 1..5);
+# messages 1..5; message 1 is read by 'crash'.
+
+
+def _distinct_words(n: int) -> str:
+    letters = np.random.default_rng(3).integers(0, 26, (n, 8)) + ord("a")
+    return " ".join(bytes(row.astype("u1")).decode() for row in letters)
+
+
+def _set(sql_: str, *params: object):
+    return lambda conn: conn.execute(sql_, params)
+
+
+BAD_CASES = {
+    "nul in text": (
+        _set("UPDATE memories SET content = ? WHERE id = 4", "a\x00b"),
+        {
+            ("memories", 4): "content contains a NUL character",
+            ("memory_edges", 11): "target_id 4 refers to a memories row that is skipped",
+            ("memory_edges", 12): "source_id 4 refers to a memories row that is skipped",
+        },
+    ),
+    "nul in strings": (
+        _set("UPDATE memories SET keywords = ? WHERE id = 6", '["ok", "x\\u0000y"]'),
+        {
+            ("memories", 6): "keywords[1] contains a NUL character",
+            ("memory_edges", 12): "target_id 6 refers",
+            ("memory_edges", 13): "source_id 6 refers",
+        },
+    ),
+    "nul in json": (
+        _set("UPDATE memory_edges SET metadata = ? WHERE id = 13", '{"note": "x\\u0000"}'),
+        {("memory_edges", 13): "metadata (JSON) contains a NUL character"},
+    ),
+    "invalid utf-8": (
+        _set("UPDATE messages SET subject = CAST(x'ff41' AS TEXT) WHERE id = 3"),
+        {("messages", 3): "subject is not valid UTF-8"},
+    ),
+    "invalid utf-8 in a key": (  # the report shows the bytes as escapes
+        _set("UPDATE subscriptions SET instance_id = CAST(x'ff63' AS TEXT)"),
+        {("subscriptions", ("\\udcffc", "ops")): "instance_id is not valid UTF-8"},
+    ),
+    "unparseable time": (
+        _set("UPDATE messages SET created_at = 'yesterday' WHERE id = 1"),
+        {
+            ("messages", 1): "created_at is an unparseable time: 'yesterday'",
+            ("message_reads", (1, "crash")): "message_id 1 refers to a messages row",
+        },
+    ),
+    "malformed json array": (
+        _set("UPDATE memories SET tags = '[\"a\",' WHERE id = 8"),
+        {
+            ("memories", 8): "tags is malformed JSON",
+            ("memory_edges", 13): "target_id 8 refers",
+            ("memory_edges", 14): "source_id 8 refers",
+        },
+    ),
+    "malformed json object": (
+        _set("UPDATE memory_edges SET metadata = '{oops' WHERE id = 15"),
+        {("memory_edges", 15): "metadata is malformed JSON: '{oops'"},
+    ),
+    "wrong dimension": (
+        _set("UPDATE memories SET embedding = ? WHERE id = 10", np.ones(2, "<f4").tobytes()),
+        {
+            ("memories", 10): "embedding has 2 dimensions but the target's vector column has 384",
+            ("memory_edges", 14): "target_id 10 refers",
+            ("memory_edges", 15): "source_id 10 refers",
+        },
+    ),
+    "integer out of range": (
+        _set("UPDATE memories SET access_count = ? WHERE id = 2", 2**40),
+        {
+            ("memories", 2): "access_count 1099511627776 is out of range for a 32-bit integer",
+            ("memory_edges", 11): "source_id 2 refers",
+        },
+    ),
+    # ~900 kB of distinct words need a 1.2 MB tsvector; 2.4 MB of two repeated words fit.
+    "keyword index too large": (
+        lambda conn: (
+            conn.execute(
+                "UPDATE memories SET content = ? WHERE id = 12", (_distinct_words(10**5),)
+            ),
+            conn.execute(
+                "UPDATE memories SET content = ? WHERE id = 2", ("hello world " * 2 * 10**5,)
+            ),
+        ),
+        {
+            ("memories", 12): "too long for the keyword index",
+            ("memory_edges", 15): "target_id 12 refers",
+        },
+    ),
+}
+
+
+def _database_exists(server_url: str, url: str) -> bool:
+    dbname = url.rsplit("/", 1)[1].split("?")[0]
+    found = pg_rows(server_url, "SELECT count(*) FROM pg_database WHERE datname = %s", (dbname,))
+    return found == [(1,)]
+
+
+def _key(key: object) -> str:
+    """A key as reports print it: composite keys (tuples here) as JSON lists."""
+    return orjson.dumps(list(key) if isinstance(key, tuple) else key).decode()
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_rows_are_listed_refused_or_skipped(case, tmp_path, pg_url, pg_server_url, capsys):
+    mutate, expected = BAD_CASES[case]
+    want = {(table, _key(key)): reason for (table, key), reason in expected.items()}
+    src = tmp_path / "memories.db"
+    this_layout(src, memories=6)
+    conn = sqlite3.connect(src)
+    with conn:
+        mutate(conn)
+    conn.close()
+
+    # the dry run lists every bad row with its reason, and says how many
+    assert run("--source", str(src), "--target", pg_url, "--dry-run") == 1
+    out = capsys.readouterr().out
+    assert f"bad rows: {len(want)} row(s) PostgreSQL cannot store" in out
+    for (table, key), reason in want.items():
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"  {table} {key}: "))
+        assert reason in line
+
+    # a run refuses to start, names the flag and leaves no trace
+    assert run("--source", str(src), "--target", pg_url) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "--skip-bad-rows" in err
+    assert "nothing was copied" in err and not _database_exists(pg_server_url, pg_url)
+
+    # --skip-bad-rows copies everything else, reports the skipped rows, and verifies
+    report = tmp_path / "bad.jsonl"
+    skip = ("--skip-bad-rows", "--bad-rows-file", str(report))
+    assert run("--source", str(src), "--target", pg_url, *skip) == 0
+    out = capsys.readouterr().out
+    assert "migration verified" in out and f"listed in {report}" in out
+    listed = [orjson.loads(line) for line in report.read_bytes().splitlines()]
+    assert {(r["table"], _key(r["id"])) for r in listed} == set(want)
+    for r in listed:
+        assert want[r["table"], _key(r["id"])] in r["reason"]
+    bad_memories = sum(1 for table, _ in want if table == "memories")
+    assert pg_rows(pg_url, "SELECT count(*) FROM memories") == [(6 - bad_memories,)]
+
+
+def test_original_layout_embedding_of_another_dimension_is_a_bad_row(tmp_path, pg_url, capsys):
+    src = tmp_path / "old.db"
+    original_layout(src, dim=8)
+    conn = sqlite3.connect(src)
+    with conn:  # the original stored a missing JSON value as the text 'null'
+        conn.execute(
+            "INSERT INTO memories (id, created_at, projects, content, keywords, embedding) "
+            "VALUES (4, '2024-05-01 10:00:00', '[\"life\"]', 'stray', 'null', '[1.0, 2.0]')"
+        )
+    conn.close()
+    bad = tmp_path / "bad.jsonl"
+    assert run("--source", str(src), "--target", pg_url, "--skip-bad-rows",
+               "--bad-rows-file", str(bad)) == 0  # fmt: skip
+    assert "migration verified" in capsys.readouterr().out
+    assert [orjson.loads(line) for line in bad.read_bytes().splitlines()] == [
+        {
+            "table": "memories",
+            "id": 4,
+            "reason": "embedding has 2 dimensions but the target's vector column has 8; "
+            "re-embed this memory in the source to keep it",
+        }
+    ]
+    assert pg_rows(pg_url, "SELECT id FROM memories ORDER BY id") == [(1,), (2,), (3,)]
+
+
+def _memory_row(mid: int, content: str) -> tuple:
+    values = dict.fromkeys(MEMORIES.names)
+    values.update(
+        id=mid,
+        created_at=datetime(2025, 1, 1, tzinfo=UTC),
+        access_count=0,
+        projects=["life"],
+        content=content,
+        foundational=False,
+        is_archived=False,
+    )
+    return tuple(values[n] for n in MEMORIES.names)
+
+
+def test_rows_postgresql_still_refuses_are_found_by_splitting_the_batch(pg_url):
+    schema.migrate(get_database(pg_url), 4)
+    conn = pg_connect(pg_url, autocommit=False)
+    try:
+        stage = Stage(conn, MEMORIES)
+        stage.prepare()
+        rows = [_memory_row(i, "bad \x00" if i == 6 else f"m{i}") for i in range(1, 10)]
+        moved = stage.move(rows)  # nothing checked these rows: PostgreSQL refuses row 6
+    finally:
+        conn.close()
+    assert moved.inserted == 8
+    assert [(row[0], "0x00" in why) for row, why in moved.refused] == [(6, True)]
+    assert pg_rows(pg_url, "SELECT count(*) FROM memories") == [(8,)]
+
+
+def test_every_column_kind_has_a_copy_encoder():
+    assert set(mig.ENCODERS) == set(KINDS)
+
+
+# -- command-line errors: one line, the right exit code, no traceback, no password ---------------
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("memory-palace-sqlite-to-pg: error: "), err
+    assert "Traceback" not in err and "secret" not in err
+    return err
+
+
+def test_help_and_version_touch_nothing(tmp_path):
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "MEMORY_PALACE_DATA_DIR": str(tmp_path / "data"),
+        "MEMORY_PALACE_DATABASE_URL": "postgresql://user:secret@127.0.0.1:1/nowhere",
+    }
+    for flag in ("--help", "--version"):
+        res = subprocess.run(
+            [sys.executable, "-m", "memory_palace.migrate", flag],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.stdout == f"memory-palace-sqlite-to-pg {memory_palace.__version__}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_source(tmp_path, pg_url, capsys):
+    assert run("--source", str(tmp_path / "nope.db"), "--target", pg_url) == 2
+    assert "does not exist; pass --source" in _one_error_line(capsys)
+
+
+def test_source_that_is_not_sqlite(tmp_path, pg_url, capsys):
+    src = tmp_path / "notes.txt"
+    src.write_text("not a database, just some notes\n" * 100)
+    assert run("--source", str(src), "--target", pg_url) == 2
+    assert "is not a SQLite database" in _one_error_line(capsys)
+
+
+def test_target_with_the_wrong_scheme(tmp_path, capsys):
+    src = tmp_path / "memories.db"
+    this_layout(src, memories=1)
+    assert run("--source", str(src), "--target", "mysql://user:secret@host/db") == 2
+    err = _one_error_line(capsys)
+    assert "--target must be a PostgreSQL URL" in err and "mysql://user:***@host/db" in err
+
+
+def test_unreachable_target(tmp_path, capsys):
+    src = tmp_path / "memories.db"
+    this_layout(src, memories=1)
+    target = "postgresql://user:secret@127.0.0.1:1/memory_palace"
+    assert run("--source", str(src), "--target", target) == 1
+    err = _one_error_line(capsys)
+    assert "cannot connect to PostgreSQL at postgresql://user:***@127.0.0.1:1" in err
+    assert "pg_isready" in err
+
+
+@pytest.fixture
+def limited_role(pg_server_url):
+    """A login role without CREATEDB; its URL carries a password that must never be shown."""
+    name = f"mp_limited_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(pg_server_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'secret' NOCREATEDB")
+    yield name
+    with conn.cursor() as cur:
+        cur.execute(f"DROP OWNED BY {name}")
+        cur.execute(f"DROP ROLE {name}")
+    conn.close()
+
+
+def test_target_role_that_may_not_create_the_database(tmp_path, pg_url, limited_role, capsys):
+    src = tmp_path / "memories.db"
+    this_layout(src, memories=1)
+    target = make_url(pg_url).set(username=limited_role, password="secret")
+    assert run("--source", str(src), "--target", target.render_as_string(False)) == 1
+    err = _one_error_line(capsys)
+    assert "may not create it (no CREATEDB privilege)" in err
+    assert f"ALTER USER {limited_role} CREATEDB" in err
+
+
+def test_target_role_without_privileges_in_the_database(
+    tmp_path, pg_url, pg_server_url, limited_role, capsys
+):
+    ensure_database(pg_url)
+    ensure_pgvector(pg_url)  # as the superuser: only the schema privilege is missing
+    src = tmp_path / "memories.db"
+    this_layout(src, memories=1)
+    target = make_url(pg_url).set(username=limited_role, password="secret")
+    assert run("--source", str(src), "--target", target.render_as_string(False)) == 1
+    err = _one_error_line(capsys)
+    assert "permission denied for schema public" in err
+    assert f"GRANT CREATE, USAGE ON SCHEMA public TO {limited_role}" in err

@@ -38,7 +38,14 @@ def decode_strings(value: Any) -> list[str]:
         return []
     if isinstance(value, (list, tuple)):
         return list(value)
-    return list(orjson.loads(value))
+    loaded = orjson.loads(value)
+    if isinstance(loaded, list):
+        return loaded
+    if loaded is None:
+        return []
+    if isinstance(loaded, str):  # a lone JSON string, as older writers stored one value
+        return [loaded]
+    raise ValueError(f"not a JSON array: {str(value)[:40]!r}")
 
 
 def decode_json(value: Any) -> Any:
@@ -53,8 +60,34 @@ def decode_vector(value: Any) -> np.ndarray | None:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
     if isinstance(value, str):
-        return np.array(orjson.loads(value), dtype=np.float32)
+        loaded = orjson.loads(value)
+        return None if loaded is None else np.array(loaded, dtype=np.float32)
     return np.asarray(value, dtype=np.float32)
+
+
+_TRUE = frozenset(("1", "true", "t", "yes", "y", "on"))
+_FALSE = frozenset(("0", "false", "f", "no", "n", "off"))
+
+
+def decode_bool(value: Any) -> bool:
+    """0/1, a bool, or text such as 'true'/'0' (SQLite stores whatever it was given)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"not a boolean: {value[:40]!r}")
+    return bool(value)
+
+
+def decode_int(value: Any) -> int:
+    """An int, also from an integral float or digit text (SQLite's loose column types)."""
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise ValueError(f"not an integer: {str(value)[:40]!r}")
 
 
 DECODERS = {
@@ -62,8 +95,11 @@ DECODERS = {
     "strings": decode_strings,
     "json": decode_json,
     "vector": decode_vector,
-    "bool": bool,
+    "bool": decode_bool,
     "float": float,
+    "int": decode_int,
+    "id": decode_int,
+    "ref": decode_int,
 }
 
 
