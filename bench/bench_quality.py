@@ -62,11 +62,18 @@ METHODS = ["recall", "pass2", "vector", "keyword", "cosine", "bm25", "rrf"]
 BASELINES = ["cosine", "bm25", "rrf"]
 METRICS = ["R@1", "R@5", "MRR", "nDCG"]
 MIN_QUERIES = 50  # per category, for the data check
-CATEGORIES = ["paraphrase", "exact_id", "project_filtered", "superseded", "conversation",
-              "keyword_overlap"]
+CATEGORIES = [
+    "paraphrase",
+    "exact_id",
+    "project_filtered",
+    "superseded",
+    "conversation",
+    "keyword_overlap",
+]
 
 
 # --- data -----------------------------------------------------------------------------------
+
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -76,8 +83,11 @@ def load_data(root: Path = DATA) -> tuple[list[dict[str, Any]], list[dict[str, A
     return read_jsonl(root / "memories.jsonl"), read_jsonl(root / "queries.jsonl")
 
 
-def validate_data(memories: list[dict[str, Any]], queries: list[dict[str, Any]],
-                  min_per_category: int = MIN_QUERIES) -> list[str]:
+def validate_data(
+    memories: list[dict[str, Any]],
+    queries: list[dict[str, Any]],
+    min_per_category: int = MIN_QUERIES,
+) -> list[str]:
     """Problems with the data set (empty list when it is sound)."""
     problems: list[str] = []
     by_id = {m["id"]: m for m in memories}
@@ -90,9 +100,9 @@ def validate_data(memories: list[dict[str, Any]], queries: list[dict[str, Any]],
             problems.append(f"{m['id']} supersedes {m['supersedes']}, which is stored later")
         seen.add(m["id"])
     # memory_set returns the existing id for identical content in the same project and type
-    dup = collections.Counter((m["project"], m["memory_type"], " ".join(m["content"].lower()
-                                                                        .split()))
-                              for m in memories)
+    dup = collections.Counter(
+        (m["project"], m["memory_type"], " ".join(m["content"].lower().split())) for m in memories
+    )
     problems += [f"identical content stored twice: {k[2][:60]!r}" for k, n in dup.items() if n > 1]
     counts: collections.Counter[str] = collections.Counter()
     groups: dict[str, set[str]] = collections.defaultdict(set)
@@ -139,10 +149,15 @@ def contains_token(m: dict[str, Any], ident: str) -> bool:
     return bool(pat.search(m["content"]) or any(pat.fullmatch(k) for k in m.get("keywords", [])))
 
 
-def select_queries(queries: list[dict[str, Any]], split: str, categories: list[str] | None,
-                   limit: int | None) -> list[dict[str, Any]]:
-    out = [q for q in queries if (split == "all" or q["split"] == split)
-           and (not categories or q["category"] in categories)]
+def select_queries(
+    queries: list[dict[str, Any]], split: str, categories: list[str] | None, limit: int | None
+) -> list[dict[str, Any]]:
+    out = [
+        q
+        for q in queries
+        if (split == "all" or q["split"] == split)
+        and (not categories or q["category"] in categories)
+    ]
     if limit:
         # every category keeps some queries in a quick run
         per: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
@@ -154,6 +169,7 @@ def select_queries(queries: list[dict[str, Any]], split: str, categories: list[s
 
 
 # --- metrics ----------------------------------------------------------------------------------
+
 
 def first_rank(ranked: list[str], targets: dict[str, int]) -> int | None:
     """1-based rank of the first grade-2 target in the top LIMIT, None if absent."""
@@ -171,11 +187,13 @@ def score_query(ranked: list[str], targets: dict[str, int]) -> dict[str, float]:
     rank = first_rank(top, targets)
     dcg = sum((2 ** targets.get(mid, 0) - 1) / math.log2(i + 2) for i, mid in enumerate(top))
     ideal = sorted(targets.values(), reverse=True)[:LIMIT]
-    idcg = sum((2 ** g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
-    return {"R@1": sum(t in top[:1] for t in answers) / len(answers),
-            "R@5": sum(t in top[:5] for t in answers) / len(answers),
-            "MRR": 1.0 / rank if rank else 0.0,
-            "nDCG": dcg / idcg if idcg else 0.0}
+    idcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
+    return {
+        "R@1": sum(t in top[:1] for t in answers) / len(answers),
+        "R@5": sum(t in top[:5] for t in answers) / len(answers),
+        "MRR": 1.0 / rank if rank else 0.0,
+        "nDCG": dcg / idcg if idcg else 0.0,
+    }
 
 
 def aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -191,6 +209,7 @@ def pct(values: list[float], q: float) -> float:
 
 # --- baselines --------------------------------------------------------------------------------
 
+
 class Bm25Index:
     """bm25s over one candidate set, so IDF is computed over exactly the filtered memories."""
 
@@ -202,12 +221,19 @@ class Bm25Index:
         self.stemmer = Stemmer.Stemmer("english")
         self.keys = keys
         self.retriever = bm25s.BM25()  # Lucene variant, k1=1.5, b=0.75
-        self.retriever.index(bm25s.tokenize(texts, stopwords=STOPWORDS, stemmer=self.stemmer,
-                                            show_progress=False), show_progress=False)
+        self.retriever.index(
+            bm25s.tokenize(texts, stopwords=STOPWORDS, stemmer=self.stemmer, show_progress=False),
+            show_progress=False,
+        )
 
     def search(self, query: str, k: int) -> list[str]:
-        tokens = self.bm25s.tokenize([query], stopwords=STOPWORDS, stemmer=self.stemmer,
-                                     return_ids=False, show_progress=False)[0]
+        tokens = self.bm25s.tokenize(
+            [query],
+            stopwords=STOPWORDS,
+            stemmer=self.stemmer,
+            return_ids=False,
+            show_progress=False,
+        )[0]
         if not tokens:
             return []
         scores = self.retriever.get_scores(tokens)
@@ -226,16 +252,18 @@ def rrf(*lists: list[str], k: int = RRF_K) -> list[str]:
 class Baselines:
     """Cosine, BM25 and RRF over the non-archived memories matching a query's filters."""
 
-    def __init__(self, memories: list[dict[str, Any]], doc_vecs: np.ndarray,
-                 archived: set[str]) -> None:
+    def __init__(
+        self, memories: list[dict[str, Any]], doc_vecs: np.ndarray, archived: set[str]
+    ) -> None:
         self.memories = memories
         self.vecs = doc_vecs
         self.live = np.array([m["id"] not in archived for m in memories])
         self.keys = [m["id"] for m in memories]
         self.indexes: dict[tuple[str | None, str | None], tuple[np.ndarray, Bm25Index]] = {}
 
-    def _candidates(self, project: str | None, memory_type: str | None
-                    ) -> tuple[np.ndarray, Bm25Index]:
+    def _candidates(
+        self, project: str | None, memory_type: str | None
+    ) -> tuple[np.ndarray, Bm25Index]:
         key = (project, memory_type)
         if key not in self.indexes:
             mask = self.live.copy()
@@ -244,8 +272,16 @@ class Baselines:
             if memory_type:
                 mask &= np.array([m["memory_type"] == memory_type for m in self.memories])
             rows = np.nonzero(mask)[0]
-            texts = [" ".join([self.memories[i].get("subject") or "", self.memories[i]["content"],
-                               " ".join(self.memories[i].get("keywords", []))]) for i in rows]
+            texts = [
+                " ".join(
+                    [
+                        self.memories[i].get("subject") or "",
+                        self.memories[i]["content"],
+                        " ".join(self.memories[i].get("keywords", [])),
+                    ]
+                )
+                for i in rows
+            ]
             self.indexes[key] = (rows, Bm25Index([self.keys[i] for i in rows], texts))
         return self.indexes[key]
 
@@ -259,8 +295,9 @@ class Baselines:
         best = float(np.max(self.vecs[generic] @ qvec)) if generic else float("nan")
         return answer, best
 
-    def rank(self, query: str, qvec: np.ndarray, project: str | None,
-             memory_type: str | None) -> dict[str, list[str]]:
+    def rank(
+        self, query: str, qvec: np.ndarray, project: str | None, memory_type: str | None
+    ) -> dict[str, list[str]]:
         rows, bm25 = self._candidates(project, memory_type)
         sims = self.vecs[rows] @ qvec
         order = np.argsort(-sims, kind="stable")[:POOL]
@@ -270,6 +307,7 @@ class Baselines:
 
 
 # --- the product ------------------------------------------------------------------------------
+
 
 class CachedEmbedder:
     """The configured embedder, with the corpus' document vectors computed up front in batches.
@@ -282,7 +320,8 @@ class CachedEmbedder:
         self.inner = inner
         self.id = inner.id
         self.dim = inner.dim
-        vecs = [inner.embed_documents(docs[i:i + batch]) for i in range(0, len(docs), batch)]
+        self.semantic = inner.semantic
+        vecs = [inner.embed_documents(docs[i : i + batch]) for i in range(0, len(docs), batch)]
         self.matrix = np.vstack(vecs).astype(np.float32)
         self.cache = {d: self.matrix[i] for i, d in enumerate(docs)}
 
@@ -295,8 +334,9 @@ class CachedEmbedder:
         return self.inner.embed_query(text)
 
 
-def make_palace(url: str, root: Path, embedder_name: str, embedder: Any,
-                extra: dict[str, Any]) -> Palace:
+def make_palace(
+    url: str, root: Path, embedder_name: str, embedder: Any, extra: dict[str, Any]
+) -> Palace:
     data_dir = Path(tempfile.mkdtemp(dir=root, prefix="data"))
     config = deep_merge({"database": {"url": url}, "embedder": embedder_name}, extra)
     (data_dir / "config.json").write_bytes(orjson.dumps(config))
@@ -306,7 +346,9 @@ def make_palace(url: str, root: Path, embedder_name: str, embedder: Any,
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -314,8 +356,12 @@ def load_memories(palace: Palace, memories: list[dict[str, Any]]) -> dict[str, i
     """memory_set for every memory in file order; returns data id -> database id."""
     ids: dict[str, int] = {}
     for m in memories:
-        params: dict[str, Any] = {"content": m["content"], "memory_type": m["memory_type"],
-                                  "project": m["project"], "source_type": m["source_type"]}
+        params: dict[str, Any] = {
+            "content": m["content"],
+            "memory_type": m["memory_type"],
+            "project": m["project"],
+            "source_type": m["source_type"],
+        }
         for name in ("subject", "keywords", "source_session_id"):
             if m.get(name):
                 params[name] = m[name]
@@ -330,37 +376,52 @@ def load_memories(palace: Palace, memories: list[dict[str, Any]]) -> dict[str, i
 
 def access_snapshot(db: Database) -> list[tuple[Any, ...]]:
     with db.read() as conn:
-        return [tuple(r) for r in conn.execute(
-            text("SELECT id, access_count, last_accessed_at FROM memories"))]
+        return [
+            tuple(r)
+            for r in conn.execute(text("SELECT id, access_count, last_accessed_at FROM memories"))
+        ]
 
 
 def access_restore(db: Database, rows: list[tuple[Any, ...]]) -> None:
     """Undo the access counts written by the leg-only recalls, so memory_recall's first pass
     starts from the state right after loading."""
     with db.write() as conn:
-        conn.execute(text("UPDATE memories SET access_count = :c, last_accessed_at = :t "
-                          "WHERE id = :i"), [{"i": i, "c": c, "t": t} for i, c, t in rows])
+        conn.execute(
+            text("UPDATE memories SET access_count = :c, last_accessed_at = :t WHERE id = :i"),
+            [{"i": i, "c": c, "t": t} for i, c, t in rows],
+        )
 
 
-def recall_ids(palace: Palace, query: dict[str, Any], extra: dict[str, Any] | None = None
-               ) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"query": query["text"], "limit": LIMIT, "include_graph": False,
-                              "detail_level": "summary", **(query.get("filters") or {})}
+def recall_ids(
+    palace: Palace, query: dict[str, Any], extra: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {
+        "query": query["text"],
+        "limit": LIMIT,
+        "include_graph": False,
+        "detail_level": "summary",
+        **(query.get("filters") or {}),
+    }
     params.update(extra or {})
     return palace.call("memory_recall", params)["memories"]
 
 
-def make_leg_search(palace: Palace, db: Database
-                    ) -> tuple[Callable[[str, dict[str, Any]], list[int]], str]:
+def make_leg_search(
+    palace: Palace, db: Database
+) -> tuple[Callable[[str, dict[str, Any]], list[int]], str]:
     """memory_recall's vector or keyword leg alone, top LIMIT database ids.
 
     Uses memory_recall's `search` parameter where the installed version has it; otherwise the
     internal functions it calls today. Delete the fallback once `search` has shipped."""
     try:
-        palace.call("memory_recall", {"query": "probe", "limit": 1, "include_graph": False,
-                                      "search": "vector"})
-        return (lambda leg, q: [h["id"] for h in recall_ids(palace, q, {"search": leg})],
-                "memory_recall(search=...)")
+        palace.call(
+            "memory_recall",
+            {"query": "probe", "limit": 1, "include_graph": False, "search": "vector"},
+        )
+        return (
+            lambda leg, q: [h["id"] for h in recall_ids(palace, q, {"search": leg})],
+            "memory_recall(search=...)",
+        )
     except InvalidParams as exc:
         if "search" not in str(exc):
             raise
@@ -379,10 +440,12 @@ def make_leg_search(palace: Palace, db: Database
             qvec = embedder.embed_query(q["text"])
             hits = vectors.search(db, embedder.id, embedder.dim, qvec, LIMIT, f)
         return [mid for mid, _ in hits]
+
     return legacy, "internal keyword_search / vectors.search (no 'search' parameter yet)"
 
 
 # --- one run ----------------------------------------------------------------------------------
+
 
 @dataclass
 class RunResult:
@@ -398,9 +461,17 @@ class RunResult:
     cos_gap: list[tuple[float, float]] = field(default_factory=list)
 
 
-def run_one(backend: str, url: str, root: Path, embedder_name: str, cached: CachedEmbedder,
-            memories: list[dict[str, Any]], queries: list[dict[str, Any]],
-            extra: dict[str, Any], log: Callable[[str], None]) -> RunResult:
+def run_one(
+    backend: str,
+    url: str,
+    root: Path,
+    embedder_name: str,
+    cached: CachedEmbedder,
+    memories: list[dict[str, Any]],
+    queries: list[dict[str, Any]],
+    extra: dict[str, Any],
+    log: Callable[[str], None],
+) -> RunResult:
     res = RunResult(backend, embedder_name)
     palace = make_palace(url, root, embedder_name, cached, extra)
     try:
@@ -410,17 +481,27 @@ def run_one(backend: str, url: str, root: Path, embedder_name: str, cached: Cach
         res.load_s = time.perf_counter() - t0
         back = {v: k for k, v in ids.items()}
         with db.read() as conn:
-            archived_db = {int(r[0]) for r in conn.execute(
-                text("SELECT id FROM memories WHERE is_archived = :t"), {"t": True})}
-            res.counts = {"memories": int(conn.execute(text("SELECT count(*) FROM memories"))
-                                          .scalar()),
-                          "archived": len(archived_db),
-                          "auto_links": int(conn.execute(text(
-                              "SELECT count(*) FROM memory_edges WHERE auto_linked = :t"),
-                              {"t": True}).scalar())}
+            archived_db = {
+                int(r[0])
+                for r in conn.execute(
+                    text("SELECT id FROM memories WHERE is_archived = :t"), {"t": True}
+                )
+            }
+            res.counts = {
+                "memories": int(conn.execute(text("SELECT count(*) FROM memories")).scalar()),
+                "archived": len(archived_db),
+                "auto_links": int(
+                    conn.execute(
+                        text("SELECT count(*) FROM memory_edges WHERE auto_linked = :t"),
+                        {"t": True},
+                    ).scalar()
+                ),
+            }
         archived = {back[i] for i in archived_db}
-        log(f"  loaded {len(ids)} memories through memory_set in {res.load_s:.1f} s "
-            f"({res.counts['archived']} archived, {res.counts['auto_links']} auto-links)")
+        log(
+            f"  loaded {len(ids)} memories through memory_set in {res.load_s:.1f} s "
+            f"({res.counts['archived']} archived, {res.counts['auto_links']} auto-links)"
+        )
 
         # the legs first, then undo their access counts: recall's pass 1 starts clean
         snap = access_snapshot(db)
@@ -435,8 +516,9 @@ def run_one(backend: str, url: str, root: Path, embedder_name: str, cached: Cach
         for q in queries:
             filters = q.get("filters") or {}
             qvec = cached.embed_query(q["text"])
-            res.ranks[q["id"]].update(base.rank(q["text"], qvec, filters.get("project"),
-                                                filters.get("memory_type")))
+            res.ranks[q["id"]].update(
+                base.rank(q["text"], qvec, filters.get("project"), filters.get("memory_type"))
+            )
             if q["category"] == "conversation":
                 res.cos_gap.append(base.answer_vs_generic(q, qvec))
 
@@ -460,19 +542,26 @@ def summarise(res: RunResult, queries: list[dict[str, Any]]) -> dict[str, Any]:
     per: dict[str, dict[str, dict[str, float]]] = {}
     for method in METHODS:
         rows = {q["id"]: score_query(res.ranks[q["id"]][method], q["targets"]) for q in queries}
-        table = {c: aggregate([rows[q["id"]] for q in queries if q["category"] == c])
-                 for c in cats}
+        table = {c: aggregate([rows[q["id"]] for q in queries if q["category"] == c]) for c in cats}
         table["macro"] = {m: statistics.fmean(table[c][m] for c in cats) for m in METRICS}
         table["micro"] = aggregate(list(rows.values()))
         per[method] = table
     n = {c: sum(q["category"] == c for q in queries) for c in cats}
     n["macro"] = n["micro"] = len(queries)
-    return {"backend": res.backend, "embedder": res.embedder, "categories": cats, "n": n,
-            "metrics": per, "load_s": round(res.load_s, 2), "counts": res.counts,
-            "legs_api": res.legs_api,
-            "latency_ms": {"p50": statistics.median(res.latency_ms),
-                           "p95": pct(res.latency_ms, 95)} if res.latency_ms else {},
-            "targets": targets(per, cats)}
+    return {
+        "backend": res.backend,
+        "embedder": res.embedder,
+        "categories": cats,
+        "n": n,
+        "metrics": per,
+        "load_s": round(res.load_s, 2),
+        "counts": res.counts,
+        "legs_api": res.legs_api,
+        "latency_ms": {"p50": statistics.median(res.latency_ms), "p95": pct(res.latency_ms, 95)}
+        if res.latency_ms
+        else {},
+        "targets": targets(per, cats),
+    }
 
 
 def targets(per: dict[str, dict[str, dict[str, float]]], cats: list[str]) -> list[dict[str, Any]]:
@@ -482,12 +571,19 @@ def targets(per: dict[str, dict[str, dict[str, float]]], cats: list[str]) -> lis
         item: dict[str, Any] = {"category": c}
         for m in ("R@5", "MRR"):
             best = max(BASELINES, key=lambda b: per[b][c][m])
-            item[m] = {"recall": rec[m], "best": per[best][c][m], "best_method": best,
-                       "pass": rec[m] >= per[best][c][m] - 1e-9}
-        item["pass2"] = {"dR@5": per["pass2"][c]["R@5"] - rec["R@5"],
-                         "dMRR": per["pass2"][c]["MRR"] - rec["MRR"]}
-        item["pass2"]["pass"] = (abs(item["pass2"]["dR@5"]) <= 0.01
-                                 and abs(item["pass2"]["dMRR"]) <= 0.01)
+            item[m] = {
+                "recall": rec[m],
+                "best": per[best][c][m],
+                "best_method": best,
+                "pass": rec[m] >= per[best][c][m] - 1e-9,
+            }
+        item["pass2"] = {
+            "dR@5": per["pass2"][c]["R@5"] - rec["R@5"],
+            "dMRR": per["pass2"][c]["MRR"] - rec["MRR"],
+        }
+        item["pass2"]["pass"] = (
+            abs(item["pass2"]["dR@5"]) <= 0.01 and abs(item["pass2"]["dMRR"]) <= 0.01
+        )
         if c == "exact_id":
             item["R@1"] = {"recall": rec["R@1"], "pass": rec["R@1"] >= 0.98}
         out.append(item)
@@ -500,15 +596,24 @@ def fmt(v: float) -> str:
 
 def print_table(s: dict[str, Any]) -> None:
     width = 4 * 5 + 3
-    print(f"\n{s['backend']} + {s['embedder']}: {s['n']['micro']} queries; memory_recall p50 "
-          f"{s['latency_ms'].get('p50', 0):.1f} ms, p95 {s['latency_ms'].get('p95', 0):.1f} ms; "
-          f"load {s['load_s']:.0f} s")
+    print(
+        f"\n{s['backend']} + {s['embedder']}: {s['n']['micro']} queries; memory_recall p50 "
+        f"{s['latency_ms'].get('p50', 0):.1f} ms, p95 {s['latency_ms'].get('p95', 0):.1f} ms; "
+        f"load {s['load_s']:.0f} s"
+    )
     names = {"recall": "memory_recall", "pass2": "recall pass 2"}
-    print((f"{'':<17}{'':>4} |" + "|".join(f"{names.get(m, m):^{width}}" for m in METHODS))
-          .rstrip())
-    print((f"{'category':<17}{'n':>4} |"
-           + "|".join(" " + " ".join(f"{x:>4}" for x in ("R@1", "R@5", "MRR", "nDCG")) + "  "
-                      for _ in METHODS)).rstrip())
+    print(
+        (f"{'':<17}{'':>4} |" + "|".join(f"{names.get(m, m):^{width}}" for m in METHODS)).rstrip()
+    )
+    print(
+        (
+            f"{'category':<17}{'n':>4} |"
+            + "|".join(
+                " " + " ".join(f"{x:>4}" for x in ("R@1", "R@5", "MRR", "nDCG")) + "  "
+                for _ in METHODS
+            )
+        ).rstrip()
+    )
     for c in s["categories"] + ["macro", "micro"]:
         cells = []
         for m in METHODS:
@@ -520,22 +625,29 @@ def print_table(s: dict[str, Any]) -> None:
         parts = []
         for m in ("R@5", "MRR"):
             x = t[m]
-            parts.append(f"{m} {x['recall']:.3f} vs {x['best']:.3f} {x['best_method']:<6} "
-                         f"{'PASS' if x['pass'] else 'FAIL'}")
+            parts.append(
+                f"{m} {x['recall']:.3f} vs {x['best']:.3f} {x['best_method']:<6} "
+                f"{'PASS' if x['pass'] else 'FAIL'}"
+            )
         p2 = t["pass2"]
-        parts.append(f"pass 2 dR@5 {p2['dR@5']:+.3f} dMRR {p2['dMRR']:+.3f} "
-                     f"{'PASS' if p2['pass'] else 'FAIL'}")
+        parts.append(
+            f"pass 2 dR@5 {p2['dR@5']:+.3f} dMRR {p2['dMRR']:+.3f} "
+            f"{'PASS' if p2['pass'] else 'FAIL'}"
+        )
         if "R@1" in t:
-            parts.append(f"R@1 {t['R@1']['recall']:.3f} >= 0.98 "
-                         f"{'PASS' if t['R@1']['pass'] else 'FAIL'}")
+            parts.append(
+                f"R@1 {t['R@1']['recall']:.3f} >= 0.98 {'PASS' if t['R@1']['pass'] else 'FAIL'}"
+            )
         print(f"  {t['category']:<17}" + " | ".join(parts))
 
 
-def analysis(res: RunResult, queries: list[dict[str, Any]], memories: dict[str, dict[str, Any]]
-             ) -> dict[str, Any]:
+def analysis(
+    res: RunResult, queries: list[dict[str, Any]], memories: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """Why recall loses: hub memories, leg complementarity, how recall's results were found."""
-    hubs: dict[str, collections.Counter[str]] = {m: collections.Counter()
-                                                 for m in ("recall", "pass2", "cosine", "bm25")}
+    hubs: dict[str, collections.Counter[str]] = {
+        m: collections.Counter() for m in ("recall", "pass2", "cosine", "bm25")
+    }
     legs: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     found: collections.Counter[str] = collections.Counter()
     found_target: collections.Counter[str] = collections.Counter()
@@ -565,38 +677,71 @@ def analysis(res: RunResult, queries: list[dict[str, Any]], memories: dict[str, 
                     stale_above[m] += 1
     # generic chat turns ("Haha yes!") ranked first: fusion and access boosts favour them
     chat = [q for q in queries if q["category"] == "conversation"]
-    generic_top1 = {m: sum(bool(res.ranks[q["id"]][m]) and memories[res.ranks[q["id"]][m][0]]
-                           ["role"] == "generic_turn" for q in chat) for m in METHODS}
+    generic_top1 = {
+        m: sum(
+            bool(res.ranks[q["id"]][m])
+            and memories[res.ranks[q["id"]][m][0]]["role"] == "generic_turn"
+            for q in chat
+        )
+        for m in METHODS
+    }
     slices: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for q in queries:
         if q["category"] == "exact_id":
             target = memories[next(iter(q["targets"]))]
-            where = "content" if q["identifier"].lower() in target["content"].lower() else \
-                "keywords only"
+            where = (
+                "content"
+                if q["identifier"].lower() in target["content"].lower()
+                else "keywords only"
+            )
             form = "bare id" if q["text"] == q["identifier"] else "phrase"
             slices[f"exact_id, id in {where}"].append(q)
             slices[f"exact_id, {form}"].append(q)
         elif q["category"] == "conversation":
             slices["conversation, hard" if q.get("hard") else "conversation, not hard"].append(q)
-    slice_r1 = {name: {"n": len(qs), **{m: statistics.fmean(
-        first_rank(res.ranks[q["id"]][m], q["targets"]) == 1 for q in qs) for m in METHODS}}
-        for name, qs in slices.items()}
+    slice_r1 = {
+        name: {
+            "n": len(qs),
+            **{
+                m: statistics.fmean(
+                    first_rank(res.ranks[q["id"]][m], q["targets"]) == 1 for q in qs
+                )
+                for m in METHODS
+            },
+        }
+        for name, qs in slices.items()
+    }
 
     def top(c: collections.Counter[str]) -> list[dict[str, Any]]:
-        return [{"id": k, "top10_count": n, "role": memories[k]["role"],
-                 "project": memories[k]["project"], "content": memories[k]["content"][:70]}
-                for k, n in c.most_common(10)]
+        return [
+            {
+                "id": k,
+                "top10_count": n,
+                "role": memories[k]["role"],
+                "project": memories[k]["project"],
+                "content": memories[k]["content"][:70],
+            }
+            for k, n in c.most_common(10)
+        ]
+
     gap = np.array(res.cos_gap) if res.cos_gap else np.zeros((0, 2))
     cosines = {"n": len(gap)}
     if len(gap):
-        cosines.update(answer_p50=float(np.median(gap[:, 0])),
-                       best_generic_p50=float(np.median(gap[:, 1])),
-                       answer_below_generic=int((gap[:, 0] < gap[:, 1]).sum()))
-    return {"hubs": {m: top(c) for m, c in hubs.items()}, "conversation_cosines": cosines,
-            "legs_top5": {c: dict(v) for c, v in legs.items()},
-            "found_by_top5_slots": dict(found), "found_by_of_found_targets": dict(found_target),
-            "stale_above_new": {"of": stale_n, **stale_above}, "slices_R@1": slice_r1,
-            "conversation_generic_top1": {"of": len(chat), **generic_top1}}
+        cosines.update(
+            answer_p50=float(np.median(gap[:, 0])),
+            best_generic_p50=float(np.median(gap[:, 1])),
+            answer_below_generic=int((gap[:, 0] < gap[:, 1]).sum()),
+        )
+    return {
+        "hubs": {m: top(c) for m, c in hubs.items()},
+        "conversation_cosines": cosines,
+        "legs_top5": {c: dict(v) for c, v in legs.items()},
+        "found_by_top5_slots": dict(found),
+        "found_by_of_found_targets": dict(found_target),
+        "stale_above_new": {"of": stale_n, **stale_above},
+        "slices_R@1": slice_r1,
+        "conversation_generic_top1": {"of": len(chat), **generic_top1},
+    }
 
 
 def print_analysis(a: dict[str, Any]) -> None:
@@ -610,27 +755,35 @@ def print_analysis(a: dict[str, Any]) -> None:
         print(f"    {c:<17}" + "".join(f"{cell:>18}" for cell in cells))
     slots = a["found_by_top5_slots"]
     total = sum(slots.values()) or 1
-    print("  memory_recall top-5 slots found by: "
-          + ", ".join(f"{k} {100 * n / total:.0f}%" for k, n in sorted(slots.items()))
-          + "; targets it found, by: "
-          + ", ".join(f"{k} {n}" for k, n in sorted(a["found_by_of_found_targets"].items())))
+    print(
+        "  memory_recall top-5 slots found by: "
+        + ", ".join(f"{k} {100 * n / total:.0f}%" for k, n in sorted(slots.items()))
+        + "; targets it found, by: "
+        + ", ".join(f"{k} {n}" for k, n in sorted(a["found_by_of_found_targets"].items()))
+    )
     print("  R@1 on slices:")
     print(f"    {'slice':<30}{'n':>4} " + " ".join(f"{m:>7}" for m in METHODS))
     for name, row in sorted(a["slices_R@1"].items()):
         print(f"    {name:<30}{row['n']:>4} " + " ".join(f"{row[m]:>7.3f}" for m in METHODS))
     g = a["conversation_generic_top1"]
     if g["of"]:
-        print(f"  conversation queries whose top 1 is a generic turn (of {g['of']}): "
-              + ", ".join(f"{m} {g[m]}" for m in METHODS))
+        print(
+            f"  conversation queries whose top 1 is a generic turn (of {g['of']}): "
+            + ", ".join(f"{m} {g[m]}" for m in METHODS)
+        )
     c = a["conversation_cosines"]
     if c["n"]:
-        print(f"  conversation cosines: answer p50 {c['answer_p50']:.3f}, closest generic turn p50 "
-              f"{c['best_generic_p50']:.3f}; the answer is below a generic turn in "
-              f"{c['answer_below_generic']} of {c['n']}")
+        print(
+            f"  conversation cosines: answer p50 {c['answer_p50']:.3f}, closest generic turn p50 "
+            f"{c['best_generic_p50']:.3f}; the answer is below a generic turn in "
+            f"{c['answer_below_generic']} of {c['n']}"
+        )
     st = a["stale_above_new"]
     if st["of"]:
-        print(f"  updates without supersedes_id whose stale version ranks above the new one "
-              f"(of {st['of']}): " + ", ".join(f"{m} {st[m]}" for m in METHODS))
+        print(
+            f"  updates without supersedes_id whose stale version ranks above the new one "
+            f"(of {st['of']}): " + ", ".join(f"{m} {st[m]}" for m in METHODS)
+        )
     for m, n in (("recall", 5), ("pass2", 3), ("cosine", 3), ("bm25", 3)):
         print(f"  memories in the most {m} top-10 lists:")
         for h in a["hubs"][m][:n]:
@@ -660,12 +813,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA, help=argparse.SUPPRESS)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    log: Callable[[str], None] = (lambda s: None) if args.quiet else (
-        lambda s: print(s, flush=True))
+    log: Callable[[str], None] = (
+        (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    )
 
     memories, all_queries = load_data(args.data)
-    problems = validate_data(memories, all_queries,
-                             0 if args.data != DATA else MIN_QUERIES)
+    problems = validate_data(memories, all_queries, 0 if args.data != DATA else MIN_QUERIES)
     if problems:
         raise SystemExit("data problems:\n  " + "\n  ".join(problems[:20]))
     cats = [c.strip() for c in args.categories.split(",") if c.strip()] or None
@@ -675,8 +828,11 @@ def main(argv: list[str] | None = None) -> int:
     embedders = ["local", "hash"] if args.embedder == "both" else [args.embedder]
     by_key = {m["id"]: m for m in memories}
     docs = [document_text(m.get("subject"), m["content"]) for m in memories]
-    print(f"{len(memories)} memories, {len(queries)} queries (split {args.split}); "
-          f"config {json.dumps(extra) if extra else 'defaults'}", flush=True)
+    print(
+        f"{len(memories)} memories, {len(queries)} queries (split {args.split}); "
+        f"config {json.dumps(extra) if extra else 'defaults'}",
+        flush=True,
+    )
 
     # a SIGTERM (a killed run) still stops the pgserver and removes the temp dir
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -689,8 +845,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             inner = create_embedder(_settings(root, emb_name))
             cached = CachedEmbedder(inner, docs)
-            log(f"{emb_name}: embedded {len(docs)} documents in {time.perf_counter() - t:.1f} s "
-                f"({cached.id})")
+            log(
+                f"{emb_name}: embedded {len(docs)} documents in {time.perf_counter() - t:.1f} s "
+                f"({cached.id})"
+            )
             for backend in backends:
                 if backend == "sqlite":
                     url = f"sqlite:///{root / f'quality-{emb_name}.db'}"
@@ -699,9 +857,11 @@ def main(argv: list[str] | None = None) -> int:
                         server_url, server = pg_server(root)
                     else:
                         server_url = os.environ.get("MEMORY_PALACE_TEST_PG_URL") or server_url
-                    url = make_url(server_url).set(
-                        database=f"mp_quality_{emb_name}_{os.getpid()}").render_as_string(
-                        hide_password=False)
+                    url = (
+                        make_url(server_url)
+                        .set(database=f"mp_quality_{emb_name}_{os.getpid()}")
+                        .render_as_string(hide_password=False)
+                    )
                 log(f"{backend} + {emb_name}:")
                 res = run_one(backend, url, root, emb_name, cached, memories, queries, extra, log)
                 s = summarise(res, queries)
@@ -713,21 +873,33 @@ def main(argv: list[str] | None = None) -> int:
                 if args.dump:
                     for q in queries:
                         r = res.ranks[q["id"]]
-                        dump.append({"backend": backend, "embedder": emb_name, "query": q["id"],
-                                     "category": q["category"], "split": q["split"],
-                                     "hard": q.get("hard", False), "text": q["text"],
-                                     "targets": q["targets"],
-                                     "rank": {m: first_rank(r[m], q["targets"]) for m in METHODS},
-                                     "top10": {m: r[m][:LIMIT] for m in METHODS},
-                                     "found_by": res.found_by.get(q["id"], [])})
+                        dump.append(
+                            {
+                                "backend": backend,
+                                "embedder": emb_name,
+                                "query": q["id"],
+                                "category": q["category"],
+                                "split": q["split"],
+                                "hard": q.get("hard", False),
+                                "text": q["text"],
+                                "targets": q["targets"],
+                                "rank": {m: first_rank(r[m], q["targets"]) for m in METHODS},
+                                "top10": {m: r[m][:LIMIT] for m in METHODS},
+                                "found_by": res.found_by.get(q["id"], []),
+                            }
+                        )
     finally:
         dispose_engines()
         if server is not None:
             server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
     if args.json:
-        args.json.write_text(json.dumps({"split": args.split, "config": extra,
-                                         "queries": len(queries), "runs": summaries}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"split": args.split, "config": extra, "queries": len(queries), "runs": summaries},
+                indent=1,
+            )
+        )
     if args.dump:
         args.dump.write_text("".join(json.dumps(d) + "\n" for d in dump))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

@@ -43,18 +43,23 @@ def test_data_validates(bench: ModuleType, data: tuple[list[dict], list[dict]]) 
     assert len(turns) >= 8 and all(150 <= n <= 300 for n in turns.values()), turns
     generic = sum(m["role"] == "generic_turn" for m in memories)
     assert generic / sum(turns.values()) >= 0.4
-    assert all(m["content"].split(": ", 1)[0].isalpha() for m in memories
-               if m["domain"] == "conversation")
+    assert all(
+        m["content"].split(": ", 1)[0].isalpha() for m in memories if m["domain"] == "conversation"
+    )
     # half the identifiers are only in keywords, never in the content
     ids = [q for q in queries if q["category"] == "exact_id"]
     by_id = {m["id"]: m for m in memories}
-    only_kw = [q for q in ids if q["identifier"].lower()
-               not in by_id[next(iter(q["targets"]))]["content"].lower()]
+    only_kw = [
+        q
+        for q in ids
+        if q["identifier"].lower() not in by_id[next(iter(q["targets"]))]["content"].lower()
+    ]
     assert abs(len(only_kw) - len(ids) / 2) <= 1
 
 
-def test_validation_catches_broken_data(bench: ModuleType,
-                                        data: tuple[list[dict], list[dict]]) -> None:
+def test_validation_catches_broken_data(
+    bench: ModuleType, data: tuple[list[dict], list[dict]]
+) -> None:
     memories, queries = data
     broken = [dict(q) for q in queries]
     broken[0] = dict(broken[0], targets={"m99999": 2})
@@ -77,8 +82,9 @@ def test_generator_reproduces_the_committed_files() -> None:
     assert gen.dumps(queries) == (QUALITY / "queries.jsonl").read_text()
 
 
-def subset(memories: list[dict], queries: list[dict], per_category: int = 3
-           ) -> tuple[list[dict], list[dict]]:
+def subset(
+    memories: list[dict], queries: list[dict], per_category: int = 3
+) -> tuple[list[dict], list[dict]]:
     """A few dev queries per category with every memory they refer to, plus background."""
     chosen = []
     per: collections.Counter[str] = collections.Counter()
@@ -86,15 +92,20 @@ def subset(memories: list[dict], queries: list[dict], per_category: int = 3
         if q["split"] == "dev" and per[q["category"]] < per_category:
             per[q["category"]] += 1
             chosen.append(q)
-    keep = {k for q in chosen for k in [*q["targets"], *q.get("distractors", []),
-                                        *q.get("stale", [])]}
+    keep = {
+        k for q in chosen for k in [*q["targets"], *q.get("distractors", []), *q.get("stale", [])]
+    }
     keep |= {m["supersedes"] for m in memories if m["id"] in keep and m.get("supersedes")}
     keep |= {m["id"] for i, m in enumerate(memories) if i % 20 == 0 and not m.get("supersedes")}
     return [m for m in memories if m["id"] in keep], chosen
 
 
-def test_bench_runs_on_a_subset(bench: ModuleType, data: tuple[list[dict], list[dict]],
-                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_runs_on_a_subset(
+    bench: ModuleType,
+    data: tuple[list[dict], list[dict]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pytest.importorskip("bm25s")
     pytest.importorskip("Stemmer")
     monkeypatch.delenv("MEMORY_PALACE_TEST_PG_URL", raising=False)
@@ -103,8 +114,24 @@ def test_bench_runs_on_a_subset(bench: ModuleType, data: tuple[list[dict], list[
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.json"
     dump = tmp_path / "dump.jsonl"
-    assert bench.main(["--backend", "sqlite", "--embedder", "hash", "--data", str(tmp_path),
-                       "--json", str(out), "--dump", str(dump), "--quiet"]) == 0
+    assert (
+        bench.main(
+            [
+                "--backend",
+                "sqlite",
+                "--embedder",
+                "hash",
+                "--data",
+                str(tmp_path),
+                "--json",
+                str(out),
+                "--dump",
+                str(dump),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     run = json.loads(out.read_text())["runs"][0]
     m = run["metrics"]
     assert set(m) == set(bench.METHODS)

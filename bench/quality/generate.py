@@ -25,10 +25,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CONTENT = HERE / "content"
 SEED = 20261202
-STOP = frozenset(re.findall(r"\w+", """
+STOP = frozenset(
+    re.findall(
+        r"\w+",
+        """
     a an and are as at be but by do does did for from had has have how i in is it its me my of
     on or our so than that the their them then there these they this to was we were what when
-    where which who why will with you your after before into not only over under up out"""))
+    where which who why will with you your after before into not only over under up out""",
+    )
+)
 
 
 @dataclass
@@ -49,8 +54,12 @@ class Memory:
     seq: int = 0
 
     def record(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.key, "content": self.content, "project": self.project,
-                               "memory_type": self.memory_type}
+        out: dict[str, Any] = {
+            "id": self.key,
+            "content": self.content,
+            "project": self.project,
+            "memory_type": self.memory_type,
+        }
         if self.subject:
             out["subject"] = self.subject
         if self.keywords:
@@ -80,10 +89,16 @@ class Query:
     identifier: str | None = None
 
     def record(self, qid: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": qid, "category": self.category, "text": self.text,
-                               "targets": self.targets, "split": self.split}
-        filters = {k: v for k, v in (("project", self.project),
-                                     ("memory_type", self.memory_type)) if v}
+        out: dict[str, Any] = {
+            "id": qid,
+            "category": self.category,
+            "text": self.text,
+            "targets": self.targets,
+            "split": self.split,
+        }
+        filters = {
+            k: v for k, v in (("project", self.project), ("memory_type", self.memory_type)) if v
+        }
         if filters:
             out["filters"] = filters
         out.update(domain=self.domain, group=self.group)
@@ -149,36 +164,95 @@ class Builder:
     def paraphrase(self) -> None:
         for i, (dom, proj, typ, subj, mem, q, near) in enumerate(rows("paraphrase.txt", 7)):
             g = f"para-{i:03d}"
-            t = self.add(content=mem, project=proj, memory_type=typ, subject=subj, domain=dom,
-                         role="target", group=g)
+            t = self.add(
+                content=mem,
+                project=proj,
+                memory_type=typ,
+                subject=subj,
+                domain=dom,
+                role="target",
+                group=g,
+            )
             dis = []
             if near:
-                dis.append(self.add(content=near, project=proj, memory_type=typ, subject=subj,
-                                    domain=dom, role="near_duplicate", group=g).key)
-            self.queries.append(Query("paraphrase", q, {t.key: 2}, g, dom, distractors=dis,
-                                      memory_type=type_filter(g, typ)))
+                dis.append(
+                    self.add(
+                        content=near,
+                        project=proj,
+                        memory_type=typ,
+                        subject=subj,
+                        domain=dom,
+                        role="near_duplicate",
+                        group=g,
+                    ).key
+                )
+            self.queries.append(
+                Query(
+                    "paraphrase",
+                    q,
+                    {t.key: 2},
+                    g,
+                    dom,
+                    distractors=dis,
+                    memory_type=type_filter(g, typ),
+                )
+            )
 
     def keyword_overlap(self) -> None:
         for i, (dom, proj, typ, subj, mem, q, decoy) in enumerate(rows("keyword_overlap.txt", 7)):
             g = f"kwov-{i:03d}"
-            t = self.add(content=mem, project=proj, memory_type=typ, subject=subj, domain=dom,
-                         role="target", group=g)
-            d = self.add(content=decoy, project=proj, memory_type=typ, domain=dom, role="decoy",
-                         group=g)
-            self.queries.append(Query("keyword_overlap", q, {t.key: 2}, g, dom,
-                                      distractors=[d.key], memory_type=type_filter(g, typ)))
+            t = self.add(
+                content=mem,
+                project=proj,
+                memory_type=typ,
+                subject=subj,
+                domain=dom,
+                role="target",
+                group=g,
+            )
+            d = self.add(
+                content=decoy, project=proj, memory_type=typ, domain=dom, role="decoy", group=g
+            )
+            self.queries.append(
+                Query(
+                    "keyword_overlap",
+                    q,
+                    {t.key: 2},
+                    g,
+                    dom,
+                    distractors=[d.key],
+                    memory_type=type_filter(g, typ),
+                )
+            )
 
     def superseded(self) -> None:
         for i, (mode, dom, proj, typ, subj, old, new, q) in enumerate(rows("superseded.txt", 8)):
             g = f"sup-{i:03d}"
             t_old = self.rng.uniform(0.0, 0.6)
-            o = self.add(content=old, project=proj, memory_type=typ, subject=subj, domain=dom,
-                         role="stale", group=g, time=t_old)
-            n = self.add(content=new, project=proj, memory_type=typ, subject=subj, domain=dom,
-                         role="target", group=g, time=self.rng.uniform(t_old + 0.05, 1.0),
-                         supersedes=o.key if mode == "sup" else None)
-            self.queries.append(Query("superseded", q, {n.key: 2}, g, dom,
-                                      stale=[o.key] if mode == "live" else []))
+            o = self.add(
+                content=old,
+                project=proj,
+                memory_type=typ,
+                subject=subj,
+                domain=dom,
+                role="stale",
+                group=g,
+                time=t_old,
+            )
+            n = self.add(
+                content=new,
+                project=proj,
+                memory_type=typ,
+                subject=subj,
+                domain=dom,
+                role="target",
+                group=g,
+                time=self.rng.uniform(t_old + 0.05, 1.0),
+                supersedes=o.key if mode == "sup" else None,
+            )
+            self.queries.append(
+                Query("superseded", q, {n.key: 2}, g, dom, stale=[o.key] if mode == "live" else [])
+            )
 
     def project_filtered(self) -> None:
         for i, (dom, typ, subj, tmpl, q, values) in enumerate(rows("project_filtered.txt", 6)):
@@ -186,26 +260,52 @@ class Builder:
             by_project: dict[str, Memory] = {}
             for item in values.split(";"):
                 proj, v = (s.strip() for s in item.split("=", 1))
-                by_project[proj] = self.add(content=tmpl.replace("{v}", v), project=proj,
-                                            memory_type=typ, subject=subj, domain=dom,
-                                            role="target", group=g)
+                by_project[proj] = self.add(
+                    content=tmpl.replace("{v}", v),
+                    project=proj,
+                    memory_type=typ,
+                    subject=subj,
+                    domain=dom,
+                    role="target",
+                    group=g,
+                )
             projects = list(by_project)
             for proj in self.rng.sample(projects, 3 if len(projects) >= 5 else 2):
                 others = [m.key for p, m in by_project.items() if p != proj]
-                self.queries.append(Query("project_filtered", q, {by_project[proj].key: 2}, g,
-                                          dom, project=proj, distractors=others))
+                self.queries.append(
+                    Query(
+                        "project_filtered",
+                        q,
+                        {by_project[proj].key: 2},
+                        g,
+                        dom,
+                        project=proj,
+                        distractors=others,
+                    )
+                )
 
     def project_notes(self) -> None:
         """Everyday notes in every consulting project: same topics, small differences."""
-        notes = [line.strip() for line in (CONTENT / "project_notes.txt").read_text().splitlines()
-                 if line.strip() and not line.startswith("#")]
+        notes = [
+            line.strip()
+            for line in (CONTENT / "project_notes.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
         for proj in ("brightline", "kestrel", "marlow", "quanta", "tidewater"):
             for i, note in enumerate(notes):
-                pick = {m.group(1): self.rng.choice(m.group(2).split("|"))
-                        for m in SLOT_RE.finditer(note) if m.group(2)}
-                self.add(content=fill(note, {}, pick, {}), project=proj,
-                         memory_type="note", domain="consulting", role="filler",
-                         group=f"notes-{proj}")
+                pick = {
+                    m.group(1): self.rng.choice(m.group(2).split("|"))
+                    for m in SLOT_RE.finditer(note)
+                    if m.group(2)
+                }
+                self.add(
+                    content=fill(note, {}, pick, {}),
+                    project=proj,
+                    memory_type="note",
+                    domain="consulting",
+                    role="filler",
+                    group=f"notes-{proj}",
+                )
 
     # --- exact identifiers --------------------------------------------------------------------
 
@@ -218,9 +318,12 @@ class Builder:
             m = re.match(r"\[(\w+)\]\s*(.*)$", line)
             if m:
                 proj, plain, qs = (s.strip() for s in m.group(2).split(" | "))
-                cur = kinds[m.group(1)] = {"project": proj, "plain": plain,
-                                           "queries": [s.strip() for s in qs.split(";")],
-                                           "frames": []}
+                cur = kinds[m.group(1)] = {
+                    "project": proj,
+                    "plain": plain,
+                    "queries": [s.strip() for s in qs.split(";")],
+                    "frames": [],
+                }
             elif cur is not None:
                 cur["frames"].append(line.strip())
         used: set[str] = set()
@@ -241,8 +344,14 @@ class Builder:
                     out.append(cand)
             return out
 
-        domain_of = {"platform": "ops", "payments": "ops", "mobile-app": "ops",
-                     "data-pipeline": "ops", "helios-web": "company", "finance": "finance"}
+        domain_of = {
+            "platform": "ops",
+            "payments": "ops",
+            "mobile-app": "ops",
+            "data-pipeline": "ops",
+            "helios-web": "company",
+            "finance": "finance",
+        }
         pinned = {"ticket": ["OPS-4417"], "token": ["KW200"]}  # the issue's own examples
         n = 0
         for kind, spec in kinds.items():
@@ -252,7 +361,7 @@ class Builder:
             for j in range(per_kind):
                 ident = pinned.get(kind, [])[j] if j < len(pinned.get(kind, [])) else fresh(kind)
                 used.add(ident.lower())
-                in_keywords = (n % 2 == 1)
+                in_keywords = n % 2 == 1
                 n += 1
                 g = f"id-{kind}-{j:02d}"
                 frame = frames[j % len(frames)]
@@ -261,20 +370,48 @@ class Builder:
                 # near misses go into other frames of the same kind: same shape, one detail off
                 for k, miss in enumerate(near(kind, ident)):
                     other = frames[(j + 1 + k) % len(frames)]
-                    dis.append(self.id_memory(other, miss, spec, kind, dom,
-                                              rng.random() < 0.5, "near_miss", g).key)
+                    dis.append(
+                        self.id_memory(
+                            other, miss, spec, kind, dom, rng.random() < 0.5, "near_miss", g
+                        ).key
+                    )
                 # bare or phrase on a different cycle than content/keywords: all four pairs occur
                 phrase = rng.choice(spec["queries"]) if (j // 2) % 2 else "{id}"
-                self.queries.append(Query("exact_id", phrase.replace("{id}", ident),
-                                          {t.key: 2}, g, dom, distractors=dis,
-                                          identifier=ident))
+                self.queries.append(
+                    Query(
+                        "exact_id",
+                        phrase.replace("{id}", ident),
+                        {t.key: 2},
+                        g,
+                        dom,
+                        distractors=dis,
+                        identifier=ident,
+                    )
+                )
             for j in range(10):  # background memories of the same kind
                 frame = rng.choice(frames)
-                self.id_memory(frame, fresh(kind), spec, kind, dom, rng.random() < 0.5, "filler",
-                               f"id-{kind}-fill")
+                self.id_memory(
+                    frame,
+                    fresh(kind),
+                    spec,
+                    kind,
+                    dom,
+                    rng.random() < 0.5,
+                    "filler",
+                    f"id-{kind}-fill",
+                )
 
-    def id_memory(self, frame: str, ident: str, spec: dict[str, Any], kind: str, dom: str,
-                  in_keywords: bool, role: str, group: str) -> Memory:
+    def id_memory(
+        self,
+        frame: str,
+        ident: str,
+        spec: dict[str, Any],
+        kind: str,
+        dom: str,
+        in_keywords: bool,
+        role: str,
+        group: str,
+    ) -> Memory:
         if in_keywords:
             text = frame.replace("{id}", spec["plain"])
             text = text[0].upper() + text[1:]
@@ -286,12 +423,25 @@ class Builder:
         # same sentence distinct (memory_set would store identical content only once)
         day = date(2024, 1, 1) + timedelta(days=self.rng.randint(0, 700))
         text += f" Noted by {self.rng.choice(NOTERS)} on {day.isoformat()}."
-        subject = {"ticket": "Ticket notes", "error": "Payment error codes", "host": "Host inventory",
-                   "sku": "Product catalogue", "version": "App releases", "token": "Data markers",
-                   "invoice": "Invoices"}[kind]
-        return self.add(content=text, project=spec["project"],
-                        memory_type="fact" if kind != "version" else "event", subject=subject,
-                        keywords=keywords, domain=dom, role=role, group=group)
+        subject = {
+            "ticket": "Ticket notes",
+            "error": "Payment error codes",
+            "host": "Host inventory",
+            "sku": "Product catalogue",
+            "version": "App releases",
+            "token": "Data markers",
+            "invoice": "Invoices",
+        }[kind]
+        return self.add(
+            content=text,
+            project=spec["project"],
+            memory_type="fact" if kind != "version" else "event",
+            subject=subject,
+            keywords=keywords,
+            domain=dom,
+            role=role,
+            group=group,
+        )
 
     # --- conversations --------------------------------------------------------------------------
 
@@ -315,7 +465,9 @@ def make_id(kind: str, rng: random.Random) -> str:
     if kind == "error":
         return f"E{rng.randint(1000, 9999)}"
     if kind == "host":
-        return f"{rng.choice(HOST_ROLES)}-{rng.randint(1, 29):02d}.{rng.choice(SITES)}.helios.internal"
+        return (
+            f"{rng.choice(HOST_ROLES)}-{rng.randint(1, 29):02d}.{rng.choice(SITES)}.helios.internal"
+        )
     if kind == "sku":
         return f"HX-{rng.randint(10000, 99999)}-{rng.choice(COLOURS)}"
     if kind == "version":
@@ -323,7 +475,9 @@ def make_id(kind: str, rng: random.Random) -> str:
     if kind == "token":
         if rng.random() < 0.5:
             return f"KW{rng.randint(10, 999)}"
-        return "".join(rng.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(3)) + str(rng.randint(2, 99))
+        return "".join(rng.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(3)) + str(
+            rng.randint(2, 99)
+        )
     if kind == "invoice":
         return f"INV-{rng.randint(2021, 2025)}-{rng.randint(100, 99999):05d}"
     raise ValueError(kind)
@@ -331,11 +485,13 @@ def make_id(kind: str, rng: random.Random) -> str:
 
 def swap_digits(s: str, rng: random.Random) -> str:
     """Swap two adjacent different digits: 4417 -> 4471."""
-    idx = [i for i in range(len(s) - 1) if s[i].isdigit() and s[i + 1].isdigit() and s[i] != s[i + 1]]
+    idx = [
+        i for i in range(len(s) - 1) if s[i].isdigit() and s[i + 1].isdigit() and s[i] != s[i + 1]
+    ]
     if not idx:
         return s + "0"
     i = idx[-1] if rng.random() < 0.6 else rng.choice(idx)
-    return s[:i] + s[i + 1] + s[i] + s[i + 2:]
+    return s[:i] + s[i + 1] + s[i] + s[i + 2 :]
 
 
 def near_misses(kind: str, ident: str, rng: random.Random) -> list[str]:
@@ -351,8 +507,10 @@ def near_misses(kind: str, ident: str, rng: random.Random) -> list[str]:
     if kind == "host":
         head, site, rest = ident.split(".", 2)
         role, nn = head.rsplit("-", 1)
-        return [f"{role}-{swap_digits(nn, rng) if nn[0] != nn[1] else str(int(nn) + 10)}.{site}.{rest}",
-                f"{head}.{rng.choice([s for s in SITES if s != site])}.{rest}"]
+        return [
+            f"{role}-{swap_digits(nn, rng) if nn[0] != nn[1] else str(int(nn) + 10)}.{site}.{rest}",
+            f"{head}.{rng.choice([s for s in SITES if s != site])}.{rest}",
+        ]
     if kind == "version":
         major, minor, patch = ident[1:].split(".")
         return [f"v{major}.{minor}.{int(patch) + 10}", f"v{major}.{int(minor) + 1}.{patch}"]
@@ -367,6 +525,7 @@ def near_misses(kind: str, ident: str, rng: random.Random) -> list[str]:
 
 
 # --- conversation content ---------------------------------------------------------------------
+
 
 @dataclass
 class EventTurn:
@@ -402,10 +561,15 @@ def parse_events() -> list[Event]:
         if not m:
             raise SystemExit(f"conversation_events.txt: cannot parse {line!r}")
         marks = m.group(3).split()
-        out[-1].turns.append(EventTurn(m.group(2), m.group(4),
-                                       [int(x) for x in marks if x.isdigit()],
-                                       [int(x[1:]) for x in marks if x.startswith("c")],
-                                       later=bool(m.group(1))))
+        out[-1].turns.append(
+            EventTurn(
+                m.group(2),
+                m.group(4),
+                [int(x) for x in marks if x.isdigit()],
+                [int(x[1:]) for x in marks if x.startswith("c")],
+                later=bool(m.group(1)),
+            )
+        )
     return out
 
 
@@ -435,6 +599,7 @@ def fill(text: str, slots: dict[str, str], choose: dict[str, str], names: dict[s
         if options is not None and name not in slots:
             slots[name] = choose.get(name) or options.split("|")[0]
         return slots[name]
+
     return SLOT_RE.sub(sub, text)
 
 
@@ -448,8 +613,9 @@ def slot_options(event: Event) -> dict[str, list[str]]:
 
 
 class ConversationWriter:
-    def __init__(self, b: Builder, conv: list[str], events: list[Event],
-                 generic: dict[str, list[str]]) -> None:
+    def __init__(
+        self, b: Builder, conv: list[str], events: list[Event], generic: dict[str, list[str]]
+    ) -> None:
         self.b = b
         self.cid, s1, s2, start, sessions, per, self.split = conv
         self.names = [s1, s2]
@@ -484,19 +650,29 @@ class ConversationWriter:
             if r.random() < 0.6:
                 text += " " + r.choice(g["react_follow"])
             return text
+
         return self.unique(speaker, make)
 
     def pick(self, speaker: str, section: str, other: str) -> str:
-        return self.unique(speaker, lambda: self.rng.choice(self.generic[section])
-                           .replace("{other}", other))
+        return self.unique(
+            speaker, lambda: self.rng.choice(self.generic[section]).replace("{other}", other)
+        )
 
-    def turn(self, speaker: str, text: str, session: int, when: str, t: float, generic: bool
-             ) -> Memory:
-        m = self.b.add(content=f"{speaker}: {text}", project=self.cid,
-                       memory_type="conversation", subject=when, domain="conversation",
-                       role="generic_turn" if generic else "turn", group=self.cid,
-                       source_type="conversation",
-                       source_session_id=f"{self.cid}-s{session:02d}", time=t)
+    def turn(
+        self, speaker: str, text: str, session: int, when: str, t: float, generic: bool
+    ) -> Memory:
+        m = self.b.add(
+            content=f"{speaker}: {text}",
+            project=self.cid,
+            memory_type="conversation",
+            subject=when,
+            domain="conversation",
+            role="generic_turn" if generic else "turn",
+            group=self.cid,
+            source_type="conversation",
+            source_session_id=f"{self.cid}-s{session:02d}",
+            time=t,
+        )
         self.turns.append(m)
         return m
 
@@ -505,10 +681,10 @@ class ConversationWriter:
         r = self.rng
         pool = list(self.events)
         r.shuffle(pool)
-        first = pool[:self.per]
-        rest = pool[self.per:]
+        first = pool[: self.per]
+        rest = pool[self.per :]
         second = [e for e in first if e.pair and r.random() < 0.5]
-        second += rest[:self.per - len(second)]
+        second += rest[: self.per - len(second)]
         told: list[tuple[int, Event, dict[str, str]]] = []
         chosen: dict[str, dict[str, str]] = {}
         for who, evs in ((0, first), (1, second)):
@@ -528,7 +704,7 @@ class ConversationWriter:
     def write(self) -> None:
         r = self.rng
         told = self.assign()
-        per_session = [told[i::self.sessions] for i in range(self.sessions)]
+        per_session = [told[i :: self.sessions] for i in range(self.sessions)]
         day = self.start
         base = r.uniform(0.0, 0.3)
         for s, items in enumerate(per_session, start=1):
@@ -556,9 +732,18 @@ class ConversationWriter:
             self.turn(b, self.pick(b, "close_reply", a), s, when, t, True)
         for qtext, hard, answers in self.asked:
             if any(g == 2 for g in answers.values()):  # a follow-up past the last session: none
-                self.b.queries.append(Query("conversation", qtext, answers, self.cid,
-                                            "conversation", split=self.split, project=self.cid,
-                                            hard=hard))
+                self.b.queries.append(
+                    Query(
+                        "conversation",
+                        qtext,
+                        answers,
+                        self.cid,
+                        "conversation",
+                        split=self.split,
+                        project=self.cid,
+                        hard=hard,
+                    )
+                )
 
     def other(self, name: str) -> str:
         return self.names[1 - self.names.index(name)]
@@ -575,13 +760,27 @@ class ConversationWriter:
                 self.turn(y, reply, s, when, t, True)
                 return
 
-    def say(self, s: int, when: str, t: float, et: EventTurn, names: dict[str, str],
-            slots: dict[str, str], pick: dict[str, str], answers: dict[int, dict[str, int]]
-            ) -> None:
+    def say(
+        self,
+        s: int,
+        when: str,
+        t: float,
+        et: EventTurn,
+        names: dict[str, str],
+        slots: dict[str, str],
+        pick: dict[str, str],
+        answers: dict[int, dict[str, int]],
+    ) -> None:
         speaker = names[et.speaker]
         if et.text == "*":
-            self.turn(speaker, self.reaction(speaker, names["B" if et.speaker == "A" else "A"]),
-                      s, when, t, True)
+            self.turn(
+                speaker,
+                self.reaction(speaker, names["B" if et.speaker == "A" else "A"]),
+                s,
+                when,
+                t,
+                True,
+            )
             return
         text = fill(et.text, slots, pick, names)
         m = self.turn(speaker, text, s, when, t, False)
@@ -591,8 +790,9 @@ class ConversationWriter:
         for q in et.context:
             answers[q].setdefault(m.key, 1)
 
-    def tell(self, s: int, when: str, t: float, who: int, event: Event, pick: dict[str, str]
-             ) -> None:
+    def tell(
+        self, s: int, when: str, t: float, who: int, event: Event, pick: dict[str, str]
+    ) -> None:
         a, b = self.names[who], self.names[1 - who]
         names = {"A": a, "B": b}
         slots: dict[str, str] = {}
@@ -608,9 +808,17 @@ class ConversationWriter:
         for q, (qtext, hard) in event.questions.items():
             self.asked.append((fill(qtext, slots, pick, names), hard, answers[q]))
 
-    def follow_up(self, s: int, when: str, t: float, later: list[EventTurn],
-                  names: dict[str, str], slots: dict[str, str], pick: dict[str, str],
-                  answers: dict[int, dict[str, int]]) -> None:
+    def follow_up(
+        self,
+        s: int,
+        when: str,
+        t: float,
+        later: list[EventTurn],
+        names: dict[str, str],
+        slots: dict[str, str],
+        pick: dict[str, str],
+        answers: dict[int, dict[str, int]],
+    ) -> None:
         for et in later:
             self.say(s, when, t, et, names, slots, pick, answers)
 
@@ -662,8 +870,11 @@ def main(argv: list[str] | None = None) -> int:
     memories, queries = build()
     files = {"memories.jsonl": dumps(memories), "queries.jsonl": dumps(queries)}
     if args.check:
-        stale = [n for n, body in files.items()
-                 if not (args.out / n).exists() or (args.out / n).read_text() != body]
+        stale = [
+            n
+            for n, body in files.items()
+            if not (args.out / n).exists() or (args.out / n).read_text() != body
+        ]
         if stale:
             print(f"stale: {', '.join(stale)}; run python bench/quality/generate.py")
             return 1
@@ -673,8 +884,10 @@ def main(argv: list[str] | None = None) -> int:
     cats: dict[str, int] = {}
     for q in queries:
         cats[q["category"]] = cats.get(q["category"], 0) + 1
-    print(f"{len(memories)} memories, {len(queries)} queries: "
-          + ", ".join(f"{k} {v}" for k, v in cats.items()))
+    print(
+        f"{len(memories)} memories, {len(queries)} queries: "
+        + ", ".join(f"{k} {v}" for k, v in cats.items())
+    )
     return 0
 
 

@@ -431,15 +431,11 @@ class Bridge:
         }
 
     def m_unsubscribe(self, instance: str, database: str | None = None) -> dict[str, Any]:
+        """Stop serving an instance. It was served in every database, so `database` is
+        accepted for symmetry with _subscribe and changes nothing."""
         name = messages.check_name(instance, "instance")
-        listener = self.listeners.unserve(name, database)
-        return {
-            "success": True,
-            "instance": name,
-            "database": listener.database,
-            "mode": listener.kind,
-            "served": self.listeners.served(),
-        }
+        self.listeners.unserve(name)
+        return {"success": True, "instance": name, "served": self.listeners.served()}
 
 
 MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {

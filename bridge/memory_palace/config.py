@@ -54,15 +54,46 @@ class AutoLink(_Strict):
 
 
 class Weights(_Strict):
-    similarity: float = Field(0.7, ge=0)
-    access: float = Field(0.15, ge=0)
-    centrality: float = Field(0.15, ge=0)
+    """The final blend (normalised to sum 1). Access and centrality default to 0: on
+    bench/bench_quality.py every non-zero access weight lost recall quality."""
+
+    similarity: float = Field(1.0, ge=0)
+    access: float = Field(0.0, ge=0)
+    centrality: float = Field(0.0, ge=0)
+
+
+class Bm25Params(_Strict):
+    k1: float = Field(0.9, gt=0, le=10)
+    b: float = Field(0.4, ge=0, le=1)
+
+
+class FieldWeights(_Strict):
+    subject: float = Field(2.0, ge=0, le=10)
+    content: float = Field(1.0, ge=0, le=10)
+    keywords: float = Field(2.0, ge=0, le=10)
 
 
 class Recall(_Strict):
+    """Ranking parameters; see services/recall.py for the formula."""
+
     weights: Weights = Weights()
-    rrf_k: int = Field(60, ge=1, le=10_000)
+    # None: chosen by the embedder (services/recall.py KEYWORD_DEFAULTS)
+    keyword_weight: float | None = Field(None, ge=0, le=100)
+    keyword_threshold: float | None = Field(None, ge=0, lt=1)
+    identifier_weight: float = Field(1.0, ge=0, le=10)
+    bm25: Bm25Params = Bm25Params()
+    field_weights: FieldWeights = FieldWeights()
+    candidates: int = Field(100, ge=1, le=1000)
+    keyword_candidates: int = Field(500, ge=10, le=10_000)
+    document_cache: int = Field(50_000, ge=0, le=10_000_000)
     max_limit: int = Field(100, ge=1, le=1000)
+    rrf_k: int | None = Field(None, description="accepted from earlier versions; unused")
+
+    @property
+    def fields(self) -> tuple[float, float, float]:
+        """(subject, content, keywords) weights, in lexical.Document's order."""
+        w = self.field_weights
+        return (w.subject, w.content, w.keywords)
 
 
 class Synthesis(_Strict):
@@ -133,8 +164,11 @@ class Settings:
     llm_model: str | None = None
     auto_link: AutoLink = field(default_factory=AutoLink)
     weights: Mapping[str, float] = field(default_factory=dict)
-    rrf_k: int = 60
-    max_limit: int = 100
+    recall: Recall = field(default_factory=Recall)
+
+    @property
+    def max_limit(self) -> int:
+        return self.recall.max_limit
 
     @property
     def default_url(self) -> str:
@@ -336,6 +370,5 @@ def load_settings(
         llm_model=env.get("MEMORY_PALACE_LLM_MODEL") or cfg.llm_model,
         auto_link=cfg.auto_link,
         weights=_weights(cfg, env, where),
-        rrf_k=cfg.recall.rrf_k,
-        max_limit=cfg.recall.max_limit,
+        recall=cfg.recall,
     )

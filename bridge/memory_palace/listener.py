@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from .db.engine import Database
-from .errors import MemoryPalaceError
+from .errors import BackendUnavailable, MemoryPalaceError
 from .palace import Palace
 from .services import messages
 
@@ -380,7 +380,7 @@ class Listeners:
     def ensure(self, database: str | None = None, wait: float = 5.0) -> Listener:
         """The listener of a database, started on first use (listening before it returns)."""
         if self.closed:
-            raise MemoryPalaceError("the bridge is shutting down; no listener can start")
+            raise BackendUnavailable("the bridge is shutting down; no listener can start")
         name, _ = self.palace.catalog.resolve(database)
         with self._lock:
             listener = self._by_db.get(name)
@@ -406,14 +406,14 @@ class Listeners:
             lst.serve(instance)
         return listener
 
-    def unserve(self, instance: str, database: str | None = None) -> Listener:
-        listener = self.ensure(database)
+    def unserve(self, instance: str) -> None:
+        """Stop delivering messages for `instance` in every database (never starts a
+        listener or creates a database)."""
         with self._lock:
             self._served.discard(instance)
             listeners = list(self._by_db.values())
         for lst in listeners:
             lst.unserve(instance)
-        return listener
 
     def refresh(self, database: str | None = None) -> None:
         """Subscriptions changed in a database: listen to the served instances' channels."""

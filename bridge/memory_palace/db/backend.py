@@ -166,8 +166,21 @@ class Backend(ABC):
 
     # -- search -----------------------------------------------------------------------------
     @abstractmethod
-    def keyword_search(self, db: Database, query: str, k: int, f: Filters) -> Hits:
-        """Top-k (id, score) by keyword relevance, best first."""
+    def keyword_candidates(
+        self, db: Database, query: str, f: Filters, cap: int
+    ) -> list[tuple[int, Any]]:
+        """(id, updated_at) of memories matching `f` that hold any word of `query`, the
+        full-text index's best first, at most `cap` (services score them; see lexical.py)."""
+
+    @abstractmethod
+    def word_counts(self, db: Database, words: list[str], f: Filters) -> dict[str, int]:
+        """How many memories matching `f` hold each word (for document frequencies when the
+        candidates were capped)."""
+
+    @abstractmethod
+    def count_estimate(self, db: Database, vector: tuple[str, int] | None, f: Filters) -> int:
+        """About how many memories match `f` (cheap: the vector index of (model, dim), or the
+        planner's estimate)."""
 
     @abstractmethod
     def vector_search(

@@ -373,20 +373,37 @@ class PostgresBackend(Backend):
         return f"{column} LIKE :{name} ESCAPE '\\'"
 
     # -- search -----------------------------------------------------------------------------
-    def keyword_search(self, db: Database, query: str, k: int, f: Filters) -> Hits:
+    def keyword_candidates(
+        self, db: Database, query: str, f: Filters, cap: int
+    ) -> list[tuple[int, Any]]:
         cond, params = where(db, f, "m")
-        # websearch_to_tsquery ANDs the words; OR them so a partial match still ranks.
+        # websearch_to_tsquery ANDs the words (and drops stop words); OR them, so a memory
+        # with any query word is a candidate. Built from the parsed query, never from text.
         sql_ = (
-            "SELECT m.id, ts_rank_cd(m.tsv, q) AS r FROM memories m, "
+            "SELECT m.id, m.updated_at FROM memories m, "
             "CAST(replace(CAST(websearch_to_tsquery('english', :q) AS text), ' & ', ' | ') "
             "AS tsquery) AS q "
-            f"WHERE m.tsv @@ q AND {cond} ORDER BY r DESC, m.id LIMIT :k"
+            f"WHERE m.tsv @@ q AND {cond} ORDER BY ts_rank_cd(m.tsv, q) DESC, m.id LIMIT :k"
         )
         with db.read() as conn:
             return [
-                (int(r[0]), float(r[1]))
-                for r in conn.execute(text(sql_), {**params, "q": query, "k": k})
+                (int(r[0]), r[1])
+                for r in conn.execute(text(sql_), {**params, "q": query, "k": cap})
             ]
+
+    def word_counts(self, db: Database, words: list[str], f: Filters) -> dict[str, int]:
+        cond, params = where(db, f, "m")
+        sql_ = text(
+            "SELECT count(*) FROM memories m WHERE "
+            f"m.tsv @@ plainto_tsquery('english', :w) AND {cond}"
+        )
+        with db.read() as conn:
+            return {w: int(conn.execute(sql_, {**params, "w": w}).scalar()) for w in words}
+
+    def count_estimate(self, db: Database, vector: tuple[str, int] | None, f: Filters) -> int:
+        cond, params = where(db, f)
+        with db.read() as conn:
+            return int(_estimate(conn, cond, params))
 
     def vector_search(
         self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
@@ -407,7 +424,7 @@ class PostgresBackend(Backend):
         def run(conn: Connection, statement: str) -> Hits:
             return [(int(r[0]), float(r[1])) for r in conn.execute(text(statement), params)]
 
-        with db.snapshot() as conn:
+        with db.read() as conn:  # the caller's connection: one per request
             total = _estimate(conn, "true", {})
             matching = _estimate(conn, cond, params) if f.selective else total
             iterative = pg_iterative(db.facts.get("pgvector_version"))
@@ -417,14 +434,12 @@ class PostgresBackend(Backend):
             # cheaper than an ANN pass that is bound to fall back to it.
             if matching <= EXACT_SCAN_ROWS or (ef is None and not iterative):
                 return run(conn, exact)
-            conn.execute(
-                text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef or EF_MAX)}
-            )
+            # SET LOCAL needs a transaction: on this autocommit connection, statements sent in
+            # one query string run as one implicit transaction.
+            settings = f"SELECT set_config('hnsw.ef_search', '{int(ef or EF_MAX)}', true); "
             if iterative:
-                conn.execute(
-                    text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-                )
-            hits = run(conn, ann)
+                settings += "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true); "
+            hits = run(conn, settings + ann)
             if len(hits) < k:  # post-filtering dropped rows: an exact scan fills the limit
                 hits = run(conn, exact)
             hits.sort(key=lambda h: -h[1])
@@ -439,7 +454,7 @@ class PostgresBackend(Backend):
             rows = conn.execute(
                 text(
                     f"SELECT id, 1 - (embedding <=> {self.bind('vector', 'q')}) FROM memories "
-                    "WHERE id = ANY(:ids) AND embedding_model = :model"
+                    "WHERE id = ANY(:ids) AND embedding_model = :model AND embedding IS NOT NULL"
                 ),
                 {"q": self.encode_vector(q), "ids": list(ids), "model": model},
             )

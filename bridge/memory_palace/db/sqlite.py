@@ -194,19 +194,45 @@ class SqliteBackend(Backend):
         return f"{column} GLOB :{name}"
 
     # -- search -----------------------------------------------------------------------------
-    def keyword_search(self, db: Database, query: str, k: int, f: Filters) -> Hits:
+    def keyword_candidates(
+        self, db: Database, query: str, f: Filters, cap: int
+    ) -> list[tuple[int, Any]]:
         match = fts5_query(query)
         if match is None:
             return []
         cond, params = where(db, f, "m")
         sql = (
-            "SELECT m.id, bm25(memories_fts, 4.0, 1.0, 2.0) AS r FROM memories_fts "
-            "JOIN memories m ON m.id = memories_fts.rowid "
-            f"WHERE memories_fts MATCH :q AND {cond} ORDER BY r, m.id LIMIT :k"
+            "SELECT m.id, m.updated_at FROM memories_fts JOIN memories m ON "
+            f"m.id = memories_fts.rowid WHERE memories_fts MATCH :q AND {cond} "
+            "ORDER BY bm25(memories_fts, 4.0, 1.0, 2.0), m.id LIMIT :k"
         )
         with db.read() as conn:
-            rows = conn.execute(text(sql), {**params, "q": match, "k": k})
-            return [(int(r[0]), -float(r[1])) for r in rows]
+            return [
+                (int(r[0]), r[1]) for r in conn.execute(text(sql), {**params, "q": match, "k": cap})
+            ]
+
+    def word_counts(self, db: Database, words: list[str], f: Filters) -> dict[str, int]:
+        cond, params = where(db, f, "m")
+        sql = text(
+            "SELECT count(*) FROM memories_fts JOIN memories m ON m.id = "
+            f"memories_fts.rowid WHERE memories_fts MATCH :q AND {cond}"
+        )
+        with db.read() as conn:
+            return {
+                w: int(conn.execute(sql, {**params, "q": f'"{w}"'}).scalar())
+                for w in words
+                if '"' not in w
+            }
+
+    def count_estimate(self, db: Database, vector: tuple[str, int] | None, f: Filters) -> int:
+        counted = sqlite_index(db, *vector).count(f) if vector else 0
+        if counted:
+            return counted
+        cond, params = where(db, f)  # nothing embedded yet: count the rows
+        with db.read() as conn:
+            return int(
+                conn.execute(text(f"SELECT count(*) FROM memories WHERE {cond}"), params).scalar()
+            )
 
     def vector_search(
         self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters

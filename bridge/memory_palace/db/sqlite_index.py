@@ -183,6 +183,12 @@ class SqliteVectorIndex:
             self.m = m
             return m
 
+    def count(self, f: Filters) -> int:
+        """Embedded memories matching `f` (subject filters are not applied here)."""
+        with self.lock:
+            m = self._sync()
+            return int(m.mask(f, None).sum()) if m.n else 0
+
     def search(
         self, q: np.ndarray, k: int, f: Filters, allowed_ids: set[int] | None = None
     ) -> list[tuple[int, float]]:

@@ -12,6 +12,9 @@ class Embedder(Protocol):
     id: str
     #: Vector dimension; known without loading the model.
     dim: int
+    #: True for a language model; False when vectors only encode surface text (the hashing
+    #: embedder), so recall leans on keyword relevance instead.
+    semantic: bool
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         """Embed memory texts for storage. Raises EmbedderUnavailable on failure."""

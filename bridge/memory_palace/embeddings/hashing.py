@@ -17,6 +17,8 @@ TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 
 
 class HashingEmbedder:
+    semantic = False
+
     def __init__(self, dim: int = 384) -> None:
         self.dim = dim
         self.id = f"hash:v1-{dim}"

@@ -74,6 +74,7 @@ class LocalEmbedder:
 
     id = "local:all-MiniLM-L6-v2-int8"
     dim = 384
+    semantic = True
 
     def __init__(
         self,

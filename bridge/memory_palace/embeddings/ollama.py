@@ -112,6 +112,8 @@ class _HTTPFailure(Exception):
 class OllamaEmbedder:
     """Embeds through an Ollama server. `model=None` picks an installed embedding model."""
 
+    semantic = True
+
     def __init__(
         self,
         base_url: str = "http://localhost:11434",

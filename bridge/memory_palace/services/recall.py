@@ -1,65 +1,107 @@
-"""Hybrid recall: vector top-k and keyword top-k fused by Reciprocal Rank Fusion, then blended
-with access and deliberate centrality. Scores use fixed scales, so they mean the same across
-queries (the original normalised by the best candidate of each query)."""
+"""Recall: dense and keyword candidates, scored on absolute scales and summed.
+
+    relevance = cosine + keyword_weight * keyword + identifier_weight * identifier_match
+    score     = weights.similarity * relevance + weights.access * access
+                + weights.centrality * centrality
+
+- cosine: the query's similarity to the memory's vector (top `candidates` by the vector index);
+- keyword: coverage above keyword_threshold, rescaled to [0, 1]. Coverage is BM25 over the
+  filtered memories divided by the most any memory could score for the query (lexical.py), so
+  a keyword match counts the same in every query, and a leg that found nothing adds nothing
+  (rank fusion made "found by both legs" win). Below the threshold a match is one common word
+  (a speaker's name, "customer"): noise that reordered good semantic matches;
+- identifier_match: the query's identifier-like tokens found whole in the memory.
+The defaults were chosen on bench/bench_quality.py (tuned on its dev split, checked on test).
+Reads never write: access counts come from deliberate reads (memory_get), decay, and are capped,
+so a recall cannot change the next one's ranking.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from sqlalchemy import bindparam, text
 
+from ..config import Recall as RecallConfig
 from ..config import Settings
 from ..db.engine import Database
 from ..db.filters import Filters
-from ..db.values import iso
+from ..db.values import decode_strings, decode_time, utcnow
 from ..embeddings import Embedder
 from ..errors import EmbedderUnavailable, InvalidParams
 from ..params import ByInstance, DetailLevel, GraphMode, IncludeArchived, MemoryType, P, Project
-from . import graph, vectors
-from .memories import LLM_NOTE, fetch, memory_dict, touch
+from . import graph, lexical, vectors
+from .memories import IN_DEGREE_SQL, LLM_NOTE, fetch, memory_dict
 
-CANDIDATES = 50
-ACCESS_SCALE = 100  # log(1+access)/log(1+100): 100 accesses count as fully "popular"
+ACCESS_SCALE = 100  # log(1+access)/log(1+100): 100 deliberate reads count as fully "popular"
+ACCESS_HALF_LIFE = timedelta(days=30)  # an access counts half after a month untouched
 CENTRALITY_SCALE = 10  # 10 deliberate incoming links count as fully "central"
+Search = Literal["hybrid", "vector", "keyword"]
+#: (keyword_weight, keyword_threshold) when config leaves them unset, by embedder kind. With a
+#: language model, keywords refine semantic ranking; with the hashing embedder (vectors of
+#: surface text, no meaning) keyword relevance leads and the cosine breaks ties. Both chosen on
+#: bench/bench_quality.py's dev split and checked on its test split.
+KEYWORD_DEFAULTS = {True: (0.3, 0.2), False: (5.0, 0.0)}
 
 
 @dataclass
-class Candidates:
-    """What the two legs found for one query."""
+class Candidate:
+    id: int
+    vector_rank: int | None = None
+    cosine: float | None = None
+    keyword_rank: int | None = None
+    coverage: float = 0.0
+    identifier: float = 0.0
+    relevance: float = 0.0
+    access: float = 0.0
+    centrality: float = 0.0
+    score: float = 0.0
 
-    vector: list[tuple[int, float]] = field(default_factory=list)
-    keyword: list[tuple[int, float]] = field(default_factory=list)
-    similarity: dict[int, float] = field(default_factory=dict)
-    embedded_query: bool = False  # False when the embedder failed: keyword search only
-    warning: str | None = None
-
-    def found_by(self, mid: int) -> str:
+    @property
+    def found_by(self) -> str:
         legs = [
             name
-            for name, hits in (("vector", self.vector), ("keyword", self.keyword))
-            if any(h[0] == mid for h in hits)
+            for name, rank in (("vector", self.vector_rank), ("keyword", self.keyword_rank))
+            if rank is not None
         ]
-        return "both" if len(legs) == 2 else legs[0]
+        return "both" if len(legs) == 2 else legs[0] if legs else "none"
+
+    def explain(self) -> dict[str, Any]:
+        return {
+            "vector_rank": self.vector_rank,
+            "cosine": None if self.cosine is None else round(self.cosine, 4),
+            "keyword_rank": self.keyword_rank,
+            "keyword_coverage": round(self.coverage, 4),
+            "identifier_match": round(self.identifier, 4),
+            "relevance": round(self.relevance, 4),
+            "access": round(self.access, 4),
+            "centrality": round(self.centrality, 4),
+            "score": round(self.score, 4),
+        }
+
+
+@dataclass
+class Found:
+    """One recall's candidates and what the legs found."""
+
+    candidates: dict[int, Candidate] = field(default_factory=dict)
+    vector_hits: int = 0
+    keyword_hits: int = 0
+    embedded_query: bool = False
+    warning: str | None = None
+
+    def get(self, mid: int) -> Candidate:
+        return self.candidates.setdefault(mid, Candidate(mid))
 
     @property
     def method(self) -> str:
-        if self.vector and self.keyword:
+        if self.vector_hits and self.keyword_hits:
             return "hybrid"
-        return "vector" if self.vector else "keyword" if self.keyword else "none"
-
-
-def _in_degrees(db: Database, ids: list[int]) -> dict[int, int]:
-    if not ids:
-        return {}
-    stmt = text(
-        "SELECT target_id, count(*) FROM memory_edges WHERE auto_linked = :f "
-        "AND target_id IN :ids GROUP BY target_id"
-    ).bindparams(bindparam("ids", expanding=True))
-    with db.read() as conn:
-        return {int(a): int(b) for a, b in conn.execute(stmt, {"f": False, "ids": ids})}
+        return "vector" if self.vector_hits else "keyword" if self.keyword_hits else "none"
 
 
 def _query_vector(
@@ -74,47 +116,139 @@ def _query_vector(
         )
 
 
-def gather(db: Database, embedder: Embedder, query: str, f: Filters, k: int) -> Candidates:
-    """Both legs' top-k, and the cosine of every candidate that has a vector."""
-    qvec, warning = _query_vector(db, embedder, query)
-    found = Candidates(warning=warning, embedded_query=qvec is not None)
-    found.keyword = db.backend.keyword_search(db, query, k, f)
+def _documents(
+    db: Database, cfg: RecallConfig, found: list[tuple[int, Any]]
+) -> dict[int, lexical.Document]:
+    """Keyword view of each candidate, cached per database by (id, updated_at)."""
+    cache: dict[tuple[int, Any], lexical.Document] = db.cache.setdefault(
+        ("lexical", cfg.fields), {}
+    )
+    missing = [mid for mid, stamp in found if (mid, stamp) not in cache]
+    if missing:
+        stmt = text(
+            "SELECT id, updated_at, subject, content, keywords FROM memories WHERE id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True))
+        with db.read() as conn:
+            for r in conn.execute(stmt, {"ids": missing}):
+                cache[(int(r.id), r.updated_at)] = lexical.Document.make(
+                    r.subject, r.content, decode_strings(r.keywords), cfg.fields
+                )
+        if len(cache) > cfg.document_cache:
+            for key in list(cache)[: len(cache) - cfg.document_cache]:
+                cache.pop(key, None)
+    return {mid: cache[(mid, stamp)] for mid, stamp in found if (mid, stamp) in cache}
+
+
+def _keyword_leg(
+    db: Database, embedder: Embedder, cfg: RecallConfig, query: str, f: Filters, out: Found
+) -> None:
+    found = db.backend.keyword_candidates(db, query, f, cfg.keyword_candidates + 1)
+    capped = len(found) > cfg.keyword_candidates
+    docs = _documents(db, cfg, found[: cfg.keyword_candidates])
+    words = lexical.terms(query)
+    # The vector index counts the filtered memories for free; without a working embedder the
+    # backend counts rows instead (its dimension may be unknown then).
+    vector = (embedder.id, embedder.dim) if out.embedded_query else None
+    total = db.backend.count_estimate(db, vector, f)
+    df = None
+    if capped:  # the candidates miss some memories with common words: count those exactly
+        raw = [w for w in dict.fromkeys(query.lower().split()) if lexical.terms(w)]
+        df = {lexical.terms(w)[0]: n for w, n in db.backend.word_counts(db, raw, f).items()}
+    bm25 = lexical.Bm25(cfg.bm25.k1, cfg.bm25.b)
+    coverage = bm25.score(words, docs, total, df)
+    ids = lexical.identifiers(query)
+    ranked = sorted(coverage.items(), key=lambda kv: -kv[1])
+    for position, (mid, cov) in enumerate(ranked, start=1):
+        c = out.get(mid)
+        c.keyword_rank, c.coverage = position, cov
+    if ids:
+        for mid, doc in docs.items():
+            match = lexical.identifier_match(ids, doc.text)
+            if match:
+                out.get(mid).identifier = match
+    out.keyword_hits = len(ranked)
+
+
+def gather(
+    db: Database,
+    embedder: Embedder,
+    cfg: RecallConfig,
+    query: str,
+    f: Filters,
+    search: str,
+    limit: int,
+) -> Found:
+    """Candidates from the legs `search` asks for, with every signal filled in."""
+    out = Found()
+    qvec = None
+    if search != "keyword":
+        qvec, out.warning = _query_vector(db, embedder, query)
     if qvec is not None:
-        found.vector = vectors.search(db, embedder, qvec, k, f)
-        found.similarity = dict(found.vector)
-        # keyword-only hits get their cosine too, from the stored vectors
-        missing = [i for i, _ in found.keyword if i not in found.similarity]
-        found.similarity.update(vectors.similarities(db, embedder, qvec, missing))
-    return found
+        out.embedded_query = True
+        hits = vectors.search(db, embedder, qvec, max(cfg.candidates, limit), f)
+        for position, (mid, cos) in enumerate(hits, start=1):
+            c = out.get(mid)
+            c.vector_rank, c.cosine = position, cos
+        out.vector_hits = len(hits)
+    if search != "vector":
+        _keyword_leg(db, embedder, cfg, query, f, out)
+        if qvec is not None:  # keyword-only candidates get their cosine from stored vectors
+            missing = [m for m, c in out.candidates.items() if c.cosine is None]
+            for mid, cos in vectors.similarities(db, embedder, qvec, missing).items():
+                out.candidates[mid].cosine = cos
+    return out
 
 
-def rank(db: Database, settings: Settings, found: Candidates) -> list[tuple[float, int, Any]]:
-    """(score, id, row) best first."""
-    rrf_k = settings.rrf_k
-    fused: dict[int, float] = {}
-    for hits in (found.vector, found.keyword):
-        for position, (mid, _) in enumerate(hits, start=1):
-            fused[mid] = fused.get(mid, 0.0) + 1.0 / (rrf_k + position)
-    best = 2.0 / (rrf_k + 1)  # rank 1 in both lists: rank relevance 1.0
-    rows = fetch(db, list(fused))
-    degrees = _in_degrees(db, list(fused))
-    w = settings.weights
-    scored = []
-    for mid, rrf in fused.items():
-        row = rows.get(mid)
-        if row is None:
-            continue
-        # Rank fusion alone is flat at the top of small result sets (rank 1 vs 2 differ by
-        # ~1%), so half the relevance is the absolute cosine: stable across queries.
-        relevance = rrf / best
-        if found.embedded_query:
-            relevance = 0.5 * relevance + 0.5 * max(0.0, found.similarity.get(mid, 0.0))
-        access = min(1.0, math.log1p(row.access_count or 0) / math.log1p(ACCESS_SCALE))
-        centrality = min(1.0, math.log1p(degrees.get(mid, 0)) / math.log1p(CENTRALITY_SCALE))
-        score = w["similarity"] * relevance + w["access"] * access + w["centrality"] * centrality
-        scored.append((score, mid, row))
-    scored.sort(key=lambda x: (-x[0], x[1]))
-    return scored
+def _popularity(db: Database, ids: list[int]) -> dict[int, tuple[float, float]]:
+    """(access, centrality) in [0, 1] per memory: deliberate reads decaying with time since
+    the last one, and deliberate (not auto-linked) incoming edges; both on fixed scales."""
+    if not ids:
+        return {}
+    now = utcnow()
+    stmt = text(
+        f"SELECT m.id, m.access_count, m.last_accessed_at, coalesce(d.indeg, 0) "
+        f"FROM memories m LEFT JOIN ({IN_DEGREE_SQL}) d ON d.target_id = m.id "
+        "WHERE m.id IN :ids"
+    ).bindparams(bindparam("ids", expanding=True))
+    out = {}
+    with db.read() as conn:
+        for mid, count, last, indeg in conn.execute(stmt, {"ids": ids, "auto_false": False}):
+            access = min(1.0, math.log1p(count or 0) / math.log1p(ACCESS_SCALE))
+            if access and last is not None:
+                age = (now - decode_time(last)).total_seconds()
+                access *= 0.5 ** (max(age, 0.0) / ACCESS_HALF_LIFE.total_seconds())
+            centrality = min(1.0, math.log1p(indeg) / math.log1p(CENTRALITY_SCALE))
+            out[int(mid)] = (access, centrality)
+    return out
+
+
+def rank(
+    db: Database, settings: Settings, embedder: Embedder, found: Found, search: str
+) -> list[Candidate]:
+    """Score every candidate (see the module docstring), best first."""
+    cfg, w = settings.recall, settings.weights
+    weight, floor = KEYWORD_DEFAULTS[bool(getattr(embedder, "semantic", True))]
+    weight = weight if cfg.keyword_weight is None else cfg.keyword_weight
+    floor = floor if cfg.keyword_threshold is None else cfg.keyword_threshold
+    pool = list(found.candidates.values())
+    if w["access"] or w["centrality"]:
+        pop = _popularity(db, [c.id for c in pool])
+        for c in pool:
+            c.access, c.centrality = pop.get(c.id, (0.0, 0.0))
+    for c in pool:
+        keyword = max(0.0, c.coverage - floor) / (1.0 - floor)
+        lexical_part = weight * keyword + cfg.identifier_weight * c.identifier
+        if search == "vector":
+            c.relevance = c.cosine or 0.0
+        elif search == "keyword" or not found.embedded_query:
+            c.relevance = lexical_part
+        else:
+            c.relevance = (c.cosine or 0.0) + lexical_part
+        c.score = (
+            w["similarity"] * c.relevance + w["access"] * c.access + w["centrality"] * c.centrality
+        )
+    pool.sort(key=lambda c: (-c.score, c.id))
+    return pool
 
 
 def recall(
@@ -131,8 +265,24 @@ def recall(
     subject: Annotated[str | None, P("Only memories whose subject contains this text.")] = None,
     min_foundational: Annotated[bool | None, P("Only foundational memories.")] = None,
     include_archived: IncludeArchived = False,
-    limit: Annotated[int, P("Maximum results (at most 100).", minimum=1)] = 20,
+    limit: Annotated[
+        int, P("Maximum results (at most recall.max_limit, 100 by default).", minimum=1)
+    ] = 20,
     detail_level: DetailLevel = "verbose",
+    search: Annotated[
+        Search,
+        P(
+            "hybrid (default): meaning and exact words; vector: meaning "
+            "only; keyword: exact words only."
+        ),
+    ] = "hybrid",
+    explain: Annotated[
+        bool,
+        P(
+            "Add each result's signals: vector rank and cosine, keyword "
+            "rank and coverage, identifier match, access, centrality, score."
+        ),
+    ] = False,
     synthesize: Annotated[bool, P("Summarise the results with the configured LLM.")] = False,
     include_graph: Annotated[bool, P("Add graph context for the top results.")] = True,
     graph_top_n: Annotated[
@@ -149,22 +299,21 @@ def recall(
             f"{settings.max_limit}; ask for fewer results or page with filters"
         )
     f = Filters.make(instance_id, project, memory_type, subject, min_foundational, include_archived)
-    with db.read():  # the reads below share one pooled connection
-        found = gather(db, embedder, query, f, max(CANDIDATES, limit))
-        top = rank(db, settings, found)[:limit]
-        top_ids = [mid for _, mid, _ in top]
-        touched = touch(db, top_ids)
+    with db.read():  # every read below shares this one pooled connection
+        found = gather(db, embedder, settings.recall, query, f, search, limit)
+        top = rank(db, settings, embedder, found, search)[:limit]
+        rows = fetch(db, [c.id for c in top])
         memories = []
-        for score, mid, row in top:
-            item = memory_dict(row, detail_level)
-            new = touched.get(mid)
-            if detail_level != "summary" and new is not None:
-                item["access_count"] = int(new.access_count)
-                item["last_accessed_at"] = iso(new.last_accessed_at)
-            item["found_by"] = found.found_by(mid)
-            item["score"] = round(score, 4)
-            if mid in found.similarity:
-                item["similarity_score"] = round(found.similarity[mid], 4)
+        for c in top:
+            if c.id not in rows:
+                continue  # deleted between the search and the read
+            item = memory_dict(rows[c.id], detail_level)
+            item["found_by"] = c.found_by
+            item["score"] = round(c.score, 4)
+            if c.cosine is not None:
+                item["similarity_score"] = round(c.cosine, 4)
+            if explain:
+                item["explain"] = c.explain()
             memories.append(item)
         out: dict[str, Any] = {
             "memories": memories,
@@ -173,6 +322,7 @@ def recall(
         }
         if found.warning:
             out["warning"] = found.warning
+        top_ids = [m["id"] for m in memories]
         if include_graph and graph_top_n > 0 and graph_depth > 0 and top_ids:
             ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode)
             if ctx:
