@@ -231,10 +231,10 @@ def test_huge_line_is_refused_without_a_crash(spawn, sqlite_url: str) -> None:
         }
     )
     b.send_raw(big + b"\n")
-    reply = b.reply(None, timeout=60)
-    assert reply["error"]["code"] == "INVALID_REQUEST"
+    reply = b.reply("big", timeout=60)  # the id is read from the line's head: no lost caller
+    assert reply["error"]["code"] == "INVALID_REQUEST" and "result" not in reply
     assert "longer than" in reply["error"]["message"]
-    assert "big" not in b.replies
+    assert "limits.max_request_bytes" in reply["error"]["message"]
     sent = b.result(
         "message",
         {"action": "send", "from_instance": "prime", "to_instance": "sandy", "content": "small"},

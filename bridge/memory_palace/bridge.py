@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -40,7 +41,7 @@ from .tools import Tool
 
 log = logging.getLogger("memory_palace.bridge")
 
-MAX_LINE = 16 * 1024 * 1024
+ID_RE = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,19})')
 WORKERS = 8
 SHUTDOWN_GRACE = 10.0
 
@@ -473,21 +474,37 @@ def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return dict(params)
 
 
+def _recover_id(line: bytes) -> Any:
+    """The request id of a line that could not be parsed, when one can be read from it, so the
+    caller waiting on that id gets its error instead of waiting forever."""
+    match = ID_RE.search(line)
+    if match is None:
+        return None
+    try:
+        rid = orjson.loads(match.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+
+
 def read_lines(stream: BinaryIO, bridge: Bridge) -> None:
-    """Feed request lines to the bridge until EOF or _shutdown; oversized lines get an error."""
+    """Feed request lines to the bridge until EOF or _shutdown; oversized lines get an error
+    before they are parsed (config limits.max_request_bytes)."""
+    most = bridge.palace.settings.limits.max_request_bytes
     while True:
-        line = stream.readline(MAX_LINE + 1)
+        line = stream.readline(most + 1)
         if not line:
             return
-        if len(line) > MAX_LINE:
+        if len(line) > most:
+            head = line[:4096]
             while not line.endswith(b"\n"):  # discard the rest of the oversized line
                 line = stream.readline(1 << 20)
                 if not line:
                     break
             bridge.error(
-                None,
+                _recover_id(head),
                 "INVALID_REQUEST",
-                f"request line longer than {MAX_LINE} bytes; "
+                f"request line longer than {most} bytes (config limits.max_request_bytes); "
                 "send smaller requests (store large content in pieces)",
             )
             continue

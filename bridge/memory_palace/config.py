@@ -96,6 +96,14 @@ class Recall(_Strict):
         return (w.subject, w.content, w.keywords)
 
 
+class Limits(_Strict):
+    """Sizes that are refused with a clear error before any heavy work."""
+
+    max_content_bytes: int = Field(256 * 1024, ge=1024, le=8 * 1024 * 1024)
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    max_reply_bytes: int = Field(1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
+
+
 class Synthesis(_Strict):
     enabled: bool = False  # accepted from the original's config; synthesis needs llm_model
 
@@ -106,6 +114,7 @@ class ConfigFile(_Strict):
     database: DatabaseEntry | None = None
     databases: dict[str, DatabaseEntry] | None = None
     default_database: str = Field("default", min_length=1)
+    auto_create: bool = True  # unknown database names derive and create a database
     extensions: list[Literal[EXTENSIONS]] = []  # type: ignore[valid-type]
     instances: list[str] = ["default"]
     instance_routes: dict[str, dict[str, Any]] = {}
@@ -118,6 +127,7 @@ class ConfigFile(_Strict):
     toon_output: bool = False  # accepted from the original's config; replies are JSON
     auto_link: AutoLink = AutoLink()
     recall: Recall = Recall()
+    limits: Limits = Limits()
 
     @field_validator("instances")
     @classmethod
@@ -136,6 +146,7 @@ EXAMPLES = {
     "recall": '{"max_limit": 100, "weights": {"similarity": 0.7, "access": 0.15, '
     '"centrality": 0.15}}',
     "auto_link": '{"enabled": true, "link_threshold": 0.75}',
+    "limits": '{"max_content_bytes": 262144}',
     "instance_routes": '{"sandy": {"gateway": "http://127.0.0.1:18789", "token": "..."}}',
 }
 
@@ -153,6 +164,7 @@ class Settings:
     config_path: Path
     databases: Mapping[str, DatabaseConfig]
     default_database: str
+    auto_create: bool = True
     extensions: tuple[str, ...] = ()
     instances: tuple[str, ...] = ("default",)
     instance_id: str | None = None
@@ -165,6 +177,7 @@ class Settings:
     auto_link: AutoLink = field(default_factory=AutoLink)
     weights: Mapping[str, float] = field(default_factory=dict)
     recall: Recall = field(default_factory=Recall)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def max_limit(self) -> int:
@@ -359,6 +372,7 @@ def load_settings(
         config_path=path,
         databases=_databases(cfg, where, root, env.get("MEMORY_PALACE_DATABASE_URL") or None),
         default_database=cfg.default_database,
+        auto_create=cfg.auto_create,
         extensions=tuple(cfg.extensions),
         instances=tuple(instances),
         instance_id=instance_id,
@@ -371,4 +385,5 @@ def load_settings(
         auto_link=cfg.auto_link,
         weights=_weights(cfg, env, where),
         recall=cfg.recall,
+        limits=cfg.limits,
     )

@@ -86,8 +86,13 @@ class Palace:
         """
         tool = self.registry.get(tool_name)
         args = validate(tool, params)
+        named = args.get("database")
         deps = self._dependencies(tool, args)
-        return tool.handler(**deps, **args, **hooks)
+        result = tool.handler(**deps, **args, **hooks)
+        db = deps.get("db")
+        if named is not None and db.take_created():  # a name created a database: say so
+            result["database_created"] = {"name": named, "url": db.masked_url, "backend": db.kind}
+        return result
 
     def reset_engine(self, name: str | None = None) -> None:
         """Dispose one named database's engine, or all engines (name=None)."""

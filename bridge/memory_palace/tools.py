@@ -324,8 +324,43 @@ def validate(tool: Tool, params: Any) -> dict[str, Any]:
                 param=name,
             )
         _check_value(tool.name, name, value, schema)
+        _check_text(tool.name, name, value)
         out[name] = value
     return out
+
+
+MAX_DEPTH = 32  # nesting of JSON values (metadata, thresholds); orjson refuses > 254
+
+
+def _check_text(tool: str, name: str, value: Any, depth: int = 0) -> None:
+    """Text that neither backend can store identically is refused the same way on both:
+    NUL characters (PostgreSQL text cannot hold U+0000) and lone surrogates (not UTF-8)."""
+    if depth > MAX_DEPTH:
+        raise InvalidParams(
+            f"{tool}: parameter {name!r} is nested deeper than {MAX_DEPTH} levels", param=name
+        )
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidParams(
+                f"{tool}: parameter {name!r} contains a NUL character "
+                "(\\u0000), which cannot be stored; remove it",
+                param=name,
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidParams(
+                f"{tool}: parameter {name!r} is not valid Unicode (a lone "
+                f"surrogate at character {exc.start}); send UTF-8 text",
+                param=name,
+            ) from None
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(tool, name, item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(tool, name, key, depth + 1)
+            _check_text(tool, name, item, depth + 1)
 
 
 def export(tools: tuple[Tool, ...] = TOOLS) -> list[dict[str, Any]]:

@@ -235,6 +235,11 @@ class Backend(ABC):
         """{status: connected|missing|down, error?, table_counts} without creating anything."""
 
     @abstractmethod
+    def discover(self, default_url: str) -> list[str]:
+        """URLs of existing databases that derived names lead to (memory_palace_* databases
+        on the server, memories_*.db files), without creating anything."""
+
+    @abstractmethod
     def translate(self, exc: BaseException, db: Database | None) -> Exception | None:
         """Our error for a driver exception, or None when it is not a database error."""
 

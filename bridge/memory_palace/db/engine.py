@@ -79,6 +79,12 @@ class Database:
             with conn.begin():
                 yield conn
 
+    def take_created(self) -> bool:
+        """True once, for the first caller after this process created the database."""
+        with self.lock:
+            created = bool(self.facts.pop("created", False))
+        return created
+
     def dispose(self) -> None:
         self.engine.dispose()
 

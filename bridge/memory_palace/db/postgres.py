@@ -497,8 +497,28 @@ class PostgresBackend(Backend):
 
     # -- administration ---------------------------------------------------------------------
     def prepare(self, url: str) -> dict[str, Any]:
-        ensure_database(url)
-        return {"pgvector_version": ensure_pgvector(url)}
+        created = ensure_database(url)
+        return {"created": created, "pgvector_version": ensure_pgvector(url)}
+
+    def discover(self, default_url: str) -> list[str]:
+        try:
+            conn = pg_connect(default_url, dbname="postgres")
+        except MemoryPalaceError:
+            return []
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE %s ESCAPE '!' "
+                    "ORDER BY datname",
+                    ("memory!_palace!_%",),
+                )
+                names = [r[0] for r in cur.fetchall()]
+        except psycopg2.Error:
+            return []
+        finally:
+            conn.close()
+        base = make_url(default_url)
+        return [base.set(database=n).render_as_string(hide_password=False) for n in names]
 
     def create_engine(self, url: str) -> Engine:
         return create_engine(

@@ -264,6 +264,7 @@ class SqliteBackend(Backend):
     # -- administration ---------------------------------------------------------------------
     def prepare(self, url: str) -> dict[str, Any]:
         path = sqlite_path(url)
+        existed = path.exists()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -271,7 +272,7 @@ class SqliteBackend(Backend):
                 f"cannot create the directory for {path}: {exc.strerror or exc}; check the "
                 "path and its permissions"
             ) from exc
-        return {}
+        return {"created": not existed}
 
     def create_engine(self, url: str) -> Engine:
         engine = create_engine(
@@ -314,6 +315,14 @@ class SqliteBackend(Backend):
             return {"status": "down", "error": f"cannot read {path}: {exc}", "table_counts": {}}
         finally:
             conn.close()
+
+    def discover(self, default_url: str) -> list[str]:
+        base = sqlite_path(default_url)
+        try:
+            found = sorted(base.parent.glob(f"{base.stem}_*{base.suffix or '.db'}"))
+        except OSError:
+            return []
+        return [f"sqlite:///{p}" for p in found if p.is_file()]
 
     def translate(self, exc: BaseException, db: Database | None) -> Exception | None:
         where_ = f" ({sqlite_path(db.url)})" if db is not None else ""

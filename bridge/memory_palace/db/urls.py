@@ -12,6 +12,9 @@ from ..config import type_from_url
 from ..errors import ConfigError, InvalidParams
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+#: Names that derive a database (memory_palace_<name>, memories_<name>.db): the characters a
+#: PostgreSQL identifier keeps as they are, so 'Work' and 'work' cannot name two databases.
+DERIVED_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,47}$")
 PG_PREFIX = "memory_palace_"
 
 
@@ -37,13 +40,30 @@ def sqlite_path(url: str) -> Path:
     return Path(path).expanduser()
 
 
+def derived_name(default_url: str, url: str) -> str | None:
+    """The name that derives `url` from `default_url` (the inverse of derive_url), or None."""
+    if type_from_url(url) == "postgres":
+        db = pg_database_name(url)
+        return db[len(PG_PREFIX) :] if db.startswith(PG_PREFIX) else None
+    base, path = sqlite_path(default_url), sqlite_path(url)
+    prefix = f"{base.stem}_"
+    if path.parent == base.parent and path.stem.startswith(prefix) and path.suffix == base.suffix:
+        return path.stem[len(prefix) :]
+    return None
+
+
 def derive_url(default_url: str, name: str) -> str:
     """The URL a named database gets when it is not configured.
 
     postgresql://h/memory_palace + life -> postgresql://h/memory_palace_life
     sqlite:///dir/memories.db    + life -> sqlite:///dir/memories_life.db
     """
-    check_name(name)
+    if not DERIVED_RE.match(name):
+        raise InvalidParams(
+            f"database name {name!r} cannot derive a database: use 1-48 lowercase letters, "
+            "digits or '_' (or configure it in config.json \"databases\" with its own URL)",
+            param="database",
+        )
     kind = type_from_url(default_url)
     if kind == "postgres":
         parts = urlsplit(default_url)

@@ -24,6 +24,11 @@ class Embedder(Protocol):
         """Embed one search query (1-d array). Raises EmbedderUnavailable on failure."""
         ...
 
+    def token_limit(self, text: str) -> int | None:
+        """The number of tokens embedded when `text` is longer than the model reads (the
+        rest is not in the vector), else None."""
+        ...
+
 
 def normalise(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=np.float32)

@@ -43,5 +43,8 @@ class HashingEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return normalise(np.stack([self._embed(t) for t in texts]))
 
+    def token_limit(self, text: str) -> int | None:
+        return None  # every word is hashed
+
     def embed_query(self, text: str) -> np.ndarray:
         return normalise(self._embed(text)[None, :])[0]

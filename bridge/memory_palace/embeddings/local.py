@@ -194,6 +194,10 @@ class LocalEmbedder:
             out[idx] = self._run([texts[i] for i in idx])
         return out
 
+    def token_limit(self, text: str) -> int | None:
+        self._load()
+        return MAX_TOKENS if self._tokenizer.encode(text).overflowing else None
+
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed_documents([text])[0]
 

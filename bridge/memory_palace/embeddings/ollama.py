@@ -349,5 +349,10 @@ class OllamaEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self._embed_raw([query_prefix(self.model, str(text))])[0]
 
+    def token_limit(self, text: str) -> int | None:
+        """Inputs are cut at the model's context (estimated at CHARS_PER_TOKEN per token)."""
+        limit = max_chars(self.model)
+        return limit // CHARS_PER_TOKEN if len(document_prefix(self.model, text)) > limit else None
+
 
 __all__ = ["OllamaEmbedder", "document_prefix", "known_dim", "query_prefix"]

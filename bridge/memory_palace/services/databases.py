@@ -23,9 +23,10 @@ OpenDatabase = Callable[[str | None], Database]
 Name = Annotated[str, P("Database name.")]
 
 
-def describe(catalog: Catalog, name: str) -> dict[str, Any]:
+def describe(catalog: Catalog, name: str, url: str | None = None) -> dict[str, Any]:
     """Masked URL, type, status and table counts of one named database (never raises)."""
-    name, url = catalog.resolve(name)
+    if url is None:
+        name, url = catalog.resolve(name)
     info: dict[str, Any] = {
         "name": name,
         "url": mask_url(url),
@@ -54,6 +55,9 @@ def list_databases(catalog: Catalog) -> dict[str, Any]:
     """List every configured or registered database with masked URL, type, status, whether
     it is the default, and table counts."""
     dbs = {n: describe(catalog, n) for n in catalog.names()}
+    for name, url in catalog.discovered().items():
+        if name not in dbs:  # created by an earlier run: not registered in this process
+            dbs[name] = {**describe(catalog, name, url), "discovered": True}
     for info in dbs.values():
         info.pop("name", None)
     return {"databases": dbs, "default": catalog.default, "count": len(dbs)}

@@ -23,7 +23,14 @@ from ..db.filters import Filters, where
 from ..db.tables import EDGES, MEMORIES, MEMORY_CARD, column_list
 from ..db.values import decode_strings, iso, utcnow
 from ..embeddings import Embedder
-from ..errors import Conflict, InvalidParams, MemoryPalaceError, NotFound
+from ..errors import (
+    BackendUnavailable,
+    Conflict,
+    InvalidParams,
+    MemoryPalaceError,
+    NotFound,
+    PermissionDenied,
+)
 from ..params import (
     ByInstance,
     DetailLevel,
@@ -58,6 +65,21 @@ def normalise_projects(project: str | list[str] | None) -> list[str]:
 
 def content_hash(content: str) -> str:
     return hashlib.sha256(re.sub(r"\s+", " ", content.strip().lower()).encode()).hexdigest()
+
+
+def check_size(settings: Settings, tool: str, **texts: str | None) -> None:
+    """Refuse text over the configured limit, naming it (before any embedding work)."""
+    limit = settings.limits.max_content_bytes
+    size = sum(len(t.encode()) for t in texts.values() if t)
+    if size > limit:
+        names = " + ".join(k for k, v in texts.items() if v)
+        raise InvalidParams(
+            f"{tool}: {names} is {size} bytes; the limit is {limit} bytes (config "
+            "limits.max_content_bytes). Split it into several memories, or raise the limit.",
+            param=next(iter(texts)),
+            size=size,
+            limit=limit,
+        )
 
 
 def document_text(subject: str | None, content: str) -> str:
@@ -97,6 +119,22 @@ def memory_dict(row: Any, detail: str = "verbose") -> dict[str, Any]:
         embedding_model=row.embedding_model,
     )
     return card
+
+
+def bound_reply(memories: list[dict[str, Any]], limit: int) -> bool:
+    """Cut contents so the cards' text stays under `limit` bytes (a reply must fit in a line
+    the caller can read). Cut cards say `content_truncated`; returns True if any was cut."""
+    used, cut = 0, False
+    for card in memories:
+        content = card.get("content") or ""
+        size = len(content.encode())
+        if used + size > limit:
+            keep = max(0, limit - used)
+            card["content"] = content.encode()[:keep].decode(errors="ignore") + "…"
+            card["content_truncated"] = True
+            cut = True
+        used += min(size, max(0, limit - used))
+    return cut
 
 
 def fetch(db: Database, ids: list[int]) -> dict[int, Any]:
@@ -322,6 +360,9 @@ def remember(
 ) -> dict[str, Any]:
     """Remember something: store a memory (fact, decision, preference, event, ...) with its
     embedding. Exact duplicates return the existing id. Similar memories are linked."""
+    check_size(
+        settings, "memory_set", content=content, subject=subject, keywords=" ".join(keywords or [])
+    )
     projects = normalise_projects(project)
     instance = instance_id or settings.instance_id or "default"
     digest = content_hash(content)
@@ -412,6 +453,7 @@ def _duplicate_result(dup: Any) -> dict[str, Any]:
 
 def get(
     db: Database,
+    settings: Settings,
     *,
     memory_ids: Annotated[int | list[int], P("A memory id or a list of ids.", minimum=1)],
     detail_level: DetailLevel = "verbose",
@@ -434,7 +476,11 @@ def get(
     ids = [memory_ids] if single else list(dict.fromkeys(memory_ids))
     if not ids:
         raise InvalidParams("memory_get: memory_ids must name at least one id")
-    rows = touch(db, ids, CARD_SQL)  # counts the access and reads the rows at once
+    try:
+        rows = touch(db, ids, CARD_SQL)  # counts the access and reads the rows at once
+    except (BackendUnavailable, PermissionDenied) as exc:  # counting is best-effort: read on
+        log.warning("memory_get: access not counted (%s)", exc.message)
+        rows = fetch(db, ids)
     found = [i for i in ids if i in rows]
     if single and not found:
         raise NotFound(
@@ -445,6 +491,8 @@ def get(
         out = {"memory": memory_dict(rows[found[0]], detail_level)}
     else:
         out = {"memories": [memory_dict(rows[i], detail_level) for i in found], "count": len(found)}
+        if bound_reply(out["memories"], settings.limits.max_reply_bytes):
+            out["truncated"] = True
         missing = [i for i in ids if i not in rows]
         if missing:
             out["not_found"] = missing
@@ -471,6 +519,7 @@ def get(
 
 def recent(
     db: Database,
+    settings: Settings,
     *,
     limit: Annotated[int, P("How many (at most 200).", minimum=1, maximum=200)] = 20,
     verbose: Annotated[bool, P("Full memories instead of title cards.")] = False,
@@ -493,11 +542,14 @@ def recent(
             {**params, "limit": limit},
         ).all()
     detail = "verbose" if verbose else "summary"
-    return {
+    out = {
         "memories": [memory_dict(r, detail) for r in rows],
         "count": len(rows),
         "total_available": int(total),
     }
+    if bound_reply(out["memories"], settings.limits.max_reply_bytes):
+        out["truncated"] = True
+    return out
 
 
 IN_DEGREE_SQL = (

@@ -18,6 +18,7 @@ from ..db.tables import MESSAGES
 from ..db.values import iso, utcnow
 from ..errors import InvalidParams, NotFound
 from ..params import P
+from .memories import check_size
 
 log = logging.getLogger("memory_palace.messages")
 
@@ -73,13 +74,6 @@ def check_name(value: Any, what: str) -> str:
 def pg_channel(name: str) -> str:
     """The PostgreSQL NOTIFY channel for an instance or channel name."""
     return CHANNEL_PREFIX + name
-
-
-def _check_text(value: str | None, what: str) -> None:
-    if value is not None and "\x00" in value:
-        raise InvalidParams(
-            f"{what} must not contain NUL characters (\\u0000); remove them", param=what
-        )
 
 
 def _instance(settings: Settings, instance_id: str | None, what: str = "instance_id") -> str:
@@ -177,8 +171,7 @@ def send(
         to = check_name(to_instance, "to_instance")
     if not isinstance(content, str) or not content.strip():
         raise InvalidParams("send needs a non-empty content", param="content")
-    _check_text(content, "content")
-    _check_text(subject, "subject")
+    check_size(settings, "message", content=content, subject=subject)
     if message_type not in MESSAGE_TYPES:
         raise InvalidParams(
             f"message_type must be one of {', '.join(MESSAGE_TYPES)}", param="message_type"
