@@ -333,6 +333,9 @@ class CachedEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self.inner.embed_query(text)
 
+    def token_limit(self, text: str) -> int | None:
+        return self.inner.token_limit(text)
+
 
 def make_palace(
     url: str, root: Path, embedder_name: str, embedder: Any, extra: dict[str, Any]

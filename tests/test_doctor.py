@@ -128,7 +128,11 @@ def test_sqlite_checks(tmp_path, sqlite_url):
     assert code == 0 and "does not exist yet" in out
     schema.migrate(get_database(sqlite_url), 384)
     code, out = run(settings)
-    assert code == 0 and "✓ WAL mode" in out and "✓ schema version: 1 (current)" in out
+    assert (
+        code == 0
+        and "✓ WAL mode" in out
+        and f"✓ schema version: {schema.SCHEMA_VERSION} (current)" in out
+    )
     path = sqlite_url.split("///", 1)[1]
     from memory_palace.db.engine import dispose_engines
 

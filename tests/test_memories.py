@@ -59,7 +59,7 @@ def test_remember_stores_row_and_embedding(palace: Palace) -> None:
             "memory_type": "fact",
         },
     )
-    assert out == {"id": out["id"], "subject": "pg port", "embedded": True}
+    assert out == {"id": out["id"], "subject": "pg port", "embedded": True, "visibility": "shared"}
     mem = palace.call("memory_get", {"memory_ids": out["id"]})["memory"]
     assert mem["content"] == "Postgres listens on 5432"
     assert mem["projects"] == ["infra", "ops"]
@@ -111,7 +111,7 @@ def test_supersede_links_and_archives(palace: Palace) -> None:
 
 
 def test_supersede_unknown_id_is_not_found_and_writes_nothing(palace: Palace) -> None:
-    with pytest.raises(NotFound, match="supersedes_id 999"):
+    with pytest.raises(NotFound, match="supersedes_id: memory 999 does not exist"):
         palace.call("memory_set", {"content": "new fact", "supersedes_id": 999})
     assert count(palace) == 0
 

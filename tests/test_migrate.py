@@ -550,6 +550,7 @@ def _memory_row(mid: int, content: str) -> tuple:
         content=content,
         foundational=False,
         is_archived=False,
+        visibility="shared",
     )
     return tuple(values[n] for n in MEMORIES.names)
 

@@ -61,6 +61,11 @@ def fill(palace) -> None:
         "message", {"action": "mark_read", "instance_id": "crash", "message_id": sent["id"]}
     )
     palace.call("message", {"action": "subscribe", "instance_id": "crash", "channel": "ops"})
+    palace.call("memory_scope", {"action": "add", "name": "ops", "members": ["prime"]})
+    palace.call(
+        "memory_set",
+        {"content": "Ops only: the pager rota", "visibility": "ops", "instance_id": "prime"},
+    )
 
 
 def normalise(data: bytes) -> list[dict]:
@@ -89,11 +94,12 @@ def test_round_trip_sqlite_jsonl_postgres_jsonl(make_palace, sqlite_url, pg_url)
     first = io.BytesIO()
     info = transfer.export_jsonl(src, None, first)
     assert info["counts"] == {
-        "memory": 3,
+        "memory": 4,
         "edge": 1,
         "message": 2,
         "message_read": 1,
         "subscription": 1,
+        "scope_member": 1,
     }
     dst = make_palace(pg_url, instances=instances)
     first.seek(0)
@@ -111,7 +117,7 @@ def test_round_trip_sqlite_jsonl_postgres_jsonl(make_palace, sqlite_url, pg_url)
     found = dst.call("memory_recall", {"query": "deploys", "limit": 3})
     assert found["count"] >= 1
     new = dst.call("memory_set", {"content": "after import", "auto_link": False})
-    assert new["id"] == 4
+    assert new["id"] == 5
 
     # a second import needs force and adds nothing new
     first.seek(0)

@@ -115,6 +115,9 @@ class ConfigFile(_Strict):
     databases: dict[str, DatabaseEntry] | None = None
     default_database: str = Field("default", min_length=1)
     auto_create: bool = True  # unknown database names derive and create a database
+    token: str | None = None  # this process's identity; env MEMORY_PALACE_TOKEN wins
+    require_token: bool = False  # refuse to serve without a valid token (bridge, MCP)
+    default_visibility: str = Field("shared", min_length=1)
     extensions: list[Literal[EXTENSIONS]] = []  # type: ignore[valid-type]
     instances: list[str] = ["default"]
     instance_routes: dict[str, dict[str, Any]] = {}
@@ -165,6 +168,9 @@ class Settings:
     databases: Mapping[str, DatabaseConfig]
     default_database: str
     auto_create: bool = True
+    token: str | None = field(default=None, repr=False)
+    require_token: bool = False
+    default_visibility: str = "shared"
     extensions: tuple[str, ...] = ()
     instances: tuple[str, ...] = ("default",)
     instance_id: str | None = None
@@ -373,6 +379,9 @@ def load_settings(
         databases=_databases(cfg, where, root, env.get("MEMORY_PALACE_DATABASE_URL") or None),
         default_database=cfg.default_database,
         auto_create=cfg.auto_create,
+        token=env.get("MEMORY_PALACE_TOKEN") or cfg.token,
+        require_token=cfg.require_token,
+        default_visibility=cfg.default_visibility,
         extensions=tuple(cfg.extensions),
         instances=tuple(instances),
         instance_id=instance_id,

@@ -16,8 +16,9 @@ from .db import schema
 from .db.catalog import Catalog
 from .db.engine import Database, dispose_engines, get_database
 from .embeddings import Embedder, create_embedder
-from .errors import MemoryPalaceError
-from .services import vectors
+from .errors import MemoryPalaceError, PermissionDenied
+from .services import access, vectors
+from .services.access import Caller
 from .tools import Registry, Tool, validate
 
 
@@ -35,7 +36,8 @@ class Palace:
             tools_module.TOOLS if tools is None else tools, settings.extensions
         )
         self._embedder = embedder
-        self._lock = threading.Lock()
+        self._caller: Caller | None = None
+        self._lock = threading.RLock()
 
     @property
     def tools(self) -> tuple[Tool, ...]:
@@ -66,20 +68,70 @@ class Palace:
         """Raises Conflict when the database holds vectors from another embedder."""
         vectors.check_embedder(db, self.embedder)
 
-    def _dependencies(self, tool: Tool, args: dict[str, Any]) -> dict[str, Any]:
+    @property
+    def caller(self) -> Caller:
+        """This process's identity: its token's, else the configured instance, unverified."""
+        if self._caller is None:
+            with self._lock:
+                if self._caller is None:
+                    self._caller = self._authenticate()
+        return self._caller
+
+    def _authenticate(self) -> Caller:
+        token = self.settings.token
+        if not token:
+            if self.settings.require_token:
+                raise PermissionDenied(
+                    "this server requires a token (config require_token) and none is set: "
+                    "set MEMORY_PALACE_TOKEN to one from `memory-palace token create "
+                    "<instance>`"
+                )
+            return Caller(self.settings.instance_id, "admin", verified=False)
+        return access.verify_token(self.database(), token)
+
+    def identify(self, tool: Tool, args: dict[str, Any], caller: Caller) -> Caller:
+        """The caller a call runs as: its role checked, identity parameters filled from it or
+        checked against it (a verified caller cannot name another instance as itself)."""
+        caller.check_role(tool.role, tool.name)
+        for param in tool.identity:
+            value = args.get(param)
+            if value is None:
+                if caller.verified:
+                    args[param] = caller.instance
+                continue
+            if not caller.may_be(value):
+                raise PermissionDenied(
+                    f"{tool.name}: {param}={value!r} names another instance; you are "
+                    f"{caller.describe()}. Omit {param} to act as yourself.",
+                    param=param,
+                )
+            caller = caller.act_as(value)
+        if caller.instance is None:
+            instance = self.settings.instance_id or "default"
+            caller = Caller(instance, caller.role, caller.verified, caller.acts_as)
+        return caller
+
+    def _dependencies(self, tool: Tool, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         supply: dict[str, Callable[[], Any]] = {
             "db": lambda: self.database(args.pop("database")),
             "embedder": lambda: self.embedder,
             "settings": lambda: self.settings,
             "catalog": lambda: self.catalog,
             "open_database": lambda: self.database,
+            "caller": lambda: caller,
         }
         return {dep: supply[dep]() for dep in tool.deps}
 
     def call(
-        self, tool_name: str, params: dict[str, Any] | None = None, **hooks: Any
+        self,
+        tool_name: str,
+        params: dict[str, Any] | None = None,
+        *,
+        caller: Caller | None = None,
+        **hooks: Any,
     ) -> dict[str, Any]:
-        """Validate params and run a tool. Raises MemoryPalaceError subclasses.
+        """Validate params and run a tool as `caller` (default: this process's identity).
+        Raises MemoryPalaceError subclasses.
 
         `hooks` are Python-only keyword arguments of the handler that are not tool parameters
         (e.g. memory_reembed's `progress` callback for the CLI's progress bar).
@@ -87,7 +139,8 @@ class Palace:
         tool = self.registry.get(tool_name)
         args = validate(tool, params)
         named = args.get("database")
-        deps = self._dependencies(tool, args)
+        who = self.identify(tool, args, caller or self.caller)
+        deps = self._dependencies(tool, args, who)
         result = tool.handler(**deps, **args, **hooks)
         db = deps.get("db")
         if named is not None and db.take_created():  # a name created a database: say so

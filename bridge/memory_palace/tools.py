@@ -23,10 +23,10 @@ import orjson
 
 from .errors import InvalidParams
 from .params import MAX_INT64, P
-from .services import databases, maintenance, memories, messages, recall
+from .services import access, databases, maintenance, memories, messages, recall
 
 #: What a handler may ask for by naming a leading parameter.
-DEPENDENCIES = ("db", "embedder", "settings", "catalog", "open_database")
+DEPENDENCIES = ("db", "embedder", "settings", "catalog", "open_database", "caller")
 SURFACES = ("bridge", "mcp", "cli", "openclaw")
 DB_MANAGER = "db_manager"
 #: Config `extensions` entries and the registry extension each enables (the first entry is the
@@ -104,6 +104,7 @@ class Tool:
     # What a call may change that surfaces react to: "subscriptions" (the bridge re-reads the
     # channels it listens to), "sends" (a result with id/from_instance/to_instance: MCP wakes).
     effects: tuple[str, ...] = ()
+    role: str = "reader"  # the least role a caller needs (reader, writer, admin)
 
     @classmethod
     def of(cls, fn: Callable[..., dict[str, Any]], name: str, **meta: Any) -> Tool:
@@ -154,16 +155,17 @@ class Tool:
 
 
 TOOLS: tuple[Tool, ...] = (
-    Tool.of(memories.remember, "memory_set", identity=("instance_id",), direct=True),
+    Tool.of(memories.remember, "memory_set", identity=("instance_id",), direct=True, role="writer"),
     Tool.of(recall.recall, "memory_recall", aliases=("memory_search",), direct=True),
     Tool.of(memories.get, "memory_get", direct=True),
     Tool.of(memories.recent, "memory_recent"),
-    Tool.of(memories.archive, "memory_archive"),
-    Tool.of(memories.link, "memory_link"),
-    Tool.of(memories.unlink, "memory_unlink"),
+    Tool.of(memories.archive, "memory_archive", role="writer"),
+    Tool.of(memories.link, "memory_link", role="writer"),
+    Tool.of(memories.unlink, "memory_unlink", role="writer"),
     Tool.of(memories.stats, "memory_stats"),
     Tool.of(maintenance.audit, "memory_audit"),
-    Tool.of(maintenance.reembed, "memory_reembed"),
+    Tool.of(maintenance.reembed, "memory_reembed", role="admin"),
+    Tool.of(access.scope, "memory_scope"),
     Tool.of(
         messages.handle,
         "message",
@@ -172,10 +174,19 @@ TOOLS: tuple[Tool, ...] = (
         direct=True,
         effects=("subscriptions", "sends"),
     ),
-    Tool.of(databases.list_databases, "memory_list_databases", extension=DB_MANAGER),
-    Tool.of(databases.register_database, "memory_register_database", extension=DB_MANAGER),
-    Tool.of(databases.set_default_database, "memory_set_default_database", extension=DB_MANAGER),
-    Tool.of(databases.current_database, "memory_current_database", extension=DB_MANAGER),
+    Tool.of(databases.list_databases, "memory_list_databases", extension=DB_MANAGER, role="admin"),
+    Tool.of(
+        databases.register_database, "memory_register_database", extension=DB_MANAGER, role="admin"
+    ),
+    Tool.of(
+        databases.set_default_database,
+        "memory_set_default_database",
+        extension=DB_MANAGER,
+        role="admin",
+    ),
+    Tool.of(
+        databases.current_database, "memory_current_database", extension=DB_MANAGER, role="admin"
+    ),
 )
 
 

@@ -82,6 +82,9 @@ class Backend(ABC):
     def search_ddl(self, dim: int | None) -> list[str]:
         """Keyword and vector index objects (FTS5 and its triggers; tsvector, GIN, HNSW)."""
 
+    def upgrade(self, conn: Connection, version: int) -> None:
+        """Backend-specific part of schema step `version` (see schema.STEPS)."""
+
     @abstractmethod
     def existing_columns(self, conn: Connection, table: str) -> set[str]:
         """Columns of an existing table (empty when the table does not exist)."""

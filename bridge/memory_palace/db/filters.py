@@ -12,8 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .values import utcnow
+
 if TYPE_CHECKING:
     from .engine import Database
+
+
+SHARED, PRIVATE = "shared", "private"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is reading: they see shared memories, their own private ones, and those of the
+    scopes they belong to."""
+
+    viewer: str | None  # None: nobody's private memories (shared and `scopes` only)
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -24,6 +38,8 @@ class Filters:
     subject: str | None = None
     foundational_only: bool = False
     include_archived: bool = False
+    access: Access | None = None  # None: no visibility limit (maintenance on every row)
+    include_expired: bool = False
 
     @classmethod
     def make(
@@ -34,6 +50,7 @@ class Filters:
         subject: str | None = None,
         min_foundational: bool | None = None,
         include_archived: bool = False,
+        access: Access | None = None,
     ) -> Filters:
         projects = None
         if project is not None:
@@ -45,6 +62,7 @@ class Filters:
             subject or None,
             bool(min_foundational),
             bool(include_archived),
+            access,
         )
 
     @property
@@ -98,4 +116,25 @@ def where(db: Database, f: Filters, alias: str = "memories") -> tuple[str, dict[
     if f.foundational_only:
         parts.append(f"{alias}.foundational = :f_true")
         params["f_true"] = True
+    if f.access is not None:
+        parts.append(visible(f.access, params, alias))
+    if not f.include_expired:
+        parts.append(f"({alias}.expires_at IS NULL OR {alias}.expires_at > :f_now)")
+        params["f_now"] = backend.encode("time", utcnow())
     return (" AND ".join(parts) or "1 = 1"), params
+
+
+def visible(access: Access, params: dict[str, Any], alias: str = "memories") -> str:
+    """SQL: the memory is visible to `access` (shared, the viewer's own private, or one of
+    the viewer's scopes)."""
+    cond = f"({alias}.visibility = '{SHARED}'"
+    if access.viewer is not None:
+        params["f_viewer"] = access.viewer
+        cond += f" OR ({alias}.visibility = '{PRIVATE}' AND {alias}.instance_id = :f_viewer)"
+    names = []
+    for i, scope in enumerate(access.scopes):
+        params[f"f_scope{i}"] = scope
+        names.append(f":f_scope{i}")
+    if names:
+        cond += f" OR {alias}.visibility IN ({', '.join(names)})"
+    return cond + ")"

@@ -23,12 +23,20 @@ from .tables import META, TABLES
 
 log = logging.getLogger("memory_palace.db")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATION_LOCK_KEY = 0x6D706C63  # "mplc": advisory lock id for schema changes
 
 Step = Callable[[Connection, Database], None]
+
+
+def _backend_step(version: int) -> Step:
+    return lambda conn, db: db.backend.upgrade(conn, version)
+
+
 # Non-additive changes, by the version they bring the schema to. Never edit an applied one.
-STEPS: list[tuple[int, Step]] = []
+STEPS: list[tuple[int, Step]] = [
+    (2, _backend_step(2)),  # SQLite: log visibility and expiry changes for the vector index
+]
 
 
 def ddl(db: Database, dim: int | None) -> list[str]:

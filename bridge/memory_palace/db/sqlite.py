@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS = 30_000
 POOL = {"pool_size": 5, "max_overflow": 10}
 
+# Columns the in-process vector index holds: a change to any of them is logged for it.
+INDEXED_COLUMNS = (
+    "embedding, embedding_model, is_archived, projects, memory_type, instance_id, "
+    "foundational, visibility, expires_at"
+)
+
 # Keyword search: an external-content FTS5 table kept in sync by triggers; and a change log that
 # the in-process vector index of every process reads to see other processes' writes.
 SEARCH_DDL = [
@@ -54,8 +60,7 @@ SEARCH_DDL = [
     """CREATE TRIGGER IF NOT EXISTS memory_changes_ai AFTER INSERT ON memories BEGIN
         INSERT INTO memory_changes(memory_id) VALUES (new.id);
     END""",
-    """CREATE TRIGGER IF NOT EXISTS memory_changes_au AFTER UPDATE OF
-        embedding, embedding_model, is_archived, projects, memory_type, instance_id, foundational
+    f"""CREATE TRIGGER IF NOT EXISTS memory_changes_au AFTER UPDATE OF {INDEXED_COLUMNS}
         ON memories BEGIN
         INSERT INTO memory_changes(memory_id) VALUES (new.id);
     END""",
@@ -143,6 +148,11 @@ class SqliteBackend(Backend):
 
     def search_ddl(self, dim: int | None) -> list[str]:
         return list(SEARCH_DDL)
+
+    def upgrade(self, conn: Connection, version: int) -> None:
+        if version == 2:  # the vector index also holds visibility and expiry: log changes
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS memory_changes_au")
+            conn.exec_driver_sql(next(s for s in SEARCH_DDL if "memory_changes_au" in s))
 
     def existing_columns(self, conn: Connection, table: str) -> set[str]:
         return {r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({table})")}

@@ -6,15 +6,17 @@ through the `memory_changes` log that triggers fill, so other processes' writes 
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import bindparam, text
 
-from .filters import Filters, type_matcher
-from .values import decode_strings, decode_vector
+from .filters import PRIVATE, SHARED, Filters, type_matcher
+from .values import decode_strings, decode_time, decode_vector
 
 if TYPE_CHECKING:
     from .engine import Database
@@ -33,13 +35,16 @@ class _Matrix:
     valid: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     archived: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     foundational: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    expires: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # epoch s
     instance: list[str | None] = field(default_factory=list)
+    visibility: list[str] = field(default_factory=list)
     mtype: list[str | None] = field(default_factory=list)
     projects: list[frozenset[str]] = field(default_factory=list)
     row_of: dict[int, int] = field(default_factory=dict)
     by_project: dict[str, set[int]] = field(default_factory=dict)
     by_instance: dict[str | None, set[int]] = field(default_factory=dict)
     by_type: dict[str | None, set[int]] = field(default_factory=dict)
+    by_visibility: dict[str, set[int]] = field(default_factory=dict)
     seq: int = 0
 
     def _grow(self, need: int) -> None:
@@ -60,12 +65,14 @@ class _Matrix:
         self.valid = ext(self.valid, (new,))
         self.archived = ext(self.archived, (new,))
         self.foundational = ext(self.foundational, (new,))
+        self.expires = ext(self.expires, (new,))
 
     def _unindex(self, r: int) -> None:
         for p in self.projects[r]:
             self.by_project.get(p, set()).discard(r)
         self.by_instance.get(self.instance[r], set()).discard(r)
         self.by_type.get(self.mtype[r], set()).discard(r)
+        self.by_visibility.get(self.visibility[r], set()).discard(r)
 
     def upsert(self, row: Any) -> None:
         mid = int(row.id)
@@ -76,6 +83,7 @@ class _Matrix:
             self.n += 1
             self.row_of[mid] = r
             self.instance.append(None)
+            self.visibility.append(SHARED)
             self.mtype.append(None)
             self.projects.append(frozenset())
         else:
@@ -86,12 +94,16 @@ class _Matrix:
         self.archived[r] = bool(row.is_archived)
         self.foundational[r] = bool(row.foundational)
         self.instance[r] = row.instance_id
+        self.visibility[r] = row.visibility or SHARED
+        expires = decode_time(row.expires_at)
+        self.expires[r] = expires.timestamp() if expires else math.inf
         self.mtype[r] = row.memory_type
         self.projects[r] = frozenset(decode_strings(row.projects))
         for p in self.projects[r]:
             self.by_project.setdefault(p, set()).add(r)
         self.by_instance.setdefault(row.instance_id, set()).add(r)
         self.by_type.setdefault(row.memory_type, set()).add(r)
+        self.by_visibility.setdefault(self.visibility[r], set()).add(r)
 
     def drop(self, mid: int) -> None:
         r = self.row_of.get(mid)
@@ -123,6 +135,15 @@ class _Matrix:
             else:
                 keys = [f.memory_type]
             m &= self._rows(self.by_type, keys)
+        if f.access is not None:
+            a = f.access
+            seen = self._rows(self.by_visibility, [SHARED, *a.scopes])
+            seen |= self._rows(self.by_visibility, [PRIVATE]) & self._rows(
+                self.by_instance, [a.viewer]
+            )
+            m &= seen
+        if not f.include_expired:
+            m &= self.expires[: self.n] > time.time()
         if allowed_ids is not None:
             allowed = np.zeros(self.n, bool)
             rows = [self.row_of[i] for i in allowed_ids if i in self.row_of]
@@ -133,7 +154,8 @@ class _Matrix:
 
 
 _SELECT = (
-    "SELECT id, embedding, is_archived, foundational, instance_id, memory_type, projects "
+    "SELECT id, embedding, is_archived, foundational, instance_id, memory_type, projects, "
+    "visibility, expires_at "
     "FROM memories WHERE embedding IS NOT NULL AND embedding_model = :model"
 )
 

@@ -111,9 +111,12 @@ MEMORIES = Table(
         _c("embedding_dim", "int"),
         _c("expires_at", "time"),
         _c("is_archived", "bool", nullable=False, default=False),
+        # "shared" (every instance), "private" (its instance_id only) or a scope's name
+        _c("visibility", "text", nullable=False, default="shared"),
     ),
     indexes=(
         Index("ix_memories_instance", ("instance_id",)),
+        Index("ix_memories_visibility", ("visibility", "instance_id")),
         Index("ix_memories_type", ("memory_type",)),
         Index("ix_memories_subject", ("subject",)),
         Index("ix_memories_created", ("created_at",)),
@@ -197,6 +200,34 @@ SUBSCRIPTIONS = Table(
     record="subscription",
 )
 
+SCOPE_MEMBERS = Table(
+    "scope_members",
+    (
+        _c("scope", "text", nullable=False),
+        _c("instance_id", "text", nullable=False),
+        _c("created_at", "time", nullable=False, default=NOW),
+    ),
+    key=("scope", "instance_id"),
+    record="scope_member",
+)
+
+TOKENS = Table(
+    "tokens",
+    (
+        _c("token_id", "text", nullable=False),  # the public half of a token
+        _c("instance_id", "text", nullable=False),
+        _c("role", "text", nullable=False),
+        _c("acts_as", "strings"),  # further instances it may act for (a gateway's agents)
+        _c("salt", "text", nullable=False),
+        _c("secret_hash", "text", nullable=False),  # scrypt of the secret half; never the secret
+        _c("created_at", "time", nullable=False, default=NOW),
+        _c("created_by", "text"),
+        _c("last_used_at", "time"),
+        _c("revoked_at", "time"),
+    ),
+    key=("token_id",),
+)
+
 META = Table(
     "palace_meta",
     (_c("key", "text", nullable=False), _c("value", "text", nullable=False)),
@@ -204,7 +235,16 @@ META = Table(
 )
 
 #: In dependency order: a table's references point to tables before it.
-TABLES: tuple[Table, ...] = (META, MEMORIES, EDGES, MESSAGES, MESSAGE_READS, SUBSCRIPTIONS)
+TABLES: tuple[Table, ...] = (
+    META,
+    MEMORIES,
+    EDGES,
+    MESSAGES,
+    MESSAGE_READS,
+    SUBSCRIPTIONS,
+    SCOPE_MEMBERS,
+    TOKENS,
+)
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 EXPORTED: tuple[Table, ...] = tuple(t for t in TABLES if t.exported)
 
@@ -232,8 +272,10 @@ __all__ = [
     "MESSAGE_READS",
     "META",
     "NOW",
+    "SCOPE_MEMBERS",
     "SUBSCRIPTIONS",
     "TABLES",
+    "TOKENS",
     "Column",
     "Index",
     "Table",

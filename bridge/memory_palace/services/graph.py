@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, text
 
 from ..db.engine import Database
+from ..db.filters import Access, Filters, where
 
 MAX_DEPTH = 5
 SUMMARY_NODE_CAP = 30
@@ -16,28 +17,36 @@ SUMMARY_NODE_CAP = 30
 
 def _edges_touching(
     conn: Any,
+    db: Database,
     ids: list[int],
     direction: str,
     relation_types: list[str] | None,
     min_strength: float | None,
+    access: Access | None,
 ) -> list[Any]:
     conds = []
     if direction in ("outgoing", "both"):
-        conds.append("source_id IN :ids")
+        conds.append("e.source_id IN :ids")
     if direction in ("incoming", "both"):
-        conds.append("target_id IN :ids")
+        conds.append("e.target_id IN :ids")
+    # Both ends must be visible to the reader: a private neighbour is not even named.
+    seen = Filters(include_archived=True, access=access)
+    s_cond, params = where(db, seen, "s")
+    t_cond, _ = where(db, seen, "t")
     sql = (
-        "SELECT id, source_id, target_id, relation_type, strength, bidirectional "
-        f"FROM memory_edges WHERE ({' OR '.join(conds)})"
+        "SELECT e.id, e.source_id, e.target_id, e.relation_type, e.strength, e.bidirectional "
+        "FROM memory_edges e JOIN memories s ON s.id = e.source_id "
+        f"JOIN memories t ON t.id = e.target_id WHERE ({' OR '.join(conds)}) "
+        f"AND {s_cond} AND {t_cond}"
     )
-    params: dict[str, Any] = {"ids": ids}
+    params["ids"] = ids
     binds = [bindparam("ids", expanding=True)]
     if relation_types:
-        sql += " AND relation_type IN :types"
+        sql += " AND e.relation_type IN :types"
         params["types"] = list(relation_types)
         binds.append(bindparam("types", expanding=True))
     if min_strength is not None:
-        sql += " AND strength >= :min_strength"
+        sql += " AND e.strength >= :min_strength"
         params["min_strength"] = float(min_strength)
     return list(conn.execute(text(sql).bindparams(*binds), params))
 
@@ -61,6 +70,7 @@ def bfs(
     direction: str = "both",
     relation_types: list[str] | None = None,
     min_strength: float | None = None,
+    access: Access | None = None,
 ) -> tuple[dict[int, int], dict[tuple[int, int, str], Any]]:
     """Breadth-first walk. Returns ({node: hop}, {(src, tgt, type): edge row})."""
     depth = max(0, min(int(depth), MAX_DEPTH))
@@ -73,7 +83,9 @@ def bfs(
                 break
             nxt: list[int] = []
             front = set(frontier)
-            for e in _edges_touching(conn, frontier, direction, relation_types, min_strength):
+            for e in _edges_touching(
+                conn, db, frontier, direction, relation_types, min_strength, access
+            ):
                 src, tgt = int(e.source_id), int(e.target_id)
                 edges.setdefault((src, tgt, e.relation_type), e)
                 for node, other in ((src, tgt), (tgt, src)):
@@ -96,11 +108,12 @@ def context(
     direction: str = "both",
     relation_types: list[str] | None = None,
     min_strength: float | None = None,
+    access: Access | None = None,
 ) -> dict[str, Any]:
     """Graph context around seeds: 'full' {nodes, edges} or 'summary' strings capped at 30 nodes."""
     if not seeds or depth < 1:
         return {}
-    nodes, edges = bfs(db, seeds, depth, direction, relation_types, min_strength)
+    nodes, edges = bfs(db, seeds, depth, direction, relation_types, min_strength, access)
     if not edges:
         return {}
     with db.read() as conn:
@@ -151,8 +164,9 @@ def traverse(
     direction: str = "both",
     relation_types: list[str] | None = None,
     min_strength: float | None = None,
+    access: Access | None = None,
 ) -> dict[str, Any]:
-    nodes, edges = bfs(db, [start], max_depth, direction, relation_types, min_strength)
+    nodes, edges = bfs(db, [start], max_depth, direction, relation_types, min_strength, access)
     with db.read() as conn:
         subjects = _subjects(conn, nodes)
     return {

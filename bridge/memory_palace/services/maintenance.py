@@ -12,12 +12,13 @@ from sqlalchemy import bindparam, text
 
 from ..db import schema
 from ..db.engine import Database
-from ..db.filters import Filters, where
+from ..db.filters import Access, Filters, where
 from ..db.values import decode_strings, utcnow
 from ..embeddings import Embedder
 from ..errors import Conflict, EmbedderUnavailable, InvalidParams
 from ..params import DryRun, P
 from . import vectors
+from .access import Caller, access_for
 from .memories import EMBEDDING_FAILED_TAG, IN_DEGREE_SQL, document_text
 
 log = logging.getLogger("memory_palace.maintenance")
@@ -65,13 +66,17 @@ class _Audit:
         self,
         db: Database,
         embedder: Embedder,
+        access: Access,
         project: str | None,
         limit: int,
         th: dict[str, float],
     ) -> None:
         self.db, self.embedder, self.th = db, embedder, th
-        self.f = Filters.make(project=project)
+        self.f = Filters.make(project=project, access=access)
         self.cond, fp = where(db, self.f, "m")
+        # Checks that join edges to both ends see only memories the caller may see.
+        both = Filters(include_archived=True, access=access)
+        self.ends = f"{where(db, both, 's')[0]} AND {where(db, both, 't')[0]}"
         self.params = {**fp, "lim": limit, "auto_false": False, "t": True, "f_false": False}
 
     def rows(self, sql: str, **extra: Any) -> list[dict[str, Any]]:
@@ -111,7 +116,8 @@ class _Audit:
             "SELECT e.id AS edge_id, e.source_id, e.target_id, e.relation_type "
             "FROM memory_edges e JOIN memories s ON s.id = e.source_id "
             "JOIN memories t ON t.id = e.target_id WHERE (s.is_archived = :t OR "
-            "t.is_archived = :t) AND e.relation_type <> 'supersedes' ORDER BY e.id LIMIT :lim"
+            f"t.is_archived = :t) AND e.relation_type <> 'supersedes' AND {self.ends} "
+            "ORDER BY e.id LIMIT :lim"
         )
 
     def missing_embeddings(self) -> list[dict[str, Any]]:
@@ -128,7 +134,7 @@ class _Audit:
             "t.subject AS target_subject FROM memory_edges e "
             "JOIN memories s ON s.id = e.source_id JOIN memories t ON t.id = e.target_id "
             "WHERE e.relation_type = 'contradicts' AND s.is_archived = :f_false "
-            "AND t.is_archived = :f_false ORDER BY e.id LIMIT :lim"
+            f"AND t.is_archived = :f_false AND {self.ends} ORDER BY e.id LIMIT :lim"
         )
 
     def unlinked(self) -> list[dict[str, Any]]:
@@ -144,13 +150,14 @@ class _Audit:
             "SELECT e.id AS edge_id, e.source_id, e.target_id, e.strength FROM memory_edges e "
             "JOIN memories s ON s.id = e.source_id JOIN memories t ON t.id = e.target_id "
             f"WHERE e.auto_linked = :t AND e.relation_type = 'relates_to' AND NOT ({share}) "
-            "ORDER BY e.id LIMIT :lim"
+            f"AND {self.ends} ORDER BY e.id LIMIT :lim"
         )
 
 
 def audit(
     db: Database,
     embedder: Embedder,
+    caller: Caller,
     *,
     checks: Annotated[list[Check] | None, P("Checks to run; omit for all.")] = None,
     thresholds: Annotated[
@@ -167,7 +174,9 @@ def audit(
 ) -> dict[str, Any]:
     """Find quality problems: duplicates, stale memories, orphan edges, missing embeddings,
     contradictions, unlinked memories, cross-project auto-links."""
-    run = _Audit(db, embedder, project, limit_per_category, _thresholds(thresholds))
+    run = _Audit(
+        db, embedder, access_for(db, caller), project, limit_per_category, _thresholds(thresholds)
+    )
     out: dict[str, Any] = {check: getattr(run, check)() for check in checks or CHECKS}
     out["summary"] = {
         **{f"{k}_found": len(v) for k, v in out.items()},

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from ..config import Settings
 from ..db.engine import Database
-from ..db.filters import Filters, where
+from ..db.filters import PRIVATE, SHARED, Access, Filters, where
 from ..db.tables import EDGES, MEMORIES, MEMORY_CARD, column_list
 from ..db.values import decode_strings, iso, utcnow
 from ..embeddings import Embedder
@@ -43,8 +43,11 @@ from ..params import (
     Project,
 )
 from . import graph, vectors
+from .access import Caller, access_for, check_visibility
 
 log = logging.getLogger("memory_palace.memories")
+
+NOBODY = None  # as viewer: nobody's private memories, shared ones (and given scopes) only
 
 CARD_SQL = column_list(MEMORIES, MEMORY_CARD) + ", (embedding IS NOT NULL) AS embedded"
 EMBEDDING_FAILED_TAG = "embedding_failed"
@@ -137,32 +140,36 @@ def bound_reply(memories: list[dict[str, Any]], limit: int) -> bool:
     return cut
 
 
-def fetch(db: Database, ids: list[int]) -> dict[int, Any]:
-    """Rows (CARD_SQL columns) by id; missing ids are absent."""
+def fetch(db: Database, ids: list[int], access: Access | None = None) -> dict[int, Any]:
+    """Rows (CARD_SQL columns) by id; missing ids, and ids `access` may not see, are absent."""
     if not ids:
         return {}
-    stmt = text(f"SELECT {CARD_SQL} FROM memories WHERE id IN :ids").bindparams(
+    cond, params = where(db, Filters(include_archived=True, access=access))
+    stmt = text(f"SELECT {CARD_SQL} FROM memories WHERE id IN :ids AND {cond}").bindparams(
         bindparam("ids", expanding=True)
     )
     with db.read() as conn:
-        return {int(r.id): r for r in conn.execute(stmt, {"ids": list(ids)})}
+        return {int(r.id): r for r in conn.execute(stmt, {**params, "ids": list(ids)})}
 
 
 def touch(
-    db: Database, ids: list[int], columns: str = "id, access_count, last_accessed_at"
+    db: Database,
+    ids: list[int],
+    columns: str = "id, access_count, last_accessed_at",
+    access: Access | None = None,
 ) -> dict[int, Any]:
-    """Count an access, atomically in SQL, so concurrent reads are all counted.
-
-    Returns {id: row of `columns`} as written, so callers need not read the rows again.
-    """
+    """Count an access of the ids `access` may see, atomically in SQL, so concurrent reads
+    are all counted. Returns {id: row of `columns`} as written (no second read needed)."""
     if not ids:
         return {}
+    cond, params = where(db, Filters(include_archived=True, access=access))
     stmt = text(
         "UPDATE memories SET access_count = access_count + 1, last_accessed_at = :now "
-        f"WHERE id IN :ids RETURNING {columns}"
+        f"WHERE id IN :ids AND {cond} RETURNING {columns}"
     ).bindparams(bindparam("ids", expanding=True))
+    now = db.backend.encode("time", utcnow())
     with db.write() as conn:
-        rows = conn.execute(stmt, {"now": db.backend.encode("time", utcnow()), "ids": list(ids)})
+        rows = conn.execute(stmt, {**params, "now": now, "ids": list(ids)})
         return {int(r.id): r for r in rows}
 
 
@@ -226,17 +233,33 @@ class _Draft:
 
 
 def _find_duplicate(
-    conn: Connection, digest: str, memory_type: str, projects: list[str]
+    conn: Connection,
+    digest: str,
+    memory_type: str,
+    projects: list[str],
+    visibility: str,
+    owner: str,
 ) -> Any | None:
+    """An identical live memory in the same scope: same content, type, projects and
+    visibility (and owner, for private ones, so nobody learns of another's private memory)."""
     rows = conn.execute(
         text(
-            "SELECT id, subject, projects, (embedding IS NOT NULL) AS embedded FROM memories "
-            "WHERE content_hash = :h AND memory_type = :t AND is_archived = :f"
+            "SELECT id, subject, projects, instance_id, (embedding IS NOT NULL) AS embedded "
+            "FROM memories WHERE content_hash = :h AND memory_type = :t AND is_archived = :f "
+            "AND visibility = :v"
         ),
-        {"h": digest, "t": memory_type, "f": False},
+        {"h": digest, "t": memory_type, "f": False, "v": visibility},
     ).all()
     want = sorted(projects)
-    return next((r for r in rows if sorted(decode_strings(r.projects)) == want), None)
+    return next(
+        (
+            r
+            for r in rows
+            if sorted(decode_strings(r.projects)) == want
+            and (visibility != PRIVATE or r.instance_id == owner)
+        ),
+        None,
+    )
 
 
 def _embed(
@@ -253,6 +276,14 @@ def _embed(
         return None, str(exc)
 
 
+def _link_access(visibility: str, mine: Access) -> Access:
+    """Which neighbours a new memory may link to: only ones everybody who sees it may see, so
+    an edge never reveals a private or other-scope memory (a private one sees the owner's)."""
+    if visibility == PRIVATE:
+        return mine
+    return Access(NOBODY, () if visibility == SHARED else (visibility,))
+
+
 def _neighbours(
     db: Database,
     embedder: Embedder,
@@ -260,9 +291,10 @@ def _neighbours(
     vec: np.ndarray,
     projects: list[str],
     exclude: int | None,
+    access: Access,
 ) -> list[tuple[int, float]]:
     cfg = settings.auto_link
-    scope = Filters.make(project=projects if cfg.same_project_only else None)
+    scope = Filters.make(project=projects if cfg.same_project_only else None, access=access)
     k = cfg.max_suggestions + 10
     return [(i, s) for i, s in vectors.search(db, embedder, vec, k, scope) if i != exclude]
 
@@ -328,10 +360,28 @@ def _supersede(conn: Connection, db: Database, new_id: int, old_id: int, by: str
     archive_rows(conn, db, [old_id], f" [SUPERSEDED by #{new_id}]")
 
 
+def check_may_change(db: Database, caller: Caller, ids: list[int], what: str) -> dict[int, Any]:
+    """The rows of `ids` the caller may change: visible to it, and its own unless it is an
+    admin (others' shared memories). Raises NotFound for an id it cannot see."""
+    rows = fetch(db, ids, access_for(db, caller))
+    for mid in ids:
+        if mid not in rows:
+            raise NotFound(f"{what}: memory {mid} does not exist; check the id with memory_get")
+        owner = rows[mid].instance_id
+        if owner != caller.instance and caller.role != "admin" and caller.verified:
+            raise PermissionDenied(
+                f"{what}: memory {mid} belongs to {owner!r}; you are {caller.describe()}. "
+                "Only its owner or an admin may change it.",
+                memory_id=mid,
+            )
+    return rows
+
+
 def remember(
     db: Database,
     embedder: Embedder,
     settings: Settings,
+    caller: Caller,
     *,
     content: Annotated[str, P("The memory text.", min_length=1)],
     memory_type: Annotated[
@@ -354,6 +404,13 @@ def remember(
     supersedes_id: Annotated[
         int | None, P("Id of a memory this one replaces; it is archived.", minimum=1)
     ] = None,
+    visibility: Annotated[
+        str | None,
+        P(
+            "Who may read it: shared (every instance), private (yours only) or a scope name "
+            "(its members). Default: config default_visibility (shared)."
+        ),
+    ] = None,
     auto_link: Annotated[
         bool | None, P("Link to similar memories (default: config auto_link.enabled).")
     ] = None,
@@ -364,17 +421,15 @@ def remember(
         settings, "memory_set", content=content, subject=subject, keywords=" ".join(keywords or [])
     )
     projects = normalise_projects(project)
-    instance = instance_id or settings.instance_id or "default"
+    instance = caller.instance or "default"
+    seen_by = check_visibility(db, caller, visibility or settings.default_visibility, instance)
     digest = content_hash(content)
     with db.read() as conn:
-        dup = _find_duplicate(conn, digest, memory_type, projects)
+        dup = _find_duplicate(conn, digest, memory_type, projects, seen_by, instance)
     if dup is not None:
         return _duplicate_result(dup)
-    if supersedes_id is not None and not fetch(db, [supersedes_id]):
-        raise NotFound(
-            f"supersedes_id {supersedes_id} does not exist in this database; "
-            "check the id with memory_get or memory_recall"
-        )
+    if supersedes_id is not None:
+        check_may_change(db, caller, [supersedes_id], "supersedes_id")
     vec, failure = _embed(db, embedder, subject, content)
     result: dict[str, Any] = {}
     tags = list(tags or [])
@@ -384,13 +439,20 @@ def remember(
             f"stored without an embedding: {failure} (tagged embedding_failed;"
             " run memory_reembed with missing_only)"
         )
+    elif (tokens := embedder.token_limit(document_text(subject, content))) is not None:
+        result["embedded_tokens"] = tokens
+        result["note"] = (
+            f"only the first {tokens} tokens are in the vector (the embedder's "
+            "limit); keyword search covers the whole text"
+        )
     do_link = settings.auto_link.enabled if auto_link is None else auto_link
+    reach = _link_access(seen_by, access_for(db, caller))
     neighbours = (
-        _neighbours(db, embedder, settings, vec, projects, supersedes_id)
+        _neighbours(db, embedder, settings, vec, projects, supersedes_id, reach)
         if vec is not None and do_link
         else []
     )
-    subjects = {i: r.subject for i, r in fetch(db, [i for i, _ in neighbours]).items()}
+    subjects = {i: r.subject for i, r in fetch(db, [i for i, _ in neighbours], reach).items()}
     if instance not in settings.instances:
         result["instance_warning"] = (
             f"instance {instance!r} is not in config 'instances' ({', '.join(settings.instances)})"
@@ -415,6 +477,7 @@ def remember(
             "embedding": vec,
             "embedding_model": embedder.id if vec is not None else None,
             "embedding_dim": embedder.dim if vec is not None else None,
+            "visibility": seen_by,
         },
         vec,
         result,
@@ -422,7 +485,7 @@ def remember(
     with db.write() as conn:
         # Checked again under a lock on this content, so concurrent writers store it once.
         db.backend.lock(conn, int(digest[:15], 16))
-        dup = _find_duplicate(conn, digest, memory_type, projects)
+        dup = _find_duplicate(conn, digest, memory_type, projects, seen_by, instance)
         if dup is not None:
             return _duplicate_result(dup)
         new_id = _insert_memory(conn, db, draft)
@@ -430,7 +493,7 @@ def remember(
             _supersede(conn, db, new_id, supersedes_id, instance)
             result["superseded"] = supersedes_id
         links, suggestions = _auto_link(conn, db, settings, new_id, neighbours, subjects)
-    result.update(id=new_id, subject=subject, embedded=vec is not None)
+    result.update(id=new_id, subject=subject, embedded=vec is not None, visibility=seen_by)
     if links:
         result["links_created"] = links
     if suggestions:
@@ -454,6 +517,7 @@ def _duplicate_result(dup: Any) -> dict[str, Any]:
 def get(
     db: Database,
     settings: Settings,
+    caller: Caller,
     *,
     memory_ids: Annotated[int | list[int], P("A memory id or a list of ids.", minimum=1)],
     detail_level: DetailLevel = "verbose",
@@ -476,11 +540,12 @@ def get(
     ids = [memory_ids] if single else list(dict.fromkeys(memory_ids))
     if not ids:
         raise InvalidParams("memory_get: memory_ids must name at least one id")
-    try:
-        rows = touch(db, ids, CARD_SQL)  # counts the access and reads the rows at once
+    seen = access_for(db, caller)
+    try:  # counts the access and reads the rows at once; what the caller may not see is absent
+        rows = touch(db, ids, CARD_SQL, seen)
     except (BackendUnavailable, PermissionDenied) as exc:  # counting is best-effort: read on
         log.warning("memory_get: access not counted (%s)", exc.message)
-        rows = fetch(db, ids)
+        rows = fetch(db, ids, seen)
     found = [i for i in ids if i in rows]
     if single and not found:
         raise NotFound(
@@ -499,7 +564,7 @@ def get(
     with db.read():  # the graph reads below share one pooled connection
         if traverse:
             walks = {
-                i: graph.traverse(db, i, max_depth, direction, relation_types, min_strength)
+                i: graph.traverse(db, i, max_depth, direction, relation_types, min_strength, seen)
                 for i in found
             }
             if single:
@@ -508,7 +573,7 @@ def get(
                 out["traversals"] = {str(i): w for i, w in walks.items()}
         elif include_graph and graph_depth > 0:
             ctx = graph.context(
-                db, found, graph_depth, graph_mode, direction, relation_types, min_strength
+                db, found, graph_depth, graph_mode, direction, relation_types, min_strength, seen
             )
             if ctx:
                 out["graph_context"] = ctx
@@ -520,6 +585,7 @@ def get(
 def recent(
     db: Database,
     settings: Settings,
+    caller: Caller,
     *,
     limit: Annotated[int, P("How many (at most 200).", minimum=1, maximum=200)] = 20,
     verbose: Annotated[bool, P("Full memories instead of title cards.")] = False,
@@ -530,7 +596,14 @@ def recent(
 ) -> dict[str, Any]:
     """List the newest memories as title cards."""
     cond, params = where(
-        db, Filters.make(instance_id, project, memory_type, include_archived=include_archived)
+        db,
+        Filters.make(
+            instance_id,
+            project,
+            memory_type,
+            include_archived=include_archived,
+            access=access_for(db, caller),
+        ),
     )
     with db.read() as conn:
         total = conn.execute(text(f"SELECT count(*) FROM memories WHERE {cond}"), params).scalar()
@@ -564,16 +637,18 @@ IN_DEGREE_SQL = (
 
 def _archive_candidates(
     db: Database,
+    caller: Caller,
     memory_ids: list[int] | None,
     older_than_days: int | None,
     max_access_count: int | None,
     memory_type: str | None,
     project: str | list[str] | None,
 ) -> list[Any]:
-    params: dict[str, Any] = {"auto_false": False}
+    seen = access_for(db, caller)
     if memory_ids:
-        cond = "m.id IN :ids AND m.is_archived = :f_false"
-        params.update(ids=list(memory_ids), f_false=False)
+        cond, params = where(db, Filters(access=seen), "m")
+        cond += " AND m.id IN :ids"
+        params["ids"] = list(memory_ids)
     else:
         if (
             older_than_days is None
@@ -585,16 +660,18 @@ def _archive_candidates(
                 "memory_archive: give memory_ids or at least one filter "
                 "(older_than_days, max_access_count, memory_type, project)"
             )
-        cond, fp = where(db, Filters.make(project=project, memory_type=memory_type), "m")
-        params.update(fp)
+        cond, params = where(
+            db, Filters.make(project=project, memory_type=memory_type, access=seen), "m"
+        )
         if older_than_days is not None:
             cond += " AND m.created_at < :cutoff"
             params["cutoff"] = db.backend.encode("time", utcnow() - timedelta(days=older_than_days))
         if max_access_count is not None:
             cond += " AND m.access_count <= :max_acc"
             params["max_acc"] = max_access_count
+    params["auto_false"] = False
     stmt = text(
-        f"SELECT m.id, m.subject, m.foundational, coalesce(d.indeg, 0) AS indeg "
+        f"SELECT m.id, m.subject, m.foundational, m.instance_id, coalesce(d.indeg, 0) AS indeg "
         f"FROM memories m LEFT JOIN ({IN_DEGREE_SQL}) d ON d.target_id = m.id "
         f"WHERE {cond} ORDER BY m.id"
     )
@@ -606,6 +683,7 @@ def _archive_candidates(
 
 def archive(
     db: Database,
+    caller: Caller,
     *,
     memory_ids: Annotated[
         list[int] | None, P("Ids to archive (override the filters).", minimum=1)
@@ -628,15 +706,19 @@ def archive(
     """Archive (soft-delete) memories by id or by filters. Dry run by default. Foundational
     memories are never archived; central ones are protected."""
     rows = _archive_candidates(
-        db, memory_ids, older_than_days, max_access_count, memory_type, project
+        db, caller, memory_ids, older_than_days, max_access_count, memory_type, project
     )
+    others_need_admin = caller.verified and caller.role != "admin"
     chosen: list[int] = []
     skipped_foundational: list[int] = []
     skipped_central: list[int] = []
+    skipped_owner: list[int] = []
     details: list[dict[str, Any]] = []
     for r in rows:
         entry: dict[str, Any] = {"id": int(r.id), "subject": r.subject, "in_degree": int(r.indeg)}
-        if r.foundational:
+        if others_need_admin and r.instance_id != caller.instance:
+            skipped_owner.append(int(r.id))  # another instance's shared memory: admins only
+        elif r.foundational:
             skipped_foundational.append(int(r.id))
         elif centrality_protection and r.indeg >= min_centrality_threshold:
             skipped_central.append(int(r.id))
@@ -648,6 +730,7 @@ def archive(
     out: dict[str, Any] = {
         "skipped_foundational": skipped_foundational,
         "skipped_centrality": skipped_central,
+        "skipped_not_owner": skipped_owner,
         "warning_count": sum(1 for d in details if "warning" in d),
         "details": details,
     }
@@ -666,7 +749,7 @@ def archive(
 
 def link(
     db: Database,
-    settings: Settings,
+    caller: Caller,
     *,
     source_id: Annotated[int, P("Source memory id.", minimum=1)],
     target_id: Annotated[int, P("Target memory id.", minimum=1)],
@@ -681,10 +764,12 @@ def link(
     contradicts, exemplifies, refines, or a custom type)."""
     if source_id == target_id:
         raise InvalidParams("memory_link: a memory cannot link to itself")
-    found = fetch(db, [source_id, target_id])
+    found = fetch(db, [source_id, target_id], access_for(db, caller))
     for mid in (source_id, target_id):
         if mid not in found:
             raise NotFound(f"memory {mid} does not exist; check the id with memory_get")
+    if archive_old and relation_type == "supersedes":
+        check_may_change(db, caller, [target_id], "memory_link archive_old")
     with db.write() as conn:
         edge_id = insert_edge(
             conn,
@@ -695,7 +780,7 @@ def link(
             strength,
             bidirectional,
             metadata,
-            created_by or settings.instance_id or "default",
+            created_by or caller.instance,
         )
         if edge_id is None:
             existing = conn.execute(
@@ -724,12 +809,17 @@ def link(
 
 def unlink(
     db: Database,
+    caller: Caller,
     *,
     source_id: Annotated[int, P("Source memory id.", minimum=1)],
     target_id: Annotated[int, P("Target memory id.", minimum=1)],
     relation_type: Annotated[str | None, P("Only this type; omit for all.")] = None,
 ) -> dict[str, Any]:
     """Remove edges from source to target (all types, or one)."""
+    found = fetch(db, [source_id, target_id], access_for(db, caller))
+    for mid in (source_id, target_id):
+        if mid not in found:
+            raise NotFound(f"memory {mid} does not exist; check the id with memory_get")
     sql = "DELETE FROM memory_edges WHERE source_id = :s AND target_id = :t"
     params: dict[str, Any] = {"s": source_id, "t": target_id}
     if relation_type:
@@ -743,10 +833,17 @@ def unlink(
     }
 
 
-def stats(db: Database) -> dict[str, Any]:
+def stats(db: Database, caller: Caller) -> dict[str, Any]:
     """Counts by type, instance and project, the most accessed and the newest memories."""
     source, element = db.backend.strings_elements("memories", "projects", "p")
-    active = {"f": False}
+    # Only what the caller may see is counted: another instance's private memories do not
+    # show, not even as a number.
+    everything = Filters(include_archived=True, access=access_for(db, caller))
+    seen, params = where(db, everything)
+    s_seen, _ = where(db, everything, "s")
+    t_seen, _ = where(db, everything, "t")
+    live = f"{seen} AND is_archived = :f"
+    params["f"] = False
     with db.read() as conn:
         c = conn.execute(
             text(
@@ -756,42 +853,47 @@ def stats(db: Database) -> dict[str, Any]:
                 "coalesce(sum(CASE WHEN foundational AND NOT is_archived THEN 1 ELSE 0 END), 0) "
                 "AS foundational, "
                 "coalesce(sum(CASE WHEN embedding IS NOT NULL THEN 1 ELSE 0 END), 0) AS embedded "
-                "FROM memories"
-            )
+                f"FROM memories WHERE {seen}"
+            ),
+            params,
         ).one()
 
+        def rows(sql: str) -> list[Any]:
+            return list(conn.execute(text(sql), params))
+
         def counts(sql: str) -> dict[str, int]:
-            return {k: int(v) for k, v in conn.execute(text(sql), active).all()}
+            return {k: int(v) for k, v in rows(sql)}
 
         by_type = counts(
-            "SELECT coalesce(memory_type, '?'), count(*) FROM memories "
-            "WHERE is_archived = :f GROUP BY 1 ORDER BY 2 DESC"
+            f"SELECT coalesce(memory_type, '?'), count(*) FROM memories "
+            f"WHERE {live} GROUP BY 1 ORDER BY 2 DESC"
         )
         by_instance = counts(
-            "SELECT coalesce(instance_id, '?'), count(*) FROM memories "
-            "WHERE is_archived = :f GROUP BY 1 ORDER BY 2 DESC"
+            f"SELECT coalesce(instance_id, '?'), count(*) FROM memories "
+            f"WHERE {live} GROUP BY 1 ORDER BY 2 DESC"
         )
         by_project = counts(
             f"SELECT {element}, count(*) FROM memories, {source} "
-            "WHERE is_archived = :f GROUP BY 1 ORDER BY 2 DESC"
+            f"WHERE {live} GROUP BY 1 ORDER BY 2 DESC"
         )
-        most = conn.execute(
+        most = rows(
+            f"SELECT id, subject, access_count FROM memories WHERE {live} "
+            "ORDER BY access_count DESC, id LIMIT 5"
+        )
+        newest = rows(
+            f"SELECT id, subject FROM memories WHERE {live} "
+            "ORDER BY created_at DESC, id DESC LIMIT 5"
+        )
+        edges = conn.execute(
             text(
-                "SELECT id, subject, access_count FROM memories WHERE is_archived = :f "
-                "ORDER BY access_count DESC, id LIMIT 5"
+                "SELECT count(*) FROM memory_edges e JOIN memories s ON s.id = e.source_id "
+                f"JOIN memories t ON t.id = e.target_id WHERE {s_seen} AND {t_seen}"
             ),
-            active,
-        ).all()
-        newest = conn.execute(
-            text(
-                "SELECT id, subject FROM memories WHERE is_archived = :f "
-                "ORDER BY created_at DESC, id DESC LIMIT 5"
-            ),
-            active,
-        ).all()
-        edges = conn.execute(text("SELECT count(*) FROM memory_edges")).scalar()
+            params,
+        ).scalar()
         models = counts(
-            "SELECT embedding_model, count(*) FROM memories WHERE embedding IS NOT NULL GROUP BY 1"
+            f"SELECT embedding_model, count(*) FROM memories WHERE {seen} "
+            "AND embedding IS NOT NULL GROUP BY 1"
         )
     return {
         "total_memories": int(c.total),

@@ -16,8 +16,9 @@ from ..config import Settings
 from ..db.engine import Database
 from ..db.tables import MESSAGES
 from ..db.values import iso, utcnow
-from ..errors import InvalidParams, NotFound
+from ..errors import Conflict, InvalidParams, NotFound
 from ..params import P
+from .access import Caller
 from .memories import check_size
 
 log = logging.getLogger("memory_palace.messages")
@@ -28,7 +29,9 @@ MAX_NAME_BYTES = MAX_IDENTIFIER_BYTES - len(CHANNEL_PREFIX.encode())
 NOTIFY_LIMIT = 7999  # pg_notify payloads must be shorter than 8000 bytes
 BROADCAST = "all"
 CHANNEL_ONLY = "#"  # to_instance of a message posted only to a channel is "#<channel>"
-Action = Literal["send", "get", "mark_read", "mark_unread", "subscribe", "unsubscribe", "poll"]
+Action = Literal[
+    "send", "get", "mark_read", "mark_unread", "subscribe", "unsubscribe", "poll", "retract"
+]
 MessageType = Literal["handoff", "status", "question", "fyi", "context", "event", "message"]
 ACTIONS: tuple[str, ...] = get_args(Action)
 MESSAGE_TYPES: tuple[str, ...] = get_args(MessageType)
@@ -442,12 +445,45 @@ def messages_since(
     return [notify_payload(message_dict(r)) for r in rows]
 
 
+def retract(
+    db: Database, settings: Settings, *, instance_id: str | None, message_id: int | None
+) -> dict[str, Any]:
+    """The sender takes back a message nobody has read yet."""
+    me = _instance(settings, instance_id)
+    if message_id is None:
+        raise InvalidParams("retract needs message_id", param="message_id")
+    with db.write() as conn:
+        row = conn.execute(
+            text(
+                "SELECT m.from_instance, (SELECT count(*) FROM message_reads r WHERE "
+                "r.message_id = m.id) AS reads FROM messages m WHERE m.id = :id"
+            ),
+            {"id": message_id},
+        ).first()
+        if row is None or row.from_instance != me:
+            raise NotFound(
+                f"message {message_id} was not sent by {me!r}; only its sender may retract it",
+                message_id=message_id,
+            )
+        if row.reads:
+            raise Conflict(
+                f"message {message_id} was already read by {row.reads} recipient(s); "
+                "send a correction instead",
+                message_id=message_id,
+            )
+        conn.execute(text("DELETE FROM messages WHERE id = :id"), {"id": message_id})
+    return {"success": True, "retracted": message_id}
+
+
 def handle(
     db: Database,
     settings: Settings,
+    caller: Caller,
     *,
     action: Annotated[Action, P("What to do.")],
-    instance_id: Annotated[str | None, P("Your instance (get, mark_*, subscribe, poll).")] = None,
+    instance_id: Annotated[
+        str | None, P("Your instance (get, mark_*, subscribe, poll, retract).")
+    ] = None,
     from_instance: Annotated[str | None, P("Sender (send).")] = None,
     to_instance: Annotated[str | None, P("Recipient instance, or 'all' (send).")] = None,
     content: Annotated[str | None, P("Message body (send).")] = None,
@@ -467,11 +503,20 @@ def handle(
     ] = None,
     unread_only: Annotated[bool, P("Only unread messages (get).")] = True,
     limit: Annotated[int, P("Maximum messages (get, poll).", minimum=1, maximum=500)] = 50,
-    message_id: Annotated[int | None, P("Message id (mark_read, mark_unread).", minimum=1)] = None,
+    message_id: Annotated[
+        int | None, P("Message id (mark_read, mark_unread, retract).", minimum=1)
+    ] = None,
     since_id: Annotated[int, P("Only messages with a larger id (poll).", minimum=0)] = 0,
 ) -> dict[str, Any]:
     """Messages between agent instances. action=send|get|mark_read|mark_unread|subscribe|
-    unsubscribe|poll. Recipients are woken by push when the database is PostgreSQL."""
+    unsubscribe|poll|retract (an unread message you sent). Recipients are woken by push when
+    the database is PostgreSQL."""
+    if action in ("send", "retract"):
+        caller.check_role("writer", f"message action={action}")
+    if action == "retract":
+        return retract(
+            db, settings, instance_id=from_instance or instance_id, message_id=message_id
+        )
     if action == "send":
         return send(
             db,

@@ -35,6 +35,7 @@ from ..embeddings import Embedder
 from ..errors import EmbedderUnavailable, InvalidParams
 from ..params import ByInstance, DetailLevel, GraphMode, IncludeArchived, MemoryType, P, Project
 from . import graph, lexical, vectors
+from .access import Caller, access_for
 from .memories import IN_DEGREE_SQL, LLM_NOTE, fetch, memory_dict
 
 ACCESS_SCALE = 100  # log(1+access)/log(1+100): 100 deliberate reads count as fully "popular"
@@ -255,6 +256,7 @@ def recall(
     db: Database,
     embedder: Embedder,
     settings: Settings,
+    caller: Caller,
     *,
     query: Annotated[
         str, P("What to look for: a question, topic, name, id or error string.", min_length=1)
@@ -298,7 +300,10 @@ def recall(
             f"memory_recall: limit {limit} is above the maximum "
             f"{settings.max_limit}; ask for fewer results or page with filters"
         )
-    f = Filters.make(instance_id, project, memory_type, subject, min_foundational, include_archived)
+    seen = access_for(db, caller)
+    f = Filters.make(
+        instance_id, project, memory_type, subject, min_foundational, include_archived, seen
+    )
     with db.read():  # every read below shares this one pooled connection
         found = gather(db, embedder, settings.recall, query, f, search, limit)
         top = rank(db, settings, embedder, found, search)[:limit]
@@ -324,7 +329,7 @@ def recall(
             out["warning"] = found.warning
         top_ids = [m["id"] for m in memories]
         if include_graph and graph_top_n > 0 and graph_depth > 0 and top_ids:
-            ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode)
+            ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode, access=seen)
             if ctx:
                 out["graph_context"] = ctx
     if synthesize:
