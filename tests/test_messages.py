@@ -12,7 +12,7 @@ import pytest
 from memory_palace import InvalidParams, NotFound, Palace
 from memory_palace.db.postgres import pg_connect
 from memory_palace.db.values import utcnow
-from memory_palace.services import messages
+from memory_palace.services import messages, names
 from sqlalchemy import text
 
 HOSTILE = [
@@ -149,7 +149,7 @@ def test_names_are_validated(p: Palace, bad: str, match: str) -> None:
 
 
 def test_longest_valid_name_and_unknown_sender_warning(p: Palace) -> None:
-    name = "n" * messages.MAX_NAME_BYTES
+    name = "n" * names.MAX_NAME_BYTES
     sent = msg(p, action="send", from_instance="stranger", to_instance=name, content="hi")
     assert "stranger" in sent["instance_warning"] and name in sent["instance_warning"]
     assert msg(p, action="get", instance_id=name)["messages"][0]["from_instance"] == "stranger"
@@ -202,13 +202,13 @@ def test_notify_payload_is_cut_to_fit() -> None:
     assert small["subject"] == "short" and "subject_truncated" not in small
 
 
-def _listen(url: str, *names: str):
+def _listen(url: str, *channels: str):
     from psycopg2 import sql
 
     conn = pg_connect(url)
     with conn.cursor() as cur:
-        for n in names:
-            cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(messages.pg_channel(n))))
+        for n in channels:
+            cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(names.pg_channel(n))))
     return conn
 
 

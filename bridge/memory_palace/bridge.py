@@ -1,18 +1,25 @@
 """The JSON-lines bridge for the OpenClaw plugin: requests on stdin, replies and push events on
 stdout (one JSON object per line), tools run on a worker pool, listeners push `new_message`.
 
-Protocol. Request `{"id": str|int, "method": str, "params": {}}`; reply `{"id", "result"}` or
-`{"id", "error": {"code", "message", "data"?}}`. Events `{"event": "new_message"|"listener_status",
-"data": {...}}`. Errors have ONE channel: a failed call never returns a result, and a result never
-holds an `error` key. Protocol codes: PARSE_ERROR (id null), INVALID_REQUEST, METHOD_NOT_FOUND,
-INVALID_PARAMS, INTERNAL_ERROR (a bug; traceback on stderr). A tool that refuses answers with its
-domain code (NOT_FOUND, CONFLICT, PERMISSION_DENIED, BACKEND_UNAVAILABLE, ...; see errors.py);
-`error.data.kind` repeats it and the rest of `error.data` is that error's data.
+Protocol. Request `{"id": str|int, "method": str, "params": {}, "caller"?: str}`; reply
+`{"id", "result"}` or `{"id", "error": {"code", "message", "data"?}}`. Events
+`{"event": "new_message"|"listener_status", "data": {...}}`. Errors have ONE channel: a failed
+call never returns a result, and a result never holds an `error` key. Protocol codes:
+PARSE_ERROR (id null), INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR (a bug;
+traceback on stderr). A tool that refuses answers with its domain code (NOT_FOUND, CONFLICT,
+PERMISSION_DENIED, BACKEND_UNAVAILABLE, ...; see errors.py); `error.data.kind` repeats it and the
+rest of `error.data` is that error's data.
 
 Management methods: _health, _shutdown, _get_instance_routes, _cancel {id} (a cancelled request
 gets no reply), _subscribe / _unsubscribe {instance, database?}: deliver (or stop delivering)
 `new_message` events for that instance. Events name the served instances they are for in
-`data.recipients`. The ready line lists the tools this bridge serves and its extensions.
+`data.recipients`. The ready line lists the tools this bridge serves, its extensions and its
+identity.
+
+Identity. The bridge acts as its token's instance (MEMORY_PALACE_TOKEN), or without one as the
+configured instance, unverified. A request's `caller` names the instance a gateway runs it for
+(its agent -> instance mapping): the call is bound to that instance, so parameters cannot name
+another one, and with a token it must be the token's instance or one it may act as.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ import orjson
 
 from . import __version__
 from .config import load_settings
-from .errors import InvalidParams, MemoryPalaceError, to_wire
+from .errors import InvalidParams, MemoryPalaceError, PermissionDenied, to_wire
 from .listener import Listeners, valid_name
 from .palace import Palace
-from .services import messages
+from .services import names
+from .services.access import Caller
 from .tools import Tool
 
 log = logging.getLogger("memory_palace.bridge")
@@ -184,6 +192,12 @@ class Bridge:
             self.database_error = exc.to_dict()
             ready["database_error"] = self.database_error
             return ready
+        try:
+            me = self.palace.caller
+            ready["identity"] = {"instance": me.instance, "role": me.role, "verified": me.verified}
+        except MemoryPalaceError as exc:  # a bad token: every call will say so too
+            log.error("identity: %s", exc.message)
+            ready["identity_error"] = exc.to_dict()
         try:  # stored vectors from another embedder: say so now, with the fix
             self.palace.check_embedder(db)
         except MemoryPalaceError as exc:
@@ -203,8 +217,9 @@ class Bridge:
         return done
 
     # -- requests -------------------------------------------------------------------------
-    def _parse(self, line: bytes) -> tuple[Any, str, dict[str, Any]] | None:
-        """(id, method, params) of a well-formed request; anything else is answered here."""
+    def _parse(self, line: bytes) -> tuple[Any, str, dict[str, Any], str | None] | None:
+        """(id, method, params, caller) of a well-formed request; anything else is answered
+        here."""
         try:
             req = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -245,6 +260,14 @@ class Bridge:
                 {"kind": "INVALID_PARAMS", "param": "params"},
             )
             return None
+        on_behalf = req.get("caller")
+        if on_behalf is not None and not isinstance(on_behalf, str):
+            self.error(
+                rid,
+                "INVALID_REQUEST",
+                f'"caller" must be an instance name (string), got {type(on_behalf).__name__}',
+            )
+            return None
         if method not in self.methods and method not in MANAGEMENT:
             self.error(
                 rid,
@@ -254,14 +277,14 @@ class Bridge:
                 f"{', '.join(MANAGEMENT)}",
             )
             return None
-        return rid, method, params
+        return rid, method, params, on_behalf
 
     def handle_line(self, line: bytes) -> bool:
         """Handle one request line. Returns False when the bridge should stop."""
         parsed = self._parse(line)
         if parsed is None:
             return True
-        rid, method, params = parsed
+        rid, method, params, on_behalf = parsed
         if method == "_shutdown":
             self.write({"id": rid, "result": {"success": True, "shutting_down": True}})
             return False
@@ -278,18 +301,25 @@ class Bridge:
             if not inline:
                 self.pending[rid] = pending
         if inline:  # answered at once, never queued behind work
-            self._reply(rid, method, params)
+            self._reply(rid, method, params, on_behalf)
         else:
-            self.pool.submit(lambda: self._work(rid, method, params, pending))
+            self.pool.submit(lambda: self._work(rid, method, params, on_behalf, pending))
         return True
 
-    def _reply(self, rid: Any, method: str, params: dict[str, Any]) -> None:
+    def _reply(self, rid: Any, method: str, params: dict[str, Any], on_behalf: str | None) -> None:
         try:
-            self.write({"id": rid, "result": self.dispatch(method, params)})
+            self.write({"id": rid, "result": self.dispatch(method, params, on_behalf)})
         except Exception as exc:  # mapped to a protocol error
             self._write_exception(rid, method, exc)
 
-    def _work(self, rid: Any, method: str, params: dict[str, Any], pending: Pending) -> None:
+    def _work(
+        self,
+        rid: Any,
+        method: str,
+        params: dict[str, Any],
+        on_behalf: str | None,
+        pending: Pending,
+    ) -> None:
         with self._pending_lock:
             if pending.cancelled:  # cancelled while queued: never run it
                 return
@@ -297,7 +327,7 @@ class Bridge:
         reply: dict[str, Any] | None = None
         error: Exception | None = None
         try:
-            reply = {"id": rid, "result": self.dispatch(method, params)}
+            reply = {"id": rid, "result": self.dispatch(method, params, on_behalf)}
         except Exception as exc:  # mapped to a protocol error
             error = exc
         with self._idle:
@@ -323,26 +353,47 @@ class Bridge:
         self.write({"id": rid, "error": err})
 
     # -- methods --------------------------------------------------------------------------
-    def dispatch(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    def dispatch(
+        self, method: str, params: dict[str, Any], on_behalf: str | None = None
+    ) -> dict[str, Any]:
         if method in MANAGEMENT:
-            return getattr(self, "m" + method)(**_management_params(method, params))
+            args = _management_params(method, params)
+            if method in AS_CALLER:
+                args["caller"] = self._caller(on_behalf)
+            return getattr(self, "m" + method)(**args)
+        caller = self._caller(on_behalf)
         tool = self.palace.registry.get(method)
         database = params.get("database") if isinstance(params.get("database"), str) else None
-        self._serve_callers(tool, params, database)
-        result = self.palace.call(method, params)
+        self._serve_callers(tool, params, database, caller)
+        result = self.palace.call(method, params, caller=caller)
         if "subscriptions" in tool.effects:
             self._refresh(database)
         return result
 
-    def _serve_callers(self, tool: Tool, params: dict[str, Any], database: str | None) -> None:
-        """A caller's identity is served from now on: its messages wake it."""
+    def _caller(self, on_behalf: str | None) -> Caller:
+        """The process's identity (its token's), or the instance the gateway names for this
+        request (its agent -> instance mapping), which binds the call to that instance."""
+        caller = self.palace.caller
+        if on_behalf is None:
+            return caller
+        return caller.act_as(names.check_name(on_behalf, "caller"))
+
+    def _serve_callers(
+        self, tool: Tool, params: dict[str, Any], database: str | None, caller: Caller
+    ) -> None:
+        """The identities a call runs as are served from now on: their messages wake them.
+        Only identities the caller may be (a token's instance and the ones it acts for)."""
+        wanted = {caller.instance} if caller.bound else set()
         for key in tool.identity:
             value = params.get(key)
-            if isinstance(value, str) and value != messages.BROADCAST and valid_name(value):
+            if isinstance(value, str) and caller.may_be(value):
+                wanted.add(value)
+        for name in wanted:
+            if name and name != names.BROADCAST and valid_name(name):
                 try:
-                    self.listeners.serve(value, database)
+                    self.listeners.serve(name, database)
                 except MemoryPalaceError as exc:
-                    log.warning("cannot deliver messages for %r: %s", value, exc.message)
+                    log.warning("cannot deliver messages for %r: %s", name, exc.message)
 
     def _refresh(self, database: str | None) -> None:
         try:
@@ -419,8 +470,17 @@ class Bridge:
             "instance_id": s.instance_id,
         }
 
-    def m_subscribe(self, instance: str, database: str | None = None) -> dict[str, Any]:
-        name = messages.check_name(instance, "instance")
+    def m_subscribe(
+        self, caller: Caller, instance: str, database: str | None = None
+    ) -> dict[str, Any]:
+        name = names.check_name(instance, "instance")
+        if not caller.may_be(name):
+            raise PermissionDenied(
+                f"_subscribe: you are {caller.describe()} and may not receive {name!r}'s "
+                "messages; a gateway token lists the instances it serves (token create "
+                "--acts-as)",
+                instance=name,
+            )
         listener = self.listeners.serve(name, database)
         return {
             "success": True,
@@ -434,7 +494,7 @@ class Bridge:
     def m_unsubscribe(self, instance: str, database: str | None = None) -> dict[str, Any]:
         """Stop serving an instance. It was served in every database, so `database` is
         accepted for symmetry with _subscribe and changes nothing."""
-        name = messages.check_name(instance, "instance")
+        name = names.check_name(instance, "instance")
         self.listeners.unserve(name)
         return {"success": True, "instance": name, "served": self.listeners.served()}
 
@@ -449,6 +509,7 @@ MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 MANAGEMENT = tuple(MANAGEMENT_PARAMS)
 INLINE = ("_health", "_cancel")  # answered on the reading thread, never queued
+AS_CALLER = ("_subscribe",)  # management methods that act for the request's caller
 
 
 def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:

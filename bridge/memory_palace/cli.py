@@ -263,6 +263,47 @@ def _tools(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from .services import access
+
+    if args.database:
+        raise InvalidParams(
+            "tokens live in the default database (the one servers check them against); "
+            "drop --database"
+        )
+    palace = _palace(args)
+    db, caller = palace.database(), palace.caller
+    if args.action == "create":
+        result: Any = access.create_token(db, caller, args.instance, args.role, args.acts_as)
+    elif args.action == "list":
+        result = access.list_tokens(db, caller)
+    else:
+        result = access.revoke_token(db, caller, args.token_id)
+    if args.json:
+        _print_json(result)
+    elif args.action == "create":
+        print(result["token"])  # alone on stdout, so $(memory-palace token create x) works
+        print(
+            f"token {result['token_id']} for {result['instance']} ({result['role']}"
+            + (f", may act as {', '.join(result['acts_as'])}" if result["acts_as"] else "")
+            + f"): {result['note']}. Use it as MEMORY_PALACE_TOKEN.",
+            file=sys.stderr,
+        )
+    elif args.action == "list":
+        if not result:
+            print("no tokens (identities are unverified: anyone may name any instance)")
+        for t in result:
+            state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "active"
+            extra = f" acts as {','.join(t['acts_as'])}" if t["acts_as"] else ""
+            print(
+                f"{t['token_id']}  {t['instance']} ({t['role']}{extra})  {state}, "
+                f"created {t['created_at']}, last used {t['last_used_at'] or 'never'}"
+            )
+    else:
+        print(f"revoked token {result['revoked']}")
+    return 0
+
+
 def _projects(values: list[str] | None) -> str | list[str] | None:
     if not values:
         return None
@@ -486,6 +527,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="one parameter; VALUE is read as JSON when it parses, else as text (repeatable)",
     )
     cmd("tools", "List every tool with its description (--json: with parameter schemas).", _tools)
+
+    help_ = (
+        "Create, list or revoke the tokens that bind an agent to its instance (admin; they "
+        "live in the default database)."
+    )
+    p = sub.add_parser("token", help=help_, description=help_)
+    p.set_defaults(func=_token)
+    token = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = token.add_parser(
+        "create",
+        parents=[common],
+        help="a new token for INSTANCE, printed once",
+        description="Create a token for INSTANCE; it is printed once and stored only as a "
+        "salted scrypt hash. Servers given it (MEMORY_PALACE_TOKEN) act as INSTANCE.",
+    )
+    t.add_argument("instance", help="the instance the token stands for")
+    t.add_argument(
+        "--role",
+        choices=["reader", "writer", "admin"],
+        default="writer",
+        help="reader: read its scopes; writer: also write; admin: also tokens, scopes and "
+        "database tools (default: writer)",
+    )
+    t.add_argument(
+        "--acts-as",
+        action="append",
+        metavar="INSTANCE",
+        help="another instance this token may act for (a gateway serving several agents; "
+        "repeatable)",
+    )
+    token.add_parser(
+        "list", parents=[common], help="every token (never the secrets)", description="List tokens."
+    )
+    t = token.add_parser(
+        "revoke", parents=[common], help="stop a token working", description="Revoke a token."
+    )
+    t.add_argument("token_id", help="the token's id (see `token list`)")
 
     p = cmd("export", "Write memories, edges and messages to a JSONL file.", _export)
     p.add_argument("file", help="output .jsonl path ('-' for stdout)")

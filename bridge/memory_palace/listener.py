@@ -24,7 +24,7 @@ import orjson
 from .db.engine import Database
 from .errors import BackendUnavailable, MemoryPalaceError
 from .palace import Palace
-from .services import messages
+from .services import messages, names
 
 log = logging.getLogger("memory_palace.listener")
 
@@ -40,7 +40,7 @@ SEEN_MAX = 20_000
 
 def valid_name(name: str) -> bool:
     try:
-        messages.check_name(name, "instance")
+        names.check_name(name, "instance")
     except MemoryPalaceError:
         return False
     return True
@@ -74,7 +74,7 @@ class Listener(threading.Thread):
     def names(self) -> list[str]:
         """Instance and channel names whose messages concern the served instances."""
         with self._lock:
-            return sorted(self._served | set(self._subscribers) | {messages.BROADCAST})
+            return sorted(self._served | set(self._subscribers) | {names.BROADCAST})
 
     def served(self) -> list[str]:
         with self._lock:
@@ -121,7 +121,7 @@ class Listener(threading.Thread):
         to, channel = payload.get("to_instance"), payload.get("channel")
         with self._lock:
             out = {to} & self._served
-            if to == messages.BROADCAST:
+            if to == names.BROADCAST:
                 out |= self._served - {payload.get("from_instance")}
             if channel:
                 out |= self._subscribers.get(channel, set())
@@ -246,9 +246,9 @@ class PushListener(Listener):
             gen = self._wanted_gen
         want = set(self.names())
         for name in sorted(want - self._listening):
-            self._conn.listen(messages.pg_channel(name))
+            self._conn.listen(names.pg_channel(name))
         for name in sorted(self._listening - want):
-            self._conn.unlisten(messages.pg_channel(name))
+            self._conn.unlisten(names.pg_channel(name))
         self._listening = want
         with self._synced:
             self._synced_gen = max(self._synced_gen, gen)

@@ -6,8 +6,11 @@ parameters are validated against the registry, its dependencies are passed in by
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from . import tools as tools_module
@@ -20,6 +23,8 @@ from .errors import MemoryPalaceError, PermissionDenied
 from .services import access, vectors
 from .services.access import Caller
 from .tools import Registry, Tool, validate
+
+TOKEN_RECHECK_S = 30.0  # how long a verified token is trusted before it is looked up again
 
 
 class Palace:
@@ -36,7 +41,7 @@ class Palace:
             tools_module.TOOLS if tools is None else tools, settings.extensions
         )
         self._embedder = embedder
-        self._caller: Caller | None = None
+        self._callers: dict[bytes, tuple[Caller, float]] = {}  # token digest -> (caller, when)
         self._lock = threading.RLock()
 
     @property
@@ -70,14 +75,9 @@ class Palace:
 
     @property
     def caller(self) -> Caller:
-        """This process's identity: its token's, else the configured instance, unverified."""
-        if self._caller is None:
-            with self._lock:
-                if self._caller is None:
-                    self._caller = self._authenticate()
-        return self._caller
-
-    def _authenticate(self) -> Caller:
+        """This process's identity: its token's (config `token`, env MEMORY_PALACE_TOKEN), else
+        the configured instance, unverified. Rechecked every TOKEN_RECHECK_S, so a revoked
+        token stops working in a long-running server too."""
         token = self.settings.token
         if not token:
             if self.settings.require_token:
@@ -87,7 +87,23 @@ class Palace:
                     "<instance>`"
                 )
             return Caller(self.settings.instance_id, "admin", verified=False)
-        return access.verify_token(self.database(), token)
+        return self.authenticate(token)
+
+    def authenticate(self, token: str) -> Caller:
+        """The caller a token stands for (checked against the default database, cached for
+        TOKEN_RECHECK_S). Raises PermissionDenied, never naming the secret."""
+        key = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        with self._lock:
+            known = self._callers.get(key)
+        if known is not None and now - known[1] < TOKEN_RECHECK_S:
+            return known[0]
+        caller = access.verify_token(self.database(), token)
+        with self._lock:
+            if len(self._callers) >= 1024:  # a flood of distinct tokens: start over
+                self._callers.clear()
+            self._callers[key] = (caller, now)
+        return caller
 
     def identify(self, tool: Tool, args: dict[str, Any], caller: Caller) -> Caller:
         """The caller a call runs as: its role checked, identity parameters filled from it or
@@ -96,7 +112,7 @@ class Palace:
         for param in tool.identity:
             value = args.get(param)
             if value is None:
-                if caller.verified:
+                if caller.bound:
                     args[param] = caller.instance
                 continue
             if not caller.may_be(value):
@@ -108,7 +124,7 @@ class Palace:
             caller = caller.act_as(value)
         if caller.instance is None:
             instance = self.settings.instance_id or "default"
-            caller = Caller(instance, caller.role, caller.verified, caller.acts_as)
+            caller = replace(caller, instance=instance)
         return caller
 
     def _dependencies(self, tool: Tool, args: dict[str, Any], caller: Caller) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 from sqlalchemy import bindparam, text
@@ -23,6 +23,7 @@ from ..db.tables import SCOPE_MEMBERS, TOKENS
 from ..db.values import decode_strings, iso, utcnow
 from ..errors import InvalidParams, NotFound, PermissionDenied
 from ..params import P
+from .names import check_name
 
 Role = Literal["reader", "writer", "admin"]
 ROLES: tuple[str, ...] = ("reader", "writer", "admin")
@@ -34,15 +35,24 @@ SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}  # interactive-login strength
 
 @dataclass(frozen=True)
 class Caller:
-    """The identity a call runs as. `instance` None: the process's configured instance."""
+    """The identity a call runs as. `instance` None: the process's configured instance.
+
+    `verified`: proven by a token. `assigned`: fixed for this call by the surface (a gateway
+    that maps each agent to its instance), so parameters cannot name another instance even
+    without tokens. Either makes the identity binding."""
 
     instance: str | None = None
     role: str = "admin"
     verified: bool = False
     acts_as: frozenset[str] = field(default_factory=frozenset)
+    assigned: bool = False
+
+    @property
+    def bound(self) -> bool:
+        return self.verified or self.assigned
 
     def may_be(self, instance: str) -> bool:
-        return not self.verified or instance == self.instance or instance in self.acts_as
+        return not self.bound or instance == self.instance or instance in self.acts_as
 
     def check_role(self, needed: str, what: str) -> None:
         if RANK[self.role] < RANK[needed]:
@@ -54,19 +64,19 @@ class Caller:
             )
 
     def describe(self) -> str:
-        if not self.verified:
-            return f"instance {self.instance or 'default'!r} (unverified: no token)"
-        return f"instance {self.instance!r} ({self.role}, verified by token)"
+        if self.verified:
+            return f"instance {self.instance!r} ({self.role}, verified by token)"
+        if self.assigned:
+            return f"instance {self.instance!r} (assigned by the gateway; no token)"
+        return f"instance {self.instance or 'default'!r} (unverified: no token)"
 
     def act_as(self, instance: str) -> Caller:
-        """This caller speaking for `instance` (a gateway for one of its agents)."""
-        if instance == self.instance:
-            return self
+        """This caller speaking for `instance` (a gateway for one of its agents): bound to it."""
         if not self.may_be(instance):
             raise PermissionDenied(
                 f"you are {self.describe()} and may not act as {instance!r}", instance=instance
             )
-        return Caller(instance, self.role, self.verified, frozenset())
+        return replace(self, instance=instance, acts_as=frozenset(), assigned=True)
 
 
 def scopes_of(db: Database, instance: str) -> tuple[str, ...]:
@@ -112,12 +122,15 @@ def _hash(secret: str, salt: str) -> str:
 
 def create_token(
     db: Database,
+    caller: Caller,
     instance: str,
     role: str,
     acts_as: list[str] | None = None,
-    created_by: str | None = None,
 ) -> dict[str, Any]:
     """A new token for `instance`; the secret is in the result only, never stored."""
+    caller.check_role("admin", "creating tokens")
+    instance = check_name(instance, "instance")
+    acts_as = [check_name(other, "acts_as") for other in acts_as or []]
     if role not in ROLES:
         raise InvalidParams(f"role must be one of {', '.join(ROLES)}", param="role")
     token_id = secrets.token_hex(6)
@@ -127,11 +140,11 @@ def create_token(
         "token_id": token_id,
         "instance_id": instance,
         "role": role,
-        "acts_as": sorted(set(acts_as or [])),
+        "acts_as": sorted(set(acts_as)),
         "salt": salt,
         "secret_hash": _hash(secret, salt),
         "created_at": utcnow(),
-        "created_by": created_by,
+        "created_by": caller.instance if caller.verified else None,  # None: local admin
     }
     with db.write() as conn:
         conn.execute(
@@ -176,7 +189,8 @@ def verify_token(db: Database, token: str) -> Caller:
     return Caller(row.instance_id, row.role, True, frozenset(decode_strings(row.acts_as)))
 
 
-def list_tokens(db: Database) -> list[dict[str, Any]]:
+def list_tokens(db: Database, caller: Caller) -> list[dict[str, Any]]:
+    caller.check_role("admin", "listing tokens")
     with db.read() as conn:
         rows = conn.execute(
             text(
@@ -200,7 +214,8 @@ def list_tokens(db: Database) -> list[dict[str, Any]]:
     ]
 
 
-def revoke_token(db: Database, token_id: str) -> dict[str, Any]:
+def revoke_token(db: Database, caller: Caller, token_id: str) -> dict[str, Any]:
+    caller.check_role("admin", "revoking tokens")
     with db.write() as conn:
         done = conn.execute(
             text("UPDATE tokens SET revoked_at = :now WHERE token_id = :t AND revoked_at IS NULL"),

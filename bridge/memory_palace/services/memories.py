@@ -453,7 +453,7 @@ def remember(
         else []
     )
     subjects = {i: r.subject for i, r in fetch(db, [i for i, _ in neighbours], reach).items()}
-    if instance not in settings.instances:
+    if not caller.verified and instance not in settings.instances:  # a typo, perhaps
         result["instance_warning"] = (
             f"instance {instance!r} is not in config 'instances' ({', '.join(settings.instances)})"
         )
