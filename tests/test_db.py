@@ -11,7 +11,7 @@ from memory_palace.db.postgres import ensure_database, pg_connect
 from memory_palace.db.urls import pg_database_name
 from sqlalchemy import text
 
-from .conftest import pg_url_for
+from tests.fixtures.db import pg_url_for
 
 
 def tables(db) -> set[str]:

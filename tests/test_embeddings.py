@@ -16,7 +16,7 @@ from memory_palace.embeddings.local import MODEL_SHA256, LocalEmbedder
 from memory_palace.embeddings.ollama import OllamaEmbedder, known_dim
 from memory_palace.errors import ConfigError, EmbedderUnavailable
 
-from tests.fake_ollama import FakeOllama, fake_ollama  # noqa: F401  (fixture)
+from tests.fixtures.ollama import FakeOllama
 
 TRIPLES = [  # (sentence, paraphrase, unrelated)
     (
