@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,10 @@ from memory_palace.errors import EmbedderUnavailable, InvalidParams
 from memory_palace.services.recall import KEYWORD_DEFAULTS
 from sqlalchemy import text
 
+from tests.fixtures.db import BACKENDS, POSTGRES, build_palace, pg_url_for
+
 MODEL = "hash:v1-384"
+BULK_ROWS = 6000
 
 
 def add(palace: Palace, content: str, **kw: Any) -> int:
@@ -346,24 +351,54 @@ def bulk_insert(db: Database, n: int, every: int, seed: int = 7) -> np.ndarray:
     return vecs
 
 
-@pytest.mark.parametrize("path", ["planned", "hnsw", "fallback"])
-def test_filtered_recall_fills_the_limit(
-    palace: Palace, path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass
+class Bulk:
+    palace: Palace
+    vecs: np.ndarray  # the vector of each row
+    id_of: dict[int, int]  # row number -> memory id
+
+
+@pytest.fixture(scope="module")
+def bulk(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Bulk:
+    """BULK_ROWS embedded rows in a database of the backend given by indirect parametrisation,
+    written once per module: the tests only read it."""
+    data_dir = tmp_path_factory.mktemp("bulk")
+    if request.param == "postgres":
+        server = request.getfixturevalue("pg_server_url")
+        url = pg_url_for(server, f"mp_test_{uuid.uuid4().hex[:12]}")
+    else:
+        url = f"sqlite:///{data_dir / 'memories.db'}"
+    palace = build_palace(data_dir / "data", url)
     db = palace.database()
-    if path != "planned" and db.kind != "postgres":
-        pytest.skip("the HNSW path exists on PostgreSQL only")
-    if path != "planned":  # no exact scan up front: ef_search sized for the filter (750 here)
-        monkeypatch.setattr(postgres, "EXACT_SCAN_ROWS", 0)
-    if path == "fallback":  # ef_search too small to fill: the exact scan must take over
-        monkeypatch.setattr(postgres, "OVERFETCH", 0.2)
-    n = 6000
-    vecs = bulk_insert(db, n, every=10)
+    vecs = bulk_insert(db, BULK_ROWS, every=10)
     with db.read() as conn:
         id_of = {
             int(r[1].split()[-1]): int(r[0])
             for r in conn.execute(text("SELECT id, content FROM memories"))
         }
+    return Bulk(palace, vecs, id_of)
+
+
+@pytest.mark.parametrize("bulk", BACKENDS, indirect=True)
+def test_filtered_recall_fills_the_limit(bulk: Bulk) -> None:
+    check_filtered_recall(bulk)
+
+
+@pytest.mark.parametrize("bulk", [POSTGRES], indirect=True)
+@pytest.mark.parametrize("path", ["hnsw", "fallback"])
+def test_filtered_hnsw_recall_fills_the_limit(
+    bulk: Bulk, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no exact scan up front: ef_search is sized for the filter (750 here)
+    monkeypatch.setattr(postgres, "EXACT_SCAN_ROWS", 0)
+    if path == "fallback":  # ef_search too small to fill: the exact scan must take over
+        monkeypatch.setattr(postgres, "OVERFETCH", 0.2)
+    check_filtered_recall(bulk)
+
+
+def check_filtered_recall(bulk: Bulk) -> None:
+    palace, vecs, id_of, n = bulk.palace, bulk.vecs, bulk.id_of, BULK_ROWS
+    db = palace.database()
     ten = np.array([i for i in range(n) if i % 10 == 0])
     rng = np.random.default_rng(1)
     for trial in range(5):
