@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import orjson
 import pytest
@@ -128,7 +129,7 @@ def test_round_trip_sqlite_jsonl_postgres_jsonl(make_palace, sqlite_url, pg_url)
     transfer.import_jsonl(back, None, path)
     third = io.BytesIO()
     transfer.export_jsonl(back, None, third)
-    assert normalise(third.getvalue()) == normalise(open(path, "rb").read())
+    assert normalise(third.getvalue()) == normalise(Path(path).read_bytes())
 
 
 def test_bad_files_are_refused(make_palace, sqlite_url):
