@@ -157,13 +157,16 @@ def test_recall_never_counts_accesses_and_notes_synthesis(palace: Palace) -> Non
     assert got["access_count"] == 1  # the deliberate read only
 
 
+FILLER_WORDS = (
+    "deploy cache service latency backup restore invoice customer ticket release "
+    "staging cluster queue worker timeout retry token vault metric alert"
+)
+
+
 def filler(palace: Palace, n: int, seed: int = 3) -> None:
     """n memories of mixed vocabulary, written fast (one batch, real write path per row)."""
     rng = np.random.default_rng(seed)
-    words = (
-        "deploy cache service latency backup restore invoice customer ticket release "
-        "staging cluster queue worker timeout retry token vault metric alert"
-    ).split()
+    words = FILLER_WORDS.split()
     for i in range(n):
         picked = rng.choice(words, size=8)
         add(
