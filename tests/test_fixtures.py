@@ -53,9 +53,21 @@ def test_not_postgres_runs_the_sqlite_half_without_a_server(tmp_path: Path) -> N
     postgres, other = collected(tmp_path, "postgres"), collected(tmp_path, "not postgres")
     assert counts(done.stdout) == {"passed": len(other), "deselected": len(postgres)}
     # each kind of PostgreSQL use is deselected: a backend parameter, a marked test, a test
-    # marked because its fixtures reach pg_server_url
+    # marked because its fixtures reach pg_url or pg_server_url
     assert "tests/test_db.py::test_schema_created_on_first_use[postgres]" in postgres
     assert "tests/test_db.py::test_auto_creates_missing_database" in postgres
     assert "tests/test_messages.py::test_send_notifies_inside_the_transaction" in postgres
     assert "tests/test_db.py::test_schema_created_on_first_use[sqlite]" in other
     assert "tests/test_db.py::test_sqlite_pragmas" in other
+
+
+def test_an_unmarked_test_asking_for_pg_url_fails_before_a_server_starts(tmp_path: Path) -> None:
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "def test_late(request):\n"
+        "    request.getfixturevalue('pg_url')  # by name: collection cannot see it\n"
+    )
+    done = run_pytest(tmp_path, "-p", "tests.fixtures.db", str(probe))
+    assert done.returncode == 1 and counts(done.stdout) == {"failed": 1}, done.stdout[-2000:]
+    assert "test_late uses PostgreSQL but is not marked postgres" in done.stdout
+    assert "tried to start PostgreSQL" not in done.stdout + done.stderr
