@@ -42,14 +42,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-
 from memory_palace import Palace, load_settings
 from memory_palace.db.engine import Database, dispose_engines
 from memory_palace.embeddings import create_embedder
 from memory_palace.errors import InvalidParams
 from memory_palace.services.memories import document_text
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 DATA = Path(__file__).resolve().parent / "quality"
 LIMIT = 10  # memory_recall limit and the depth of every metric
@@ -569,7 +568,7 @@ def summarise(res: RunResult, queries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def targets(per: dict[str, dict[str, dict[str, float]]], cats: list[str]) -> list[dict[str, Any]]:
     out = []
-    for c in cats + ["macro"]:
+    for c in [*cats, "macro"]:
         rec = per["recall"][c]
         item: dict[str, Any] = {"category": c}
         for m in ("R@5", "MRR"):
@@ -667,7 +666,9 @@ def analysis(
             legs[cat][f"{leg}, recall kept"] += kept
         how = res.found_by.get(q["id"], [])
         found.update(how[:5])
-        found_target.update(h for mid, h in zip(r["recall"], how) if q["targets"].get(mid) == 2)
+        found_target.update(
+            h for mid, h in zip(r["recall"], how, strict=False) if q["targets"].get(mid) == 2
+        )
     stale_above = {m: 0 for m in METHODS}
     stale_n = 0
     for q in queries:

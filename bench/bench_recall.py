@@ -93,9 +93,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, math.ceil(q / 100 * len(values)) - 1))]
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """(milliseconds, result) of fn(*args)."""
     t = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     return (time.perf_counter() - t) * 1000, out
 
 
@@ -256,7 +257,7 @@ def baseline_search(path: str, q: list[float], project: str | None, k: int) -> l
     scored = []
     for mid, emb in rows:
         v = json.loads(emb)
-        dot = sum(a * b for a, b in zip(q, v))
+        dot = sum(a * b for a, b in zip(q, v, strict=True))
         norm = math.sqrt(sum(b * b for b in v))
         scored.append((dot / (qn * norm) if norm and qn else -1.0, mid))
     scored.sort(reverse=True)
@@ -297,7 +298,7 @@ def measure(
         filled = 0
         for j in range(nq):
             q = data.queries[j]
-            ms, hits = timed(lambda: vectors.search(db, MODEL, DIM, q, K, f))
+            ms, hits = timed(vectors.search, db, MODEL, DIM, q, K, f)
             vec_ms.append(ms)
             filled += len(hits) == min(K, len(allowed))
             exact = allowed[np.argsort(-(data.vecs[allowed] @ q))[:10]]
@@ -306,14 +307,14 @@ def measure(
             params = {"query": f"topic{data.qcluster[j]}", "limit": LIMIT}
             if project:
                 params["project"] = project
-            ms, out = timed(lambda: palace.call("memory_recall", params))
+            ms, out = timed(palace.call, "memory_recall", params)
             rec_ms.append(ms)
             if out["count"] != min(LIMIT, len(allowed)):
                 raise SystemExit(f"memory_recall returned {out['count']} of {LIMIT} ({label})")
         if backend == "sqlite":
             path = make_url(db.url).database
             for j in range(nbase):
-                ms, _ = timed(lambda: baseline_search(path, data.queries[j].tolist(), project, K))
+                ms, _ = timed(baseline_search, path, data.queries[j].tolist(), project, K)
                 base_ms.append(ms)
         yield Row(
             backend,

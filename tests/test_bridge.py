@@ -1,172 +1,59 @@
-"""The JSON-lines bridge as a real subprocess: ready line, protocol errors, huge lines, one error
-channel, management methods, clean exit, and SQLite polling events."""
+"""The JSON-lines bridge. In process (`Bridge` over in-memory streams, on both backends): tool
+calls, the protocol-error table, management methods, one JSON object per stdout line. As a real
+subprocess: the ready line, a bad line, huge lines, cancellation, EOF and _shutdown, stray writes
+to stdout, SQLite polling events."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from memory_palace.tools import TOOLS
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures.bridge import ROOT, MemoryBridge, request_line
 
-
-class BridgeProcess:
-    """Drive `python -m memory_palace.bridge` over stdio; every stdout line is checked as JSON."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_PALACE_")}
-        full_env.update(MEMORY_PALACE_DATA_DIR=str(data_dir), **(env or {}))
-        self.stderr_path = data_dir / "bridge.stderr"
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memory_palace.bridge"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=full_env,
-            cwd=ROOT,
-        )
-        self.lines: list[Any] = []
-        self.bad_lines: list[bytes] = []
-        self.replies: dict[Any, list[dict[str, Any]]] = {}
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._next = 0
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.ready = self.wait_for(lambda: self.lines[0] if self.lines else None, 60)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                obj = None
-            with self._cond:
-                if not isinstance(obj, dict) or not raw.endswith(b"\n"):
-                    self.bad_lines.append(raw)
-                else:
-                    self.lines.append(obj)
-                    if "event" in obj:
-                        self.events.append(obj)
-                    elif "id" in obj:
-                        self.replies.setdefault(obj["id"], []).append(obj)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for(self, probe: Callable[[], Any], timeout: float = 10.0) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = probe()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out; stderr:\n{self.stderr()[-3000:]}")
-                self._cond.wait(min(left, 0.5))
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def send_raw(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def submit(self, method: str, params: dict[str, Any] | None = None) -> str:
-        self._next += 1
-        rid = f"r{self._next}"
-        req: dict[str, Any] = {"id": rid, "method": method}
-        if params is not None:
-            req["params"] = params
-        self.send_raw(orjson.dumps(req) + b"\n")
-        return rid
-
-    def reply(self, rid: Any, timeout: float = 30.0) -> dict[str, Any]:
-        return self.wait_for(lambda: (self.replies.get(rid) or [None])[0], timeout)
-
-    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.reply(self.submit(method, params))
-
-    def result(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        reply = self.call(method, params)
-        assert "result" in reply, reply
-        return reply["result"]
-
-    def event(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict:
-        return self.wait_for(lambda: next((e for e in self.events if pred(e)), None), timeout)
-
-    def new_messages(self) -> list[dict[str, Any]]:
-        with self._cond:
-            return [e["data"] for e in self.events if e["event"] == "new_message"]
-
-    def close(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._reader.join(5)
-            self._stderr.close()
-
-
-def write_config(data_dir: Path, url: str, **config: Any) -> Path:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    config.setdefault("embedder", "hash")
-    config.setdefault("instances", ["prime", "sandy"])
-    config.setdefault("database", {"url": url})
-    (data_dir / "config.json").write_bytes(orjson.dumps(config))
-    return data_dir
+INSTANCES = ["prime", "sandy"]
+ROUTES = {"sandy": {"url": "http://127.0.0.1:1/hooks"}}
+LISTENER = {  # what listens for new messages on each backend
+    "sqlite": {"kind": "poll", "state": "polling"},
+    "postgres": {"kind": "listen", "state": "listening"},
+}
 
 
 @pytest.fixture
-def spawn(tmp_path: Path):
-    """spawn(url, env=None, **config) -> a running BridgeProcess; closed (and checked) after."""
-    started: list[BridgeProcess] = []
-
-    def make(url: str, env: dict[str, str] | None = None, **config: Any) -> BridgeProcess:
-        data_dir = write_config(tmp_path / f"bridge{len(started)}", url, **config)
-        bridge = BridgeProcess(data_dir, env)
-        started.append(bridge)
-        return bridge
-
-    yield make
-    for bridge in started:
-        bridge.close()
-        assert bridge.bad_lines == [], bridge.bad_lines[:3]
+def bridged(make_palace, db_url: str, memory_bridge) -> MemoryBridge:
+    """A started in-process bridge over a fresh database of each backend."""
+    return memory_bridge(make_palace(db_url, instances=INSTANCES, instance_routes=ROUTES))
 
 
-def test_ready_first_then_only_json_lines(spawn, sqlite_url: str) -> None:
-    b = spawn(sqlite_url, env={"MEMORY_PALACE_INSTANCE_ID": "prime"})
-    assert b.lines[0] is b.ready
-    assert b.ready["ready"] is True and b.ready["tools"] == [
-        t.name for t in TOOLS if t.extension is None
-    ]
-    assert b.ready["version"] and b.ready["instance_id"] == "prime"
-    stats = b.result("memory_stats")
-    assert isinstance(stats, dict) and "error" not in stats
-    assert b.close() == 0
-    assert b.bad_lines == [] and len(b.lines) == 2
+# -- in process ---------------------------------------------------------------------------------
 
 
+def test_tool_calls_answer_one_json_line_each(bridged: MemoryBridge, backend: str) -> None:
+    ready = bridged.ready
+    assert ready["ready"] is True and ready["database"] == "default"
+    assert ready["tools"] == [t.name for t in TOOLS if t.extension is None]
+    assert ready["listener"] == LISTENER[backend]
+    awkward = 'two\nlines, a \r, a \u2028, a "quote" and \\ in one value'
+    stored = bridged.result("memory_set", {"content": awkward, "auto_link": False})
+    got = bridged.result("memory_get", {"memory_ids": stored["id"], "include_graph": False})
+    assert got["memory"]["content"] == awkward
+    sent = bridged.result(
+        "message",
+        {"action": "send", "from_instance": "prime", "to_instance": "sandy", "content": awkward},
+    )
+    inbox = bridged.result("message", {"action": "get", "instance_id": "sandy"})
+    assert [(m["id"], m["content"]) for m in inbox["messages"]] == [(sent["id"], awkward)]
+    lines = bridged.lines()  # each line parsed on its own: one JSON object per line
+    assert lines[0] == ready and all("ready" not in line for line in lines[1:])
+    replies = [line for line in lines if "id" in line]
+    assert [r["id"] for r in replies] == ["m1", "m2", "m3", "m4"]
+    assert all(set(r) == {"id", "result"} for r in replies)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # protocol errors are the same on both
 @pytest.mark.parametrize(
     "line, code, has_id",
     [
@@ -192,26 +79,76 @@ def test_ready_first_then_only_json_lines(spawn, sqlite_url: str) -> None:
         ),
         (b'{"id": 7, "method": "_subscribe", "params": {"instance": 5}}', "INVALID_PARAMS", True),
         (
-            b'{"id": 7, "method": "message", "params": {"action": "mark_read", "instance_id": "prime",'
-            b' "message_id": 99999}}',
+            b'{"id": 7, "method": "message", "params": {"action": "mark_read", '
+            b'"instance_id": "prime", "message_id": 99999}}',
             "NOT_FOUND",
             True,
         ),
     ],
 )
 def test_bad_requests_get_their_error_and_the_bridge_keeps_serving(
-    spawn, sqlite_url: str, line: bytes, code: str, has_id: bool
+    bridged: MemoryBridge, line: bytes, code: str, has_id: bool
 ) -> None:
-    b = spawn(sqlite_url)
-    b.send_raw(line + b"\n")
-    rid = 7 if has_id else None
-    reply = b.reply(rid)
+    bridged.feed(line + b"\n")
+    reply = bridged.reply(7 if has_id else None)
     assert reply["error"]["code"] == code, reply
     assert "result" not in reply and reply["error"]["message"]
     if code == "NOT_FOUND":  # a tool's refusal carries its domain code
         assert reply["error"]["data"]["kind"] == "NOT_FOUND"
     if code == "INVALID_PARAMS" and b"limit" in line:
         assert reply["error"]["data"]["param"] == "limit" and "limit" in reply["error"]["message"]
+    assert bridged.result("_health")["ok"] is True
+    assert len([x for x in bridged.lines() if "error" in x]) == 1
+
+
+def test_management_methods(bridged: MemoryBridge, backend: str) -> None:
+    routes = bridged.result("_get_instance_routes")
+    assert routes == {"instances": INSTANCES, "instance_routes": ROUTES, "instance_id": None}
+    health = bridged.result("_health")
+    assert health["ok"] is True and health["in_flight"] == 0 and health["served"] == []
+    assert health["listener_state"] == LISTENER[backend]["state"]
+    assert health["listeners"]["default"]["names"] == ["all"]
+    assert 0 <= health["uptime_s"] < 60
+    assert bridged.result("_cancel", {"id": "nothing-pending"}) == {
+        "cancelled": False,
+        "id": "nothing-pending",
+        "state": "unknown",
+        "note": "no pending request has this id (finished already?)",
+    }
+    sub = bridged.result("_subscribe", {"instance": "ops"})
+    assert sub["mode"] == LISTENER[backend]["kind"] and sub["served"] == ["ops"]
+    assert "ops" in bridged.result("_health")["listeners"]["default"]["names"]
+    bridged.result("_unsubscribe", {"instance": "ops"})
+    assert "ops" not in bridged.result("_health")["listeners"]["default"]["names"]
+    bad = bridged.call("_subscribe", {"instance": "x" * 60})
+    assert bad["error"]["code"] == "INVALID_PARAMS" and "45 bytes" in bad["error"]["message"]
+    unknown = bridged.call("_health", {"verbose": True})
+    assert unknown["error"]["data"] == {"kind": "INVALID_PARAMS", "param": "verbose"}
+    # _shutdown answers, and read_lines stops reading: the line after it is never served
+    bridged.feed(request_line("bye", "_shutdown") + request_line("late", "_health"))
+    assert bridged.reply("bye")["result"] == {"success": True, "shutting_down": True}
+    assert not any(line.get("id") == "late" for line in bridged.lines())
+
+
+# -- subprocess ---------------------------------------------------------------------------------
+
+
+def test_ready_first_then_only_json_lines(spawn, sqlite_url: str) -> None:
+    b = spawn(sqlite_url, env={"MEMORY_PALACE_INSTANCE_ID": "prime"})
+    assert b.ready["ready"] is True and b.ready["tools"] == [
+        t.name for t in TOOLS if t.extension is None
+    ]
+    assert b.ready["version"] and b.ready["instance_id"] == "prime"
+    assert b.result("memory_stats")["total_memories"] == 0
+    assert b.close() == 0
+    assert b.bad_lines == [] and len(b.lines) == 2
+    assert "ready" in b.lines[0] and "ready" not in b.lines[1]
+
+
+def test_a_bad_line_is_answered_and_the_process_keeps_serving(spawn, sqlite_url: str) -> None:
+    b = spawn(sqlite_url)
+    b.send_raw(b"{not json\n")
+    assert b.reply(None)["error"]["code"] == "PARSE_ERROR"
     assert b.result("_health")["ok"] is True
 
 
@@ -242,31 +179,6 @@ def test_huge_line_is_refused_without_a_crash(spawn, sqlite_url: str) -> None:
     assert sent["success"]
     got = b.result("message", {"action": "get", "instance_id": "sandy"})
     assert [m["content"] for m in got["messages"]] == ["small"]
-
-
-def test_management_methods(spawn, sqlite_url: str) -> None:
-    b = spawn(sqlite_url, instance_routes={"sandy": {"url": "http://127.0.0.1:1/hooks"}})
-    routes = b.result("_get_instance_routes")
-    assert routes["instances"] == ["prime", "sandy"]
-    assert routes["instance_routes"] == {"sandy": {"url": "http://127.0.0.1:1/hooks"}}
-    health = b.result("_health")
-    assert health["listener_state"] == "polling" and health["in_flight"] == 0
-    assert health["listeners"]["default"]["names"] == ["all"] and health["served"] == []
-    assert health["uptime_s"] >= 0
-    cancel = b.result("_cancel", {"id": "nothing-pending"})
-    assert cancel == {
-        "cancelled": False,
-        "id": "nothing-pending",
-        "state": "unknown",
-        "note": cancel["note"],
-    }
-    sub = b.result("_subscribe", {"instance": "ops"})
-    assert sub["mode"] == "poll" and sub["instance"] == "ops" and sub["served"] == ["ops"]
-    assert "ops" in b.result("_health")["listeners"]["default"]["names"]
-    b.result("_unsubscribe", {"instance": "ops"})
-    assert "ops" not in b.result("_health")["listeners"]["default"]["names"]
-    bad = b.call("_subscribe", {"instance": "x" * 60})
-    assert bad["error"]["code"] == "INVALID_PARAMS" and "45 bytes" in bad["error"]["message"]
 
 
 def test_duplicate_pending_id_and_out_of_order_ids(spawn, sqlite_url: str) -> None:

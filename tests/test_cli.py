@@ -54,11 +54,11 @@ def test_remember_recall_stats_round_trip(cli) -> None:
 def test_archive_is_dry_run_by_default(cli) -> None:
     cli("remember", "temporary note")
     code, out, _ = cli("archive", "1")
-    assert "would_archive: 1" in out
+    assert code == 0 and "would_archive: 1" in out
     code, out, _ = cli("archive", "1", "--execute", "--reason", "done")
-    assert "archived_count: 1" in out
-    _code, out, _ = cli("recent", "--json")
-    assert json.loads(out)["count"] == 0
+    assert code == 0 and "archived_count: 1" in out
+    code, out, _ = cli("recent", "--json")
+    assert code == 0 and json.loads(out)["count"] == 0
 
 
 def test_errors_are_clear_and_exit_nonzero(cli) -> None:
@@ -72,9 +72,9 @@ def test_named_database_routes(cli, tmp_path: Path) -> None:
     cli("remember", "work fact", "--database", "work")
     assert (tmp_path / "data" / "memories_work.db").exists()
     code, out, _ = cli("stats", "--json")
-    assert json.loads(out)["total_memories"] == 0
-    _code, out, _ = cli("stats", "--json", "--database", "work")
-    assert json.loads(out)["total_memories"] == 1
+    assert code == 0 and json.loads(out)["total_memories"] == 0
+    code, out, _ = cli("stats", "--json", "--database", "work")
+    assert code == 0 and json.loads(out)["total_memories"] == 1
 
 
 def test_every_command_has_help() -> None:

@@ -61,9 +61,11 @@ def _palace(data_dir: str) -> Palace:
     return Palace(load_settings(Path(data_dir), env={}), embedder=HashingEmbedder(384))
 
 
-def _writer(data_dir: str, name: str, out: Any) -> None:
+def _writer(data_dir: str, name: str, reading: Any, out: Any) -> None:
     try:
         palace = _palace(data_dir)
+        if not reading.wait(120):  # write only while the reader is reading
+            raise RuntimeError("the reader never made its first recall")
         ids = []
         for i in range(WRITES):
             r = palace.call(
@@ -81,13 +83,14 @@ def _writer(data_dir: str, name: str, out: Any) -> None:
         out.put(("writer", name, None, traceback.format_exc()))
 
 
-def _recaller(data_dir: str, done: Any, out: Any) -> None:
+def _recaller(data_dir: str, reading: Any, done: Any, out: Any) -> None:
     try:
         palace = _palace(data_dir)
         db = palace.database()
         calls = 0
+        first: list[int] = []
         while not done.is_set() or calls < 3:
-            palace.call(
+            hits = palace.call(
                 "memory_recall",
                 {
                     "query": "widget note from writer",
@@ -95,7 +98,10 @@ def _recaller(data_dir: str, done: Any, out: Any) -> None:
                     "project": "shared",
                     "include_graph": False,
                 },
-            )
+            )["memories"]
+            if not calls:
+                first = [m["id"] for m in hits]
+                reading.set()
             calls += 1
         found = {}
         for name in ("A", "B"):
@@ -109,7 +115,7 @@ def _recaller(data_dir: str, done: Any, out: Any) -> None:
             exact = [(m["id"], m["found_by"]) for m in hits if m["similarity_score"] > 0.999]
             found[name] = (exact, vec[0][0])
         active = palace.call("memory_stats", {})["active_memories"]
-        out.put(("recaller", calls, {"found": found, "active": active}, None))
+        out.put(("recaller", calls, {"first": first, "found": found, "active": active}, None))
     except Exception:
         out.put(("recaller", None, None, traceback.format_exc()))
 
@@ -124,10 +130,10 @@ def test_two_writer_processes_and_a_reader_share_sqlite(
     data_dir = str(parent.settings.data_dir)
     assert orjson.loads(Path(data_dir, "config.json").read_bytes())["database"]["url"] == sqlite_url
     ctx = mp.get_context("spawn")
-    out, done = ctx.Queue(), ctx.Event()
-    reader = ctx.Process(target=_recaller, args=(data_dir, done, out))
+    out, reading, done = ctx.Queue(), ctx.Event(), ctx.Event()
+    reader = ctx.Process(target=_recaller, args=(data_dir, reading, done, out))
     reader.start()
-    writers = [ctx.Process(target=_writer, args=(data_dir, n, out)) for n in ("A", "B")]
+    writers = [ctx.Process(target=_writer, args=(data_dir, n, reading, out)) for n in ("A", "B")]
     for w in writers:
         w.start()
     reports = [out.get(timeout=120) for _ in writers]
@@ -139,8 +145,9 @@ def test_two_writer_processes_and_a_reader_share_sqlite(
     errors = [r[3] for r in reports if r[3]]
     assert not errors, "\n".join(errors)
     finals = {r[1]: r[2] for r in reports if r[0] == "writer"}
-    calls, info = next((r[1], r[2]) for r in reports if r[0] == "recaller")
-    assert calls >= 3
+    info = next(r[2] for r in reports if r[0] == "recaller")
+    # the reader's first recall came before any write, so the rest of its loop overlapped them
+    assert info["first"] == [seed]
     for name in ("A", "B"):  # found by the reader's vector index, not only by keywords
         assert info["found"][name] == ([(finals[name], "both")], finals[name])
     # 1 seed + 2 x (WRITES + sentinel) written, 2 x 3 archived

@@ -11,7 +11,7 @@ from memory_palace.db.postgres import ensure_database, pg_connect
 from memory_palace.db.urls import pg_database_name
 from sqlalchemy import text
 
-from .conftest import pg_url_for
+from tests.fixtures.db import pg_url_for
 
 
 def tables(db) -> set[str]:
@@ -83,21 +83,27 @@ def test_postgres_pool_and_indexes(make_palace, pg_url: str) -> None:
 
 @pytest.mark.postgres
 def test_auto_creates_missing_database(pg_server_url: str, pg_url: str, make_palace) -> None:
-    name = pg_database_name(pg_url)
-    palace = make_palace(pg_url)
-    palace.database()
     admin = pg_connect(pg_server_url)
-    with admin.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname=%s", (name,))
-        assert cur.fetchone()
-        cur.execute("SELECT 1 FROM pg_database WHERE datname=%s", ("memory_palace_life",))
-        existed = cur.fetchone() is not None
-    # a named database is derived from the default and created too
-    life = palace.database(f"life{uuid.uuid4().hex[:6]}")
-    assert life.url.split("?")[0].rsplit("/", 1)[1].startswith("memory_palace_life")
-    assert "memories" in tables(life)
-    assert existed in (True, False)
-    admin.close()
+
+    def exists(dbname: str) -> bool:
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname=%s", (dbname,))
+            return cur.fetchone() is not None
+
+    try:
+        name = pg_database_name(pg_url)
+        assert not exists(name)
+        palace = make_palace(pg_url)
+        palace.database()
+        assert exists(name)
+        # a named database is derived from the default and created too
+        life = f"life{uuid.uuid4().hex[:6]}"
+        assert not exists(f"memory_palace_{life}")
+        db = palace.database(life)
+        assert pg_database_name(db.url) == f"memory_palace_{life}"
+        assert exists(f"memory_palace_{life}") and "memories" in tables(db)
+    finally:
+        admin.close()
 
 
 @pytest.fixture

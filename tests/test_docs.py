@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import pg_url_for
-from tests.test_migrate import this_layout
+from tests.fixtures.db import pg_url_for
+from tests.fixtures.layouts import this_layout
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "postgres.md"
 BIN = Path(sys.executable).parent

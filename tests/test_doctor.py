@@ -16,7 +16,7 @@ from memory_palace.db.engine import get_database
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
-from tests.conftest import pg_url_for
+from tests.fixtures.db import pg_url_for
 
 
 def settings_for(tmp_path, url: str, **extra):

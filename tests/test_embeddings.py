@@ -16,7 +16,7 @@ from memory_palace.embeddings.local import MODEL_SHA256, LocalEmbedder
 from memory_palace.embeddings.ollama import OllamaEmbedder, known_dim
 from memory_palace.errors import ConfigError, EmbedderUnavailable
 
-from tests.fake_ollama import FakeOllama, fake_ollama  # noqa: F401  (fixture)
+from tests.fixtures.ollama import FakeOllama
 
 TRIPLES = [  # (sentence, paraphrase, unrelated)
     (
@@ -103,7 +103,7 @@ def test_local_rejects_a_corrupted_model(tmp_path: Path, local: LocalEmbedder) -
 
 
 def test_local_missing_model_names_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(EmbedderUnavailable, match="does not exist.*reinstall"):
+    with pytest.raises(EmbedderUnavailable, match=r"does not exist.*reinstall"):
         LocalEmbedder(tmp_path / "gone.onnx").embed_documents(["x"])
 
 
@@ -273,7 +273,7 @@ def test_ollama_down_gives_a_clear_error() -> None:
 
 def test_ollama_timeout_is_retried_then_reported(fake_ollama: FakeOllama) -> None:
     fake_ollama.delay = 2.0
-    with pytest.raises(EmbedderUnavailable, match="no answer within 0.2 s after 2 attempts"):
+    with pytest.raises(EmbedderUnavailable, match=r"no answer within 0\.2 s after 2 attempts"):
         client(fake_ollama, timeout=0.2, retries=1).embed_query("hello")
     assert len(fake_ollama.calls()) == 2
 

@@ -1,6 +1,7 @@
 """Layers import downward only:
 
-    config, errors, params  ->  db  ->  embeddings  ->  services  ->  tools  ->  palace  ->  surfaces
+    config, errors, params  ->  db  ->  embeddings  ->  services  ->  tools  ->  palace
+    palace  ->  surfaces
 
 Services also never touch a driver (sqlite3, psycopg2): backend specifics live in db/ adapters.
 """

@@ -10,8 +10,6 @@ import uuid
 import pytest
 from memory_palace.db.postgres import pg_connect
 
-from tests.test_bridge import spawn  # noqa: F401 - fixture
-
 pytestmark = pytest.mark.postgres
 
 HOSTILE_SUBJECT = 'it\'s "q" :word $1 %s ✓ 日本語 🚀'
@@ -59,7 +57,7 @@ def terminate(url: str, pids: list[int]) -> None:
         conn.close()
 
 
-def test_direct_broadcast_and_channel_push(spawn, make_palace, pg_url) -> None:  # noqa: F811
+def test_direct_broadcast_and_channel_push(spawn, make_palace, pg_url) -> None:
     sender = make_palace(pg_url, instances=["prime", "sandy"])
     sender.call("message", {"action": "subscribe", "instance_id": "sandy", "channel": "ops"})
     b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
@@ -101,7 +99,7 @@ def test_direct_broadcast_and_channel_push(spawn, make_palace, pg_url) -> None: 
     assert ids == [direct["id"], broadcast["id"], chan["id"], both["id"], last["id"]]
 
 
-def test_served_instances_and_their_channels(spawn, make_palace, pg_url) -> None:  # noqa: F811
+def test_served_instances_and_their_channels(spawn, make_palace, pg_url) -> None:
     sender = make_palace(pg_url, instances=["prime"])
     b = spawn(pg_url, instances=["prime"])
     assert listened(b) == {"all"}  # configured instances are known, not served
@@ -138,7 +136,7 @@ def test_served_instances_and_their_channels(spawn, make_palace, pg_url) -> None
     assert ids == [after["id"], page["id"], alert["id"], marker["id"]]
 
 
-def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> None:  # noqa: F811
+def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> None:
     sender = make_palace(pg_url, instances=["prime"])
     b = spawn(pg_url, instances=["prime"])
     sub = b.result(
@@ -161,7 +159,7 @@ def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> 
     ]
 
 
-def test_named_database_gets_its_own_listener(spawn, make_palace, pg_url) -> None:  # noqa: F811
+def test_named_database_gets_its_own_listener(spawn, make_palace, pg_url) -> None:
     team = f"team_{uuid.uuid4().hex[:8]}"
     b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"})
     assert set(b.result("_health")["listeners"]) == {"default"}

@@ -1,5 +1,6 @@
-"""The MCP server, spawned for real and driven by the official SDK's ClientSession over stdio;
-HTTP wake observed on a local HTTP server that checks the exact request."""
+"""The MCP server: in process through the official SDK's client over memory streams (on both
+backends), spawned for real and driven by the SDK's ClientSession over stdio, and its HTTP wake
+observed on a local HTTP server that checks the exact request."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import queue
 import sys
 import threading
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client
+from memory_palace import Palace
+from memory_palace.mcp_server import build_server
 from memory_palace.tools import TOOLS
 from memory_palace.wake import WakeNotifier
 
@@ -108,6 +112,49 @@ async def session_run(data_dir: Path, body) -> Any:
 def result_json(res: Any) -> dict[str, Any]:
     assert not res.is_error, res.content[0].text
     return json.loads(res.content[0].text)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def mcp_client(palace: Palace) -> AsyncIterator[Client]:
+    """The SDK's client connected to build_server(palace) in this process. mode="legacy" runs
+    the JSON-RPC session over the SDK's memory streams (mcp.shared.memory), handshake included."""
+    async with Client(build_server(palace), mode="legacy") as client:
+        yield client
+
+
+@pytest.mark.anyio
+async def test_in_memory_session_lists_the_registry(mcp_client: Client, palace: Palace) -> None:
+    listed = (await mcp_client.list_tools()).tools
+    served = palace.registry.for_surface("mcp")
+    assert [t.name for t in listed] == [t.name for t in served]
+    assert "memory_list_databases" not in [t.name for t in listed]  # db_manager is not enabled
+    for tool, spec in zip(listed, served, strict=True):
+        assert tool.description == spec.description and tool.input_schema == spec.schema()
+
+
+@pytest.mark.anyio
+async def test_in_memory_session_calls_tools_and_reports_errors(mcp_client: Client) -> None:
+    stored = result_json(
+        await mcp_client.call_tool("memory_set", {"content": "The VPN rotates keys on Monday"})
+    )
+    recalled = result_json(
+        await mcp_client.call_tool("memory_recall", {"query": "VPN keys", "include_graph": False})
+    )
+    assert [(m["id"], m["found_by"]) for m in recalled["memories"]] == [(stored["id"], "both")]
+    missing = await mcp_client.call_tool("memory_get", {"memory_ids": stored["id"] + 1})
+    assert missing.is_error and missing.content[0].text.startswith("NOT_FOUND: ")
+    assert f"memory {stored['id'] + 1}" in missing.content[0].text
+    bad = await mcp_client.call_tool("memory_recall", {"query": "x", "limit": "many"})
+    assert bad.is_error and bad.content[0].text.startswith("INVALID_PARAMS: ")
+    assert "limit" in bad.content[0].text
+    # an error result leaves the session usable
+    again = result_json(await mcp_client.call_tool("memory_stats", {}))
+    assert again["total_memories"] == 1
 
 
 @pytest.mark.postgres

@@ -25,72 +25,9 @@ from memory_palace.db.tables import KINDS, MEMORIES
 from memory_palace.migrate.copy import Stage
 from sqlalchemy.engine import make_url
 
+from tests.fixtures.layouts import this_layout
+
 pytestmark = pytest.mark.postgres
-
-
-def this_layout(path: Path, memories: int = 40, dim: int = 384) -> None:
-    """A SQLite file in this project's layout with memories, edges, messages, reads, subs."""
-    url = f"sqlite:///{path}"
-    schema.migrate(get_database(url), dim)
-    dispose_engines(url)
-    rng = np.random.default_rng(1)
-    conn = sqlite3.connect(path)
-    with conn:
-        for i in range(1, memories + 1):
-            vec = rng.standard_normal(dim).astype("<f4")
-            conn.execute(
-                "INSERT INTO memories (id, created_at, updated_at, instance_id, projects, "
-                "memory_type, subject, content, content_hash, keywords, tags, foundational, "
-                "embedding, embedding_model, embedding_dim, is_archived) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    i * 2,
-                    f"2025-01-01T00:00:{i % 60:02d}.123456+00:00",
-                    None,
-                    "prime",
-                    orjson.dumps(["life", "work é"]).decode(),
-                    "fact",
-                    f"subj {i}",
-                    f"content {i} 'quoted' \\ back",
-                    f"h{i}",
-                    '["k1","k2"]',
-                    None,
-                    i % 2,
-                    vec.tobytes(),
-                    "hash:v1-384",
-                    dim,
-                    int(i % 5 == 0),
-                ),
-            )
-        for i in range(1, memories):
-            conn.execute(
-                "INSERT INTO memory_edges (id, created_at, source_id, target_id, relation_type, "
-                "strength, bidirectional, metadata, created_by, auto_linked) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    i + 10,
-                    "2025-01-02T00:00:00+00:00",
-                    i * 2,
-                    i * 2 + 2,
-                    "relates_to",
-                    0.5,
-                    i % 2,
-                    orjson.dumps({"auto_linked": True, "n": i}).decode(),
-                    "t",
-                    1,
-                ),
-            )
-        for i in range(1, 6):
-            conn.execute(
-                "INSERT INTO messages (id, created_at, from_instance, to_instance, "
-                "message_type, subject, content, priority) VALUES (?,?,?,?,?,?,?,?)",
-                (i, "2025-01-03T00:00:00+00:00", "prime", "all", "fyi", f"s{i}", f"c{i}", i),
-            )
-        conn.execute("INSERT INTO message_reads VALUES (1, 'crash', '2025-01-04T00:00:00+00:00')")
-        conn.execute(
-            "INSERT INTO subscriptions VALUES ('crash', 'ops', '2025-01-04T00:00:00+00:00')"
-        )
-    conn.close()
 
 
 ORIGINAL_DDL = [

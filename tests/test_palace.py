@@ -40,7 +40,7 @@ def test_unknown_tool_and_disabled_extension(make_palace, sqlite_url: str) -> No
     palace = make_palace(sqlite_url)
     with pytest.raises(InvalidParams, match="unknown tool 'nope'"):
         palace.call("nope", {})
-    with pytest.raises(InvalidParams, match="mcp_server.extensions.db_manager"):
+    with pytest.raises(InvalidParams, match=r"mcp_server\.extensions\.db_manager"):
         palace.call("memory_list_databases", {})
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,10 @@ from memory_palace.errors import EmbedderUnavailable, InvalidParams
 from memory_palace.services.recall import KEYWORD_DEFAULTS
 from sqlalchemy import text
 
+from tests.fixtures.db import BACKENDS, POSTGRES, build_palace, pg_url_for
+
 MODEL = "hash:v1-384"
+BULK_ROWS = 6000
 
 
 def add(palace: Palace, content: str, **kw: Any) -> int:
@@ -152,13 +157,16 @@ def test_recall_never_counts_accesses_and_notes_synthesis(palace: Palace) -> Non
     assert got["access_count"] == 1  # the deliberate read only
 
 
+FILLER_WORDS = (
+    "deploy cache service latency backup restore invoice customer ticket release "
+    "staging cluster queue worker timeout retry token vault metric alert"
+)
+
+
 def filler(palace: Palace, n: int, seed: int = 3) -> None:
     """n memories of mixed vocabulary, written fast (one batch, real write path per row)."""
     rng = np.random.default_rng(seed)
-    words = (
-        "deploy cache service latency backup restore invoice customer ticket release "
-        "staging cluster queue worker timeout retry token vault metric alert"
-    ).split()
+    words = FILLER_WORDS.split()
     for i in range(n):
         picked = rng.choice(words, size=8)
         add(
@@ -346,24 +354,54 @@ def bulk_insert(db: Database, n: int, every: int, seed: int = 7) -> np.ndarray:
     return vecs
 
 
-@pytest.mark.parametrize("path", ["planned", "hnsw", "fallback"])
-def test_filtered_recall_fills_the_limit(
-    palace: Palace, path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass
+class Bulk:
+    palace: Palace
+    vecs: np.ndarray  # the vector of each row
+    id_of: dict[int, int]  # row number -> memory id
+
+
+@pytest.fixture(scope="module")
+def bulk(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Bulk:
+    """BULK_ROWS embedded rows in a database of the backend given by indirect parametrisation,
+    written once per module: the tests only read it."""
+    data_dir = tmp_path_factory.mktemp("bulk")
+    if request.param == "postgres":
+        server = request.getfixturevalue("pg_server_url")
+        url = pg_url_for(server, f"mp_test_{uuid.uuid4().hex[:12]}")
+    else:
+        url = f"sqlite:///{data_dir / 'memories.db'}"
+    palace = build_palace(data_dir / "data", url)
     db = palace.database()
-    if path != "planned" and db.kind != "postgres":
-        pytest.skip("the HNSW path exists on PostgreSQL only")
-    if path != "planned":  # no exact scan up front: ef_search sized for the filter (750 here)
-        monkeypatch.setattr(postgres, "EXACT_SCAN_ROWS", 0)
-    if path == "fallback":  # ef_search too small to fill: the exact scan must take over
-        monkeypatch.setattr(postgres, "OVERFETCH", 0.2)
-    n = 6000
-    vecs = bulk_insert(db, n, every=10)
+    vecs = bulk_insert(db, BULK_ROWS, every=10)
     with db.read() as conn:
         id_of = {
             int(r[1].split()[-1]): int(r[0])
             for r in conn.execute(text("SELECT id, content FROM memories"))
         }
+    return Bulk(palace, vecs, id_of)
+
+
+@pytest.mark.parametrize("bulk", BACKENDS, indirect=True)
+def test_filtered_recall_fills_the_limit(bulk: Bulk) -> None:
+    check_filtered_recall(bulk)
+
+
+@pytest.mark.parametrize("bulk", [POSTGRES], indirect=True)
+@pytest.mark.parametrize("path", ["hnsw", "fallback"])
+def test_filtered_hnsw_recall_fills_the_limit(
+    bulk: Bulk, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no exact scan up front: ef_search is sized for the filter (750 here)
+    monkeypatch.setattr(postgres, "EXACT_SCAN_ROWS", 0)
+    if path == "fallback":  # ef_search too small to fill: the exact scan must take over
+        monkeypatch.setattr(postgres, "OVERFETCH", 0.2)
+    check_filtered_recall(bulk)
+
+
+def check_filtered_recall(bulk: Bulk) -> None:
+    palace, vecs, id_of, n = bulk.palace, bulk.vecs, bulk.id_of, BULK_ROWS
+    db = palace.database()
     ten = np.array([i for i in range(n) if i % 10 == 0])
     rng = np.random.default_rng(1)
     for trial in range(5):
@@ -386,26 +424,33 @@ def test_filtered_recall_fills_the_limit(
     assert len(unfiltered) == 50 and unfiltered[0][0] == id_of[3]
 
 
+# (query, the memories its keyword half must find): operators of FTS5 and websearch_to_tsquery are
+# plain words, OR-ed; the vector half finds both memories whatever the query.
+OPERATOR_QUERIES = [
+    ('"quoted phrase" here', {"quoted"}),
+    ("-verbose flag", {"verbose"}),  # not 'everything without verbose, or flag'
+    ("a OR b AND NOT c", set()),
+    ("it's: (x & y) | !z <-> w*", set()),
+    ("the", set()),  # only a stop word
+    ("???", set()),
+    ("NEAR(a b)", set()),
+    ("col:value ^start", set()),
+]
+
+
 @pytest.mark.parametrize(
-    "query",
-    [
-        '"quoted phrase" here',
-        "-verbose flag",
-        "a OR b AND NOT c",
-        "it's: (x & y) | !z <-> w*",
-        "the",
-        "???",
-        "NEAR(a b)",
-        "col:value ^start",
-    ],
+    "query, by_keyword", OPERATOR_QUERIES, ids=[q for q, _ in OPERATOR_QUERIES]
 )
-def test_operator_like_queries_are_plain_words(palace: Palace, query: str) -> None:
-    verbose = add(palace, "the verbose flag prints every request")
-    add(palace, "a quoted phrase about lunch")
+def test_operator_like_queries_are_plain_words(
+    palace: Palace, query: str, by_keyword: set[str]
+) -> None:
+    names = {
+        add(palace, "the verbose flag prints every request"): "verbose",
+        add(palace, "a quoted phrase about lunch"): "quoted",
+    }
     hits = recall(palace, query)
-    assert {how for _, how in hits} <= {"vector", "keyword", "both"}  # it answered, no error
-    if query == "-verbose flag":  # a leading '-' must not turn into 'everything without verbose'
-        assert hits[0] == (verbose, "both")
+    assert sorted(names[i] for i, _ in hits) == ["quoted", "verbose"]
+    assert {names[i] for i, how in hits if how != "vector"} == by_keyword
 
 
 def test_pg_ef_search_sizing() -> None:

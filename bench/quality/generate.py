@@ -292,7 +292,7 @@ class Builder:
             if line.strip() and not line.startswith("#")
         ]
         for proj in ("brightline", "kestrel", "marlow", "quanta", "tidewater"):
-            for i, note in enumerate(notes):
+            for note in notes:
                 pick = {
                     m.group(1): self.rng.choice(m.group(2).split("|"))
                     for m in SLOT_RE.finditer(note)
@@ -388,7 +388,7 @@ class Builder:
                         identifier=ident,
                     )
                 )
-            for j in range(10):  # background memories of the same kind
+            for _ in range(10):  # background memories of the same kind
                 frame = rng.choice(frames)
                 self.id_memory(
                     frame,
@@ -415,7 +415,7 @@ class Builder:
         if in_keywords:
             text = frame.replace("{id}", spec["plain"])
             text = text[0].upper() + text[1:]
-            keywords = [ident] + topical_keywords(text)
+            keywords = [ident, *topical_keywords(text)]
         else:
             text = frame.replace("{id}", ident)
             keywords = topical_keywords(frame.replace("{id}", ""))

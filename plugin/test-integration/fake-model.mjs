@@ -88,6 +88,10 @@ const server = createServer((req, res) => {
   });
 });
 
+// Node closes an idle keep-alive connection after 5 s. A test that blocks its event loop longer
+// (execFileSync of the openclaw CLI on a busy machine) then reuses the closed socket and its next
+// fetch fails with "other side closed"; keep idle connections for longer than any such block.
+server.keepAliveTimeout = 120_000;
 server.listen(0, "127.0.0.1", () => {
   process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`);
 });
