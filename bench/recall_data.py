@@ -218,7 +218,7 @@ def make_queries(corpus: Corpus, count: int, seed: int) -> list[Query]:
             t = int(rng.integers(0, TOPICS))
             members = np.flatnonzero(corpus.topic == t)
             pick = corpus.keywords[int(rng.choice(members))] if len(members) else []
-            words = list(pick[:3]) + list(rng.choice(common, 6, p=p_common))
+            words = list(pick[:3]) + list(rng.choice(common, 6, replace=False, p=p_common))
         elif kind == "ident":
             target = int(rng.choice(holders))
             ident = corpus.idents[target][0]
@@ -226,7 +226,7 @@ def make_queries(corpus: Corpus, count: int, seed: int) -> list[Query]:
             words = [*lead[:2], ident, *corpus.subjects[target].lower().split()[:2]]
         else:
             lead = LEADS[int(rng.integers(0, len(LEADS)))].split()
-            words = lead + list(rng.choice(common, 8, p=p_common))
+            words = lead + list(rng.choice(common, 8, replace=False, p=p_common))
         words = words[:length] if len(words) > length else words
         if kind == "ident" and corpus.idents[target][0] not in words:
             words[-1] = corpus.idents[target][0]
