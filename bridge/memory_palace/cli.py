@@ -201,7 +201,10 @@ def _doctor(args: argparse.Namespace) -> int:
     from .doctor import run
 
     return run(
-        load_settings(args.data_dir), database=args.database, expected_processes=args.processes
+        load_settings(args.data_dir),
+        database=args.database,
+        expected_processes=args.processes,
+        as_json=args.json,
     )
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ..errors import Conflict
+from .backend import Backend
 from .engine import Database
 from .tables import META, TABLES
 
@@ -39,16 +40,30 @@ STEPS: list[tuple[int, Step]] = [
 ]
 
 
-def ddl(db: Database, dim: int | None) -> list[str]:
+def backend_ddl(backend: Backend, dim: int | None) -> list[str]:
     """Every statement that creates the current schema (idempotent: IF NOT EXISTS)."""
     stmts: list[str] = []
     for table in TABLES:
-        stmts += db.backend.create_table(table, dim)
-    return stmts + db.backend.search_ddl(dim)
+        stmts += backend.create_table(table, dim)
+    return stmts + backend.search_ddl(dim)
+
+
+def first_use_ddl(backend: Backend, dim: int | None) -> list[str]:
+    """What `migrate` runs on a database without the current schema, in its order (doctor
+    runs these in a transaction it rolls back, as the configured role)."""
+    return [*backend.create_table(META, dim), *backend_ddl(backend, dim)]
+
+
+def ddl(db: Database, dim: int | None) -> list[str]:
+    return backend_ddl(db.backend, dim)
+
+
+def backend_fingerprint(backend: Backend) -> str:
+    return hashlib.sha256("\n".join(backend_ddl(backend, 1)).encode()).hexdigest()[:16]
 
 
 def fingerprint(db: Database) -> str:
-    return hashlib.sha256("\n".join(ddl(db, 1)).encode()).hexdigest()[:16]
+    return backend_fingerprint(db.backend)
 
 
 def get_meta(conn: Connection, key: str) -> str | None:
