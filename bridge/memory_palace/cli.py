@@ -19,6 +19,7 @@ from . import __version__
 from .config import load_settings
 from .errors import InvalidParams, MemoryPalaceError
 from .palace import Palace
+from .services.maintenance import CHECKS
 
 EPILOG = """examples:
   memory-palace init
@@ -313,34 +314,71 @@ def _projects(values: list[str] | None) -> str | list[str] | None:
     return values[0] if len(values) == 1 else values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default, unless the text already says it or there is
+    none worth showing (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _global_flags(p: argparse.ArgumentParser, *, before: bool) -> None:
+    """The flags every command takes, accepted before the command (`before`, with real
+    defaults) and after it (defaults suppressed, so they never reset a value given before)."""
+
+    def default(value: Any) -> Any:
+        return value if before else argparse.SUPPRESS
+
+    p.add_argument(
         "--database",
         "-d",
         metavar="NAME",
+        default=default(None),
         help="named database (memory domain); default: config default_database",
     )
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    common.add_argument(
+    p.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON for scripts"
+    )
+    p.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="config/data directory (default $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
+        default=default(None),
+        help="config/data directory (default: $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
     )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="log to stderr"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, before=False)
     parser = argparse.ArgumentParser(
         prog="memory-palace",
         description="Shared, persistent memory for AI agents.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"memory-palace {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    _global_flags(parser, before=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(
         name: str, help_: str, func: Callable[[argparse.Namespace], int]
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p = sub.add_parser(
+            name, parents=[common], help=help_, description=help_, formatter_class=HelpFormatter
+        )
         p.set_defaults(func=func)
         return p
 
@@ -408,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", "-t", help="memory type ('*' wildcard)")
     p.add_argument("--instance", help="only memories of this instance")
     p.add_argument("--limit", "-n", type=int, default=10, help="max results (default 10)")
-    p.add_argument("--include-archived", action="store_true")
+    p.add_argument("--include-archived", action="store_true", help="also search archived memories")
     p.add_argument("--no-graph", action="store_true", help="skip graph context")
 
     p = cmd(
@@ -424,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
             _show_memories,
         ),
     )
-    p.add_argument("ids", nargs="+", type=int, metavar="ID")
+    p.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
     p.add_argument("--traverse", action="store_true", help="walk the graph from each id")
     p.add_argument("--depth", type=int, default=1, help="graph depth (default 1)")
 
@@ -442,9 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
             _show_memories,
         ),
     )
-    p.add_argument("--limit", "-n", type=int, default=20)
-    p.add_argument("--project", "-p", action="append")
-    p.add_argument("--type", "-t")
+    p.add_argument("--limit", "-n", type=int, default=20, help="how many memories")
+    p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
+    p.add_argument("--type", "-t", help="memory type ('*' wildcard)")
     p.add_argument("--full", dest="verbose_cards", action="store_true", help="full memories")
 
     cmd(
@@ -470,12 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
             _show_dict,
         ),
     )
-    p.add_argument("ids", nargs="*", type=int, metavar="ID")
-    p.add_argument("--older-than-days", type=int)
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="memory ids to archive")
+    p.add_argument(
+        "--older-than-days", type=int, metavar="N", help="only memories created over N days ago"
+    )
     p.add_argument("--max-access", type=int, help="only memories accessed at most N times")
-    p.add_argument("--type", "-t")
-    p.add_argument("--project", "-p", action="append")
-    p.add_argument("--reason")
+    p.add_argument("--type", "-t", help="only this memory type ('*' wildcard)")
+    p.add_argument("--project", "-p", action="append", help="only these projects (repeatable)")
+    p.add_argument("--reason", help="why (kept with each archived memory)")
     p.add_argument("--execute", action="store_true", help="really archive (default: dry run)")
 
     p = cmd(
@@ -487,8 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
             _show_dict,
         ),
     )
-    p.add_argument("--check", action="append", help="run only this check (repeatable)")
-    p.add_argument("--project", "-p")
+    p.add_argument(
+        "--check",
+        action="append",
+        choices=CHECKS,
+        metavar="CHECK",
+        help=f"run only this check (repeatable; default: all): {', '.join(CHECKS)}",
+    )
+    p.add_argument("--project", "-p", help="only this project")
     p.add_argument("--limit", type=int, default=20, help="findings per check")
 
     p = cmd(
@@ -502,10 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only memories without a vector from the current embedder",
     )
-    p.add_argument("--ids", type=int, nargs="+", metavar="ID")
-    p.add_argument("--project", "-p")
-    p.add_argument("--older-than-days", type=int)
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--ids", type=int, nargs="+", metavar="ID", help="only these memories")
+    p.add_argument("--project", "-p", help="only this project")
+    p.add_argument(
+        "--older-than-days", type=int, metavar="N", help="only memories created over N days ago"
+    )
+    p.add_argument("--batch-size", type=int, default=50, help="memories embedded per batch")
     p.add_argument("--execute", action="store_true", help="really re-embed (default: dry run)")
 
     p = cmd("doctor", "Check the database setup and print fixes (exit 1 on failure).", _doctor)
@@ -535,12 +583,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Create, list or revoke the tokens that bind an agent to its instance (admin; they "
         "live in the default database)."
     )
-    p = sub.add_parser("token", help=help_, description=help_)
+    p = sub.add_parser("token", help=help_, description=help_, formatter_class=HelpFormatter)
     p.set_defaults(func=_token)
     token = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = token.add_parser(
         "create",
         parents=[common],
+        formatter_class=HelpFormatter,
         help="a new token for INSTANCE, printed once",
         description="Create a token for INSTANCE; it is printed once and stored only as a "
         "salted scrypt hash. Servers given it (MEMORY_PALACE_TOKEN) act as INSTANCE.",
@@ -561,10 +610,18 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable)",
     )
     token.add_parser(
-        "list", parents=[common], help="every token (never the secrets)", description="List tokens."
+        "list",
+        parents=[common],
+        help="every token (never the secrets)",
+        description="List tokens.",
+        formatter_class=HelpFormatter,
     )
     t = token.add_parser(
-        "revoke", parents=[common], help="stop a token working", description="Revoke a token."
+        "revoke",
+        parents=[common],
+        help="stop a token working",
+        description="Revoke a token.",
+        formatter_class=HelpFormatter,
     )
     t.add_argument("token_id", help="the token's id (see `token list`)")
 
@@ -577,19 +634,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            stream=sys.stderr,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
         return args.func(args)
     except MemoryPalaceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: quiet, the shell's convention for SIGINT
         return 130
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from typing import Any
 
 import anyio
@@ -24,6 +27,10 @@ from .wake import WakeNotifier
 log = logging.getLogger("memory_palace.mcp")
 
 SERVER_NAME = "memory-palace"
+TTY_HINT = (
+    "memory-palace-mcp speaks MCP (JSON-RPC) on stdin/stdout and waits for an MCP client; "
+    "register it with your client instead of typing here. Ctrl-C exits.\n"
+)
 
 
 def _text(result: dict[str, Any]) -> str:
@@ -91,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         help="data dir holding config.json (default: $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
     )
     ap.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
+    ap.add_argument("--version", action="version", version=f"memory-palace-mcp {__version__}")
     args = ap.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # The stdin reader thread blocks in read(): a KeyboardInterrupt would wait for a line
+        # that never comes. Ctrl-C ends the process at once, quietly, with the shell's 130.
+        signal.signal(signal.SIGINT, _interrupted)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -102,13 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryPalaceError as exc:
         sys.stderr.write(f"memory-palace-mcp: {exc.code}: {exc.message}\n")
         return 2
+    if sys.stdin.isatty():
+        sys.stderr.write(TTY_HINT)
+        sys.stderr.flush()
     try:
         anyio.run(serve, palace)
-    except KeyboardInterrupt:
-        pass
     finally:
         palace.close()
     return 0
+
+
+def _interrupted(_signum: int, _frame: Any) -> None:
+    sys.stderr.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":
