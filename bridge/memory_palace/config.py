@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
 
 from .errors import ConfigError
 
@@ -199,16 +201,59 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
     return Path(raw).expanduser() if raw else Path.home() / ".memory-palace"
 
 
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***: parsed when it parses, else cut at its
+    structure (everything between 'user:' and the last '@' is the password), so a scheme
+    typo, a bad port or an unescaped '@' in the password never shows the password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _QUERY_PASSWORD.sub(r"\1***", url)
+    try:
+        parsed = make_url(url)
+    except Exception:
+        parsed = None
+    if parsed is not None and rest.count("@") <= 1:
+        shown = parsed.render_as_string(hide_password=parsed.password is not None)
+    elif "@" in rest:
+        userinfo, host = rest.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        shown = f"{scheme}://{user}{':***' if colon else ''}@{host}"
+    else:
+        shown = url
+    return _QUERY_PASSWORD.sub(r"\1***", shown)
+
+
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&])password=)[^&]*", re.IGNORECASE)
+
+
 def type_from_url(url: str) -> str:
+    """'sqlite' or 'postgres' for a URL that parses; ConfigError (password masked) otherwise."""
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
+        if not url.split(":", 1)[1].startswith("///"):
+            raise ConfigError(
+                f"SQLite URL {mask_url(url)} must look like sqlite:///path/to/file.db (three "
+                "slashes, no user, password or host)"
+            )
         return "sqlite"
-    if scheme in ("postgres", "postgresql"):
-        return "postgres"
-    raise ConfigError(
-        f"unsupported database URL scheme {scheme!r}: use sqlite:///path/to/file.db or "
-        "postgresql://user:pass@host:5432/dbname"
-    )
+    if scheme not in ("postgres", "postgresql"):
+        raise ConfigError(
+            f"unsupported database URL scheme {scheme!r} in {mask_url(url)}: use "
+            "sqlite:///path/to/file.db or postgresql://user:pass@host:5432/dbname"
+        )
+    try:
+        make_url(url)
+        if url.partition("://")[2].split("?", 1)[0].count("@") > 1:
+            raise ValueError("an unescaped @ in the password")
+    except Exception as exc:  # sqlalchemy: ArgumentError, or ValueError for a bad port
+        reason = str(exc) if "password" in str(exc) else "malformed"
+        reason = "the port must be a number" if "int()" in str(exc) else reason
+        raise ConfigError(
+            f"database URL {mask_url(url)} cannot be parsed ({reason}); use "
+            "postgresql://user:pass@host:5432/dbname, with characters such as @ : / in the "
+            "password percent-encoded (@ is %40)"
+        ) from None
+    return "postgres"
 
 
 def _key(loc: tuple[Any, ...]) -> str:
