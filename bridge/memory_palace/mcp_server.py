@@ -159,9 +159,9 @@ def _listen_address(value: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="memory-palace-mcp",
-        description="Serve the Memory Palace tools over MCP (stdio, or streamable HTTP with --http). "
-        "Configuration comes from "
-        "config.json in the data dir and MEMORY_PALACE_* variables.",
+        description="Serve the Memory Palace tools over MCP: stdio, or streamable HTTP with "
+        "--http. Configuration comes from config.json in the data dir and MEMORY_PALACE_* "
+        "variables.",
     )
     ap.add_argument(
         "--data-dir",
