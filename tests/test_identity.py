@@ -311,3 +311,23 @@ def test_mcp_http_refuses_a_missing_or_unknown_token(
     reply = httpx2.post(url, json=body, headers=headers, timeout=10)
     assert reply.status_code == 401
     assert "WWW-Authenticate" in reply.headers
+
+
+def test_export_and_import_need_an_admin(
+    make_palace: Callable[..., Palace], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    owner = make_palace(url)
+    writer = token(owner, "alpha")
+    owner.call("memory_set", {"content": SECRET, "visibility": "private"})
+    from memory_palace.transfer import export_jsonl, import_jsonl
+
+    as_writer = make_palace(url, env={"MEMORY_PALACE_TOKEN": writer})
+    out = tmp_path / "dump.jsonl"
+    assert code_of(lambda: export_jsonl(as_writer, None, out)) == "PERMISSION_DENIED"
+    assert not out.exists()
+    as_admin = make_palace(url, env={"MEMORY_PALACE_TOKEN": token(owner, "ops", role="admin")})
+    export_jsonl(as_admin, None, out)
+    dumped = out.read_text()
+    assert SECRET in dumped and "mpt_" not in dumped and "secret_hash" not in dumped
+    assert code_of(lambda: import_jsonl(as_writer, None, out, force=True)) == "PERMISSION_DENIED"
