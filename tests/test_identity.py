@@ -331,3 +331,53 @@ def test_export_and_import_need_an_admin(
     dumped = out.read_text()
     assert SECRET in dumped and "mpt_" not in dumped and "secret_hash" not in dumped
     assert code_of(lambda: import_jsonl(as_writer, None, out, force=True)) == "PERMISSION_DENIED"
+
+
+async def _stdio_calls(data: Path, bearer: str, calls: list[tuple[str, dict]]) -> list[Any]:
+    from mcp import ClientSession, StdioServerParameters, stdio_client
+
+    env = {**os.environ, "MEMORY_PALACE_DATA_DIR": str(data), "MEMORY_PALACE_TOKEN": bearer}
+    server = StdioServerParameters(
+        command=sys.executable, args=["-m", "memory_palace.mcp_server"], env=env
+    )
+    async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        results = []
+        for name, args in calls:
+            res = await session.call_tool(name, args)
+            text = res.content[0].text
+            results.append(text if res.is_error else orjson.loads(text))
+        return results
+
+
+def test_mcp_stdio_acts_as_its_token(tmp_path: Path, db_url: str) -> None:
+    data = tmp_path / "data"
+    write_config(data, db_url)
+    alpha, beta = _cli_token(data, "alpha"), _cli_token(data, "beta")
+    stored, sent = anyio.run(
+        _stdio_calls,
+        data,
+        alpha,
+        [
+            ("memory_set", {"content": SECRET, "visibility": "private"}),
+            ("message", {"action": "send", "to_instance": "gamma", "content": "psst"}),
+        ],
+    )
+    assert sent["from_instance"] == "alpha"
+    seen, stats, inbox, forged, retract = anyio.run(
+        _stdio_calls,
+        data,
+        beta,
+        [
+            ("memory_recall", {"query": "zebraquartz private plan"}),
+            ("memory_stats", {}),
+            ("message", {"action": "get", "instance_id": "gamma"}),
+            ("memory_set", {"content": "x", "instance_id": "alpha"}),
+            ("message", {"action": "retract", "message_id": sent["id"]}),
+        ],
+    )
+    assert stored["id"] not in [m["id"] for m in seen["memories"]]
+    assert stats["total_memories"] == 0
+    assert inbox.startswith("PERMISSION_DENIED") and "beta" in inbox
+    assert forged.startswith("PERMISSION_DENIED")
+    assert retract.startswith(("PERMISSION_DENIED", "NOT_FOUND"))
