@@ -1,5 +1,12 @@
-"""memory-palace-mcp: every tool of the registry over MCP stdio (official `mcp` SDK 2.x,
-low-level server, raw JSON schemas). Blocking work runs in worker threads; logs go to stderr.
+"""memory-palace-mcp: every tool of the registry over MCP (official `mcp` SDK 2.x, low-level
+server, raw JSON schemas), on stdio or streamable HTTP. Blocking work runs in worker threads; logs
+go to stderr.
+
+Identity. On stdio the server acts as this process's identity (its MEMORY_PALACE_TOKEN, else the
+configured instance, unverified). Over HTTP every request must carry `Authorization: Bearer
+<token>` (from `memory-palace token create`) and each call runs as that token's instance and role;
+the server itself needs no token. Serve HTTP on loopback and put a TLS reverse proxy in front of it
+for remote agents (docs/postgres.md, "Security model").
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from typing import Any
 import anyio
 import mcp_types as types
 import orjson
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
@@ -22,6 +31,7 @@ from . import __version__
 from .config import load_settings
 from .errors import MemoryPalaceError, to_wire
 from .palace import Palace
+from .services.access import Caller
 from .wake import WakeNotifier
 
 log = logging.getLogger("memory_palace.mcp")
@@ -37,6 +47,28 @@ def _text(result: dict[str, Any]) -> str:
     return orjson.dumps(result, default=str).decode()
 
 
+class TokenVerifier:
+    """Bearer tokens of the HTTP transport, checked by the Palace (hashed, cached, rechecked)."""
+
+    def __init__(self, palace: Palace) -> None:
+        self.palace = palace
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            caller = await anyio.to_thread.run_sync(self.palace.authenticate, token)
+        except MemoryPalaceError:  # unknown, revoked or malformed: 401, the secret never logged
+            return None
+        return AccessToken(token=token, client_id=caller.instance or "", scopes=[caller.role])
+
+
+def _request_caller(palace: Palace, ctx: Any) -> Caller | None:
+    """The caller an HTTP request authenticated as (its bearer token); None on stdio."""
+    request = getattr(ctx, "request", None)
+    user = request.scope.get("user") if request is not None else None
+    access = getattr(user, "access_token", None)
+    return palace.authenticate(access.token) if access is not None else None
+
+
 def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server:
     """An MCP server over `palace`. The tool list and schemas come from the registry."""
     notifier = notifier or WakeNotifier(palace.settings.instance_routes)
@@ -50,8 +82,12 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         args = dict(params.arguments or {})
+
+        def run() -> dict[str, Any]:
+            return palace.call(params.name, args, caller=_request_caller(palace, ctx))
+
         try:
-            result = await anyio.to_thread.run_sync(palace.call, params.name, args)
+            result = await anyio.to_thread.run_sync(run)
         except Exception as exc:  # mapped to an error result; a tool bug must not kill us
             err = to_wire(exc, params.name)
             return types.CallToolResult(
@@ -73,13 +109,18 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
     )
 
 
-async def serve(palace: Palace) -> None:
-    notifier = WakeNotifier(palace.settings.instance_routes)
-    server = build_server(palace, notifier)
+async def _prepare(palace: Palace) -> None:
     try:
         await anyio.to_thread.run_sync(palace.database)  # create/migrate the default early
     except MemoryPalaceError as exc:
         log.error("default database not ready: %s", exc.message)  # tools report it per call
+
+
+async def serve(palace: Palace) -> None:
+    """MCP over stdio, as this process's identity."""
+    notifier = WakeNotifier(palace.settings.instance_routes)
+    server = build_server(palace, notifier)
+    await _prepare(palace)
     try:
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
@@ -87,20 +128,63 @@ async def serve(palace: Palace) -> None:
         notifier.drain()  # wakes started just before the client hung up still go out
 
 
+def http_app(palace: Palace, host: str, port: int, notifier: WakeNotifier) -> Any:
+    """The streamable HTTP app (path /mcp): every request needs a bearer token."""
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return build_server(palace, notifier).streamable_http_app(
+        host=host,
+        auth=AuthSettings(issuer_url=url, resource_server_url=None),
+        token_verifier=TokenVerifier(palace),
+    )
+
+
+async def serve_http(palace: Palace, host: str, port: int) -> None:
+    """MCP over streamable HTTP at http://HOST:PORT/mcp, each call as its bearer token."""
+    import uvicorn
+
+    notifier = WakeNotifier(palace.settings.instance_routes)
+    await _prepare(palace)
+    config = uvicorn.Config(
+        http_app(palace, host, port, notifier), host=host, port=port, log_config=None
+    )
+    log.info("serving MCP on http://%s:%d/mcp (bearer tokens required)", host, port)
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        notifier.drain()
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    """`PORT` or `HOST:PORT` (IPv6 as `[::1]:PORT`); the host defaults to 127.0.0.1."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r}: use PORT or HOST:PORT, e.g. 127.0.0.1:8765")
+    return host, int(port)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="memory-palace-mcp",
-        description="Serve the Memory Palace tools over MCP (stdio). Configuration comes from "
-        "config.json in the data dir and MEMORY_PALACE_* variables.",
+        description="Serve the Memory Palace tools over MCP: stdio, or streamable HTTP with "
+        "--http. Configuration comes from config.json in the data dir and MEMORY_PALACE_* "
+        "variables.",
     )
     ap.add_argument(
         "--data-dir",
         help="data dir holding config.json (default: $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
     )
+    ap.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        type=_listen_address,
+        help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio; every request needs "
+        "'Authorization: Bearer <token>' (host default 127.0.0.1)",
+    )
     ap.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
     ap.add_argument("--version", action="version", version=f"memory-palace-mcp {__version__}")
     args = ap.parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
+    if not args.http and threading.current_thread() is threading.main_thread():
         # The stdin reader thread blocks in read(): a KeyboardInterrupt would wait for a line
         # that never comes. Ctrl-C ends the process at once, quietly, with the shell's 130.
         signal.signal(signal.SIGINT, _interrupted)
@@ -114,11 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryPalaceError as exc:
         sys.stderr.write(f"memory-palace-mcp: {exc.code}: {exc.message}\n")
         return 2
-    if sys.stdin.isatty():
+    if not args.http and sys.stdin.isatty():
         sys.stderr.write(TTY_HINT)
         sys.stderr.flush()
     try:
-        anyio.run(serve, palace)
+        if args.http:
+            anyio.run(serve_http, palace, *args.http)
+        else:
+            anyio.run(serve, palace)
+    except KeyboardInterrupt:  # HTTP mode (stdio mode exits in _interrupted)
+        return 130
     finally:
         palace.close()
     return 0

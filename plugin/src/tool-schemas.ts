@@ -278,7 +278,7 @@ export const TOOL_SPECS: readonly ToolSpec[] = [
     direct: false,
     parameters: Type.Object({
       "name": Type.String({"description": "Database name."}),
-      "url": Type.Optional(Type.String({"description": "Database URL (optional)."})),
+      "url": Type.Optional(Type.String({"description": "Database URL (optional). A SQLite file must lie in the data dir or beside the default database."})),
     }, { additionalProperties: false }),
   },
   {
