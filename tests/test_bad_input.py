@@ -137,10 +137,24 @@ def test_read_only_sqlite_is_a_clear_error_and_recovers_without_restart():
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [b"{not json", b'{"jsonrpc":"2.0","id":7,"method":"tools/list"', b"\xff\xfe\x00garbage", b"[]"],
+    ("bad", "answer"),
+    [
+        (b"{not json", None),  # no id to answer: logged on stderr and dropped
+        (b'{"jsonrpc":"2.0","id":7,"method":"tools/list"', (7, -32700)),  # cut short
+        (b'{"jsonrpc":"2.0","id":"s\xff","method":"tools/list"}', None),  # the id is not UTF-8
+        (b'{"jsonrpc":"2.0","id":"u8","method":"x","params":{"a":"\xff"}}', ("u8", -32700)),
+        (b'{"jsonrpc":"2.0","id":9,"method":"tools/list","params":{"a":"\\ud800"}}', (9, -32700)),
+        (b'{"jsonrpc":"1.0","id":8,"method":"tools/list"}', (8, -32600)),
+        (
+            b'{"jsonrpc":"2.0","id":10,"method":"x","params":' + b"[" * 300 + b"]" * 300 + b"}",
+            (10, -32600),
+        ),  # nesting past the validator's limit
+        (b"[]", None),
+    ],
 )
-def test_mcp_stdio_keeps_serving_after_a_malformed_line(tmp_path, bad):
+def test_mcp_stdio_answers_a_malformed_line_and_keeps_serving(tmp_path, bad, answer):
+    """The SDK drops such lines silently (a client without a timeout would hang): the server
+    answers each one that carries an id with PARSE_ERROR or INVALID_REQUEST on that id."""
     env = {
         **os.environ,
         "MEMORY_PALACE_DATA_DIR": str(tmp_path),
@@ -171,14 +185,22 @@ def test_mcp_stdio_keeps_serving_after_a_malformed_line(tmp_path, bad):
         send(bad)
         call = {"name": "memory_stats", "arguments": {}}
         send(orjson.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}))
-        while True:
-            reply = orjson.loads(proc.stdout.readline())
-            if reply.get("id") == 2:
-                break
+        replies = []
+        while not replies or replies[-1].get("id") != 2:
+            replies.append(orjson.loads(proc.stdout.readline()))
+        reply = replies.pop()
         assert reply["result"]["isError"] is False
         assert "total_memories" in reply["result"]["content"][0]["text"]
+        if answer is None:
+            assert replies == []
+        else:
+            (error,) = replies
+            assert error["id"] == answer[0] and error["error"]["code"] == answer[1], error
+            assert error["error"]["message"].startswith(("Parse error", "Invalid Request"))
     finally:
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read().decode()
         assert "Traceback" not in err, err
+        if answer is None:
+            assert "dropped an unreadable stdin line without an id" in err

@@ -26,8 +26,12 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_REQUEST, PARSE_ERROR
+from pydantic import ValidationError
 
 from . import __version__
+from .bridge import ID_RE
 from .config import load_settings
 from .errors import MemoryPalaceError, to_wire
 from .palace import Palace
@@ -37,6 +41,7 @@ from .wake import WakeNotifier
 log = logging.getLogger("memory_palace.mcp")
 
 SERVER_NAME = "memory-palace"
+UNREADABLE = "memory_palace/unreadable_line"  # what guard_line makes of a line the SDK drops
 TTY_HINT = (
     "memory-palace-mcp speaks MCP (JSON-RPC) on stdin/stdout and waits for an MCP client; "
     "register it with your client instead of typing here. Ctrl-C exits.\n"
@@ -116,15 +121,92 @@ async def _prepare(palace: Palace) -> None:
         log.error("default database not ready: %s", exc.message)  # tools report it per call
 
 
+class _UnreadableParams(types.RequestParams):
+    code: int
+    message: str
+
+
+async def _unreadable(ctx: Any, params: _UnreadableParams) -> Any:
+    raise MCPError(params.code, params.message)
+
+
+def guard_line(raw: bytes) -> str | None:
+    """A stdin line as the SDK should see it. The SDK drops a line that is not a JSON-RPC 2.0
+    message without a reply, so a client without a timeout would wait forever: such a line
+    becomes a request for UNREADABLE on the id it carries (recovered even from broken JSON),
+    answered with PARSE_ERROR or INVALID_REQUEST. A line without an id is logged and dropped."""
+    text: str | None = None
+    try:
+        text = raw.decode("utf-8")
+        message = orjson.loads(raw)
+    except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        code, reason = PARSE_ERROR, f"Parse error: {exc}"
+        rid = _recover_id(raw)
+    else:
+        try:
+            types.jsonrpc_message_adapter.validate_json(text, by_name=False)
+            return text
+        except ValidationError as exc:
+            code = INVALID_REQUEST
+            if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+                detail = 'an object with "jsonrpc": "2.0" is expected'
+            else:
+                first = exc.errors()[0]
+                detail = f"{first['msg']} at {'.'.join(map(str, first['loc'])) or 'the top'}"
+            reason = f"Invalid Request: not a JSON-RPC 2.0 message ({detail})"
+        rid = message.get("id") if isinstance(message, dict) else None
+    if not isinstance(rid, str | int) or isinstance(rid, bool):
+        log.warning("dropped an unreadable stdin line without an id: %s", reason[:200])
+        return None
+    request = {"code": code, "message": reason[:500]}
+    return orjson.dumps(
+        {"jsonrpc": "2.0", "id": rid, "method": UNREADABLE, "params": request}
+    ).decode()
+
+
+def _recover_id(raw: bytes) -> Any:
+    match = ID_RE.search(raw)
+    try:
+        return orjson.loads(match.group(1)) if match else None
+    except orjson.JSONDecodeError:  # the id itself is not valid UTF-8
+        return None
+
+
+class _GuardedStdin:
+    """The lines of a binary file, through guard_line, as the async iterator the SDK reads."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def __aiter__(self) -> _GuardedStdin:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            raw = await self.file.readline()
+            if not raw:
+                raise StopAsyncIteration
+            if raw.strip() and (line := guard_line(raw)) is not None:
+                return line
+
+
 async def serve(palace: Palace) -> None:
-    """MCP over stdio, as this process's identity."""
+    """MCP over stdio, as this process's identity. Stdin is read here (through guard_line), and
+    fd 0 points at the null device meanwhile, as the SDK does for the streams it claims."""
     notifier = WakeNotifier(palace.settings.instance_routes)
     server = build_server(palace, notifier)
+    server.add_request_handler(UNREADABLE, _UnreadableParams, _unreadable)
     await _prepare(palace)
+    wire = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    stdin = _GuardedStdin(anyio.wrap_file(os.fdopen(wire, "rb", closefd=False)))
     try:
-        async with stdio_server() as (read, write):
+        async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
             await server.run(read, write, server.create_initialization_options())
     finally:
+        os.dup2(wire, 0)
         notifier.drain()  # wakes started just before the client hung up still go out
 
 
