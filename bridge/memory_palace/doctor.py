@@ -16,7 +16,7 @@ import select
 import sqlite3
 import sys
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -156,6 +156,7 @@ class _Pg:
 
     # -- the checks, in first-use order -------------------------------------------------------
     def run(self, *, auto_create: bool, dim: int, engines: int, processes: int) -> list[Check]:
+        self.s = replace(self.s, role=self.one("SELECT current_user"))  # also without a user
         version = self.one("SHOW server_version")
         self.major = int(self.one("SHOW server_version_num")) // 10000
         self.superuser, self.createdb = self.one_row(
