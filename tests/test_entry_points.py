@@ -191,3 +191,21 @@ def test_cli_ctrl_c_exits_130_quietly(tmp_path):
     out, err = proc.communicate()
     assert out == b""
     no_traceback(err.decode())
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from memory_palace.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            else:
+                yield path, action
+
+    missing = [f"{path}: {a.option_strings or a.dest}" for path, a in walk(build_parser(), "")
+               if not a.help]  # fmt: skip
+    assert missing == []
