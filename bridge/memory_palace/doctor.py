@@ -16,14 +16,12 @@ import psycopg2
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
-from .config import Settings
-from .db.postgres import POOL as PG_POOL
+from .config import Postgres, Settings
 from .db.postgres import pg_connect
 from .db.schema import SCHEMA_VERSION
 from .db.urls import mask_url, pg_database_name, sqlite_path
 from .errors import BackendUnavailable, DatabaseMissing, MemoryPalaceError
 
-PER_ENGINE = PG_POOL["pool_size"] + PG_POOL["max_overflow"]  # 5 + 10
 NOTIFY_TIMEOUT_S = 5.0
 PGVECTOR_FIX = (
     "install pgvector: sudo apt install postgresql-15-pgvector (Debian/Ubuntu; use "
@@ -39,7 +37,9 @@ class Check:
     fix: str | None = None
 
 
-def _pg_checks(url: str, engines_on_server: int, processes: int) -> list[Check]:
+def _pg_checks(
+    url: str, engines_on_server: int, processes: int, pool: Postgres | None = None
+) -> list[Check]:
     u = make_url(url)
     dbname = pg_database_name(url)
     user = u.username or "your_user"
@@ -124,16 +124,20 @@ def _pg_checks(url: str, engines_on_server: int, processes: int) -> list[Check]:
             "(SELECT count(*) FROM pg_stat_activity)"
         )
         max_conn, reserved, in_use = cur.fetchone()
-        needed = PER_ENGINE * engines_on_server * processes
+        pool = pool or Postgres()
+        per_engine = pool.pool_size + pool.max_overflow + 1  # the pool and one LISTEN
+        needed = per_engine * engines_on_server * processes
         usable = max_conn - reserved
         checks.append(
             Check(
                 "max_connections covers the pools",
                 needed <= usable,
                 f"max_connections {max_conn} ({usable} usable, {in_use} in use); pools may open "
-                f"up to {needed} = (5 + 10) x {engines_on_server} database(s) x {processes} "
-                "process(es)",
-                "SHOW max_connections; SELECT count(*) FROM pg_stat_activity; then raise it: "
+                f"up to {needed} = ({pool.pool_size} + {pool.max_overflow} + 1 LISTEN) x "
+                f"{engines_on_server} database(s) x {processes} process(es)",
+                "SHOW max_connections; SELECT count(*) FROM pg_stat_activity; then lower config "
+                "postgres.max_overflow, put PgBouncer (transaction mode) in front "
+                "of the pools (docs/postgres.md), or raise max_connections: "
                 f"ALTER SYSTEM SET max_connections = {needed + reserved + 10}; and restart "
                 "PostgreSQL",
             )
@@ -338,7 +342,7 @@ def run(
         write(f"database {name} ({kind}): {mask_url(url)}\n")
         if kind == "postgres":
             engines = max(1, pg_servers.get(_server_key(url), 1))
-            checks = _pg_checks(url, engines, processes)
+            checks = _pg_checks(url, engines, processes, settings.postgres)
         else:
             checks = _sqlite_checks(url)
         for c in checks:
