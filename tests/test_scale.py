@@ -65,9 +65,9 @@ def test_many_agents_through_pgbouncer(
 
 
 def test_hot_rows_counted_in_random_orders_never_deadlock(tmp_path: Path, pg_url: str) -> None:
-    """16 threads (over the default pool of 2 + 3) each get 20 of the same 40 memories in a
+    """16 threads over a pool of 2 + 3 connections each get 20 of the same 40 memories in a
     random order for 5 s: before ordered locking this deadlocked ~2 times a second."""
-    palace = build_palace(tmp_path / "d", pg_url)
+    palace = build_palace(tmp_path / "d", pg_url, postgres={"pool_size": 2, "max_overflow": 3})
     ids = [
         palace.call("memory_set", {"content": f"hot memory {i}", "auto_link": False})["id"]
         for i in range(40)

@@ -111,8 +111,8 @@ class Postgres(_Strict):
     server for LISTEN when `url` goes through PgBouncer in transaction mode (each database's
     name replaces the one in it)."""
 
-    pool_size: int = Field(2, ge=1, le=100)
-    max_overflow: int = Field(3, ge=0, le=1000)
+    pool_size: int = Field(5, ge=1, le=100)
+    max_overflow: int = Field(10, ge=0, le=1000)
     pool_timeout: float = Field(30.0, gt=0, le=600)
     listen_url: str | None = Field(None, min_length=1)
 
@@ -172,7 +172,7 @@ EXAMPLES = {
     '"centrality": 0.15}}',
     "auto_link": '{"enabled": true, "link_threshold": 0.75}',
     "limits": '{"max_content_bytes": 262144}',
-    "postgres": '{"pool_size": 2, "max_overflow": 3, "listen_url": "postgresql://u:p@db:5432/x"}',
+    "postgres": '{"pool_size": 2, "max_overflow": 3, "listen_url": "postgresql://u:p@db/x"}',
     "instance_routes": '{"sandy": {"gateway": "http://127.0.0.1:18789", "token": "..."}}',
 }
 

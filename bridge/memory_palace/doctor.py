@@ -17,6 +17,7 @@ from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
 from .config import Postgres, Settings
+from .db.engine import listen_url_for
 from .db.postgres import pg_connect
 from .db.schema import SCHEMA_VERSION
 from .db.urls import mask_url, pg_database_name, sqlite_path
@@ -40,6 +41,7 @@ class Check:
 def _pg_checks(
     url: str, engines_on_server: int, processes: int, pool: Postgres | None = None
 ) -> list[Check]:
+    pool = pool or Postgres()
     u = make_url(url)
     dbname = pg_database_name(url)
     user = u.username or "your_user"
@@ -124,7 +126,6 @@ def _pg_checks(
             "(SELECT count(*) FROM pg_stat_activity)"
         )
         max_conn, reserved, in_use = cur.fetchone()
-        pool = pool or Postgres()
         per_engine = pool.pool_size + pool.max_overflow + 1  # the pool and one LISTEN
         needed = per_engine * engines_on_server * processes
         usable = max_conn - reserved
@@ -181,11 +182,8 @@ def _pg_checks(
                 checks.append(
                     Check("schema", True, "tables not created yet; they are created on first use")
                 )
-        checks.append(
-            _listen_notify(
-                url if exists else u.set(database="postgres").render_as_string(hide_password=False)
-            )
-        )
+        target = url if exists else u.set(database="postgres").render_as_string(False)
+        checks.append(_listen_notify(listen_url_for(target, pool.listen_url)))
     finally:
         conn.close()
     return checks
