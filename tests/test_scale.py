@@ -7,6 +7,7 @@ count is exact. Each agent's pool has one connection, so a call that needed two 
 from __future__ import annotations
 
 import importlib.util
+import io
 import random
 import sys
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from memory_palace import load_settings
+from memory_palace import doctor, load_settings
 from memory_palace.db.engine import get_database, listen_url_for
 from memory_palace.db.postgres import pg_connect
 from memory_palace.errors import ConfigError
@@ -166,3 +167,19 @@ def test_a_bridge_behind_pgbouncer_listens_on_the_direct_url(
             break
         time.sleep(0.05)
     assert len(woken) == 1, bridge.lines()[-5:]
+
+
+def test_doctor_behind_pgbouncer_checks_listen_on_the_direct_url(
+    tmp_path: Path, pgbouncer_server: str, pg_server_url: str, pg_url: str
+) -> None:
+    through = make_url(pgbouncer_server).set(database=make_url(pg_url).database)
+    palace = build_palace(
+        tmp_path / "d",
+        through.render_as_string(hide_password=False),
+        postgres={"pool_size": 2, "max_overflow": 3, "listen_url": pg_server_url},
+    )
+    palace.database()  # created through listen_url, migrated through PgBouncer
+    out = io.StringIO()
+    doctor.run(palace.settings, out=out, expected_processes=4)
+    assert "✓ LISTEN/NOTIFY round trip: notification received" in out.getvalue()
+    assert "(2 + 3 + 1 LISTEN) x 1 database(s) x 4 process(es)" in out.getvalue()

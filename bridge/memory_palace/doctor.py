@@ -204,8 +204,8 @@ def _schema_check(version: int) -> Check:
 def _listen_notify(url: str) -> Check:
     channel = f"memory_palace_doctor_{uuid.uuid4().hex[:12]}"
     fix = (
-        "LISTEN/NOTIFY must reach this process directly: connect to PostgreSQL itself, or "
-        "run pgbouncer in session pooling mode (transaction pooling drops LISTEN)"
+        "LISTEN/NOTIFY must reach this process directly: behind PgBouncer in transaction mode, "
+        "set config postgres.listen_url to a URL of PostgreSQL itself"
     )
     try:
         listener = pg_connect(url)
