@@ -183,3 +183,45 @@ def test_doctor_behind_pgbouncer_checks_listen_on_the_direct_url(
     doctor.run(palace.settings, out=out, expected_processes=4)
     assert "✓ LISTEN/NOTIFY round trip: notification received" in out.getvalue()
     assert "(2 + 3 + 1 LISTEN) x 1 database(s) x 4 process(es)" in out.getvalue()
+
+
+def test_a_deadlock_that_still_happens_is_retried_once(tmp_path: Path, pg_url: str) -> None:
+    """Other SQL can still deadlock with a tool: the tool's transaction is aborted (it waited
+    first, so its backend detects the cycle), and Palace.call runs it again: the caller sees
+    a normal result, and each access is counted once."""
+    palace = build_palace(tmp_path / "d", pg_url)
+    a, b = (
+        palace.call("memory_set", {"content": f"row {n}", "auto_link": False})["id"] for n in "ab"
+    )
+    other = pg_connect(pg_url, autocommit=False)
+    cur = other.cursor()
+    cur.execute("SET deadlock_timeout = '10s'")  # this side never gives up first
+    cur.execute("SELECT id FROM memories WHERE id = %s FOR UPDATE", (b,))
+    with ThreadPoolExecutor(1) as pool:
+        got = pool.submit(palace.call, "memory_get", {"memory_ids": [a, b], "include_graph": False})
+        deadline = time.monotonic() + 10
+        while not _waiting_for_a_lock(pg_url) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the tool has locked a and waits for b
+        cur.execute("SELECT id FROM memories WHERE id = %s FOR UPDATE", (a,))  # the cycle
+        other.commit()
+        result = got.result(30)
+    other.close()
+    assert [m["access_count"] for m in result["memories"]] == [1, 1]
+    conn = pg_connect(pg_url)
+    with conn.cursor() as c:
+        c.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        assert c.fetchone()[0] == 1
+    conn.close()
+
+
+def _waiting_for_a_lock(url: str) -> bool:
+    conn = pg_connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+            return bool(cur.fetchone()[0])
+    finally:
+        conn.close()
