@@ -158,7 +158,7 @@ def run_load(url: str, agents: int, seconds: float, **config: Any) -> dict[str, 
     for name in names:
         data_dir = root / name
         write_config(data_dir, db_url, instances=names, **config)
-        peers = [n for n in names if n != name]
+        peers = [n for n in names if n != name] or [name]  # alone: messages to itself
         procs.append(
             ctx.Process(target=_agent, args=(str(data_dir), name, peers, seconds, start, out))
         )
