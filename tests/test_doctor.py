@@ -230,7 +230,7 @@ def test_max_connections_too_low_for_the_processes(tmp_path, pg_url):
     first_use(pg_url)
     code, out = run(settings_for(tmp_path, pg_url), expected_processes=1000)
     assert code == 1 and "✗ max_connections covers the pools" in out
-    assert "(5 + 10) x 1 database(s) x 1000 process(es)" in out
+    assert "(5 + 10 + 1 LISTEN) x 1 database(s) x 1000 process(es)" in out
     assert "SHOW max_connections" in out
 
 

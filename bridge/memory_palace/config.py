@@ -106,6 +106,27 @@ class Limits(_Strict):
     max_reply_bytes: int = Field(1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
 
 
+class Postgres(_Strict):
+    """Connections to PostgreSQL, per process and database. The pool keeps at most `pool_size`
+    idle connections and opens up to `max_overflow` more under load (closed when returned); a
+    call waits up to `pool_timeout` seconds for one. `listen_url` is a direct URL to the same
+    server for LISTEN when `url` goes through PgBouncer in transaction mode (each database's
+    name replaces the one in it)."""
+
+    pool_size: int = Field(5, ge=1, le=100)
+    max_overflow: int = Field(10, ge=0, le=1000)
+    pool_timeout: float = Field(30.0, gt=0, le=600)
+    listen_url: str | None = Field(None, min_length=1)
+
+    @field_validator("listen_url")
+    @classmethod
+    def _listen_url(cls, value: str | None) -> str | None:
+        scheme = value.split("://", 1)[0].split("+", 1)[0] if value else ""
+        if value is not None and scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a postgresql:// URL (LISTEN needs PostgreSQL)")
+        return value
+
+
 class Synthesis(_Strict):
     enabled: bool = False  # accepted from the original's config; synthesis needs llm_model
 
@@ -133,6 +154,7 @@ class ConfigFile(_Strict):
     auto_link: AutoLink = AutoLink()
     recall: Recall = Recall()
     limits: Limits = Limits()
+    postgres: Postgres = Postgres()
 
     @field_validator("instances")
     @classmethod
@@ -152,6 +174,7 @@ EXAMPLES = {
     '"centrality": 0.15}}',
     "auto_link": '{"enabled": true, "link_threshold": 0.75}',
     "limits": '{"max_content_bytes": 262144}',
+    "postgres": '{"pool_size": 2, "max_overflow": 3, "listen_url": "postgresql://u:p@db/x"}',
     "instance_routes": '{"sandy": {"gateway": "http://127.0.0.1:18789", "token": "..."}}',
 }
 
@@ -186,6 +209,7 @@ class Settings:
     weights: Mapping[str, float] = field(default_factory=dict)
     recall: Recall = field(default_factory=Recall)
     limits: Limits = field(default_factory=Limits)
+    postgres: Postgres = field(default_factory=Postgres)
 
     @property
     def max_limit(self) -> int:
@@ -440,4 +464,5 @@ def load_settings(
         weights=_weights(cfg, env, where),
         recall=cfg.recall,
         limits=cfg.limits,
+        postgres=cfg.postgres,
     )

@@ -25,16 +25,15 @@ import psycopg2
 from psycopg2 import errorcodes, sql
 from sqlalchemy.engine import make_url
 
-from .config import Settings, type_from_url
+from .config import Postgres, Settings, type_from_url
+from .db.engine import listen_url_for
 from .db.postgres import BACKEND as PG_BACKEND
-from .db.postgres import POOL as PG_POOL
 from .db.postgres import pg_connect
 from .db.schema import SCHEMA_VERSION, backend_fingerprint, first_use_ddl
 from .db.tables import TABLES
 from .db.urls import derive_url, mask_url, pg_database_name, sqlite_path
 from .errors import BackendUnavailable, DatabaseMissing, MemoryPalaceError
 
-PER_ENGINE = PG_POOL["pool_size"] + PG_POOL["max_overflow"]  # 5 + 10
 NOTIFY_TIMEOUT_S = 5.0
 DDL_TIMEOUT = "10s"  # a rolled-back DDL check that would rebuild a large table gives up
 DEFAULT_DIM = 384
@@ -155,7 +154,9 @@ class _Pg:
             self.conn.autocommit = True
 
     # -- the checks, in first-use order -------------------------------------------------------
-    def run(self, *, auto_create: bool, dim: int, engines: int, processes: int) -> list[Check]:
+    def run(
+        self, *, auto_create: bool, dim: int, engines: int, processes: int, pool: Postgres
+    ) -> list[Check]:
         self.s = replace(self.s, role=self.one("SELECT current_user"))  # also without a user
         version = self.one("SHOW server_version")
         self.major = int(self.one("SHOW server_version_num")) // 10000
@@ -171,7 +172,7 @@ class _Pg:
             self.schema(dim, enable=not enabled)
         elif self.exists:  # the DDL needs pgvector: check at least the schema privilege
             self.schema_privilege()
-        self.max_connections(engines, processes)
+        self.max_connections(engines, processes, pool)
         if self.exists:
             self.index_and_version()
         return self.checks
@@ -437,20 +438,24 @@ class _Pg:
             )
         )
 
-    def max_connections(self, engines: int, processes: int) -> None:
+    def max_connections(self, engines: int, processes: int, pool: Postgres) -> None:
         max_conn, reserved, in_use = self.one_row(
             "SELECT current_setting('max_connections')::int, "
             "current_setting('superuser_reserved_connections')::int, "
             "(SELECT count(*) FROM pg_stat_activity)"
         )
-        needed = PER_ENGINE * engines * processes
+        per_engine = pool.pool_size + pool.max_overflow + 1  # the pool and one LISTEN
+        needed = per_engine * engines * processes
         usable = max_conn - reserved
         check = Check(
             "max_connections covers the pools",
             "ok" if needed <= usable else "fail",
             f"max_connections {max_conn} ({usable} usable, {in_use} in use); pools may open "
-            f"up to {needed} = (5 + 10) x {engines} database(s) x {processes} process(es)",
-            "SHOW max_connections; SELECT count(*) FROM pg_stat_activity; then raise it: "
+            f"up to {needed} = ({pool.pool_size} + {pool.max_overflow} + 1 LISTEN) x {engines} "
+            f"database(s) x {processes} process(es)",
+            "SHOW max_connections; SELECT count(*) FROM pg_stat_activity; then lower config "
+            "postgres.max_overflow, put PgBouncer (transaction mode) in front of the pools "
+            "(docs/postgres.md), or raise max_connections: "
             + self.s.as_superuser(
                 f"ALTER SYSTEM SET max_connections = {needed + reserved + 10};", "postgres"
             )
@@ -515,7 +520,9 @@ def _pg_checks(
     auto_create: bool = True,
     dim: int = DEFAULT_DIM,
     tokens: bool = False,
+    pool: Postgres | None = None,
 ) -> list[Check]:
+    pool = pool or Postgres()
     s = Server.of(url)
     exists = True
 
@@ -539,10 +546,12 @@ def _pg_checks(
             return unreachable(exc.message, "postgres")
     except BackendUnavailable as exc:
         return unreachable(exc.message, s.database)
-    listen_url = url if exists else pg_url_for(url, "postgres")
+    listen_url = listen_url_for(url if exists else pg_url_for(url, "postgres"), pool.listen_url)
     try:
         pg = _Pg(url, conn, exists, s)
-        checks = pg.run(auto_create=auto_create, dim=dim, engines=engines, processes=processes)
+        checks = pg.run(
+            auto_create=auto_create, dim=dim, engines=engines, processes=processes, pool=pool
+        )
         if tokens:
             pg.tokens()
     finally:
@@ -569,8 +578,8 @@ def _listen_notify(url: str) -> Check:
     channel = f"memory_palace_doctor_{uuid.uuid4().hex[:12]}"
     name = "LISTEN/NOTIFY round trip"
     fix = (
-        "LISTEN/NOTIFY must reach this process directly: connect to PostgreSQL itself, or "
-        "run pgbouncer in session pooling mode (transaction pooling drops LISTEN)"
+        "LISTEN/NOTIFY must reach this process directly: behind PgBouncer in transaction mode, "
+        "set config postgres.listen_url to a URL of PostgreSQL itself"
     )
     try:
         listener = pg_connect(url)
@@ -716,7 +725,13 @@ def check_all(
         if kind == "postgres":
             engines = max(1, pg_servers.get(_server_key(url), 1))
             checks = _pg_checks(
-                url, engines, processes, auto_create=settings.auto_create, dim=dim, tokens=tokens
+                url,
+                engines,
+                processes,
+                auto_create=settings.auto_create,
+                dim=dim,
+                tokens=tokens,
+                pool=settings.postgres,
             )
         else:
             checks = _sqlite_checks(url, tokens=tokens)

@@ -231,7 +231,12 @@ class Backend(ABC):
         Returns facts for `Database` (e.g. the pgvector version)."""
 
     @abstractmethod
-    def create_engine(self, url: str) -> Any: ...
+    def create_engine(self, url: str, options: Any) -> Any:
+        """The SQLAlchemy engine; `options` is config `postgres` (pool sizes, timeout)."""
+
+    def lock_rows(self, conn: Connection, table: str, ids: list[int]) -> None:
+        """Lock rows about to be updated in id order, so two transactions updating an
+        overlapping set of rows cannot deadlock. A no-op where writers are serialised."""
 
     @abstractmethod
     def probe(self, url: str, tables: tuple[str, ...]) -> dict[str, Any]:

@@ -92,14 +92,16 @@ def schema_version(db: Database) -> int:
         return int(get_meta(conn, "schema_version") or 0)
 
 
+def _up_to_date(conn: Connection, db: Database) -> bool:
+    return (
+        get_meta(conn, "schema_fingerprint") == fingerprint(db)
+        and int(get_meta(conn, "schema_version") or 0) == SCHEMA_VERSION
+    )
+
+
 def _current(db: Database) -> bool:
     with db.read() as conn:
-        if not _meta_exists(db, conn):
-            return False
-        return (
-            get_meta(conn, "schema_fingerprint") == fingerprint(db)
-            and int(get_meta(conn, "schema_version") or 0) == SCHEMA_VERSION
-        )
+        return _meta_exists(db, conn) and _up_to_date(conn, db)
 
 
 def _add_missing_columns(conn: Connection, db: Database, dim: int | None) -> int:
@@ -129,6 +131,12 @@ def migrate(db: Database, dim: int | None) -> int:
             return 0
         with db.write() as conn:
             db.backend.lock(conn, MIGRATION_LOCK_KEY)
+            if _meta_exists(db, conn) and _up_to_date(conn, db):
+                # Another process migrated while this one waited for the lock. Running the
+                # DDL again would take table locks (ALTER TABLE, CREATE INDEX) that deadlock
+                # with its writers.
+                db.schema_ready = True
+                return 0
             for stmt in db.backend.create_table(META, dim):
                 conn.exec_driver_sql(stmt)
             version = int(get_meta(conn, "schema_version") or 0)

@@ -284,7 +284,7 @@ class SqliteBackend(Backend):
             ) from exc
         return {"created": not existed}
 
-    def create_engine(self, url: str) -> Engine:
+    def create_engine(self, url: str, options: Any = None) -> Engine:
         engine = create_engine(
             f"sqlite:///{sqlite_path(url)}",
             poolclass=QueuePool,

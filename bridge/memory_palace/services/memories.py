@@ -30,6 +30,7 @@ from ..errors import (
     MemoryPalaceError,
     NotFound,
     PermissionDenied,
+    TransactionAborted,
 )
 from ..params import (
     ByInstance,
@@ -169,6 +170,7 @@ def touch(
     ).bindparams(bindparam("ids", expanding=True))
     now = db.backend.encode("time", utcnow())
     with db.write() as conn:
+        db.backend.lock_rows(conn, "memories", ids)  # in id order: hot rows cannot deadlock
         rows = conn.execute(stmt, {**params, "now": now, "ids": list(ids)})
         return {int(r.id): r for r in rows}
 
@@ -180,6 +182,7 @@ def archive_rows(conn: Connection, db: Database, ids: list[int], note: str) -> N
         "UPDATE memories SET is_archived = :t, updated_at = :now, source_context = "
         "coalesce(source_context, '') || :note WHERE id IN :ids"
     ).bindparams(bindparam("ids", expanding=True))
+    db.backend.lock_rows(conn, "memories", ids)
     conn.execute(
         stmt,
         {"t": True, "now": db.backend.encode("time", utcnow()), "note": note, "ids": list(ids)},
@@ -543,6 +546,8 @@ def get(
     seen = access_for(db, caller)
     try:  # counts the access and reads the rows at once; what the caller may not see is absent
         rows = touch(db, ids, CARD_SQL, seen)
+    except TransactionAborted:
+        raise  # nothing was counted: Palace.call runs the call again
     except (BackendUnavailable, PermissionDenied) as exc:  # counting is best-effort: read on
         log.warning("memory_get: access not counted (%s)", exc.message)
         rows = fetch(db, ids, seen)
