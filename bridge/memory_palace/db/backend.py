@@ -211,6 +211,11 @@ class Backend(ABC):
         """Hold a lock on `key` until the caller's write transaction ends. SQLite's write
         transactions (BEGIN IMMEDIATE) already exclude each other."""
 
+    def try_lock(self, conn: Connection, key: int) -> bool:
+        """Take the lock on `key` for the caller's write transaction if nobody holds it;
+        False if another transaction does (SQLite: the write transaction is the lock)."""
+        return True
+
     # -- messaging --------------------------------------------------------------------------
     #: "listen" (pushed by the server) or "poll" (read every tick).
     listen_mode: str = "poll"

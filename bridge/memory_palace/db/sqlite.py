@@ -248,7 +248,8 @@ class SqliteBackend(Backend):
         self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
     ) -> Hits:
         allowed = None
-        if f.subject:  # the index holds no subjects: pre-select ids for a subject filter
+        # The index holds no subjects nor event times: pre-select ids for those filters.
+        if f.subject or f.since is not None or f.until is not None:
             cond, params = where(db, f)
             with db.read() as conn:
                 allowed = {

@@ -33,10 +33,20 @@ from ..db.filters import Filters
 from ..db.values import decode_strings, decode_time, utcnow
 from ..embeddings import Embedder
 from ..errors import EmbedderUnavailable, InvalidParams
-from ..params import ByInstance, DetailLevel, GraphMode, IncludeArchived, MemoryType, P, Project
+from ..params import (
+    ByInstance,
+    DetailLevel,
+    GraphMode,
+    IncludeArchived,
+    MemoryType,
+    P,
+    Project,
+    Since,
+    Until,
+)
 from . import graph, lexical, vectors
 from .access import Caller, access_for
-from .memories import IN_DEGREE_SQL, LLM_NOTE, fetch, memory_dict
+from .memories import IN_DEGREE_SQL, LLM_NOTE, fetch, memory_dict, time_bounds
 
 ACCESS_SCALE = 100  # log(1+access)/log(1+100): 100 deliberate reads count as fully "popular"
 ACCESS_HALF_LIFE = timedelta(days=30)  # an access counts half after a month untouched
@@ -292,6 +302,8 @@ def recall(
     ] = 5,
     graph_depth: Annotated[int, P("Graph hops (1-5).", minimum=0, maximum=5)] = 1,
     graph_mode: GraphMode = "summary",
+    since: Since = None,
+    until: Until = None,
 ) -> dict[str, Any]:
     """Search memories by meaning and by exact words (hybrid vector + keyword search), with
     optional graph context. Each result says how it was found."""
@@ -301,8 +313,17 @@ def recall(
             f"{settings.max_limit}; ask for fewer results or page with filters"
         )
     seen = access_for(db, caller)
+    start, end = time_bounds("memory_recall", since, until)
     f = Filters.make(
-        instance_id, project, memory_type, subject, min_foundational, include_archived, seen
+        instance_id,
+        project,
+        memory_type,
+        subject,
+        min_foundational,
+        include_archived,
+        seen,
+        since=start,
+        until=end,
     )
     with db.read():  # every read below shares this one pooled connection
         found = gather(db, embedder, settings.recall, query, f, search, limit)

@@ -1,0 +1,325 @@
+"""The memory lifecycle on both backends: update with history, forget, unarchive, expiry and
+the sweep, event time (since/until), and who may change what."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memory_palace import Palace
+from memory_palace.db.values import utcnow
+from memory_palace.errors import InvalidParams, NotFound, PermissionDenied
+from memory_palace.services import lifecycle
+from memory_palace.services.access import Caller
+from memory_palace.transfer import export_jsonl, import_jsonl
+from sqlalchemy import text
+
+A = Caller("alice", "writer", verified=True)
+B = Caller("bob", "writer", verified=True)
+READER = Caller("rita", "reader", verified=True)
+ADMIN = Caller("root", "admin", verified=True)
+
+
+def add(palace: Palace, content: str, caller: Caller | None = None, **kw: Any) -> int:
+    return palace.call("memory_set", {"content": content, **kw}, caller=caller)["id"]
+
+
+def found(palace: Palace, query: str, search: str = "keyword", **kw: Any) -> list[int]:
+    out = palace.call(
+        "memory_recall", {"query": query, "search": search, "include_graph": False, **kw}
+    )
+    return [m["id"] for m in out["memories"]]
+
+
+def rows(palace: Palace, sql: str, **params: Any) -> list[Any]:
+    with palace.database().read() as conn:
+        return list(conn.execute(text(sql), params))
+
+
+# --- update and history -----------------------------------------------------------------------
+
+
+def test_update_reindexes_and_history_keeps_both_versions(palace: Palace) -> None:
+    mid = add(palace, "the staging database listens on port quokka5432", caller=A)
+    out = palace.call(
+        "memory_update",
+        {"memory_id": mid, "content": "the staging database listens on port wombat6543"},
+        caller=A,
+    )
+    assert out["version"] == 2 and out["changed"] == ["content"] and out["embedded"]
+    assert found(palace, "wombat6543") == [mid]
+    assert found(palace, "quokka5432") == []
+    assert found(palace, "wombat6543", search="vector")[0] == mid
+    card = palace.call("memory_get", {"memory_ids": mid, "include_graph": False})["memory"]
+    assert "wombat6543" in card["content"]
+
+    palace.call(
+        "memory_update",
+        {"memory_id": mid, "subject": "staging port", "tags": ["ops"], "reason": "titled"},
+        caller=ADMIN,
+    )
+    hist = palace.call("memory_history", {"memory_id": mid})
+    assert [v["version"] for v in hist["versions"]] == [1, 2, 3]
+    first, second, third = hist["versions"]
+    assert first["by"] == "alice" and "quokka5432" in first["content"]
+    assert first["subject"] is None
+    assert second["by"] == "alice" and second["changed"] == ["content"]
+    assert "wombat6543" in second["content"]
+    assert third["by"] == "root" and third["reason"] == "titled"
+    assert third["changed"] == ["subject", "tags"] and third["subject"] == "staging port"
+
+
+def test_update_without_changes_writes_no_version(palace: Palace) -> None:
+    mid = add(palace, "same text stays the same", subject="s")
+    out = palace.call("memory_update", {"memory_id": mid, "subject": "s"})
+    assert out["changed"] == []
+    assert palace.call("memory_history", {"memory_id": mid})["count"] == 1
+
+
+def test_update_type_projects_visibility_and_occurred_at(palace: Palace) -> None:
+    mid = add(palace, "a fact about the build cache", caller=A)
+    palace.call(
+        "memory_update",
+        {
+            "memory_id": mid,
+            "memory_type": "gotcha",
+            "project": ["build", "ci"],
+            "foundational": True,
+            "visibility": "private",
+            "occurred_at": "2026-03-14",
+        },
+        caller=A,
+    )
+    card = palace.call("memory_get", {"memory_ids": mid, "include_graph": False}, caller=A)
+    m = card["memory"]
+    assert (m["memory_type"], m["projects"], m["foundational"]) == ("gotcha", ["build", "ci"], True)
+    assert m["visibility"] == "private" and m["occurred_at"].startswith("2026-03-14T00:00:00")
+    with pytest.raises(NotFound):  # now private: bob no longer sees it
+        palace.call("memory_get", {"memory_ids": mid}, caller=B)
+
+
+def test_bad_times_are_clear_errors(palace: Palace) -> None:
+    mid = add(palace, "a memory with times")
+    with pytest.raises(InvalidParams, match="occurred_at 'last tuesday' is not an ISO 8601"):
+        palace.call("memory_update", {"memory_id": mid, "occurred_at": "last tuesday"})
+    with pytest.raises(InvalidParams, match="not both"):
+        palace.call("memory_set", {"content": "x", "ttl_seconds": 5, "expires_at": "2030-01-01"})
+    with pytest.raises(InvalidParams, match="until must be after since"):
+        palace.call("memory_recent", {"since": "2026-02-01", "until": "2026-01-01"})
+
+
+# --- permissions ------------------------------------------------------------------------------
+
+
+def test_others_cannot_update_or_forget(palace: Palace) -> None:
+    private = add(palace, "alice private diary entry", caller=A, visibility="private")
+    shared = add(palace, "alice shared note about lunch", caller=A)
+    with pytest.raises(NotFound):  # bob cannot even see it
+        palace.call("memory_update", {"memory_id": private, "content": "bob was here"}, caller=B)
+    with pytest.raises(PermissionDenied, match="belongs to 'alice'"):
+        palace.call("memory_update", {"memory_id": shared, "content": "bob was here"}, caller=B)
+    with pytest.raises(PermissionDenied, match="writer role"):
+        palace.call("memory_update", {"memory_id": shared, "content": "x"}, caller=READER)
+    with pytest.raises(PermissionDenied, match="writer role"):
+        palace.call("memory_forget", {"memory_ids": [shared]}, caller=READER)
+    out = palace.call(
+        "memory_forget", {"memory_ids": [private, shared], "dry_run": False}, caller=B
+    )
+    assert out["forgotten"] == 0 and out["skipped_not_owner"] == [shared]
+    assert out["not_found"] == [private]
+    out = palace.call("memory_forget", {"instance_id": "alice", "dry_run": False}, caller=B)
+    assert out["forgotten"] == 0
+    assert len(rows(palace, "SELECT id FROM memories")) == 2
+    assert found(palace, "lunch") == [shared]
+    palace.call("memory_update", {"memory_id": shared, "content": "admin fixed it"}, caller=ADMIN)
+
+
+# --- forget -----------------------------------------------------------------------------------
+
+
+def test_forget_by_filter_leaves_no_trace(palace: Palace) -> None:
+    keep = add(palace, "keep this memory about gardening tomatoes", project="garden")
+    gone = add(palace, "secret xylophonic password hint", project="secrets")
+    gone2 = add(palace, "another xylophonic secret", project="secrets", ttl_seconds=3600)
+    palace.call("memory_link", {"source_id": keep, "target_id": gone, "relation_type": "refines"})
+    palace.call("memory_update", {"memory_id": gone, "subject": "hint"})
+    palace.call("memory_archive", {"memory_ids": [gone2], "dry_run": False})
+    assert found(palace, "xylophonic") == [gone]
+
+    dry = palace.call("memory_forget", {"project": "secrets"})
+    assert (dry["would_forget"], dry["edges"], dry["versions"]) == (2, 1, 1)
+    assert len(rows(palace, "SELECT id FROM memories")) == 3  # a dry run deletes nothing
+
+    out = palace.call("memory_forget", {"project": "secrets", "dry_run": False})
+    assert out["forgotten"] == 2 and sorted(out["ids"]) == sorted([gone, gone2])
+    ids = {"a": gone, "b": gone2}
+    where_ids = "IN (:a, :b)"
+    assert rows(palace, f"SELECT id FROM memories WHERE id {where_ids}", **ids) == []
+    assert rows(palace, f"SELECT id FROM memory_versions WHERE memory_id {where_ids}", **ids) == []
+    assert (
+        rows(
+            palace,
+            f"SELECT id FROM memory_edges WHERE source_id {where_ids} OR target_id {where_ids}",
+            **ids,
+        )
+        == []
+    )
+    assert rows(palace, "SELECT id FROM memories WHERE content LIKE '%xylophonic%'") == []
+    if palace.database().kind == "sqlite":  # the keyword index holds no entry for the term
+        assert (
+            rows(palace, "SELECT rowid FROM memories_fts WHERE memories_fts MATCH 'xylophonic'")
+            == []
+        )
+    assert found(palace, "xylophonic") == []
+    assert found(palace, "xylophonic", include_archived=True) == []
+    assert gone not in found(palace, "secret xylophonic password hint", search="vector")
+    assert found(palace, "tomatoes") == [keep]
+
+
+def test_forget_needs_ids_or_a_filter(palace: Palace) -> None:
+    with pytest.raises(InvalidParams, match="give memory_ids or at least one filter"):
+        palace.call("memory_forget", {"dry_run": False})
+
+
+def test_forget_older_than_and_type(palace: Palace) -> None:
+    old = add(palace, "an old event from long ago", memory_type="event")
+    new = add(palace, "a new event from today", memory_type="event")
+    with palace.database().write() as conn:
+        conn.execute(
+            text("UPDATE memories SET created_at = :t WHERE id = :i"),
+            {
+                "t": palace.database().backend.encode("time", utcnow() - timedelta(days=40)),
+                "i": old,
+            },
+        )
+    out = palace.call(
+        "memory_forget", {"memory_type": "event", "older_than_days": 30, "dry_run": False}
+    )
+    assert out["ids"] == [old]
+    assert [r[0] for r in rows(palace, "SELECT id FROM memories")] == [new]
+
+
+def test_export_import_carry_versions_and_never_forgotten(
+    palace: Palace, make_palace: Callable[..., Palace], tmp_path: Path
+) -> None:
+    mid = add(palace, "version one of the export test")
+    palace.call("memory_update", {"memory_id": mid, "content": "version two of the export test"})
+    gone = add(palace, "forgotten before the export")
+    palace.call("memory_forget", {"memory_ids": [gone], "dry_run": False})
+    buf = io.BytesIO()
+    counts = export_jsonl(palace, None, buf)["counts"]
+    assert counts["memory_version"] == 1 and counts["memory"] == 1
+    other = make_palace(f"sqlite:///{tmp_path / 'imported.db'}")
+    import_jsonl(other, None, io.BytesIO(buf.getvalue()))
+    hist = other.call("memory_history", {"memory_id": mid})
+    assert [v["content"] for v in hist["versions"]] == [
+        "version one of the export test",
+        "version two of the export test",
+    ]
+    with pytest.raises(NotFound):
+        other.call("memory_get", {"memory_ids": gone})
+
+
+# --- archive and supersede --------------------------------------------------------------------
+
+
+def test_unarchive_restores_and_history_shows_the_chain(palace: Palace) -> None:
+    old = add(palace, "the office is on floor 3 okapi")
+    new = palace.call(
+        "memory_set", {"content": "the office moved to floor 5 okapi", "supersedes_id": old}
+    )["id"]
+    assert found(palace, "okapi") == [new]
+    hist = palace.call("memory_history", {"memory_id": new})
+    assert [r["id"] for r in hist["replaces"]] == [old]
+    assert [r["id"] for r in palace.call("memory_history", {"memory_id": old})["replaced_by"]] == [
+        new
+    ]
+    out = palace.call("memory_unarchive", {"memory_ids": [old, new]})
+    assert out == {"unarchived": [old], "already_active": [new]}
+    assert sorted(found(palace, "okapi")) == sorted([old, new])
+    versions = palace.call("memory_history", {"memory_id": old})["versions"]
+    assert [v["is_archived"] for v in versions] == [True, False]
+
+
+# --- expiry -----------------------------------------------------------------------------------
+
+
+def test_expired_vanish_from_every_read_and_sweep_purges(palace: Palace) -> None:
+    keep = add(palace, "a lasting memory about narwhals")
+    soon = add(palace, "a passing memory about narwhals and ephemera", ttl_seconds=3600)
+    palace.call("memory_link", {"source_id": keep, "target_id": soon, "relation_type": "refines"})
+    assert sorted(found(palace, "narwhals")) == sorted([keep, soon])
+    stats = palace.call("memory_stats", {})
+    assert (stats["active_memories"], stats["expired_memories"]) == (2, 0)
+
+    past = (utcnow() - timedelta(seconds=1)).isoformat()
+    palace.call("memory_update", {"memory_id": soon, "expires_at": past})
+    assert found(palace, "narwhals") == [keep]
+    assert found(palace, "ephemera") == []
+    assert soon not in found(palace, "a passing memory about narwhals and ephemera", "vector")
+    assert soon not in found(palace, "narwhals ephemera", "hybrid", include_archived=True)
+    with pytest.raises(NotFound):
+        palace.call("memory_get", {"memory_ids": soon})
+    with pytest.raises(NotFound):
+        palace.call("memory_history", {"memory_id": soon})
+    recent = palace.call("memory_recent", {"include_archived": True})
+    assert [m["id"] for m in recent["memories"]] == [keep]
+    got = palace.call("memory_get", {"memory_ids": keep, "graph_depth": 2})
+    assert str(soon) not in str(got.get("graph_context", {}))
+    stats = palace.call("memory_stats", {})
+    assert (stats["total_memories"], stats["expired_memories"], stats["total_edges"]) == (1, 1, 0)
+    # the same text again is a new memory, not a duplicate of the expired one
+    again = add(palace, "a passing memory about narwhals and ephemera")
+    assert again != soon
+
+    assert lifecycle.sweep(palace.database()) == 1
+    assert rows(palace, "SELECT id FROM memories WHERE id = :i", i=soon) == []
+    assert rows(palace, "SELECT id FROM memory_edges") == []
+    assert palace.call("memory_stats", {})["expired_memories"] == 0
+    assert lifecycle.sweep(palace.database()) == 0
+
+
+def test_ttl_at_set_and_clearing_expiry(palace: Palace) -> None:
+    out = palace.call("memory_set", {"content": "expires in an hour", "ttl_seconds": 3600})
+    assert out["expires_at"] > utcnow().isoformat()
+    palace.call("memory_update", {"memory_id": out["id"], "ttl_seconds": 0})
+    card = palace.call("memory_get", {"memory_ids": out["id"], "include_graph": False})["memory"]
+    assert card["expires_at"] is None
+
+
+def test_sweep_runs_when_a_palace_opens_the_database(
+    make_palace: Callable[..., Palace], db_url: str
+) -> None:
+    first = make_palace(db_url)
+    mid = add(first, "sweep me on start", ttl_seconds=3600)
+    past = (utcnow() - timedelta(seconds=1)).isoformat()
+    first.call("memory_update", {"memory_id": mid, "expires_at": past})
+    first.database().cache.pop("swept_at")  # as a new process would: never swept
+    first.call("memory_stats", {})
+    assert rows(first, "SELECT id FROM memories") == []
+
+
+# --- event time -------------------------------------------------------------------------------
+
+
+def test_since_until_filter_on_event_time(palace: Palace) -> None:
+    jan = add(palace, "meeting notes pelican january", occurred_at="2026-01-15T10:00:00Z")
+    feb = add(palace, "meeting notes pelican february", occurred_at="2026-02-01")
+    mar = add(palace, "meeting notes pelican march", occurred_at="2026-03-01T00:00:00+00:00")
+    now = add(palace, "meeting notes pelican stored today")
+
+    def recent(**kw: Any) -> list[int]:
+        return sorted(m["id"] for m in palace.call("memory_recent", kw)["memories"])
+
+    assert recent(since="2026-02-01", until="2026-03-01") == [feb]  # since in, until out
+    assert recent(until="2026-02-01") == [jan]
+    assert recent(since="2026-03-01") == sorted([mar, now])
+    assert recent(since="2026-01-15T10:00:00Z", until="2026-01-15T10:00:00.000001Z") == [jan]
+    for search in ("keyword", "vector", "hybrid"):
+        got = found(palace, "meeting notes pelican", search, since="2026-01-20", until="2026-03-02")
+        assert sorted(got) == sorted([feb, mar])
+    assert found(palace, "pelican", since=utcnow().date().isoformat()) == [now]
