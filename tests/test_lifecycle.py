@@ -4,6 +4,8 @@ the sweep, event time (since/until), and who may change what."""
 from __future__ import annotations
 
 import io
+import json
+import shlex
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 from memory_palace import Palace
+from memory_palace.cli import main
 from memory_palace.db.values import utcnow
 from memory_palace.errors import InvalidParams, NotFound, PermissionDenied
 from memory_palace.services import lifecycle
@@ -323,3 +326,140 @@ def test_since_until_filter_on_event_time(palace: Palace) -> None:
         got = found(palace, "meeting notes pelican", search, since="2026-01-20", until="2026-03-02")
         assert sorted(got) == sorted([feb, mar])
     assert found(palace, "pelican", since=utcnow().date().isoformat()) == [now]
+
+
+# --- conflicts at write -----------------------------------------------------------------------
+
+BASE = "the deploy pipeline pushes docker images to the staging registry every night"
+NEAR = "the deploy pipeline pushes docker images to the staging registry every morning"  # 0.93
+
+
+def test_conflicts_reported_for_a_changed_fact_not_for_unrelated(palace: Palace) -> None:
+    port = add(palace, "The staging deploy port is 5432", subject="Deploy port")
+    out = palace.call(
+        "memory_set", {"content": "I like green tea in the morning", "subject": "tea"}
+    )
+    assert "possible_conflicts" not in out
+    out = palace.call(
+        "memory_set", {"content": "The staging deploy port is now 6543", "subject": "deploy port"}
+    )
+    assert [c["id"] for c in out["possible_conflicts"]] == [port]
+    assert out["possible_conflicts"][0]["reason"] == "same subject"
+    assert "supersedes_id" in out["conflict_note"]
+
+    night = add(palace, BASE)
+    out = palace.call("memory_set", {"content": NEAR})
+    assert [(c["id"], c["reason"]) for c in out["possible_conflicts"]] == [(night, "similar text")]
+    assert out["possible_conflicts"][0]["similarity"] >= 0.9
+
+
+def test_on_conflict_supersede_replaces_in_one_call(palace: Palace) -> None:
+    old = add(palace, "The team lead is Dana", subject="team lead", caller=A)
+    out = palace.call(
+        "memory_set",
+        {"content": "The team lead is Sam", "subject": "Team lead", "on_conflict": "supersede"},
+        caller=A,
+    )
+    assert out["superseded"] == old and "possible_conflicts" not in out
+    assert palace.call("memory_history", {"memory_id": out["id"]})["replaces"][0]["id"] == old
+    # bob may not replace alice's memory: reported, not superseded
+    out = palace.call(
+        "memory_set",
+        {"content": "The team lead is Kim", "subject": "team lead", "on_conflict": "supersede"},
+        caller=B,
+    )
+    assert "superseded" not in out and out["possible_conflicts"][0]["instance_id"] == "alice"
+
+
+def test_conflicts_never_reveal_private_memories(palace: Palace) -> None:
+    add(palace, "my salary is 100", subject="salary", caller=A, visibility="private")
+    out = palace.call(
+        "memory_set", {"content": "salary bands are public", "subject": "salary"}, caller=B
+    )
+    assert "possible_conflicts" not in out
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    monkeypatch.setenv("MEMORY_PALACE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MEMORY_PALACE_EMBEDDER", "hash")
+    monkeypatch.chdir(tmp_path)
+
+    def run(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+        if stdin is not None:
+            monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_readme_lifecycle_examples_run(cli: Callable[..., tuple[int, str, str]]) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Memory lifecycle", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    Path("retro.md").write_text("Retro: the migration went well; keep the runbook.\n")
+    Path("memories.jsonl").write_text(
+        '{"content": "imported one"}\n{"content": "imported two", "memory_type": "event"}\n'
+    )
+    outputs = {}
+    for line in [ln for ln in block.splitlines() if ln.startswith("memory-palace")]:
+        code, out, err = cli(*shlex.split(line)[1:])
+        assert code == 0, f"{line}\n{out}\n{err}"
+        outputs[line] = out
+    history = outputs["memory-palace history 1"]
+    assert "v1 " in history and "5432" in history and "v2 " in history and "6543" in history
+    conflict = next(v for k, v in outputs.items() if "moved to 6543" in k)
+    assert "possible conflict: #1 staging db port (same subject)" in conflict
+    assert (
+        "stored 2, duplicates 0, failed 0"
+        in outputs["memory-palace remember --jsonl memories.jsonl -p imported"]
+    )
+    recent = outputs["memory-palace recent --since 2026-11-01 --until 2026-12-01"]
+    assert "retro" in recent and "(1 of 1)" in recent
+    assert "would_forget: 2" in outputs["memory-palace forget --project imported"]
+    assert "forgotten: 2" in outputs["memory-palace forget --project imported --execute"]
+
+
+def test_remember_from_stdin_file_and_jsonl_errors(
+    cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    big = "line of a long note\n" * 5000  # ~100 KB: more than a command line comfortably takes
+    code, out, _ = cli("remember", "-", "-s", "from stdin", "--json", stdin=big)
+    assert code == 0
+    mid = json.loads(out)["id"]
+    code, out, _ = cli("get", str(mid), "--json")
+    assert json.loads(out)["memory"]["content"] == big
+    Path("note.txt").write_text("text from a file")
+    code, out, _ = cli("remember", "--file", "note.txt", "--json")
+    assert code == 0
+    code, out, err = cli("remember", "--file", "missing.txt")
+    assert code == 1 and "cannot read missing.txt" in err
+    code, out, err = cli("remember")
+    assert code == 1 and "'-' to read it from stdin" in err
+    Path("bad.jsonl").write_text('{"content": "fine"}\nnot json\n{"subject": "no content"}\n')
+    code, out, err = cli("remember", "--jsonl", "bad.jsonl")
+    assert code == 1 and "stored 1, duplicates 0, failed 2" in out
+    assert "line 2" in err and "line 3" in err and "content" in err
+
+
+def test_cli_edit_forget_unarchive(cli: Callable[..., tuple[int, str, str]]) -> None:
+    cli("remember", "first text", "-s", "edited")
+    code, out, _ = cli("edit", "1", "-", "--reason", "typo", stdin="second text")
+    assert code == 0 and "version: 2" in out
+    code, out, _ = cli("history", "1", "--json")
+    assert [v["content"] for v in json.loads(out)["versions"]] == ["first text", "second text"]
+    code, out, _ = cli("edit", "1", "--no-foundational")
+    assert "changed: -" in out
+    cli("archive", "1", "--execute")
+    code, out, _ = cli("unarchive", "1")
+    assert code == 0 and "unarchived: 1" in out
+    code, out, _ = cli("forget", "1", "--execute")
+    assert code == 0 and "forgotten: 1" in out
+    code, out, err = cli("history", "1")
+    assert code == 1 and "does not exist" in err

@@ -61,6 +61,9 @@ LLM_NOTE = (
     "synthesis needs an LLM and none is configured (config llm_model); returning the raw results"
 )
 SOURCE_TYPES = ("conversation", "explicit", "inferred", "observation")
+# Above this cosine two different texts are near-identical wordings: a changed fact, most
+# likely (memory_audit's duplicate threshold is 0.92; auto_link's default link threshold 0.9).
+CONFLICT_SIMILARITY = 0.9
 
 
 def normalise_projects(project: str | list[str] | None) -> list[str]:
@@ -334,6 +337,66 @@ def embed(
     )
 
 
+def _conflicts(
+    db: Database,
+    embedder: Embedder,
+    vec: np.ndarray | None,
+    subject: str | None,
+    digest: str,
+    projects: list[str],
+    reach: Access,
+) -> list[dict[str, Any]]:
+    """Live memories in the same projects, visible to everyone who will see the new one, with
+    the same subject or a near-identical text (cosine >= CONFLICT_SIMILARITY) but other
+    content: most similar first, same-subject ones before the others."""
+    scope = Filters.make(project=projects, access=reach)
+    found: dict[int, dict[str, Any]] = {}
+    if subject and subject.strip():
+        cond, params = where(db, scope)
+        with db.read() as conn:
+            for r in conn.execute(
+                text(
+                    f"SELECT id FROM memories WHERE {cond} AND lower(subject) = lower(:c_subject) "
+                    "AND (content_hash IS NULL OR content_hash <> :c_hash) ORDER BY id DESC LIMIT 5"
+                ),
+                {**params, "c_subject": subject.strip(), "c_hash": digest},
+            ):
+                found[int(r.id)] = {"id": int(r.id), "reason": "same subject"}
+    sims: dict[int, float] = {}
+    if vec is not None:
+        hits = vectors.search(db, embedder, vec, 5, scope)
+        sims = dict(hits)
+        for mid, sim in hits:
+            if sim >= CONFLICT_SIMILARITY and mid not in found:
+                found[mid] = {"id": mid, "reason": "similar text"}
+        sims.update(vectors.similarities(db, embedder, vec, [i for i in found if i not in sims]))
+    rows = fetch(db, list(found), reach)
+    out = []
+    for mid, item in found.items():
+        r = rows.get(mid)
+        if r is None or content_hash(r.content) == digest:
+            continue
+        content = r.content or ""
+        item.update(
+            subject=r.subject,
+            content=content if len(content) <= 200 else content[:197] + "...",
+            instance_id=r.instance_id,
+        )
+        if mid in sims:
+            item["similarity"] = round(sims[mid], 4)
+        out.append(item)
+    out.sort(key=lambda c: (c["reason"] != "same subject", -c.get("similarity", 0.0), -c["id"]))
+    return out
+
+
+def _first_changeable(db: Database, caller: Caller, conflicts: list[dict[str, Any]]) -> int | None:
+    """The first conflicting memory the caller may replace (its own, or any for an admin)."""
+    for c in conflicts:
+        if c["instance_id"] == caller.instance or caller.role == "admin" or not caller.verified:
+            return int(c["id"])
+    return None
+
+
 def _link_access(visibility: str, mine: Access) -> Access:
     """Which neighbours a new memory may link to: only ones everybody who sees it may see, so
     an edge never reveals a private or other-scope memory (a private one sees the owner's)."""
@@ -475,9 +538,17 @@ def remember(
     ttl_seconds: TtlSeconds = None,
     expires_at: ExpiresAt = None,
     occurred_at: OccurredAt = None,
+    on_conflict: Annotated[
+        Literal["report", "supersede"],
+        P(
+            "report (default): list possible_conflicts (same subject, or near-identical text "
+            "saying something else); supersede: replace the closest one you may change."
+        ),
+    ] = "report",
 ) -> dict[str, Any]:
     """Remember something: store a memory (fact, decision, preference, event, ...) with its
-    embedding. Exact duplicates return the existing id. Similar memories are linked."""
+    embedding. Exact duplicates return the existing id. Similar memories are linked; ones
+    that may contradict it are listed as possible_conflicts."""
     check_size(
         settings, "memory_set", content=content, subject=subject, keywords=" ".join(keywords or [])
     )
@@ -493,8 +564,6 @@ def remember(
         dup = _find_duplicate(conn, digest, memory_type, projects, seen_by, instance, stamp)
     if dup is not None:
         return _duplicate_result(dup)
-    if supersedes_id is not None:
-        check_may_change(db, caller, [supersedes_id], "supersedes_id")
     vec, failure, note = embed(db, embedder, subject, content)
     result: dict[str, Any] = dict(note)
     tags = list(tags or [])
@@ -504,8 +573,21 @@ def remember(
             f"stored without an embedding: {failure} (tagged embedding_failed;"
             " run memory_reembed with missing_only)"
         )
-    do_link = settings.auto_link.enabled if auto_link is None else auto_link
     reach = _link_access(seen_by, access_for(db, caller))
+    conflicts = _conflicts(db, embedder, vec, subject, digest, projects, reach)
+    if conflicts and on_conflict == "supersede" and supersedes_id is None:
+        supersedes_id = _first_changeable(db, caller, conflicts)
+    if supersedes_id is not None:
+        check_may_change(db, caller, [supersedes_id], "supersedes_id")
+    conflicts = [c for c in conflicts if c["id"] != supersedes_id]
+    if conflicts:
+        result["possible_conflicts"] = conflicts
+        result["conflict_note"] = (
+            "existing memories say something else about the same thing; if this one replaces "
+            "one, call memory_set with supersedes_id (or on_conflict='supersede'), or "
+            "memory_update the old one"
+        )
+    do_link = settings.auto_link.enabled if auto_link is None else auto_link
     neighbours = (
         _neighbours(db, embedder, settings, vec, projects, supersedes_id, reach)
         if vec is not None and do_link
