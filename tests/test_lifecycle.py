@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from memory_palace import Palace
 from memory_palace.cli import main
+from memory_palace.db.urls import sqlite_path
 from memory_palace.db.values import utcnow
 from memory_palace.errors import InvalidParams, NotFound, PermissionDenied
 from memory_palace.services import lifecycle
@@ -157,6 +158,9 @@ def test_forget_by_filter_leaves_no_trace(palace: Palace) -> None:
     assert (dry["would_forget"], dry["edges"], dry["versions"]) == (2, 1, 1)
     assert len(rows(palace, "SELECT id FROM memories")) == 3  # a dry run deletes nothing
 
+    if palace.database().kind == "sqlite":  # the text is in the main file, not just the WAL
+        with palace.database().read() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     out = palace.call("memory_forget", {"project": "secrets", "dry_run": False})
     assert out["forgotten"] == 2 and sorted(out["ids"]) == sorted([gone, gone2])
     ids = {"a": gone, "b": gone2}
@@ -172,11 +176,12 @@ def test_forget_by_filter_leaves_no_trace(palace: Palace) -> None:
         == []
     )
     assert rows(palace, "SELECT id FROM memories WHERE content LIKE '%xylophonic%'") == []
-    if palace.database().kind == "sqlite":  # the keyword index holds no entry for the term
-        assert (
-            rows(palace, "SELECT rowid FROM memories_fts WHERE memories_fts MATCH 'xylophonic'")
-            == []
-        )
+    if palace.database().kind == "sqlite":  # no copy in the keyword index, nor in the files
+        match = "SELECT rowid FROM memories_fts WHERE memories_fts MATCH 'xylophonic'"
+        assert rows(palace, match) == []
+        path = Path(sqlite_path(palace.database().url))
+        for f in path.parent.glob(path.name + "*"):
+            assert b"xylophonic" not in f.read_bytes(), f.name
     assert found(palace, "xylophonic") == []
     assert found(palace, "xylophonic", include_archived=True) == []
     assert gone not in found(palace, "secret xylophonic password hint", search="vector")

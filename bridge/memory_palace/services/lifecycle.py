@@ -311,10 +311,15 @@ def _in(sql: str) -> Any:
     return text(sql).bindparams(bindparam("ids", expanding=True))
 
 
-def purge(conn: Connection, ids: list[int]) -> dict[str, int]:
+def purge(conn: Connection, db: Database, ids: list[int]) -> dict[str, int]:
     """Delete memories with their edges and versions (FTS rows and the SQLite vector log follow
-    by trigger; PostgreSQL's indexes by MVCC). Returns the row counts removed."""
+    by trigger; PostgreSQL's indexes by MVCC), scrubbed where the backend can (see
+    Backend.scrub_begin). The caller runs `db.backend.scrub_after(db)` after the commit.
+    Returns the row counts removed."""
     counts = {"memories": 0, "edges": 0, "versions": 0}
+    if not ids:
+        return counts
+    db.backend.scrub_begin(conn)
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         counts["edges"] += conn.execute(
@@ -327,6 +332,7 @@ def purge(conn: Connection, ids: list[int]) -> dict[str, int]:
         counts["memories"] += conn.execute(
             _in("DELETE FROM memories WHERE id IN :ids"), {"ids": chunk}
         ).rowcount
+    db.backend.scrub_end(conn)
     return counts
 
 
@@ -412,8 +418,10 @@ def forget(
         )
         return out
     with db.write() as conn:
-        counts = purge(conn, ids)
-    _drop_cached(db, ids)
+        counts = purge(conn, db, ids)
+    if ids:
+        db.backend.scrub_after(db)
+        _drop_cached(db, ids)
     out.update(
         forgotten=counts["memories"],
         ids=ids[:100],
@@ -465,8 +473,9 @@ def sweep(db: Database, now: datetime | None = None) -> int:
                 {"now": cutoff},
             )
         ]
-        purge(conn, ids)
+        purge(conn, db, ids)
     if ids:
+        db.backend.scrub_after(db)
         _drop_cached(db, ids)
         log.info("swept %d expired memories from %s", len(ids), db.masked_url)
     return len(ids)
