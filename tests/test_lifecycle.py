@@ -468,3 +468,16 @@ def test_cli_edit_forget_unarchive(cli: Callable[..., tuple[int, str, str]]) -> 
     assert code == 0 and "forgotten: 1" in out
     code, out, err = cli("history", "1")
     assert code == 1 and "does not exist" in err
+
+
+@pytest.mark.postgres
+def test_one_sweeper_at_a_time_on_postgres(make_palace: Callable[..., Palace], pg_url: str) -> None:
+    palace = make_palace(pg_url)
+    mid = add(palace, "expiring while another process sweeps", ttl_seconds=3600)
+    past = (utcnow() - timedelta(seconds=1)).isoformat()
+    palace.call("memory_update", {"memory_id": mid, "expires_at": past})
+    db = palace.database()
+    with db.write() as other:  # another process sweeping: holds the sweep lock
+        assert db.backend.try_lock(other, lifecycle.SWEEP_LOCK)
+        assert lifecycle.sweep(db) == 0
+    assert lifecycle.sweep(db) == 1
