@@ -7,7 +7,7 @@ import io
 import json
 import shlex
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from memory_palace.cli import main
 from memory_palace.db.urls import sqlite_path
 from memory_palace.db.values import utcnow
 from memory_palace.errors import InvalidParams, NotFound, PermissionDenied
-from memory_palace.services import lifecycle
+from memory_palace.services import lifecycle, when
 from memory_palace.services.access import Caller
 from memory_palace.transfer import export_jsonl, import_jsonl
 from sqlalchemy import text
@@ -481,3 +481,74 @@ def test_one_sweeper_at_a_time_on_postgres(make_palace: Callable[..., Palace], p
         assert db.backend.try_lock(other, lifecycle.SWEEP_LOCK)
         assert lifecycle.sweep(db) == 0
     assert lifecycle.sweep(db) == 1
+
+
+# --- relative dates ---------------------------------------------------------------------------
+
+THURSDAY = datetime(2026, 12, 3, 15, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("query", "phrase", "since", "until", "rest"),
+    [
+        (
+            "what did we decide last week",
+            "last week",
+            "2026-11-23",
+            "2026-11-30",
+            "what did we decide",
+        ),
+        ("notes from today", "today", "2026-12-03", "2026-12-04", "notes from"),
+        ("yesterday?", "yesterday", "2026-12-02", "2026-12-03", "yesterday?"),
+        ("3 days ago deploy", "3 days ago", "2026-11-30", "2026-12-01", "deploy"),
+        (
+            "outages in the last 2 weeks",
+            "last 2 weeks",
+            "2026-11-19",
+            "2026-12-04",
+            "outages in the",
+        ),
+        ("past seven days", "past seven days", "2026-11-26", "2026-12-04", "past seven days"),
+        ("budget last month", "last month", "2026-11-01", "2026-12-01", "budget"),
+        ("this month", "this month", "2026-12-01", "2027-01-01", "this month"),
+        ("launch in March", "in March", "2026-03-01", "2026-04-01", "launch"),
+        ("party in dec 2025", "in dec 2025", "2025-12-01", "2026-01-01", "party"),
+        ("last year", "last year", "2025-01-01", "2026-01-01", "last year"),
+    ],
+)
+def test_relative_dates(query: str, phrase: str, since: str, until: str, rest: str) -> None:
+    span = when.find(query, THURSDAY)
+    assert span is not None
+    got = (span.phrase, span.since.date().isoformat(), span.until.date().isoformat(), span.query)
+    assert got == (phrase, since, until, rest)
+
+
+@pytest.mark.parametrize("query", ["nothing dated here", "the lastweek thing", "in mayonnaise"])
+def test_no_relative_date(query: str) -> None:
+    assert when.find(query, THURSDAY) is None
+
+
+def test_recall_dates_flag(palace: Palace) -> None:
+    day = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
+    yesterday = add(
+        palace,
+        "decision: ship the heron release",
+        occurred_at=(day - timedelta(days=1)).isoformat(),
+    )
+    older = add(
+        palace,
+        "decision: delay the heron release",
+        occurred_at=(day - timedelta(days=9)).isoformat(),
+    )
+    plain = palace.call(
+        "memory_recall", {"query": "heron release yesterday", "include_graph": False}
+    )
+    assert {m["id"] for m in plain["memories"]} >= {yesterday, older} and "dates" not in plain
+    dated = palace.call(
+        "memory_recall",
+        {"query": "heron release yesterday", "dates": True, "include_graph": False},
+    )
+    assert [m["id"] for m in dated["memories"]] == [yesterday]
+    assert dated["dates"]["phrase"] == "yesterday"
+    last = found(palace, "heron release in the last 10 days", "hybrid", dates=True)
+    assert sorted(last) == sorted([yesterday, older])

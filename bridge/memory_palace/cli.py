@@ -593,11 +593,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "include_graph": not a.no_graph,
                 "since": a.since,
                 "until": a.until,
+                "dates": a.dates or None,
             },
             _show_memories,
         ),
     )
     _add_time_bounds(p)
+    p.add_argument(
+        "--dates", action="store_true", help="read 'yesterday', 'last week', 'in March' as dates"
+    )
     p.add_argument("query", help="what to look for")
     p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
     p.add_argument("--type", "-t", help="memory type ('*' wildcard)")

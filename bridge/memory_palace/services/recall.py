@@ -30,7 +30,7 @@ from ..config import Recall as RecallConfig
 from ..config import Settings
 from ..db.engine import Database
 from ..db.filters import Filters
-from ..db.values import decode_strings, decode_time, utcnow
+from ..db.values import decode_strings, decode_time, iso, utcnow
 from ..embeddings import Embedder
 from ..errors import EmbedderUnavailable, InvalidParams
 from ..params import (
@@ -44,7 +44,7 @@ from ..params import (
     Since,
     Until,
 )
-from . import graph, lexical, vectors
+from . import graph, lexical, vectors, when
 from .access import Caller, access_for
 from .memories import IN_DEGREE_SQL, LLM_NOTE, fetch, memory_dict, time_bounds
 
@@ -304,6 +304,14 @@ def recall(
     graph_mode: GraphMode = "summary",
     since: Since = None,
     until: Until = None,
+    dates: Annotated[
+        bool,
+        P(
+            "Understand a relative date in the query (today, yesterday, N days ago, last N "
+            "days, this/last week, month or year, in March [2026]): it becomes since/until "
+            "(UTC days; explicit since/until win) and is searched no further."
+        ),
+    ] = False,
 ) -> dict[str, Any]:
     """Search memories by meaning and by exact words (hybrid vector + keyword search), with
     optional graph context. Each result says how it was found."""
@@ -314,6 +322,11 @@ def recall(
         )
     seen = access_for(db, caller)
     start, end = time_bounds("memory_recall", since, until)
+    span = when.find(query, utcnow()) if dates else None
+    if span is not None:
+        query = span.query
+        start = start or span.since
+        end = end or span.until
     f = Filters.make(
         instance_id,
         project,
@@ -348,6 +361,8 @@ def recall(
         }
         if found.warning:
             out["warning"] = found.warning
+        if span is not None:
+            out["dates"] = {"phrase": span.phrase, "since": iso(start), "until": iso(end)}
         top_ids = [m["id"] for m in memories]
         if include_graph and graph_top_n > 0 and graph_depth > 0 and top_ids:
             ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode, access=seen)
