@@ -552,3 +552,42 @@ def test_recall_dates_flag(palace: Palace) -> None:
     assert dated["dates"]["phrase"] == "yesterday"
     last = found(palace, "heron release in the last 10 days", "hybrid", dates=True)
     assert sorted(last) == sorted([yesterday, older])
+
+
+# --- recency ----------------------------------------------------------------------------------
+
+
+def test_recency_weight_prefers_recent_events(
+    make_palace: Callable[..., Palace], db_url: str
+) -> None:
+    cfg = {"recall": {"weights": {"similarity": 1, "recency": 1}, "half_life_days": 7}}
+    palace = make_palace(db_url, **cfg)
+    day = utcnow()
+    old = add(
+        palace,
+        "standup notes about the ibis project",
+        occurred_at=(day - timedelta(days=60)).isoformat(),
+    )
+    new = add(
+        palace,
+        "standup notes about the ibis project!",
+        occurred_at=(day - timedelta(days=1)).isoformat(),
+    )
+    core = add(
+        palace, "standup notes about the ibis project.", foundational=True, occurred_at="2020-01-01"
+    )
+    out = palace.call(
+        "memory_recall", {"query": "ibis standup notes", "explain": True, "include_graph": False}
+    )
+    recency = {m["id"]: m["explain"]["recency"] for m in out["memories"]}
+    assert recency[core] == 1.0 and 0.9 < recency[new] < 1.0 and recency[old] < 0.01
+    assert [m["id"] for m in out["memories"]].index(new) < [m["id"] for m in out["memories"]].index(
+        old
+    )
+
+
+def test_recency_is_off_by_default(palace: Palace) -> None:
+    assert palace.settings.weights["recency"] == 0
+    add(palace, "an event long ago about the egret", occurred_at="2001-01-01")
+    out = palace.call("memory_recall", {"query": "egret", "explain": True, "include_graph": False})
+    assert out["memories"][0]["explain"]["recency"] == 0.0

@@ -2,7 +2,7 @@
 
     relevance = cosine + keyword_weight * keyword + identifier_weight * identifier_match
     score     = weights.similarity * relevance + weights.access * access
-                + weights.centrality * centrality
+                + weights.centrality * centrality + weights.recency * recency
 
 - cosine: the query's similarity to the memory's vector (top `candidates` by the vector index);
 - keyword: coverage above keyword_threshold, rescaled to [0, 1]. Coverage is BM25 over the
@@ -10,7 +10,9 @@
   a keyword match counts the same in every query, and a leg that found nothing adds nothing
   (rank fusion made "found by both legs" win). Below the threshold a match is one common word
   (a speaker's name, "customer"): noise that reordered good semantic matches;
-- identifier_match: the query's identifier-like tokens found whole in the memory.
+- identifier_match: the query's identifier-like tokens found whole in the memory;
+- recency: 0.5 ** (age / recall.half_life_days) on occurred_at, else created_at (foundational
+  memories count 1); its weight is 0 (off) by default.
 The defaults were chosen on bench/bench_quality.py (tuned on its dev split, checked on test).
 Reads never write: access counts come from deliberate reads (memory_get), decay, and are capped,
 so a recall cannot change the next one's ranking.
@@ -70,6 +72,7 @@ class Candidate:
     relevance: float = 0.0
     access: float = 0.0
     centrality: float = 0.0
+    recency: float = 0.0
     score: float = 0.0
 
     @property
@@ -91,6 +94,7 @@ class Candidate:
             "relevance": round(self.relevance, 4),
             "access": round(self.access, 4),
             "centrality": round(self.centrality, 4),
+            "recency": round(self.recency, 4),
             "score": round(self.score, 4),
         }
 
@@ -233,6 +237,25 @@ def _popularity(db: Database, ids: list[int]) -> dict[int, tuple[float, float]]:
     return out
 
 
+def _recency(db: Database, ids: list[int], half_life_days: float) -> dict[int, float]:
+    """0.5 ** (age / half-life) per memory, age from occurred_at (else created_at) to now;
+    foundational memories (and future events) count 1."""
+    if not ids:
+        return {}
+    now = utcnow()
+    stmt = text(
+        "SELECT id, foundational, coalesce(occurred_at, created_at) AS at FROM memories "
+        "WHERE id IN :ids"
+    ).bindparams(bindparam("ids", expanding=True))
+    half_life = half_life_days * 86400.0
+    out = {}
+    with db.read() as conn:
+        for mid, foundational, at in conn.execute(stmt, {"ids": ids}):
+            age = max(0.0, (now - decode_time(at)).total_seconds()) if at is not None else 0.0
+            out[int(mid)] = 1.0 if foundational else 0.5 ** (age / half_life)
+    return out
+
+
 def rank(
     db: Database, settings: Settings, embedder: Embedder, found: Found, search: str
 ) -> list[Candidate]:
@@ -246,6 +269,10 @@ def rank(
         pop = _popularity(db, [c.id for c in pool])
         for c in pool:
             c.access, c.centrality = pop.get(c.id, (0.0, 0.0))
+    if w.get("recency"):
+        ages = _recency(db, [c.id for c in pool], cfg.half_life_days)
+        for c in pool:
+            c.recency = ages.get(c.id, 0.0)
     for c in pool:
         keyword = max(0.0, c.coverage - floor) / (1.0 - floor)
         lexical_part = weight * keyword + cfg.identifier_weight * c.identifier
@@ -256,7 +283,10 @@ def rank(
         else:
             c.relevance = (c.cosine or 0.0) + lexical_part
         c.score = (
-            w["similarity"] * c.relevance + w["access"] * c.access + w["centrality"] * c.centrality
+            w["similarity"] * c.relevance
+            + w["access"] * c.access
+            + w["centrality"] * c.centrality
+            + w.get("recency", 0.0) * c.recency
         )
     pool.sort(key=lambda c: (-c.score, c.id))
     return pool
