@@ -112,6 +112,10 @@ def test_bad_times_are_clear_errors(palace: Palace) -> None:
         palace.call("memory_update", {"memory_id": mid, "occurred_at": "last tuesday"})
     with pytest.raises(InvalidParams, match="not both"):
         palace.call("memory_set", {"content": "x", "ttl_seconds": 5, "expires_at": "2030-01-01"})
+    with pytest.raises(InvalidParams, match="not both"):
+        palace.call("memory_update", {"memory_id": mid, "ttl_seconds": 0, "expires_at": "2030"})
+    with pytest.raises(InvalidParams, match="ttl_seconds' must be <="):
+        palace.call("memory_set", {"content": "x", "ttl_seconds": 10**12})
     with pytest.raises(InvalidParams, match="until must be after since"):
         palace.call("memory_recent", {"since": "2026-02-01", "until": "2026-01-01"})
 

@@ -55,7 +55,10 @@ OccurredAt = Annotated[
     str | None,
     P("When it happened (ISO 8601, e.g. 2026-03-14 or 2026-03-14T15:09Z); default: when stored."),
 ]
-TtlSeconds = Annotated[int | None, P("Expire this many seconds from now.", minimum=1)]
+MAX_TTL_SECONDS = 100 * 365 * 86400
+TtlSeconds = Annotated[
+    int | None, P("Expire this many seconds from now.", minimum=1, maximum=MAX_TTL_SECONDS)
+]
 ExpiresAt = Annotated[str | None, P("Expire at this time (ISO 8601).")]
 Since = Annotated[
     str | None,
@@ -65,6 +68,7 @@ Until = Annotated[str | None, P("Only memories that happened before this time (I
 
 __all__ = [
     "MAX_INT64",
+    "MAX_TTL_SECONDS",
     "ByInstance",
     "DetailLevel",
     "Direction",

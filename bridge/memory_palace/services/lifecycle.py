@@ -22,7 +22,7 @@ from ..db.tables import MEMORIES, MEMORY_VERSIONS
 from ..db.values import decode_json, decode_strings, decode_time, iso, utcnow
 from ..embeddings import Embedder
 from ..errors import InvalidParams, MemoryPalaceError, NotFound
-from ..params import ByInstance, DryRun, MemoryType, OccurredAt, P, Project
+from ..params import MAX_TTL_SECONDS, ByInstance, DryRun, MemoryType, OccurredAt, P, Project
 from .access import Caller, access_for, check_visibility
 from .memories import (
     EMBEDDING_FAILED_TAG,
@@ -143,7 +143,12 @@ def update(
         str | None, P("New visibility: shared, private or a scope of the owner.")
     ] = None,
     ttl_seconds: Annotated[
-        int | None, P("Expire this many seconds from now (0: never expire).", minimum=0)
+        int | None,
+        P(
+            "Expire this many seconds from now (0: never expire).",
+            minimum=0,
+            maximum=MAX_TTL_SECONDS,
+        ),
     ] = None,
     expires_at: Annotated[
         str | None, P("Expire at this ISO 8601 time; an empty string: never expire.")
@@ -174,6 +179,10 @@ def update(
     if visibility is not None:
         owner = row.instance_id or "default"
         wanted["visibility"] = check_visibility(db, caller, visibility, owner)
+    if ttl_seconds is not None and expires_at is not None:
+        raise InvalidParams(
+            "memory_update: give ttl_seconds or expires_at, not both", param="ttl_seconds"
+        )
     if ttl_seconds is not None or expires_at is not None:
         never = ttl_seconds == 0 or expires_at == ""
         wanted["expires_at"] = None if never else expiry("memory_update", ttl_seconds, expires_at)

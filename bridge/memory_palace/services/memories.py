@@ -110,7 +110,9 @@ def parse_time(value: str, param: str, tool: str) -> datetime:
 def expiry(tool: str, ttl_seconds: int | None, expires_at: str | None) -> datetime | None:
     """When a memory expires: `ttl_seconds` from now, or at `expires_at` (not both)."""
     if ttl_seconds is not None and expires_at is not None:
-        raise InvalidParams(f"{tool}: give ttl_seconds or expires_at, not both", param="ttl")
+        raise InvalidParams(
+            f"{tool}: give ttl_seconds or expires_at, not both", param="ttl_seconds"
+        )
     if ttl_seconds is not None:
         return utcnow() + timedelta(seconds=ttl_seconds)
     if expires_at is not None:
