@@ -21,10 +21,11 @@ from ..db.filters import Filters, where
 from ..db.tables import MEMORIES, MEMORY_VERSIONS
 from ..db.values import decode_json, decode_strings, decode_time, iso, utcnow
 from ..embeddings import Embedder
-from ..errors import InvalidParams, MemoryPalaceError, NotFound
+from ..errors import Conflict, InvalidParams, MemoryPalaceError, NotFound
 from ..params import MAX_TTL_SECONDS, ByInstance, DryRun, MemoryType, OccurredAt, P, Project
 from .access import Caller, access_for, check_visibility
 from .memories import (
+    CARD_SQL,
     EMBEDDING_FAILED_TAG,
     check_may_change,
     check_size,
@@ -224,8 +225,23 @@ def update(
     values["updated_at"] = utcnow()
     with db.write() as conn:
         _lock_memory(conn, db, memory_id)
+        # Read again under the lock: a concurrent update may have changed the row since.
+        fresh = conn.execute(
+            text(f"SELECT {CARD_SQL} FROM memories WHERE id = :i"), {"i": memory_id}
+        ).first()
+        if fresh is None:
+            raise NotFound(f"memory_update: memory {memory_id} was deleted meanwhile")
+        now = _current(fresh)
+        if "embedding" in values and (now["content"], now["subject"]) != (
+            current["content"],
+            current["subject"],
+        ):
+            raise Conflict(
+                f"memory_update: memory {memory_id} was changed by another call meanwhile; "
+                "check it with memory_get and retry"
+            )
         version = _record_version(
-            conn, db, memory_id, {k: current[k] for k in changed}, caller.instance, reason
+            conn, db, memory_id, {k: now[k] for k in changed}, caller.instance, reason
         )
         _set_columns(conn, db, memory_id, values)
     out.update(version=version, changed=sorted(changed))
@@ -453,12 +469,17 @@ def unarchive(
     if not ids:
         raise InvalidParams("memory_unarchive: memory_ids must name at least one id")
     rows = check_may_change(db, caller, ids, "memory_unarchive")
-    restored = [i for i in ids if rows[i].is_archived]
+    restored: list[int] = []
+    stmt = text(
+        "UPDATE memories SET is_archived = :f, updated_at = :now WHERE id = :i AND is_archived"
+    )
+    now = db.backend.encode("time", utcnow())
     with db.write() as conn:
-        for mid in restored:
+        for mid in [i for i in ids if rows[i].is_archived]:
             _lock_memory(conn, db, mid)
-            _record_version(conn, db, mid, {"is_archived": True}, caller.instance, "unarchive")
-            _set_columns(conn, db, mid, {"is_archived": False, "updated_at": utcnow()})
+            if conn.execute(stmt, {"f": False, "now": now, "i": mid}).rowcount:
+                _record_version(conn, db, mid, {"is_archived": True}, caller.instance, "unarchive")
+                restored.append(mid)
     return {"unarchived": restored, "already_active": [i for i in ids if i not in restored]}
 
 
