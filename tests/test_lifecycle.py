@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -595,3 +596,26 @@ def test_recency_is_off_by_default(palace: Palace) -> None:
     add(palace, "an event long ago about the egret", occurred_at="2001-01-01")
     out = palace.call("memory_recall", {"query": "egret", "explain": True, "include_graph": False})
     assert out["memories"][0]["explain"]["recency"] == 0.0
+
+
+def test_concurrent_updates_keep_every_version(palace: Palace) -> None:
+    mid = add(palace, "a memory many agents retag at once")
+    errors: list[BaseException] = []
+
+    def retag(i: int) -> None:
+        try:
+            palace.call("memory_update", {"memory_id": mid, "tags": [f"t{i}"]})
+        except BaseException as exc:  # collected and re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=retag, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    versions = palace.call("memory_history", {"memory_id": mid})["versions"]
+    assert [v["version"] for v in versions] == list(range(1, 8))
+    final = palace.call("memory_get", {"memory_ids": mid, "include_graph": False})["memory"]
+    assert versions[-1]["tags"] == final["tags"]
+    assert sorted(v["tags"][0] for v in versions[1:]) == [f"t{i}" for i in range(6)]
