@@ -86,6 +86,12 @@ def _show_set(r: dict[str, Any]) -> None:
         print(f"  linked -> #{link['target']} {link.get('target_subject') or ''} ({link['score']})")
     for s in r.get("suggested_links", []):
         print(f"  similar: #{s['target']} {s.get('target_subject') or ''} ({s['score']})")
+    if r.get("superseded"):
+        print(f"  supersedes #{r['superseded']} (archived)")
+    for c in r.get("possible_conflicts", []):
+        print(f"  possible conflict: #{c['id']} {c.get('subject') or ''} ({c['reason']})")
+    if r.get("possible_conflicts"):
+        print("  (replace one: --supersedes ID or --on-conflict supersede; or edit it)")
 
 
 def _show_dict(r: dict[str, Any], indent: str = "") -> None:
@@ -314,6 +320,222 @@ def _projects(values: list[str] | None) -> str | list[str] | None:
     return values[0] if len(values) == 1 else values
 
 
+# -- remember and the lifecycle commands (edit, history, forget, unarchive) ------------------
+
+Cmd = Callable[[str, str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]
+
+
+def _read_text(path: str) -> str:
+    """A file's text ('-': stdin), or InvalidParams naming the file."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidParams(
+            f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+
+def _content(a: argparse.Namespace, required: bool) -> str | None:
+    if a.file:
+        return _read_text(a.file)
+    if a.content == "-":
+        return _read_text("-")
+    if a.content is None and required:
+        raise InvalidParams(
+            "remember: give the memory text, '-' to read it from stdin, --file PATH or --jsonl"
+        )
+    return a.content
+
+
+def _set_params(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "subject": a.subject,
+        "memory_type": a.type,
+        "project": _projects(a.project),
+        "keywords": a.keyword,
+        "tags": a.tag,
+        "foundational": a.foundational or None,
+        "instance_id": a.instance,
+        "supersedes_id": a.supersedes,
+        "visibility": a.visibility,
+        "ttl_seconds": a.ttl,
+        "expires_at": a.expires_at,
+        "occurred_at": a.occurred_at,
+        "on_conflict": a.on_conflict,
+    }
+
+
+def _remember(args: argparse.Namespace) -> int:
+    if args.jsonl:
+        return _remember_jsonl(args)
+    run = _tool("memory_set", lambda a: {**_set_params(a), "content": _content(a, True)}, _show_set)
+    return run(args)
+
+
+def _remember_jsonl(args: argparse.Namespace) -> int:
+    """One memory_set per line of a JSON-lines file (each line: memory_set parameters; the
+    command's flags fill what a line leaves out), with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    lines = [ln for ln in _read_text(args.jsonl).splitlines() if ln.strip()]
+    defaults = {k: v for k, v in _set_params(args).items() if v is not None}
+    if args.database:
+        defaults["database"] = args.database
+    palace = _palace(args)
+    summary: dict[str, Any] = {"stored": 0, "duplicates": 0, "failed": [], "ids": []}
+    with tqdm(
+        total=len(lines), unit="mem", file=sys.stderr, disable=not sys.stderr.isatty()
+    ) as bar:
+        for lineno, line in enumerate(lines, start=1):
+            try:
+                item = orjson.loads(line)
+                if not isinstance(item, dict):
+                    raise InvalidParams("not a JSON object of memory_set parameters")
+                result = palace.call("memory_set", {**defaults, **item})
+            except (orjson.JSONDecodeError, MemoryPalaceError) as exc:
+                message = exc.message if isinstance(exc, MemoryPalaceError) else str(exc)
+                summary["failed"].append({"line": lineno, "error": message})
+            else:
+                summary["duplicates" if result.get("duplicate_of") else "stored"] += 1
+                summary["ids"].append(result["id"])
+            bar.update(1)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"stored {summary['stored']}, duplicates {summary['duplicates']}, "
+            f"failed {len(summary['failed'])} (of {len(lines)} lines)"
+        )
+        for f in summary["failed"]:
+            print(f"  line {f['line']}: {f['error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def _add_remember(cmd: Cmd) -> None:
+    p = cmd(
+        "remember", "Store a memory (text, '-' for stdin, --file, or --jsonl for many).", _remember
+    )
+    p.add_argument("content", nargs="?", help="the memory text; '-' reads it from stdin")
+    p.add_argument("--file", "-f", metavar="PATH", help="read the memory text from a file")
+    p.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help="store one memory per line: JSON objects of memory_set parameters ('-': stdin)",
+    )
+    p.add_argument("--subject", "-s", help="short title")
+    p.add_argument("--type", "-t", help="memory type (default: fact)")
+    p.add_argument("--project", "-p", action="append", help="project (repeat for several)")
+    p.add_argument("--keyword", "-k", action="append", help="keyword (repeatable)")
+    p.add_argument("--tag", action="append", help="tag (repeatable)")
+    p.add_argument("--foundational", action="store_true", help="never archived, never stale")
+    p.add_argument("--instance", help="writer instance id")
+    p.add_argument("--supersedes", type=int, metavar="ID", help="archive this memory, link it")
+    p.add_argument("--visibility", help="shared, private or a scope name")
+    p.add_argument("--ttl", type=int, metavar="SECONDS", help="expire after this many seconds")
+    p.add_argument("--expires-at", metavar="TIME", help="expire at this ISO 8601 time")
+    p.add_argument("--occurred-at", metavar="TIME", help="when it happened (ISO 8601)")
+    p.add_argument(
+        "--on-conflict",
+        choices=["report", "supersede"],
+        help="supersede: replace the memory it contradicts (default: report it)",
+    )
+
+
+def _add_time_bounds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="TIME", help="happened at or after (ISO 8601)")
+    p.add_argument("--until", metavar="TIME", help="happened before (ISO 8601)")
+
+
+def _show_history(r: dict[str, Any]) -> None:
+    for v in r["versions"]:
+        changed = f" changed {', '.join(v['changed'])}" if v["changed"] else " created"
+        why = f" ({v['reason']})" if v.get("reason") else ""
+        print(f"v{v['version']} {v['at']} by {v['by']}:{changed}{why}")
+        print(f"    [{v['memory_type']}] {v['subject'] or ''}: {v['content']}")
+    for label, key in (("replaces", "replaces"), ("replaced by", "replaced_by")):
+        for m in r[key]:
+            print(f"{label} #{m['id']} {m['subject'] or ''}")
+
+
+def _edit_params(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "memory_id": a.id,
+        "content": _content(a, False),
+        "subject": a.subject,
+        "memory_type": a.type,
+        "project": _projects(a.project),
+        "keywords": a.keyword,
+        "tags": a.tag,
+        "foundational": a.foundational,
+        "visibility": a.visibility,
+        "ttl_seconds": a.ttl,
+        "expires_at": a.expires_at,
+        "occurred_at": a.occurred_at,
+        "reason": a.reason,
+    }
+
+
+def _add_lifecycle_commands(cmd: Cmd) -> None:
+    p = cmd(
+        "edit",
+        "Change a memory in place (re-embedded; the old values stay in its history).",
+        _tool("memory_update", _edit_params, _show_dict),
+    )
+    p.add_argument("id", type=int, metavar="ID", help="the memory to change")
+    p.add_argument("content", nargs="?", help="new text; '-' reads it from stdin")
+    p.add_argument("--file", "-f", metavar="PATH", help="read the new text from a file")
+    p.add_argument("--subject", "-s", help="new title ('' removes it)")
+    p.add_argument("--type", "-t", help="new memory type")
+    p.add_argument("--project", "-p", action="append", help="new projects (repeatable)")
+    p.add_argument("--keyword", "-k", action="append", help="new keywords (repeatable)")
+    p.add_argument("--tag", action="append", help="new tags (repeatable)")
+    p.add_argument("--foundational", action=argparse.BooleanOptionalAction, help="mark or unmark")
+    p.add_argument("--visibility", help="shared, private or a scope name")
+    p.add_argument("--ttl", type=int, metavar="SECONDS", help="expire after N seconds (0: never)")
+    p.add_argument("--expires-at", metavar="TIME", help="expire at this time ('': never)")
+    p.add_argument("--occurred-at", metavar="TIME", help="when it happened (ISO 8601)")
+    p.add_argument("--reason", help="why; kept in the history")
+
+    p = cmd(
+        "history",
+        "Show a memory's versions and what it replaced or was replaced by.",
+        _tool("memory_history", lambda a: {"memory_id": a.id}, _show_history),
+    )
+    p.add_argument("id", type=int, metavar="ID", help="the memory")
+
+    p = cmd(
+        "forget",
+        "Delete memories for good, by ids or filters (dry run unless --execute).",
+        _tool(
+            "memory_forget",
+            lambda a: {
+                "memory_ids": a.ids or None,
+                "instance_id": a.instance,
+                "project": _projects(a.project),
+                "memory_type": a.type,
+                "older_than_days": a.older_than_days,
+                "dry_run": not a.execute,
+            },
+            _show_dict,
+        ),
+    )
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="memories to delete")
+    p.add_argument("--instance", help="only memories written by this instance")
+    p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
+    p.add_argument("--type", "-t", help="memory type filter")
+    p.add_argument("--older-than-days", type=int, help="only memories older than this")
+    p.add_argument("--execute", action="store_true", help="really delete (default: dry run)")
+
+    p = cmd(
+        "unarchive",
+        "Restore archived memories.",
+        _tool("memory_unarchive", lambda a: {"memory_ids": a.ids}, _show_dict),
+    )
+    p.add_argument("ids", nargs="+", type=int, metavar="ID", help="memories to restore")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Help that shows each option's default, unless the text already says it or there is
     none worth showing (None, False)."""
@@ -395,34 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check: validate; show: print the effective settings as JSON",
     )
 
-    p = cmd(
-        "remember",
-        "Store a memory.",
-        _tool(
-            "memory_set",
-            lambda a: {
-                "content": a.content,
-                "subject": a.subject,
-                "memory_type": a.type,
-                "project": _projects(a.project),
-                "keywords": a.keyword,
-                "tags": a.tag,
-                "foundational": a.foundational or None,
-                "instance_id": a.instance,
-                "supersedes_id": a.supersedes,
-            },
-            _show_set,
-        ),
-    )
-    p.add_argument("content", help="the memory text")
-    p.add_argument("--subject", "-s", help="short title")
-    p.add_argument("--type", "-t", default="fact", help="memory type (default: fact)")
-    p.add_argument("--project", "-p", action="append", help="project (repeat for several)")
-    p.add_argument("--keyword", "-k", action="append", help="keyword (repeatable)")
-    p.add_argument("--tag", action="append", help="tag (repeatable)")
-    p.add_argument("--foundational", action="store_true", help="never archived, never stale")
-    p.add_argument("--instance", help="writer instance id")
-    p.add_argument("--supersedes", type=int, metavar="ID", help="archive this memory, link it")
+    _add_remember(cmd)
 
     p = cmd(
         "recall",
@@ -437,9 +632,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "limit": a.limit,
                 "include_archived": a.include_archived or None,
                 "include_graph": not a.no_graph,
+                "since": a.since,
+                "until": a.until,
+                "dates": a.dates or None,
             },
             _show_memories,
         ),
+    )
+    _add_time_bounds(p)
+    p.add_argument(
+        "--dates", action="store_true", help="read 'yesterday', 'last week', 'in March' as dates"
     )
     p.add_argument("query", help="what to look for")
     p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
@@ -476,10 +678,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "project": _projects(a.project),
                 "memory_type": a.type,
                 "verbose": a.verbose_cards or None,
+                "since": a.since,
+                "until": a.until,
             },
             _show_memories,
         ),
     )
+    _add_time_bounds(p)
     p.add_argument("--limit", "-n", type=int, default=20, help="how many memories")
     p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
     p.add_argument("--type", "-t", help="memory type ('*' wildcard)")
@@ -517,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", "-p", action="append", help="only these projects (repeatable)")
     p.add_argument("--reason", help="why (kept with each archived memory)")
     p.add_argument("--execute", action="store_true", help="really archive (default: dry run)")
+
+    _add_lifecycle_commands(cmd)
 
     p = cmd(
         "audit",

@@ -30,6 +30,7 @@ ENV_WEIGHTS = {
     "MEMORY_PALACE_WEIGHT_SIMILARITY": "similarity",
     "MEMORY_PALACE_WEIGHT_ACCESS": "access",
     "MEMORY_PALACE_WEIGHT_CENTRALITY": "centrality",
+    "MEMORY_PALACE_WEIGHT_RECENCY": "recency",
 }
 
 
@@ -62,6 +63,10 @@ class Weights(_Strict):
     similarity: float = Field(1.0, ge=0)
     access: float = Field(0.0, ge=0)
     centrality: float = Field(0.0, ge=0)
+    # Recency decay: 0.5 ** (age / recall.half_life_days) on occurred_at (else created_at);
+    # foundational memories count as new. Off: bench_quality's memories carry no dates, so it
+    # cannot choose a weight.
+    recency: float = Field(0.0, ge=0)
 
 
 class Bm25Params(_Strict):
@@ -83,6 +88,7 @@ class Recall(_Strict):
     keyword_weight: float | None = Field(None, ge=0, le=100)
     keyword_threshold: float | None = Field(None, ge=0, lt=1)
     identifier_weight: float = Field(1.0, ge=0, le=10)
+    half_life_days: float = Field(30.0, gt=0, le=36500)  # of the recency weight
     bm25: Bm25Params = Bm25Params()
     field_weights: FieldWeights = FieldWeights()
     candidates: int = Field(100, ge=1, le=1000)

@@ -21,7 +21,7 @@ from .db.catalog import Catalog
 from .db.engine import Database, dispose_engines, get_database
 from .embeddings import Embedder, create_embedder
 from .errors import MemoryPalaceError, PermissionDenied, TransactionAborted
-from .services import access, vectors
+from .services import access, lifecycle, vectors
 from .services.access import Caller
 from .tools import Registry, Tool, validate
 
@@ -70,6 +70,7 @@ class Palace:
             except MemoryPalaceError:
                 dim = None  # SQLite stores BLOBs: an embedder that is down can't block memories
             schema.migrate(db, dim)
+        lifecycle.maybe_sweep(db)  # on first use, then every few minutes of use
         return db
 
     def check_embedder(self, db: Database) -> None:

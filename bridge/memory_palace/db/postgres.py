@@ -505,6 +505,9 @@ class PostgresBackend(Backend):
     def lock(self, conn: Connection, key: int) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
+    def try_lock(self, conn: Connection, key: int) -> bool:
+        return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar())
+
     # -- messaging --------------------------------------------------------------------------
     def notify(self, conn: Connection, channels: list[str], payload: str) -> list[str]:
         for channel in channels:  # bind parameters: channel names are data, never SQL
