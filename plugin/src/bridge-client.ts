@@ -409,7 +409,7 @@ export class BridgeClient {
     if (dbError) this.opts.logger.warn(`memory-palace: the bridge started without its default database: ${String(dbError)}`);
     const extensions = info.extensions.length ? `, extensions ${info.extensions.join(", ")}` : "";
     const who = info.identity
-      ? `, identity ${info.identity.instance ?? "(configured instance)"} (${info.identity.role}, ${info.identity.verified ? "verified by token" : "unverified: no token"})`
+      ? `, identity ${info.identity.instance ?? "(no instance configured)"} (${info.identity.role}, ${info.identity.verified ? "verified by token" : "unverified: no token"})`
       : "";
     this.opts.logger.info(
       `memory-palace: bridge ready (pid ${info.pid}, version ${info.version ?? "?"}, ${info.tools.length} tools${extensions}${who})`,
