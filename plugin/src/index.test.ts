@@ -300,6 +300,33 @@ describe("plugin entry", () => {
     expect(snap.sessions.a?.sessionKey).toBe("agent:alice:main");
   });
 
+  it("runs auto-recall and auto-capture as the agent's instance and shows them in memoryPalace.sessions", async () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, agents: { alice: "a" } });
+    entry.register(api);
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    const recall = rec.hooks.get("before_prompt_build") as Handler;
+    // The fake bridge finds nothing: no injection, and the reason is recorded.
+    expect(await recall({ prompt: "what about the deploy key?", messages: [] }, { agentId: "alice", sessionKey: "agent:alice:main", trigger: "user" })).toBeUndefined();
+    expect(await recall({ prompt: "heartbeat" }, { agentId: "alice", sessionKey: "agent:alice:hb", trigger: "heartbeat" })).toBeUndefined();
+    const end = rec.hooks.get("agent_end") as Handler;
+    expect(end({ success: true, messages: [
+      { role: "user", content: "Remember that the standup moved to 10:30." },
+      { role: "assistant", content: [{ type: "text", text: "Noted, the standup is at 10:30 now." }] },
+    ] }, { agentId: "alice", sessionKey: "agent:alice:main", trigger: "user" })).toBeUndefined();
+    type Auto = { injections: Record<string, { instance: string; skipped?: string }>; captures: Record<string, { instance: string; ids: number[] }> };
+    await until(() => ((sessions(rec).auto as Auto).captures["agent:alice:main"]?.ids.length ?? 0) === 2, 5000, "the capture");
+    const auto = sessions(rec).auto as Auto;
+    expect(auto.injections["agent:alice:main"]).toMatchObject({ instance: "a", skipped: "nothing scored >= 0.3" });
+    expect(auto.injections["agent:alice:hb"]?.skipped).toBe("trigger heartbeat");
+    expect(auto.captures["agent:alice:main"]).toMatchObject({ instance: "a", ids: [1, 2] });
+  });
+
+  it("registers no conversation hook when both are turned off", () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, autoRecall: false, autoCapture: { enabled: false } });
+    entry.register(api);
+    expect([...rec.hooks.keys()]).toEqual(["before_tool_call"]);
+  });
+
   it("passes the token to the bridge in its env, never logs or reports it, and shows the identity", async () => {
     const secret = "mpt_0123456789ab_s3cr3t-t0ken-value-never-shown";
     const { api, rec, logger } = mockApi({ bridgeCommand: FAKE, token: secret, instanceId: "token-owner" });

@@ -48,13 +48,25 @@ function register(api: OpenClawPluginApi): void {
     const { bridge, registry, auto } = current();
     return { bridge, registry, auto, config, logger: api.logger };
   };
+  // Neither hook may fail a turn: autoRecall/autoCapture never reject, and setup errors are logged.
   if (config.autoRecall.enabled) {
-    api.on("before_prompt_build", async (event, ctx) => autoRecall(autoDeps(), event, ctx));
+    api.on("before_prompt_build", async (event, ctx) => {
+      try {
+        return await autoRecall(autoDeps(), event, ctx);
+      } catch (error) {
+        api.logger.warn(`memory-palace: auto-recall skipped: ${String(error)}`);
+        return undefined;
+      }
+    });
   }
   if (config.autoCapture.enabled) {
     api.on("agent_end", (event, ctx) => {
       // Off the reply path: the capture runs after the hook returned.
-      void autoCapture(autoDeps(), event, ctx);
+      try {
+        void autoCapture(autoDeps(), event, ctx);
+      } catch (error) {
+        api.logger.warn(`memory-palace: auto-capture skipped: ${String(error)}`);
+      }
     });
   }
 

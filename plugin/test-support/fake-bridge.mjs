@@ -5,7 +5,7 @@
 // FAKE_BRIDGE_EXTENSIONS (comma-separated) is the ready line's `extensions`; FAKE_BRIDGE_FAIL_SUBSCRIBE=N
 // fails the first N `_subscribe` calls of each process with BACKEND_UNAVAILABLE; FAKE_BRIDGE_LOG
 // appends one line per start.
-// Methods: any tool name (returns {method, params}), echo (returns params), sleep {ms}, crash {code},
+// Methods: any tool name (returns {method, params, caller}; memory_set adds a new `id`), echo (returns params), sleep {ms}, crash {code},
 // fail (a NOT_FOUND refusal), emit {event, data}, _subscribe/_unsubscribe {instance, database?},
 // _cancel, _shutdown, _get_instance_routes. `message` send emits new_message with `recipients`: the
 // served instances it is for (direct, "all" minus the sender, a channel's served subscribers).
@@ -31,6 +31,7 @@ const served = new Set(instanceId ? [instanceId] : []);
 const channelSubscribers = new Map(); // channel -> instances (message action subscribe)
 const timers = new Map();
 let nextMessage = 1;
+let nextMemory = 1;
 const TOOLS = ["memory_set", "memory_recall", "memory_get", "memory_recent", "memory_archive", "memory_link", "memory_unlink", "memory_stats", "memory_audit", "memory_reembed", "message"];
 const DB_MANAGER = ["memory_list_databases", "memory_register_database", "memory_set_default_database", "memory_current_database"];
 const tools = [...TOOLS, ...(extensions.includes("db_manager") ? DB_MANAGER : [])];
@@ -131,6 +132,7 @@ createInterface({ input: process.stdin }).on("line", (line) => {
       return send({ id, result: { method, params, caller } });
     default:
       if (method.startsWith("_")) return send({ id, error: { code: "METHOD_NOT_FOUND", message: `unknown method ${method}` } });
+      if (method === "memory_set") return send({ id, result: { method, params, caller, id: nextMemory++ } });
       return send({ id, result: { method, params, caller } });
   }
 }).on("close", () => { if (mode !== "stubborn") process.exit(0); });
