@@ -32,8 +32,6 @@ export interface ServedInstance {
 const RANK: Readonly<Record<RouteSource, number>> = { config: 3, bridge: 2, tool: 1, agents: 0 };
 const PINNED_RANK = 2;
 
-export const MAIN_SESSION_KEY = "agent:main:main";
-
 /** Session keys look like agent:<agentId>:<rest>; anything else belongs to the main agent. */
 export function agentIdOf(sessionKey: string): string {
   const match = /^agent:([^:]+):/.exec(sessionKey);
