@@ -580,18 +580,7 @@ def remember(
         )
     reach = _link_access(seen_by, access_for(db, caller))
     conflicts = _conflicts(db, embedder, vec, subject, digest, projects, reach)
-    if conflicts and on_conflict == "supersede" and supersedes_id is None:
-        supersedes_id = _first_changeable(db, caller, conflicts)
-    if supersedes_id is not None:
-        check_may_change(db, caller, [supersedes_id], "supersedes_id")
-    conflicts = [c for c in conflicts if c["id"] != supersedes_id]
-    if conflicts:
-        result["possible_conflicts"] = conflicts
-        result["conflict_note"] = (
-            "existing memories say something else about the same thing; if this one replaces "
-            "one, call memory_set with supersedes_id (or on_conflict='supersede'), or "
-            "memory_update the old one"
-        )
+    supersedes_id = _settle_conflicts(db, caller, conflicts, on_conflict, supersedes_id, result)
     do_link = settings.auto_link.enabled if auto_link is None else auto_link
     neighbours = (
         _neighbours(db, embedder, settings, vec, projects, supersedes_id, reach)
@@ -640,9 +629,50 @@ def remember(
             _supersede(conn, db, new_id, supersedes_id, instance)
             result["superseded"] = supersedes_id
         links, suggestions = _auto_link(conn, db, settings, new_id, neighbours, subjects)
-    result.update(id=new_id, subject=subject, embedded=vec is not None, visibility=seen_by)
-    if expires is not None:
-        result["expires_at"] = iso(expires)
+    return _stored(draft, new_id, links, suggestions)
+
+
+def _settle_conflicts(
+    db: Database,
+    caller: Caller,
+    conflicts: list[dict[str, Any]],
+    on_conflict: str,
+    supersedes_id: int | None,
+    result: dict[str, Any],
+) -> int | None:
+    """The memory a new one replaces (given, or with on_conflict=supersede the first conflict
+    the caller may change); the other conflicts are reported in `result`."""
+    if conflicts and on_conflict == "supersede" and supersedes_id is None:
+        supersedes_id = _first_changeable(db, caller, conflicts)
+    if supersedes_id is not None:
+        check_may_change(db, caller, [supersedes_id], "supersedes_id")
+    conflicts = [c for c in conflicts if c["id"] != supersedes_id]
+    if conflicts:
+        result["possible_conflicts"] = conflicts
+        result["conflict_note"] = (
+            "existing memories say something else about the same thing; if this one replaces "
+            "one, call memory_set with supersedes_id (or on_conflict='supersede'), or "
+            "memory_update the old one"
+        )
+    return supersedes_id
+
+
+def _stored(
+    draft: _Draft,
+    new_id: int,
+    links: list[dict[str, Any]],
+    suggestions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What memory_set tells the caller about a memory it stored."""
+    row, result = draft.values, draft.result
+    result.update(
+        id=new_id,
+        subject=row["subject"],
+        embedded=draft.vector is not None,
+        visibility=row["visibility"],
+    )
+    if row["expires_at"] is not None:
+        result["expires_at"] = iso(row["expires_at"])
     if links:
         result["links_created"] = links
     if suggestions:
