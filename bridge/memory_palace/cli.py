@@ -582,43 +582,8 @@ def _global_flags(p: argparse.ArgumentParser, *, before: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    _global_flags(common, before=False)
-    parser = argparse.ArgumentParser(
-        prog="memory-palace",
-        description="Shared, persistent memory for AI agents.",
-        epilog=EPILOG,
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"memory-palace {__version__}")
-    _global_flags(parser, before=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def cmd(
-        name: str, help_: str, func: Callable[[argparse.Namespace], int]
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name, parents=[common], help=help_, description=help_, formatter_class=HelpFormatter
-        )
-        p.set_defaults(func=func)
-        return p
-
-    cmd("init", "Create the data directory, config.json and the database schema.", _init)
-    p = cmd(
-        "config",
-        "Check config.json against its schema, or show the effective settings "
-        "(passwords and tokens masked).",
-        _config,
-    )
-    p.add_argument(
-        "action",
-        choices=["check", "show"],
-        help="check: validate; show: print the effective settings as JSON",
-    )
-
-    _add_remember(cmd)
-
+def _add_reading_commands(cmd: Cmd) -> None:
+    """recall, get, recent, stats."""
     p = cmd(
         "recall",
         "Search memories by meaning and exact words.",
@@ -696,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
         _tool("memory_stats", lambda a: {}, _show_dict),
     )
 
+
+def _add_maintenance_commands(cmd: Cmd) -> None:
+    """archive, audit, reembed, doctor, call, tools, token, export, import."""
     p = cmd(
         "archive",
         "Archive memories (dry run unless --execute).",
@@ -722,8 +690,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", "-p", action="append", help="only these projects (repeatable)")
     p.add_argument("--reason", help="why (kept with each archived memory)")
     p.add_argument("--execute", action="store_true", help="really archive (default: dry run)")
-
-    _add_lifecycle_commands(cmd)
 
     p = cmd(
         "audit",
@@ -786,6 +752,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd("tools", "List every tool with its description (--json: with parameter schemas).", _tools)
 
+    p = cmd("export", "Write memories, edges and messages to a JSONL file.", _export)
+    p.add_argument("file", help="output .jsonl path ('-' for stdout)")
+    p = cmd("import", "Load a JSONL export into a database.", _import)
+    p.add_argument("file", help="input .jsonl path ('-' for stdin)")
+    p.add_argument("--force", action="store_true", help="import even if the target has rows")
+
+
+def _add_token_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """token create | list | revoke (a command with actions, each taking the common flags)."""
     help_ = (
         "Create, list or revoke the tokens that bind an agent to its instance (admin; they "
         "live in the default database)."
@@ -832,11 +807,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("token_id", help="the token's id (see `token list`)")
 
-    p = cmd("export", "Write memories, edges and messages to a JSONL file.", _export)
-    p.add_argument("file", help="output .jsonl path ('-' for stdout)")
-    p = cmd("import", "Load a JSONL export into a database.", _import)
-    p.add_argument("file", help="input .jsonl path ('-' for stdin)")
-    p.add_argument("--force", action="store_true", help="import even if the target has rows")
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, before=False)
+    parser = argparse.ArgumentParser(
+        prog="memory-palace",
+        description="Shared, persistent memory for AI agents.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"memory-palace {__version__}")
+    _global_flags(parser, before=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(
+        name: str, help_: str, func: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, parents=[common], help=help_, description=help_, formatter_class=HelpFormatter
+        )
+        p.set_defaults(func=func)
+        return p
+
+    cmd("init", "Create the data directory, config.json and the database schema.", _init)
+    p = cmd(
+        "config",
+        "Check config.json against its schema, or show the effective settings "
+        "(passwords and tokens masked).",
+        _config,
+    )
+    p.add_argument(
+        "action",
+        choices=["check", "show"],
+        help="check: validate; show: print the effective settings as JSON",
+    )
+
+    _add_remember(cmd)
+
+    _add_reading_commands(cmd)
+    _add_lifecycle_commands(cmd)
+    _add_maintenance_commands(cmd)
+    _add_token_command(sub, common)
     return parser
 
 
