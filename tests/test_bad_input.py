@@ -1,7 +1,8 @@
 """Hostile input at the surfaces, through the real entry points: a thousand `_cancel` requests
 leave no worker behind; a read-only SQLite database is a clear error, the bridge keeps serving
-and recovers once the permissions return, without a restart; malformed lines on the MCP stdio
-server do not stop it serving."""
+and recovers once the permissions return, without a restart; so is a full disk; the same memory
+sent fifty times at once is stored once; malformed lines on the MCP stdio server do not stop it
+serving."""
 
 from __future__ import annotations
 
@@ -206,3 +207,67 @@ def test_mcp_stdio_answers_a_malformed_line_and_keeps_serving(tmp_path, bad, ans
         assert "Traceback" not in err, err
         if answer is None:
             assert "dropped an unreadable stdin line without an id" in err
+
+
+def test_the_same_memory_sent_fifty_times_at_once_is_stored_once(palace):
+    from concurrent.futures import ThreadPoolExecutor
+
+    content = "the release train leaves on thursdays at 14:00 UTC"
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outs = list(pool.map(lambda _: palace.call("memory_set", {"content": content}), range(50)))
+    assert len({o["id"] for o in outs}) == 1
+    assert sum(1 for o in outs if "duplicate_of" in o) == 49
+    with palace.database().read() as conn:
+        from sqlalchemy import text
+
+        stored = conn.execute(
+            text("SELECT count(*) FROM memories WHERE content = :c"), {"c": content}
+        ).scalar()
+    assert stored == 1
+
+
+def test_a_full_disk_is_a_clear_error_and_recovers_without_restart(tmp_path):
+    """The bridge may grow its files by a few KiB only (RLIMIT_FSIZE, as a full disk would);
+    then the limit is lifted from outside, and the same process writes again."""
+    import resource
+
+    data = tmp_path / "data"
+    url = f"sqlite:///{data / 'memories.db'}"
+    palace = build_palace(data, url)
+    kept = palace.call("memory_set", {"content": "written before the disk filled up"})
+    palace.close()
+    dispose_engines()
+    room = max(p.stat().st_size for p in data.iterdir()) + 8 * 1024
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, resource.RLIM_INFINITY))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEMORY_PALACE_", "COVERAGE"))}
+    env.update(MEMORY_PALACE_DATA_DIR=str(data), PYTHONPATH=str(ROOT / "bridge"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memory_palace.bridge"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=small_disk,
+    )
+    try:
+        assert orjson.loads(proc.stdout.readline())["ready"] is True
+        big = "disk filler " * 20_000  # 240 KB: more than the room left
+        failed = _protocol(proc, "w1", "memory_set", {"content": big})
+        error = failed["error"]
+        assert error["code"] == "BACKEND_UNAVAILABLE", error
+        assert "disk is full" in error["message"] or "I/O" in error["message"], error
+        assert _protocol(proc, "h1", "_health", {})["result"]["in_flight"] == 0
+        got = _protocol(proc, "g1", "memory_get", {"memory_ids": [kept["id"]]})["result"]
+        assert got["memories"][0]["content"] == "written before the disk filled up"
+        unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, unlimited)
+        written = _protocol(proc, "w2", "memory_set", {"content": big})
+        assert "result" in written, written
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        err = proc.stderr.read().decode()
+        assert "Traceback" not in err, err
