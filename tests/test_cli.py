@@ -61,6 +61,19 @@ def test_archive_is_dry_run_by_default(cli) -> None:
     assert code == 0 and json.loads(out)["count"] == 0
 
 
+def test_link_and_unlink(cli) -> None:
+    cli("remember", "the api gateway terminates TLS")
+    cli("remember", "certificates renew through the gateway's ACME client")
+    code, out, _ = cli("link", "2", "refines", "1", "--json")
+    assert code == 0 and json.loads(out)["relation_type"] == "refines"
+    code, out, _ = cli("link", "2", "refines", "1")
+    assert code != 0 and "already exists" in out + _
+    code, out, _ = cli("unlink", "2", "1", "--type", "refines", "--json")
+    assert code == 0 and json.loads(out)["removed"] == 1
+    code, out, err = cli("unlink", "2", "9")
+    assert code != 0 and "memory 9 does not exist" in out + err
+
+
 def test_errors_are_clear_and_exit_nonzero(cli) -> None:
     code, _, err = cli("get", "42")
     assert code == 1 and "memory 42 does not exist" in err

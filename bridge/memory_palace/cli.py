@@ -759,6 +759,44 @@ def _add_maintenance_commands(cmd: Cmd) -> None:
     p.add_argument("--force", action="store_true", help="import even if the target has rows")
 
 
+def _add_graph_commands(cmd: Cmd) -> None:
+    """link, unlink: typed edges between memories."""
+    p = cmd(
+        "link",
+        "Link two memories with a typed edge (supersedes, relates_to, refines, ...).",
+        _tool(
+            "memory_link",
+            lambda a: {
+                "source_id": a.source,
+                "target_id": a.target,
+                "relation_type": a.relation,
+                "strength": a.strength,
+                "bidirectional": a.both_ways or None,
+                "archive_old": a.archive_old or None,
+            },
+            _show_dict,
+        ),
+    )
+    p.add_argument("source", type=int, metavar="SOURCE_ID", help="the memory the edge starts at")
+    p.add_argument("relation", metavar="TYPE", help="edge type, e.g. relates_to or supersedes")
+    p.add_argument("target", type=int, metavar="TARGET_ID", help="the memory the edge ends at")
+    p.add_argument("--strength", type=float, default=1.0, help="0-1")
+    p.add_argument("--both-ways", action="store_true", help="the edge holds in both directions")
+    p.add_argument("--archive-old", action="store_true", help="with supersedes: archive the target")
+    p = cmd(
+        "unlink",
+        "Remove the edges from one memory to another (all types, or --type).",
+        _tool(
+            "memory_unlink",
+            lambda a: {"source_id": a.source, "target_id": a.target, "relation_type": a.type},
+            _show_dict,
+        ),
+    )
+    p.add_argument("source", type=int, metavar="SOURCE_ID", help="the memory the edges start at")
+    p.add_argument("target", type=int, metavar="TARGET_ID", help="the memory the edges end at")
+    p.add_argument("--type", "-t", help="only edges of this type")
+
+
 def _add_token_command(sub: Any, common: argparse.ArgumentParser) -> None:
     """token create | list | revoke (a command with actions, each taking the common flags)."""
     help_ = (
@@ -847,6 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_reading_commands(cmd)
     _add_lifecycle_commands(cmd)
+    _add_graph_commands(cmd)
     _add_maintenance_commands(cmd)
     _add_token_command(sub, common)
     return parser
