@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from memory_palace.db.postgres import pg_connect
+from memory_palace.db.postgres import LISTENER_APP, pg_connect
 
 pytestmark = pytest.mark.postgres
 
@@ -39,8 +39,8 @@ def listener_pids(url: str) -> list[int]:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND (query ILIKE 'LISTEN%%' OR "
-                "query = 'SELECT 1' OR query ILIKE 'UNLISTEN%%')"
+                "AND pid <> pg_backend_pid() AND application_name = %s",
+                (LISTENER_APP,),
             )
             return [r[0] for r in cur.fetchall()]
     finally:

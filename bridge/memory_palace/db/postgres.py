@@ -80,7 +80,10 @@ def _first_line(exc: BaseException) -> str:
     return text_.splitlines()[0] if text_ else type(exc).__name__
 
 
-def _connect(url: str, dbname: str | None = None) -> Any:
+LISTENER_APP = "memory-palace-listener"  # application_name of LISTEN connections
+
+
+def _connect(url: str, dbname: str | None = None, application_name: str | None = None) -> Any:
     u = sqlalchemy_url(url)
     kw: dict[str, Any] = {
         "host": u.host,
@@ -90,6 +93,8 @@ def _connect(url: str, dbname: str | None = None) -> Any:
         "dbname": dbname or u.database,
     }
     kw.update({k: (v[-1] if isinstance(v, tuple) else v) for k, v in u.query.items()})
+    if application_name:
+        kw["application_name"] = application_name
     return psycopg2.connect(
         connect_timeout=CONNECT_TIMEOUT_S, **{k: v for k, v in kw.items() if v not in (None, "")}
     )
@@ -102,11 +107,17 @@ def connect_error(url: str, exc: BaseException) -> BackendUnavailable:
     )
 
 
-def pg_connect(url: str, *, autocommit: bool = True, dbname: str | None = None) -> Any:
+def pg_connect(
+    url: str,
+    *,
+    autocommit: bool = True,
+    dbname: str | None = None,
+    application_name: str | None = None,
+) -> Any:
     """A raw psycopg2 connection (LISTEN, COPY, admin work). Raises our errors, never the
     driver's: DatabaseMissing when the database does not exist, else BackendUnavailable."""
     try:
-        conn = _connect(url, dbname)
+        conn = _connect(url, dbname, application_name)
     except psycopg2.Error as exc:
         name = dbname or pg_database_name(url)
         if name != "postgres" and _database_absent(url, name):
@@ -662,7 +673,7 @@ class ListenConnection:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._conn = pg_connect(url)
+        self._conn = pg_connect(url, application_name=LISTENER_APP)
 
     def fileno(self) -> int:
         return int(self._conn.fileno())
