@@ -52,6 +52,7 @@ log = logging.getLogger("memory_palace.bridge")
 ID_RE = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,19})')
 WORKERS = 8
 SHUTDOWN_GRACE = 10.0
+READY_WAIT = 60.0  # how long an event waits for the ready line at start
 
 
 class RequestError(Exception):
@@ -138,7 +139,8 @@ class Bridge:
         self.pending: dict[Any, Pending] = {}
         self.started = time.monotonic()
         self.pool = WorkerPool(workers)
-        self.listeners = Listeners(palace, self.write)
+        self.ready_sent = threading.Event()  # events wait for the ready line
+        self.listeners = Listeners(palace, self.event)
         self.methods = set(palace.registry.names())
         self.database_error: dict[str, Any] | None = None
 
@@ -164,6 +166,14 @@ class Bridge:
                 self._out.flush()
             except (BrokenPipeError, ValueError, OSError):
                 pass  # the plugin went away; EOF on stdin ends us
+        if "ready" in obj:
+            self.ready_sent.set()
+
+    def event(self, obj: dict[str, Any]) -> None:
+        """Write a push event; the first ones (a replay at start) wait for the ready line."""
+        if not self.ready_sent.is_set():
+            self.ready_sent.wait(READY_WAIT)
+        self.write(obj)
 
     def error(self, rid: Any, code: str, message: str, data: dict[str, Any] | None = None) -> None:
         err: dict[str, Any] = {"code": code, "message": message}
@@ -212,6 +222,7 @@ class Bridge:
                 lambda: all(p.cancelled for p in self.pending.values()), SHUTDOWN_GRACE
             )
         self.pool.close()
+        self.ready_sent.set()
         self.listeners.stop()
         self.palace.close()
         return done

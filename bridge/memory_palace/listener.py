@@ -1,7 +1,12 @@
 """Push delivery for the bridge: one thread per database that LISTENs (PostgreSQL: select() on a
-dedicated connection plus a self-pipe, reconnect with backoff and catch-up) or polls every
-100 ms (SQLite). Each emits `new_message` once per message id, only for the instances this
-bridge serves, naming them in `recipients`.
+dedicated connection plus a self-pipe, reconnect with backoff) or polls every 100 ms (SQLite).
+Each emits `new_message` once per message and served instance, naming them in `recipients`.
+
+Delivery is durable (services/delivery.py): every event is claimed in the database in the
+transaction that emits it, and on start, on every reconnect and when an instance starts being
+served the listener replays what its instances were not yet woken for and have not read. So a
+bridge restart, a crash, a lost connection or a second bridge serving the same instance neither
+loses nor repeats a wake.
 
 The bridge is the one owner of what is listened to: the instances it serves (its configured
 instance, the identities of its callers, and those the plugin announces with `_subscribe`),
@@ -24,7 +29,7 @@ import orjson
 from .db.engine import Database
 from .errors import BackendUnavailable, MemoryPalaceError
 from .palace import Palace
-from .services import messages, names
+from .services import delivery, messages, names
 
 log = logging.getLogger("memory_palace.listener")
 
@@ -34,8 +39,6 @@ TICK = 0.1  # select() timeout and SQLite poll interval, seconds
 FIRST_RETRY = 0.05
 MAX_RETRY = 5.0
 KEEPALIVE = 30.0  # an idle listener checks its connection this often
-CATCHUP_WINDOW = 1000  # ids below the newest seen that catch-up re-checks (out-of-order commits)
-SEEN_MAX = 20_000
 
 
 def valid_name(name: str) -> bool:
@@ -62,9 +65,8 @@ class Listener(threading.Thread):
         self._stop_event = threading.Event()
         self.ready = threading.Event()
         self.state = "starting"
-        self.start_id = 0
         self.last_id = 0
-        self._seen: set[int] = set()
+        self.by = delivery.bridge_name()
         self.emitted = 0
         self.reconnects = 0
         self.caught_up = 0
@@ -87,6 +89,11 @@ class Listener(threading.Thread):
                 return False
             self._served.add(instance)
         self.refresh(before)
+        if self.is_alive():  # else its start replays it (and so does every reconnect)
+            try:
+                self.replay([instance])
+            except MemoryPalaceError as exc:
+                log.warning("replay for %r on %s: %s", instance, self.database, exc.message)
         return True
 
     def unserve(self, instance: str) -> bool:
@@ -153,22 +160,7 @@ class Listener(threading.Thread):
         """Hook: interrupt a wait at once."""
 
     # -- delivery ---------------------------------------------------------------------------
-    def _deliver(self, payload: dict[str, Any]) -> None:
-        try:
-            msg_id = int(payload["message_id"])
-        except (KeyError, TypeError, ValueError):
-            log.warning("ignoring a notification without message_id on %s", self.database)
-            return
-        if msg_id in self._seen or msg_id <= self.start_id:
-            return
-        self._seen.add(msg_id)
-        self.last_id = max(self.last_id, msg_id)
-        if len(self._seen) > SEEN_MAX:
-            floor = self.last_id - CATCHUP_WINDOW
-            self._seen = {i for i in self._seen if i > floor}
-        recipients = self.recipients(payload)
-        if not recipients:
-            return  # listened for another reason (e.g. a broadcast by the only served instance)
+    def _emit_one(self, payload: dict[str, Any], recipients: list[str]) -> None:
         self.emitted += 1
         self._emit(
             {
@@ -177,18 +169,49 @@ class Listener(threading.Thread):
             }
         )
 
-    def _catch_up(self, floor: int) -> int:
-        """Emit messages for the listened names committed after `floor`, oldest first."""
+    def _deliver_many(self, payloads: list[dict[str, Any]]) -> int:
+        """Claim and emit each message for the served instances it is for; returns how many
+        messages woke someone."""
+        items = []
+        for payload in payloads:
+            try:
+                msg_id = int(payload["message_id"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("ignoring a notification without message_id on %s", self.database)
+                continue
+            self.last_id = max(self.last_id, msg_id)
+            recipients = self.recipients(payload)
+            if recipients:  # else listened for another reason (its sender's own broadcast)
+                items.append((payload, recipients))
+        if not items:
+            return 0
+        return len(delivery.claim(self.db, items, self.by, self._emit_one))
+
+    def _deliver(self, payload: dict[str, Any]) -> None:
+        self._deliver_many([payload])
+
+    def replay(self, instances: list[str] | None = None) -> int:
+        """Emit, oldest first, what the served instances (or `instances`) were not woken for and
+        have not read. Returns the number of messages delivered."""
+        after = delivery.floor(self.db)
+        merged: dict[int, dict[str, Any]] = {}
+        for instance in self.served() if instances is None else instances:
+            start = after
+            while True:
+                rows = delivery.undelivered(self.db, instance, start)
+                for payload in rows:
+                    merged[int(payload["message_id"])] = payload
+                if len(rows) < delivery.REPLAY_BATCH:
+                    break
+                start = int(rows[-1]["message_id"])
+        ordered = [merged[i] for i in sorted(merged)]
         count = 0
-        while True:
-            rows = messages.messages_since(self.db, floor, self.names())
-            for payload in rows:
-                before = self.emitted
-                self._deliver(payload)
-                count += self.emitted - before
-            if len(rows) < 1000:
-                return count
-            floor = rows[-1]["message_id"]
+        for i in range(0, len(ordered), delivery.REPLAY_BATCH):
+            count += self._deliver_many(ordered[i : i + delivery.REPLAY_BATCH])
+        self.caught_up += count
+        if count:
+            log.info("listener %s replayed %d messages", self.database, count)
+        return count
 
     def _status_event(self, state: str, **extra: Any) -> None:
         self.state = state
@@ -258,14 +281,11 @@ class PushListener(Listener):
         self._conn = self.db.backend.open_listen(self.db.url)
         self._listening = set()
         self._sync_listens()
-        if first:
-            self.start_id = self.last_id = messages.max_message_id(self.db)
-        else:
+        self.state = "listening"
+        self.ready.set()  # the bridge's ready line comes before the replayed events
+        if not first:
             self._status_event("reconnected", reconnects=self.reconnects)
-            caught = self._catch_up(max(self.start_id, self.last_id - CATCHUP_WINDOW))
-            self.caught_up += caught
-            if caught:
-                log.info("listener %s caught up %d messages", self.database, caught)
+        self.replay()  # listening already: anything committed from now on is notified
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -344,16 +364,25 @@ class PollListener(Listener):
     kind = "poll"
 
     def run(self) -> None:
-        try:
-            self.start_id = self.last_id = messages.max_message_id(self.db)
-        except MemoryPalaceError as exc:  # keep polling; the error is reported in _health
-            self.last_error = exc.message
+        replayed = False
+        while not replayed and not self._stop_event.is_set():
+            try:
+                self.last_id = messages.max_message_id(self.db)
+                self.state = "polling"
+                self.ready.set()  # the bridge's ready line comes before the replayed events
+                self.replay()  # what was sent while no bridge served these instances
+                replayed = True
+            except MemoryPalaceError as exc:  # retry; the error is reported in _health
+                self.last_error = exc.message
+                self.state = "error"
+                self.ready.set()
+                self._stop_event.wait(TICK)
         self.state = "polling"
         self.ready.set()
         while not self._stop_event.wait(TICK):
             try:
-                for payload in messages.messages_since(self.db, self.last_id, self.names()):
-                    self._deliver(payload)
+                rows = messages.messages_since(self.db, self.last_id, self.names())
+                self._deliver_many(rows)
                 if self.state != "polling":
                     self._status_event("polling")
             except MemoryPalaceError as exc:  # a locked or missing file must not kill us

@@ -168,11 +168,16 @@ MESSAGES = Table(
         _c("expires_at", "time"),
         _c("delivery_status", "text", nullable=False, default="pending"),
         _c("delivered_at", "time"),
+        _c("thread_id", "int"),  # the first message of its thread (set on replies)
+        _c("reply_to", "int"),  # the message this one answers
+        _c("ack_required", "bool", nullable=False, default=False),
+        _c("ack_within_s", "int"),
     ),
     checks=("priority >= 0 AND priority <= 10",),
     indexes=(
         Index("ix_messages_to", ("to_instance", "id")),
         Index("ix_messages_channel", ("channel", "id")),
+        Index("ix_messages_thread", ("thread_id", "id")),
     ),
     compare="content",
     record="message",
@@ -184,9 +189,25 @@ MESSAGE_READS = Table(
         _c("message_id", "ref", nullable=False, references="messages(id)"),
         _c("instance_id", "text", nullable=False),
         _c("read_at", "time", nullable=False, default=NOW),
+        _c("acked_at", "time"),
     ),
     key=("message_id", "instance_id"),
     record="message_read",
+)
+
+# The durable delivery record: one row per message and recipient instance once a bridge has
+# pushed its `new_message` event (claimed in the transaction that emits it, so a restart, a
+# reconnect or a second bridge serving the same instance never emits it again).
+MESSAGE_DELIVERIES = Table(
+    "message_deliveries",
+    (
+        _c("message_id", "ref", nullable=False, references="messages(id)"),
+        _c("instance_id", "text", nullable=False),
+        _c("delivered_at", "time", nullable=False, default=NOW),
+        _c("delivered_by", "text"),  # host:pid of the bridge that pushed it
+    ),
+    key=("message_id", "instance_id"),
+    indexes=(Index("ix_deliveries_instance", ("instance_id", "message_id")),),
 )
 
 SUBSCRIPTIONS = Table(
@@ -241,6 +262,7 @@ TABLES: tuple[Table, ...] = (
     EDGES,
     MESSAGES,
     MESSAGE_READS,
+    MESSAGE_DELIVERIES,
     SUBSCRIPTIONS,
     SCOPE_MEMBERS,
     TOKENS,
@@ -269,6 +291,7 @@ __all__ = [
     "MEMORIES",
     "MEMORY_CARD",
     "MESSAGES",
+    "MESSAGE_DELIVERIES",
     "MESSAGE_READS",
     "META",
     "NOW",
