@@ -4,12 +4,14 @@ bridges serving one instance wake it once between them."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 
 import pytest
 from memory_palace import InvalidParams, NotFound
+from memory_palace.cli import main
 from memory_palace.db.postgres import pg_connect
 from memory_palace.errors import PermissionDenied
 from memory_palace.services.access import Caller
@@ -279,3 +281,49 @@ def test_await_reply_does_not_block_other_calls_on_the_bridge(memory_bridge, p) 
         },
     )
     assert b.result("_cancel", {"id": cancel})["cancelled"] is True
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def test_cli_message_send_get_thread_ack_status(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MEMORY_PALACE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MEMORY_PALACE_EMBEDDER", "hash")
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    assert run("init")[0] == 0
+    code, out, _ = run(
+        "message",
+        "send",
+        "sandy",
+        "deploy now?",
+        "-s",
+        "deploy",
+        "-i",
+        "prime",
+        "--ack-within",
+        "60",
+    )
+    assert code == 0 and out.startswith("sent #1 to sandy")
+    code, out, _ = run("message", "get", "-i", "sandy")
+    assert "#1 " in out and "'deploy'" in out and "unread" in out and "ack by" in out
+    assert "deploy now?" in out
+    code, out, _ = run("message", "send", "-", "yes", "--reply-to", "1", "-i", "sandy")
+    assert code == 0 and "sent #2 to prime in thread #1" in out
+    code, out, _ = run("message", "thread", "1", "-i", "prime", "--json")
+    assert [m["id"] for m in json.loads(out)["messages"]] == [1, 2]
+    assert run("message", "ack", "1", "-i", "sandy")[0] == 0
+    code, out, _ = run("message", "status", "1", "-i", "prime")
+    assert code == 0 and "#1 to sandy: read" in out and "acked" in out and "OVERDUE" not in out
+    code, _, err = run("message", "status", "1", "-i", "sandy")  # receipts are the sender's
+    assert code == 1 and "not sent by 'sandy'" in err and "Traceback" not in err
+    code, out, _ = run("message", "read", "2", "-i", "prime")
+    assert code == 0 and "already_read: False" in out
+    code, out, _ = run("message", "send", "zed", "anyone?", "-i", "prime", "--await-reply", "1")
+    assert "no reply within 1 s" in out
+    code, out, _ = run("message", "subscribe", "ops", "-i", "sandy")
+    assert code == 0 and "channel: ops" in out

@@ -556,7 +556,9 @@ def thread(
             ),
             {"root": root, "me": me, "limit": limit, "now": db.backend.encode("time", utcnow())},
         ).all()
-    messages = [message_dict(r, r.read_at, with_read=True) for r in rows]
+    messages = [
+        {**message_dict(r, r.read_at, with_read=True), "mine": r.from_instance == me} for r in rows
+    ]
     return {"thread_id": root, "count": len(messages), "messages": messages, "instance_id": me}
 
 
