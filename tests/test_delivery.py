@@ -327,3 +327,41 @@ def test_cli_message_send_get_thread_ack_status(tmp_path, monkeypatch, capsys) -
     assert "no reply within 1 s" in out
     code, out, _ = run("message", "subscribe", "ops", "-i", "sandy")
     assert code == 0 and "channel: ops" in out
+
+
+def test_ack_deadline_rewakes_then_tells_the_sender_across_a_restart(
+    spawn, make_palace, db_url
+) -> None:
+    sender = make_palace(db_url, instances=["prime", "sandy"])
+    first = spawn(db_url, env=SANDY)
+    first.result("_subscribe", {"instance": "prime"})
+    late = send(sender, to_instance="sandy", content="ack me", subject="keys", ack_within_s=2)
+    done = send(sender, to_instance="sandy", content="ack me too", ack_within_s=2)
+    first.wait_for(lambda: {late["id"], done["id"]} <= set(delivered([first])))
+    sender.call("message", {"action": "ack", "instance_id": "sandy", "message_id": done["id"]})
+    first.wait_for(lambda: status_of(sender, late["id"]) == "delivered")
+    kill(first)  # the deadlines are stored: the next bridge keeps them
+    second = spawn(db_url, env=SANDY)
+    second.result("_subscribe", {"instance": "prime"})
+
+    def rewakes():
+        return [d for d in second.new_messages() if d.get("rewake")]
+
+    second.wait_for(lambda: len(rewakes()) >= 2, timeout=15)
+    assert [(d["message_id"], d["rewake"], d["recipients"]) for d in rewakes()] == [
+        (late["id"], 1, ["sandy"]),
+        (late["id"], 2, ["sandy"]),
+    ]
+    notice = second.event(
+        lambda e: e["event"] == "new_message" and e["data"].get("from_instance") == "palace",
+        timeout=15,
+    )["data"]
+    assert notice["recipients"] == ["prime"] and notice["reply_to"] == late["id"]
+    assert "overdue" in notice["subject"] and "sandy" in notice["subject"]
+    time.sleep(2.5)  # no further rounds, and nothing ever for the acknowledged message
+    assert len(rewakes()) == 2
+    assert all(d["message_id"] != done["id"] for d in second.new_messages())
+    st = sender.call(
+        "message", {"action": "status", "instance_id": "prime", "message_id": late["id"]}
+    )
+    assert st["messages"][0]["recipients"][0]["overdue"] is True

@@ -39,6 +39,9 @@ TICK = 0.1  # select() timeout and SQLite poll interval, seconds
 FIRST_RETRY = 0.05
 MAX_RETRY = 5.0
 KEEPALIVE = 30.0  # an idle listener checks its connection this often
+ACK_SWEEP = 0.5  # how often a listener looks for passed acknowledgement deadlines, seconds
+ACK_REWAKES = 2  # re-wakes of an unacknowledged recipient before the sender is told
+NOTICE_FROM = "palace"  # the sender of overdue notices
 
 
 def valid_name(name: str) -> bool:
@@ -67,6 +70,8 @@ class Listener(threading.Thread):
         self.state = "starting"
         self.last_id = 0
         self.by = delivery.bridge_name()
+        self.settings: Any = None  # set by Listeners (overdue notices are sent messages)
+        self._swept = 0.0
         self.emitted = 0
         self.reconnects = 0
         self.caught_up = 0
@@ -213,6 +218,42 @@ class Listener(threading.Thread):
             log.info("listener %s replayed %d messages", self.database, count)
         return count
 
+    def sweep_acks(self, force: bool = False) -> int:
+        """Re-wake served recipients whose acknowledgement deadline passed (ACK_REWAKES times,
+        one deadline apart), then send the sender an overdue notice (a message from
+        NOTICE_FROM in the thread). Each round is claimed in the database, so with two
+        bridges exactly one acts. Returns the rounds this bridge took."""
+        now = time.monotonic()
+        if not force and now - self._swept < ACK_SWEEP:
+            return 0
+        self._swept = now
+        taken = 0
+        for row in delivery.due_rewakes(self.db, self.served()):
+            last = int(row.rewakes) >= ACK_REWAKES
+            if not delivery.take_round(self.db, row, last):
+                continue  # another bridge took it
+            taken += 1
+            if last:
+                messages.send(
+                    self.db,
+                    self.settings,
+                    from_instance=NOTICE_FROM,
+                    to_instance=row.from_instance,
+                    message_type="event",
+                    subject=f"overdue: {row.instance_id} has not acknowledged message "
+                    f"#{row.message_id}",
+                    content=f"{row.instance_id} was woken {int(row.rewakes) + 1} times for "
+                    f"message #{row.message_id} ({row.subject or 'no subject'}) and has not "
+                    "acknowledged it. See palace_message action=status.",
+                    reply_to=int(row.message_id),
+                    notice=True,
+                )
+                continue
+            payload = delivery.payload_of(self.db, int(row.message_id))
+            if payload is not None:
+                self._emit_one({**payload, "rewake": int(row.rewakes) + 1}, [row.instance_id])
+        return taken
+
     def _status_event(self, state: str, **extra: Any) -> None:
         self.state = state
         self._emit(
@@ -303,6 +344,7 @@ class PushListener(Listener):
         """One select() round: apply name changes, read notifications. Returns idle_since."""
         if self._pending.is_set():
             self._sync_listens()
+        self.sweep_acks()
         readable, _, _ = select.select([self._conn, self._pipe_r], [], [], TICK)
         if self._pipe_r in readable:
             self._drain_pipe()
@@ -383,6 +425,7 @@ class PollListener(Listener):
             try:
                 rows = messages.messages_since(self.db, self.last_id, self.names())
                 self._deliver_many(rows)
+                self.sweep_acks()
                 if self.state != "polling":
                     self._status_event("polling")
             except MemoryPalaceError as exc:  # a locked or missing file must not kill us
@@ -418,6 +461,7 @@ class Listeners:
             db = self.palace.database(name)
             cls = PushListener if db.backend.listen_mode == "listen" else PollListener
             listener = cls(name, db, set(self._served), self._emit)
+            listener.settings = self.palace.settings
             self._by_db[name] = listener
         listener.refresh()
         listener.start()

@@ -205,9 +205,16 @@ MESSAGE_DELIVERIES = Table(
         _c("instance_id", "text", nullable=False),
         _c("delivered_at", "time", nullable=False, default=NOW),
         _c("delivered_by", "text"),  # host:pid of the bridge that pushed it
+        # ack_within_s messages: when to wake again if still unacknowledged, and how often
+        # that happened (the last round sends the sender an overdue notice instead)
+        _c("next_wake_at", "time"),
+        _c("rewakes", "int", nullable=False, default=0),
     ),
     key=("message_id", "instance_id"),
-    indexes=(Index("ix_deliveries_instance", ("instance_id", "message_id")),),
+    indexes=(
+        Index("ix_deliveries_instance", ("instance_id", "message_id")),
+        Index("ix_deliveries_due", ("next_wake_at",), where="next_wake_at IS NOT NULL"),
+    ),
 )
 
 SUBSCRIPTIONS = Table(

@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from ..db.engine import Database
-from ..db.values import utcnow
+from ..db.values import decode_time, utcnow
 from .messages import COLUMNS, FLOOR_KEY, NOT_EXPIRED, ensure_floor, message_dict, notify_payload
 
 REPLAY_BATCH = 500
@@ -87,18 +88,20 @@ def claim(
         at = db.backend.encode("time", now)
         for payload, recipients in items:
             msg_id = int(payload["message_id"])
+            due = db.backend.encode("time", decode_time(payload.get("ack_due_at")))
             got = [
                 who
                 for who in recipients
                 if conn.execute(
                     text(
                         "INSERT INTO message_deliveries (message_id, instance_id, delivered_at, "
-                        "delivered_by) SELECT m.id, :me, :now, :by FROM messages m WHERE "
+                        "delivered_by, next_wake_at, rewakes) SELECT m.id, :me, :now, :by, :due, 0 "
+                        "FROM messages m WHERE "
                         "m.id = :id AND NOT EXISTS (SELECT 1 FROM message_reads r WHERE "
                         "r.message_id = m.id AND r.instance_id = :me) "
                         "ON CONFLICT (message_id, instance_id) DO NOTHING"
                     ),
-                    {"id": msg_id, "me": who, "now": at, "by": by},
+                    {"id": msg_id, "me": who, "now": at, "by": by, "due": due},
                 ).rowcount
                 == 1
             ]
@@ -115,3 +118,53 @@ def claim(
         for payload, got in out:
             emit(payload, got)
     return out
+
+
+def due_rewakes(db: Database, served: list[str], limit: int = 200) -> list[Any]:
+    """Deliveries to served instances whose acknowledgement deadline passed unacknowledged."""
+    if not served:
+        return []
+    stmt = text(
+        "SELECT d.message_id, d.instance_id, d.rewakes, m.ack_within_s, m.from_instance, "
+        "m.subject FROM message_deliveries d JOIN messages m ON m.id = d.message_id "
+        "WHERE d.next_wake_at IS NOT NULL AND d.next_wake_at <= :now AND d.instance_id IN :served "
+        f"AND {NOT_EXPIRED} AND NOT EXISTS (SELECT 1 FROM message_reads r WHERE "
+        "r.message_id = d.message_id AND r.instance_id = d.instance_id AND r.acked_at IS NOT NULL) "
+        "ORDER BY d.next_wake_at LIMIT :limit"
+    ).bindparams(bindparam("served", expanding=True))
+    with db.read() as conn:
+        return conn.execute(
+            stmt,
+            {"now": db.backend.encode("time", utcnow()), "served": served, "limit": limit},
+        ).all()
+
+
+def take_round(db: Database, row: Any, last: bool) -> bool:
+    """Claim one re-wake round of a delivery (exactly one bridge wins it): the next deadline,
+    or none after the last round. True if this caller won."""
+    now = utcnow()
+    nxt = None if last else now + timedelta(seconds=int(row.ack_within_s or 1))
+    with db.write() as conn:
+        return (
+            conn.execute(
+                text(
+                    "UPDATE message_deliveries SET rewakes = rewakes + 1, next_wake_at = :next "
+                    "WHERE message_id = :id AND instance_id = :me AND rewakes = :n"
+                ),
+                {
+                    "next": db.backend.encode("time", nxt),
+                    "id": row.message_id,
+                    "me": row.instance_id,
+                    "n": row.rewakes,
+                },
+            ).rowcount
+            == 1
+        )
+
+
+def payload_of(db: Database, message_id: int) -> dict[str, Any] | None:
+    with db.read() as conn:
+        row = conn.execute(
+            text(f"SELECT {COLUMNS} FROM messages m WHERE m.id = :id"), {"id": message_id}
+        ).first()
+    return None if row is None else notify_payload(message_dict(row))
