@@ -129,7 +129,8 @@ def test_sigkill_restarts_lose_and_repeat_no_wake(spawn, make_palace, db_url) ->
     # A repeat only when a kill landed between writing an event and committing its claim
     # (the plugin drops it by database + message id + instance): at most one per kill.
     assert len(ids) - len(set(ids)) <= 5
-    assert max(restart_latency) < 1.0, restart_latency  # ready line -> every missed wake
+    # ready line -> every missed wake; ~0.2 s typical, bench_wake measures it (2 s: shared CI)
+    assert max(restart_latency) < 2.0, restart_latency
     if db_url.startswith("postgresql"):
         assert disconnects == 3
 
