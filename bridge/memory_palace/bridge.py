@@ -52,6 +52,7 @@ log = logging.getLogger("memory_palace.bridge")
 ID_RE = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,19})')
 WORKERS = 8
 SHUTDOWN_GRACE = 10.0
+START_RETRY = 0.25  # how often a bridge started without its database tries again, seconds
 READY_WAIT = 60.0  # how long an event waits for the ready line at start
 
 
@@ -201,6 +202,7 @@ class Bridge:
             log.error("default database unavailable: %s", exc.message)
             self.database_error = exc.to_dict()
             ready["database_error"] = self.database_error
+            threading.Thread(target=self._retry_start, name="mp-start-retry", daemon=True).start()
             return ready
         try:
             me = self.palace.caller
@@ -214,6 +216,21 @@ class Bridge:
             log.error("embedder check: %s", exc.message)
             ready["embedder_error"] = exc.to_dict()
         return ready
+
+    def _retry_start(self) -> None:
+        """The default database was down at start: keep trying until it answers, then start
+        its listener (which replays what was sent meanwhile) and report ok in _health."""
+        while not self.listeners.closed:
+            try:
+                self.palace.database()
+                listener = self.listeners.ensure()
+            except MemoryPalaceError as exc:
+                self.database_error = exc.to_dict()
+                time.sleep(START_RETRY)
+                continue
+            self.database_error = None
+            log.info("default database is up; listener %s", listener.state)
+            return
 
     def shutdown(self) -> bool:
         """Finish in-flight requests (up to a grace period), stop listeners. True if clean."""

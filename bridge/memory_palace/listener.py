@@ -471,9 +471,10 @@ class Listeners:
     def serve(self, instance: str, database: str | None = None) -> Listener:
         """Deliver messages for `instance` in every database listened to; returns the
         listener of `database` (started if needed)."""
+        with self._lock:  # first: a listener started later (database down now) serves it too
+            self._served.add(instance)
         listener = self.ensure(database)
         with self._lock:
-            self._served.add(instance)
             listeners = list(self._by_db.values())
         for lst in listeners:
             lst.serve(instance)
