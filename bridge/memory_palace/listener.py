@@ -72,6 +72,7 @@ class Listener(threading.Thread):
         self.by = delivery.bridge_name()
         self.settings: Any = None  # set by Listeners (overdue notices are sent messages)
         self._swept = 0.0
+        self._held: Any = None  # the listener thread's connection for claims
         self.emitted = 0
         self.reconnects = 0
         self.caught_up = 0
@@ -190,7 +191,22 @@ class Listener(threading.Thread):
                 items.append((payload, recipients))
         if not items:
             return 0
-        return len(delivery.claim(self.db, items, self.by, self._emit_one))
+        held = None
+        if threading.current_thread() is self:  # the listener thread keeps one connection
+            if self._held is None:
+                self._held = delivery.open_held(self.db)
+            held = self._held
+        try:
+            return len(delivery.claim(self.db, items, self.by, self._emit_one, held))
+        except Exception:
+            self._drop_held()
+            raise
+
+    def _drop_held(self) -> None:
+        if self._held is not None:
+            with contextlib.suppress(Exception):
+                self._held.close()
+            self._held = None
 
     def _deliver(self, payload: dict[str, Any]) -> None:
         self._deliver_many([payload])
@@ -332,6 +348,7 @@ class PushListener(Listener):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._drop_held()
 
     def _drain_pipe(self) -> None:
         try:
@@ -394,6 +411,7 @@ class PushListener(Listener):
                 self._status_event("disconnected", error=self.last_error)
                 self._stop_event.wait(FIRST_RETRY)
         self._close()
+        self._drop_held()
         self.state = "stopped"
         for fd in (self._pipe_r, self._pipe_w):
             with contextlib.suppress(OSError):
@@ -433,6 +451,7 @@ class PollListener(Listener):
                 if self.state != "error":
                     log.warning("poller %s: %s", self.database, exc.message)
                     self._status_event("error", error=self.last_error)
+        self._drop_held()
         self.state = "stopped"
 
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Connection
 
 from ..db.engine import Database
+from ..db.errors import translate_db_errors
 from ..db.values import decode_time, utcnow
 from .messages import COLUMNS, FLOOR_KEY, NOT_EXPIRED, ensure_floor, message_dict, notify_payload
 
@@ -73,50 +76,87 @@ def undelivered(
     return [notify_payload(message_dict(r)) for r in rows]
 
 
+@contextmanager
+def _transaction(db: Database, held: Connection | None) -> Iterator[Connection]:
+    """A write transaction on `held` (a listener's own connection: no pool checkout or
+    pre-ping per message), or on a pooled connection."""
+    if held is None:
+        with db.write() as conn:
+            yield conn
+        return
+    with translate_db_errors(db), held.begin():
+        yield held
+
+
+def open_held(db: Database) -> Connection:
+    """A connection a listener keeps for its claims (SQLite: transactions BEGIN IMMEDIATE)."""
+    with translate_db_errors(db):
+        return db.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+
+
 def claim(
     db: Database,
     items: Iterable[tuple[dict[str, Any], list[str]]],
     by: str,
     emit: Callable[[dict[str, Any], list[str]], None],
+    conn: Connection | None = None,
 ) -> Claimed:
     """Claim each (payload, recipients) for the recipients nobody woke yet and who have not read
-    it, mark the messages delivered and call `emit(payload, claimed)` for each, then commit (so
-    a crash before the commit leaves them to be replayed)."""
+    it (one INSERT ... RETURNING), call `emit(payload, claimed)` for each, mark the messages
+    delivered (and set ack deadlines), then commit: a crash before the commit leaves them to be
+    replayed."""
+    items = list(items)
+    pairs = [(int(p["message_id"]), who) for p, recipients in items for who in recipients]
+    if not pairs:
+        return []
+    rows = ", ".join(f"(:i{n}, :w{n})" for n in range(len(pairs)))
+    params: dict[str, Any] = {"now": db.backend.encode("time", utcnow()), "by": by}
+    for n, (msg_id, who) in enumerate(pairs):
+        params[f"i{n}"], params[f"w{n}"] = msg_id, who
     out: Claimed = []
-    now = utcnow()
-    with db.write() as conn:
-        at = db.backend.encode("time", now)
-        for payload, recipients in items:
-            msg_id = int(payload["message_id"])
-            due = db.backend.encode("time", decode_time(payload.get("ack_due_at")))
-            got = [
-                who
-                for who in recipients
-                if conn.execute(
-                    text(
-                        "INSERT INTO message_deliveries (message_id, instance_id, delivered_at, "
-                        "delivered_by, next_wake_at, rewakes) SELECT m.id, :me, :now, :by, :due, 0 "
-                        "FROM messages m WHERE "
-                        "m.id = :id AND NOT EXISTS (SELECT 1 FROM message_reads r WHERE "
-                        "r.message_id = m.id AND r.instance_id = :me) "
-                        "ON CONFLICT (message_id, instance_id) DO NOTHING"
-                    ),
-                    {"id": msg_id, "me": who, "now": at, "by": by, "due": due},
-                ).rowcount
-                == 1
-            ]
-            if not got:
-                continue
+    with _transaction(db, conn) as conn:
+        claimed = conn.execute(
+            text(
+                f"WITH p(id, who) AS (VALUES {rows}) "
+                "INSERT INTO message_deliveries (message_id, instance_id, delivered_at, "
+                "delivered_by, rewakes) SELECT m.id, p.who, :now, :by, 0 FROM p JOIN messages m "
+                "ON m.id = p.id WHERE NOT EXISTS (SELECT 1 FROM message_reads r WHERE "
+                "r.message_id = m.id AND r.instance_id = p.who) "
+                "ON CONFLICT (message_id, instance_id) DO NOTHING "
+                "RETURNING message_id, instance_id"
+            ),
+            params,
+        ).all()
+        got: dict[int, set[str]] = {}
+        for msg_id, who in claimed:
+            got.setdefault(int(msg_id), set()).add(who)
+        for payload, recipients in items:  # claimed: wake now, bookkeeping after
+            mine = [w for w in recipients if w in got.get(int(payload["message_id"]), ())]
+            if mine:
+                out.append((payload, mine))
+                emit(payload, mine)
+        if got:
             conn.execute(
                 text(
                     "UPDATE messages SET delivery_status = 'delivered', delivered_at = :now "
-                    "WHERE id = :id AND delivery_status = 'pending'"
-                ),
-                {"id": msg_id, "now": at},
+                    "WHERE id IN :ids AND delivery_status = 'pending'"
+                ).bindparams(bindparam("ids", expanding=True)),
+                {"ids": sorted(got), "now": params["now"]},
             )
-            out.append((payload, got))
-        for payload, got in out:
-            emit(payload, got)
+        for payload, mine in out:
+            due = decode_time(payload.get("ack_due_at"))
+            if due is not None:  # the first deadline of an ack_within_s message
+                conn.execute(
+                    text(
+                        "UPDATE message_deliveries SET next_wake_at = :due WHERE message_id = :id "
+                        "AND instance_id IN :who"
+                    ).bindparams(bindparam("who", expanding=True)),
+                    {
+                        "due": db.backend.encode("time", due),
+                        "id": int(payload["message_id"]),
+                        "who": mine,
+                    },
+                )
     return out
 
 
