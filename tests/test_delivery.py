@@ -426,3 +426,43 @@ def test_bridge_started_while_postgres_is_down_listens_once_it_is_up(
         assert latency < 5, latency  # PostgreSQL start to the replayed wake (retry every 0.25 s)
     finally:
         srv.server.cleanup()
+
+
+def test_mcp_http_wake_reaches_channel_subscribers_and_records_the_delivery(p) -> None:
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from memory_palace.mcp_server import _wake
+    from memory_palace.wake import WakeNotifier
+
+    woken: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            woken.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    gw = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        notifier = WakeNotifier(
+            {name: {"gateway": gw, "token": "t"} for name in ("sandy", "zed", "prime")}
+        )
+        call(p, as_("sandy"), action="subscribe", channel="ops")
+        call(p, as_("prime"), action="subscribe", channel="ops")  # the sender: not woken
+        sent = call(p, as_("prime"), action="send", channel="ops", content="deploy")
+        _wake(p, notifier, sent, None)
+        notifier.drain(5)
+        assert [w["text"].split(" for ")[1].split(".")[0] for w in woken] == ["sandy"]
+        st = call(p, as_("prime"), action="status", message_id=sent["id"])["messages"][0]
+        assert [(r["instance"], r["delivered_by"]) for r in st["recipients"]] == [
+            ("sandy", "http-wake")
+        ]
+        assert st["delivery_status"] == "delivered"
+    finally:
+        httpd.shutdown()

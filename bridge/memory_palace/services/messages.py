@@ -612,6 +612,16 @@ def subscriptions(db: Database, instance_id: str | None = None) -> list[str]:
         return [r[0] for r in rows]
 
 
+def subscribers(db: Database, channel: str) -> list[str]:
+    """Instances subscribed to a channel."""
+    with db.read() as conn:
+        rows = conn.execute(
+            text("SELECT instance_id FROM subscriptions WHERE channel = :ch ORDER BY instance_id"),
+            {"ch": channel},
+        )
+        return [r[0] for r in rows]
+
+
 def subscribe(
     db: Database, settings: Settings, *, instance_id: str | None, channel: str | None
 ) -> dict[str, Any]:
