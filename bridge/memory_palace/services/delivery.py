@@ -3,10 +3,11 @@
 A bridge claims a (message, instance) pair by inserting it into `message_deliveries` and
 writes the event inside that transaction, before the commit. A second bridge serving the same
 instance, a reconnect or a restart finds the pair claimed and emits nothing. A bridge killed
-after writing the event but before its commit (a window of one commit round trip) leaves the
-pair unclaimed, so the next bridge emits it again: delivery is at least once across crashes,
-exactly once otherwise, and the plugin drops a repeated (database, message id, instance) for
-the life of the gateway. The other order (commit, then write) would lose the wake instead.
+after writing a batch of events but before its commit (a few milliseconds: the bookkeeping
+UPDATEs and the commit) leaves those pairs unclaimed, so the next bridge emits them again:
+delivery is at least once across crashes, exactly once otherwise, and the plugin drops a
+repeated (database, message id, instance) for the life of the gateway. The other order
+(commit, then write) would lose the wakes instead.
 Replay covers every message after the database's delivery floor that an instance
 has neither been woken for nor read (expired messages are skipped): the floor is the newest
 message id when delivery records began (the first send or listener on the database), so an
