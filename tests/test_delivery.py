@@ -46,7 +46,7 @@ def terminate_listeners(url: str) -> int:
             cur.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                 "datname = current_database() AND pid <> pg_backend_pid() AND "
-                "(query ILIKE 'LISTEN%%' OR query = 'SELECT 1' OR query ILIKE 'UNLISTEN%%')"
+                "(query ILIKE 'LISTEN%%' OR query ILIKE 'UNLISTEN%%')"  # not the sender's pool
             )
             return cur.rowcount
     finally:
