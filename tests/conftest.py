@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.bridge",
     "tests.fixtures.ollama",
+    "tests.fixtures.pgbouncer",
 ]

@@ -101,7 +101,7 @@ def test_weights_from_env_are_normalised(tmp_path: Path) -> None:
             "MEMORY_PALACE_WEIGHT_CENTRALITY": "1",
         },
     )
-    assert s.weights == {"similarity": 0.5, "access": 0.25, "centrality": 0.25}
+    assert s.weights == {"similarity": 0.5, "access": 0.25, "centrality": 0.25, "recency": 0.0}
 
 
 @pytest.mark.parametrize(

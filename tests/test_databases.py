@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from memory_palace.errors import InvalidParams, NotFound
+from memory_palace.errors import Conflict, InvalidParams, NotFound, PermissionDenied
 
 EXT = ["mcp_server.extensions.db_manager"]
 
@@ -82,8 +82,24 @@ def test_list_reports_a_down_database_without_failing(make_palace, pg_url, sqlit
 @pytest.mark.postgres
 def test_register_with_explicit_url_and_unreachable(make_palace, pg_url, sqlite_url):
     palace = make_palace(pg_url, extensions=EXT)
-    out = palace.call("memory_register_database", {"name": "side", "url": sqlite_url})
+    inside = f"sqlite:///{palace.settings.data_dir / 'side.db'}"
+    out = palace.call("memory_register_database", {"name": "side", "url": inside})
     assert out["type"] == "sqlite" and out["status"] == "connected"
+    # agents place SQLite files only in the data dir, never turn other files into databases
+    with pytest.raises(PermissionDenied, match="outside"):
+        palace.call("memory_register_database", {"name": "away", "url": sqlite_url})
+    (palace.settings.data_dir / "notes.txt").write_text("precious")
+    with pytest.raises(Conflict, match="not a Memory Palace"):
+        palace.call(
+            "memory_register_database",
+            {"name": "notes", "url": f"sqlite:///{palace.settings.data_dir / 'notes.txt'}"},
+        )
+    assert (palace.settings.data_dir / "notes.txt").read_text() == "precious"
+    with pytest.raises(PermissionDenied):
+        palace.call(
+            "memory_register_database",
+            {"name": "up", "url": f"sqlite:///{palace.settings.data_dir}/../up.db"},
+        )
     from memory_palace.errors import BackendUnavailable
 
     with pytest.raises(BackendUnavailable, match="pg_isready"):

@@ -42,9 +42,9 @@ def doc_commands() -> list[list[str]]:
 
 def help_argv(argv: list[str]) -> list[str]:
     prog = str(BIN / argv[0])
-    if argv[0] == "memory-palace":
-        sub = next(a for a in argv[1:] if not a.startswith("-"))
-        return [prog, sub, "--help"]
+    if argv[0] == "memory-palace":  # the subcommand (and its action, positionals) before flags
+        words = [a for a in argv[1:] if not a.startswith("-")][:3]
+        return [prog, *words[: 2 if words[0] == "token" else 1], "--help"]
     return [prog, "--help"]
 
 
@@ -81,6 +81,7 @@ def test_runnable_examples_run(tmp_path, pg_server_url):
     )
     env = {**os.environ, "MEMORY_PALACE_DATA_DIR": str(data)}
     ran = 0
+    token_id = None
     for argv in doc_commands():
         if argv[0] == "memory-palace-mcp":
             continue  # a stdio server: covered by tests/test_mcp.py
@@ -89,6 +90,8 @@ def test_runnable_examples_run(tmp_path, pg_server_url):
         ]
         if args[0] == "memory-palace" and args[1] == "doctor" and "--database" in args:
             args[args.index("--database") + 1] = "restored"
+        if args[1:3] == ["token", "revoke"]:
+            args[3] = token_id  # the guide's placeholder: the token the guide created
         res = subprocess.run(
             [str(BIN / args[0]), *args[1:]],
             capture_output=True,
@@ -98,6 +101,8 @@ def test_runnable_examples_run(tmp_path, pg_server_url):
             timeout=300,
         )
         assert res.returncode == 0, f"{' '.join(argv)}\n{res.stdout}\n{res.stderr}"
+        if args[1:3] == ["token", "create"]:
+            token_id = res.stdout.split("_")[1]
         ran += 1
     assert ran >= 6
     assert (tmp_path / "backup.jsonl").read_bytes().count(b'"type":"memory"') == 25

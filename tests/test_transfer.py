@@ -37,6 +37,7 @@ def fill(palace) -> None:
             "metadata": {"z": 1, "a": [1.5, "x"]},
         },
     )
+    palace.call("memory_update", {"memory_id": a, "tags": ["edited"], "reason": "a version"})
     palace.call("memory_archive", {"memory_ids": [b], "dry_run": False, "reason": "test"})
     sent = palace.call(
         "message",
@@ -71,7 +72,12 @@ def fill(palace) -> None:
 
 def normalise(data: bytes) -> list[dict]:
     """Renumber ids in order of appearance (and the references to them)."""
-    maps: dict[str, dict[int, int]] = {"memory": {}, "edge": {}, "message": {}}
+    maps: dict[str, dict[int, int]] = {
+        "memory": {},
+        "edge": {},
+        "memory_version": {},
+        "message": {},
+    }
     out = []
     for line in data.splitlines():
         rec = orjson.loads(line)
@@ -81,6 +87,8 @@ def normalise(data: bytes) -> list[dict]:
         if t == "edge":
             rec["source_id"] = maps["memory"][rec["source_id"]]
             rec["target_id"] = maps["memory"][rec["target_id"]]
+        if t == "memory_version":
+            rec["memory_id"] = maps["memory"][rec["memory_id"]]
         if t == "message_read":
             rec["message_id"] = maps["message"][rec["message_id"]]
         out.append(rec)
@@ -97,6 +105,7 @@ def test_round_trip_sqlite_jsonl_postgres_jsonl(make_palace, sqlite_url, pg_url)
     assert info["counts"] == {
         "memory": 4,
         "edge": 1,
+        "memory_version": 1,
         "message": 2,
         "message_read": 1,
         "subscription": 1,

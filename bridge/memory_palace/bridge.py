@@ -611,11 +611,42 @@ def _protocol_stdout() -> BinaryIO:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the plugin stopping its bridge (exit 0, unlike Ctrl-C's 130)."""
+
+
 def _terminate(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
+
+
+def parse_args(argv: list[str] | None) -> Any:
+    """--help and --version exit here, before anything is created or served."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="memory-palace-bridge",
+        description="The JSON-lines bridge of the OpenClaw plugin: one request per line on "
+        "stdin, replies and events on stdout. Started by the plugin; configuration comes from "
+        "config.json in the data dir and MEMORY_PALACE_* variables.",
+    )
+    ap.add_argument("--version", action="version", version=f"memory-palace-bridge {__version__}")
+    ap.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data dir holding config.json (default: $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
+    )
+    return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return serve(args)
+    except KeyboardInterrupt as exc:  # during start-up: quiet too
+        return 0 if isinstance(exc, Terminated) else 130
+
+
+def serve(args: Any) -> int:
     out = _protocol_stdout()
     logging.basicConfig(
         stream=sys.stderr,
@@ -624,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        settings = load_settings()
+        settings = load_settings(args.data_dir)
     except MemoryPalaceError as exc:
         log.error("%s", exc.message)
         out.write(
@@ -633,19 +664,20 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
         return 2
     bridge = Bridge(Palace(settings), out)
-    clean = True
+    clean, code = True, 0
     try:
         bridge.write(bridge.start())
         read_lines(sys.stdin.buffer, bridge)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         log.info("terminated")
+        code = 0 if isinstance(exc, Terminated) else 130  # Ctrl-C: the shell's 130
     finally:
         clean = bridge.shutdown()
         out.flush()
     if not clean:  # a worker is stuck in a call: don't wait for it at interpreter exit
         log.warning("exiting with requests still running")
-        os._exit(0)
-    return 0
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from . import __version__
 from .config import load_settings
 from .errors import InvalidParams, MemoryPalaceError
 from .palace import Palace
+from .services.maintenance import CHECKS
 
 EPILOG = """examples:
   memory-palace init
@@ -85,6 +86,12 @@ def _show_set(r: dict[str, Any]) -> None:
         print(f"  linked -> #{link['target']} {link.get('target_subject') or ''} ({link['score']})")
     for s in r.get("suggested_links", []):
         print(f"  similar: #{s['target']} {s.get('target_subject') or ''} ({s['score']})")
+    if r.get("superseded"):
+        print(f"  supersedes #{r['superseded']} (archived)")
+    for c in r.get("possible_conflicts", []):
+        print(f"  possible conflict: #{c['id']} {c.get('subject') or ''} ({c['reason']})")
+    if r.get("possible_conflicts"):
+        print("  (replace one: --supersedes ID or --on-conflict supersede; or edit it)")
 
 
 def _show_dict(r: dict[str, Any], indent: str = "") -> None:
@@ -201,7 +208,10 @@ def _doctor(args: argparse.Namespace) -> int:
     from .doctor import run
 
     return run(
-        load_settings(args.data_dir), database=args.database, expected_processes=args.processes
+        load_settings(args.data_dir),
+        database=args.database,
+        expected_processes=args.processes,
+        as_json=args.json,
     )
 
 
@@ -308,6 +318,494 @@ def _projects(values: list[str] | None) -> str | list[str] | None:
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+# -- remember and the lifecycle commands (edit, history, forget, unarchive) ------------------
+
+Cmd = Callable[[str, str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]
+
+
+def _read_text(path: str) -> str:
+    """A file's text ('-': stdin), or InvalidParams naming the file."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidParams(
+            f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+
+def _content(a: argparse.Namespace, required: bool) -> str | None:
+    if a.file:
+        return _read_text(a.file)
+    if a.content == "-":
+        return _read_text("-")
+    if a.content is None and required:
+        raise InvalidParams(
+            "remember: give the memory text, '-' to read it from stdin, --file PATH or --jsonl"
+        )
+    return a.content
+
+
+def _set_params(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "subject": a.subject,
+        "memory_type": a.type,
+        "project": _projects(a.project),
+        "keywords": a.keyword,
+        "tags": a.tag,
+        "foundational": a.foundational or None,
+        "instance_id": a.instance,
+        "supersedes_id": a.supersedes,
+        "visibility": a.visibility,
+        "ttl_seconds": a.ttl,
+        "expires_at": a.expires_at,
+        "occurred_at": a.occurred_at,
+        "on_conflict": a.on_conflict,
+    }
+
+
+def _remember(args: argparse.Namespace) -> int:
+    if args.jsonl:
+        return _remember_jsonl(args)
+    run = _tool("memory_set", lambda a: {**_set_params(a), "content": _content(a, True)}, _show_set)
+    return run(args)
+
+
+def _remember_jsonl(args: argparse.Namespace) -> int:
+    """One memory_set per line of a JSON-lines file (each line: memory_set parameters; the
+    command's flags fill what a line leaves out), with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    lines = [ln for ln in _read_text(args.jsonl).splitlines() if ln.strip()]
+    defaults = {k: v for k, v in _set_params(args).items() if v is not None}
+    if args.database:
+        defaults["database"] = args.database
+    palace = _palace(args)
+    summary: dict[str, Any] = {"stored": 0, "duplicates": 0, "failed": [], "ids": []}
+    with tqdm(
+        total=len(lines), unit="mem", file=sys.stderr, disable=not sys.stderr.isatty()
+    ) as bar:
+        for lineno, line in enumerate(lines, start=1):
+            try:
+                item = orjson.loads(line)
+                if not isinstance(item, dict):
+                    raise InvalidParams("not a JSON object of memory_set parameters")
+                result = palace.call("memory_set", {**defaults, **item})
+            except (orjson.JSONDecodeError, MemoryPalaceError) as exc:
+                message = exc.message if isinstance(exc, MemoryPalaceError) else str(exc)
+                summary["failed"].append({"line": lineno, "error": message})
+            else:
+                summary["duplicates" if result.get("duplicate_of") else "stored"] += 1
+                summary["ids"].append(result["id"])
+            bar.update(1)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"stored {summary['stored']}, duplicates {summary['duplicates']}, "
+            f"failed {len(summary['failed'])} (of {len(lines)} lines)"
+        )
+        for f in summary["failed"]:
+            print(f"  line {f['line']}: {f['error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def _add_remember(cmd: Cmd) -> None:
+    p = cmd(
+        "remember", "Store a memory (text, '-' for stdin, --file, or --jsonl for many).", _remember
+    )
+    p.add_argument("content", nargs="?", help="the memory text; '-' reads it from stdin")
+    p.add_argument("--file", "-f", metavar="PATH", help="read the memory text from a file")
+    p.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help="store one memory per line: JSON objects of memory_set parameters ('-': stdin)",
+    )
+    p.add_argument("--subject", "-s", help="short title")
+    p.add_argument("--type", "-t", help="memory type (default: fact)")
+    p.add_argument("--project", "-p", action="append", help="project (repeat for several)")
+    p.add_argument("--keyword", "-k", action="append", help="keyword (repeatable)")
+    p.add_argument("--tag", action="append", help="tag (repeatable)")
+    p.add_argument("--foundational", action="store_true", help="never archived, never stale")
+    p.add_argument("--instance", help="writer instance id")
+    p.add_argument("--supersedes", type=int, metavar="ID", help="archive this memory, link it")
+    p.add_argument("--visibility", help="shared, private or a scope name")
+    p.add_argument("--ttl", type=int, metavar="SECONDS", help="expire after this many seconds")
+    p.add_argument("--expires-at", metavar="TIME", help="expire at this ISO 8601 time")
+    p.add_argument("--occurred-at", metavar="TIME", help="when it happened (ISO 8601)")
+    p.add_argument(
+        "--on-conflict",
+        choices=["report", "supersede"],
+        help="supersede: replace the memory it contradicts (default: report it)",
+    )
+
+
+def _add_time_bounds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="TIME", help="happened at or after (ISO 8601)")
+    p.add_argument("--until", metavar="TIME", help="happened before (ISO 8601)")
+
+
+def _show_history(r: dict[str, Any]) -> None:
+    for v in r["versions"]:
+        changed = f" changed {', '.join(v['changed'])}" if v["changed"] else " created"
+        why = f" ({v['reason']})" if v.get("reason") else ""
+        print(f"v{v['version']} {v['at']} by {v['by']}:{changed}{why}")
+        print(f"    [{v['memory_type']}] {v['subject'] or ''}: {v['content']}")
+    for label, key in (("replaces", "replaces"), ("replaced by", "replaced_by")):
+        for m in r[key]:
+            print(f"{label} #{m['id']} {m['subject'] or ''}")
+
+
+def _edit_params(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "memory_id": a.id,
+        "content": _content(a, False),
+        "subject": a.subject,
+        "memory_type": a.type,
+        "project": _projects(a.project),
+        "keywords": a.keyword,
+        "tags": a.tag,
+        "foundational": a.foundational,
+        "visibility": a.visibility,
+        "ttl_seconds": a.ttl,
+        "expires_at": a.expires_at,
+        "occurred_at": a.occurred_at,
+        "reason": a.reason,
+    }
+
+
+def _add_lifecycle_commands(cmd: Cmd) -> None:
+    p = cmd(
+        "edit",
+        "Change a memory in place (re-embedded; the old values stay in its history).",
+        _tool("memory_update", _edit_params, _show_dict),
+    )
+    p.add_argument("id", type=int, metavar="ID", help="the memory to change")
+    p.add_argument("content", nargs="?", help="new text; '-' reads it from stdin")
+    p.add_argument("--file", "-f", metavar="PATH", help="read the new text from a file")
+    p.add_argument("--subject", "-s", help="new title ('' removes it)")
+    p.add_argument("--type", "-t", help="new memory type")
+    p.add_argument("--project", "-p", action="append", help="new projects (repeatable)")
+    p.add_argument("--keyword", "-k", action="append", help="new keywords (repeatable)")
+    p.add_argument("--tag", action="append", help="new tags (repeatable)")
+    p.add_argument("--foundational", action=argparse.BooleanOptionalAction, help="mark or unmark")
+    p.add_argument("--visibility", help="shared, private or a scope name")
+    p.add_argument("--ttl", type=int, metavar="SECONDS", help="expire after N seconds (0: never)")
+    p.add_argument("--expires-at", metavar="TIME", help="expire at this time ('': never)")
+    p.add_argument("--occurred-at", metavar="TIME", help="when it happened (ISO 8601)")
+    p.add_argument("--reason", help="why; kept in the history")
+
+    p = cmd(
+        "history",
+        "Show a memory's versions and what it replaced or was replaced by.",
+        _tool("memory_history", lambda a: {"memory_id": a.id}, _show_history),
+    )
+    p.add_argument("id", type=int, metavar="ID", help="the memory")
+
+    p = cmd(
+        "forget",
+        "Delete memories for good, by ids or filters (dry run unless --execute).",
+        _tool(
+            "memory_forget",
+            lambda a: {
+                "memory_ids": a.ids or None,
+                "instance_id": a.instance,
+                "project": _projects(a.project),
+                "memory_type": a.type,
+                "older_than_days": a.older_than_days,
+                "dry_run": not a.execute,
+            },
+            _show_dict,
+        ),
+    )
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="memories to delete")
+    p.add_argument("--instance", help="only memories written by this instance")
+    p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
+    p.add_argument("--type", "-t", help="memory type filter")
+    p.add_argument("--older-than-days", type=int, help="only memories older than this")
+    p.add_argument("--execute", action="store_true", help="really delete (default: dry run)")
+
+    p = cmd(
+        "unarchive",
+        "Restore archived memories.",
+        _tool("memory_unarchive", lambda a: {"memory_ids": a.ids}, _show_dict),
+    )
+    p.add_argument("ids", nargs="+", type=int, metavar="ID", help="memories to restore")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default, unless the text already says it or there is
+    none worth showing (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _global_flags(p: argparse.ArgumentParser, *, before: bool) -> None:
+    """The flags every command takes, accepted before the command (`before`, with real
+    defaults) and after it (defaults suppressed, so they never reset a value given before)."""
+
+    def default(value: Any) -> Any:
+        return value if before else argparse.SUPPRESS
+
+    p.add_argument(
+        "--database",
+        "-d",
+        metavar="NAME",
+        default=default(None),
+        help="named database (memory domain); default: config default_database",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON for scripts"
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=default(None),
+        help="config/data directory (default: $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="log to stderr"
+    )
+
+
+def _add_reading_commands(cmd: Cmd) -> None:
+    """recall, get, recent, stats."""
+    p = cmd(
+        "recall",
+        "Search memories by meaning and exact words.",
+        _tool(
+            "memory_recall",
+            lambda a: {
+                "query": a.query,
+                "project": _projects(a.project),
+                "memory_type": a.type,
+                "instance_id": a.instance,
+                "limit": a.limit,
+                "include_archived": a.include_archived or None,
+                "include_graph": not a.no_graph,
+                "since": a.since,
+                "until": a.until,
+                "dates": a.dates or None,
+            },
+            _show_memories,
+        ),
+    )
+    _add_time_bounds(p)
+    p.add_argument(
+        "--dates", action="store_true", help="read 'yesterday', 'last week', 'in March' as dates"
+    )
+    p.add_argument("query", help="what to look for")
+    p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
+    p.add_argument("--type", "-t", help="memory type ('*' wildcard)")
+    p.add_argument("--instance", help="only memories of this instance")
+    p.add_argument("--limit", "-n", type=int, default=10, help="max results (default 10)")
+    p.add_argument("--include-archived", action="store_true", help="also search archived memories")
+    p.add_argument("--no-graph", action="store_true", help="skip graph context")
+
+    p = cmd(
+        "get",
+        "Show memories by id.",
+        _tool(
+            "memory_get",
+            lambda a: {
+                "memory_ids": a.ids[0] if len(a.ids) == 1 else a.ids,
+                "traverse": a.traverse or None,
+                "graph_depth": a.depth,
+            },
+            _show_memories,
+        ),
+    )
+    p.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
+    p.add_argument("--traverse", action="store_true", help="walk the graph from each id")
+    p.add_argument("--depth", type=int, default=1, help="graph depth (default 1)")
+
+    p = cmd(
+        "recent",
+        "List the newest memories.",
+        _tool(
+            "memory_recent",
+            lambda a: {
+                "limit": a.limit,
+                "project": _projects(a.project),
+                "memory_type": a.type,
+                "verbose": a.verbose_cards or None,
+                "since": a.since,
+                "until": a.until,
+            },
+            _show_memories,
+        ),
+    )
+    _add_time_bounds(p)
+    p.add_argument("--limit", "-n", type=int, default=20, help="how many memories")
+    p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
+    p.add_argument("--type", "-t", help="memory type ('*' wildcard)")
+    p.add_argument("--full", dest="verbose_cards", action="store_true", help="full memories")
+
+    cmd(
+        "stats",
+        "Counts by type, instance and project.",
+        _tool("memory_stats", lambda a: {}, _show_dict),
+    )
+
+
+def _add_maintenance_commands(cmd: Cmd) -> None:
+    """archive, audit, reembed, doctor, call, tools, token, export, import."""
+    p = cmd(
+        "archive",
+        "Archive memories (dry run unless --execute).",
+        _tool(
+            "memory_archive",
+            lambda a: {
+                "memory_ids": a.ids or None,
+                "older_than_days": a.older_than_days,
+                "max_access_count": a.max_access,
+                "memory_type": a.type,
+                "project": _projects(a.project),
+                "reason": a.reason,
+                "dry_run": not a.execute,
+            },
+            _show_dict,
+        ),
+    )
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="memory ids to archive")
+    p.add_argument(
+        "--older-than-days", type=int, metavar="N", help="only memories created over N days ago"
+    )
+    p.add_argument("--max-access", type=int, help="only memories accessed at most N times")
+    p.add_argument("--type", "-t", help="only this memory type ('*' wildcard)")
+    p.add_argument("--project", "-p", action="append", help="only these projects (repeatable)")
+    p.add_argument("--reason", help="why (kept with each archived memory)")
+    p.add_argument("--execute", action="store_true", help="really archive (default: dry run)")
+
+    p = cmd(
+        "audit",
+        "Find duplicates, stale memories, orphan edges and more.",
+        _tool(
+            "memory_audit",
+            lambda a: {"checks": a.check, "project": a.project, "limit_per_category": a.limit},
+            _show_dict,
+        ),
+    )
+    p.add_argument(
+        "--check",
+        action="append",
+        choices=CHECKS,
+        metavar="CHECK",
+        help=f"run only this check (repeatable; default: all): {', '.join(CHECKS)}",
+    )
+    p.add_argument("--project", "-p", help="only this project")
+    p.add_argument("--limit", type=int, default=20, help="findings per check")
+
+    p = cmd(
+        "reembed",
+        "Re-embed memories with the configured embedder (dry run unless --execute).",
+        _reembed,
+    )
+    p.add_argument("--all", action="store_true", help="every memory (to change embedder)")
+    p.add_argument(
+        "--missing-only",
+        action="store_true",
+        help="only memories without a vector from the current embedder",
+    )
+    p.add_argument("--ids", type=int, nargs="+", metavar="ID", help="only these memories")
+    p.add_argument("--project", "-p", help="only this project")
+    p.add_argument(
+        "--older-than-days", type=int, metavar="N", help="only memories created over N days ago"
+    )
+    p.add_argument("--batch-size", type=int, default=50, help="memories embedded per batch")
+    p.add_argument("--execute", action="store_true", help="really re-embed (default: dry run)")
+
+    p = cmd("doctor", "Check the database setup and print fixes (exit 1 on failure).", _doctor)
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="processes expected to share the server, for the max_connections check "
+        "(default: configured instances, at least 2)",
+    )
+
+    p = cmd("call", "Call any tool by name with JSON parameters; prints its JSON result.", _call)
+    p.add_argument("tool", help="tool name (see `memory-palace tools`)")
+    p.add_argument(
+        "params", nargs="?", default="{}", help="the parameters as one JSON object (default: {})"
+    )
+    p.add_argument(
+        "--param",
+        "-P",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one parameter; VALUE is read as JSON when it parses, else as text (repeatable)",
+    )
+    cmd("tools", "List every tool with its description (--json: with parameter schemas).", _tools)
+
+    p = cmd("export", "Write memories, edges and messages to a JSONL file.", _export)
+    p.add_argument("file", help="output .jsonl path ('-' for stdout)")
+    p = cmd("import", "Load a JSONL export into a database.", _import)
+    p.add_argument("file", help="input .jsonl path ('-' for stdin)")
+    p.add_argument("--force", action="store_true", help="import even if the target has rows")
+
+
+def _add_token_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """token create | list | revoke (a command with actions, each taking the common flags)."""
+    help_ = (
+        "Create, list or revoke the tokens that bind an agent to its instance (admin; they "
+        "live in the default database)."
+    )
+    p = sub.add_parser("token", help=help_, description=help_, formatter_class=HelpFormatter)
+    p.set_defaults(func=_token)
+    token = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = token.add_parser(
+        "create",
+        parents=[common],
+        formatter_class=HelpFormatter,
+        help="a new token for INSTANCE, printed once",
+        description="Create a token for INSTANCE; it is printed once and stored only as a "
+        "salted scrypt hash. Servers given it (MEMORY_PALACE_TOKEN) act as INSTANCE.",
+    )
+    t.add_argument("instance", help="the instance the token stands for")
+    t.add_argument(
+        "--role",
+        choices=["reader", "writer", "admin"],
+        default="writer",
+        help="reader: read its scopes; writer: also write; admin: also tokens, scopes and "
+        "database tools (default: writer)",
+    )
+    t.add_argument(
+        "--acts-as",
+        action="append",
+        metavar="INSTANCE",
+        help="another instance this token may act for (a gateway serving several agents; "
+        "repeatable)",
+    )
+    token.add_parser(
+        "list",
+        parents=[common],
+        help="every token (never the secrets)",
+        description="List tokens.",
+        formatter_class=HelpFormatter,
+    )
+    t = token.add_parser(
+        "revoke",
+        parents=[common],
+        help="stop a token working",
+        description="Revoke a token.",
+        formatter_class=HelpFormatter,
+    )
+    t.add_argument("token_id", help="the token's id (see `token list`)")
 
 
 # -- message: send, read and follow messages (self-contained: parser and printing) ---------
@@ -459,32 +957,23 @@ def _add_message_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--database",
-        "-d",
-        metavar="NAME",
-        help="named database (memory domain); default: config default_database",
-    )
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    common.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="config/data directory (default $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
-    )
+    _global_flags(common, before=False)
     parser = argparse.ArgumentParser(
         prog="memory-palace",
         description="Shared, persistent memory for AI agents.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"memory-palace {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    _global_flags(parser, before=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(
         name: str, help_: str, func: Callable[[argparse.Namespace], int]
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p = sub.add_parser(
+            name, parents=[common], help=help_, description=help_, formatter_class=HelpFormatter
+        )
         p.set_defaults(func=func)
         return p
 
@@ -501,241 +990,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="check: validate; show: print the effective settings as JSON",
     )
 
-    p = cmd(
-        "remember",
-        "Store a memory.",
-        _tool(
-            "memory_set",
-            lambda a: {
-                "content": a.content,
-                "subject": a.subject,
-                "memory_type": a.type,
-                "project": _projects(a.project),
-                "keywords": a.keyword,
-                "tags": a.tag,
-                "foundational": a.foundational or None,
-                "instance_id": a.instance,
-                "supersedes_id": a.supersedes,
-            },
-            _show_set,
-        ),
-    )
-    p.add_argument("content", help="the memory text")
-    p.add_argument("--subject", "-s", help="short title")
-    p.add_argument("--type", "-t", default="fact", help="memory type (default: fact)")
-    p.add_argument("--project", "-p", action="append", help="project (repeat for several)")
-    p.add_argument("--keyword", "-k", action="append", help="keyword (repeatable)")
-    p.add_argument("--tag", action="append", help="tag (repeatable)")
-    p.add_argument("--foundational", action="store_true", help="never archived, never stale")
-    p.add_argument("--instance", help="writer instance id")
-    p.add_argument("--supersedes", type=int, metavar="ID", help="archive this memory, link it")
+    _add_remember(cmd)
 
-    p = cmd(
-        "recall",
-        "Search memories by meaning and exact words.",
-        _tool(
-            "memory_recall",
-            lambda a: {
-                "query": a.query,
-                "project": _projects(a.project),
-                "memory_type": a.type,
-                "instance_id": a.instance,
-                "limit": a.limit,
-                "include_archived": a.include_archived or None,
-                "include_graph": not a.no_graph,
-            },
-            _show_memories,
-        ),
-    )
-    p.add_argument("query", help="what to look for")
-    p.add_argument("--project", "-p", action="append", help="project filter (repeat: any of)")
-    p.add_argument("--type", "-t", help="memory type ('*' wildcard)")
-    p.add_argument("--instance", help="only memories of this instance")
-    p.add_argument("--limit", "-n", type=int, default=10, help="max results (default 10)")
-    p.add_argument("--include-archived", action="store_true")
-    p.add_argument("--no-graph", action="store_true", help="skip graph context")
-
-    p = cmd(
-        "get",
-        "Show memories by id.",
-        _tool(
-            "memory_get",
-            lambda a: {
-                "memory_ids": a.ids[0] if len(a.ids) == 1 else a.ids,
-                "traverse": a.traverse or None,
-                "graph_depth": a.depth,
-            },
-            _show_memories,
-        ),
-    )
-    p.add_argument("ids", nargs="+", type=int, metavar="ID")
-    p.add_argument("--traverse", action="store_true", help="walk the graph from each id")
-    p.add_argument("--depth", type=int, default=1, help="graph depth (default 1)")
-
-    p = cmd(
-        "recent",
-        "List the newest memories.",
-        _tool(
-            "memory_recent",
-            lambda a: {
-                "limit": a.limit,
-                "project": _projects(a.project),
-                "memory_type": a.type,
-                "verbose": a.verbose_cards or None,
-            },
-            _show_memories,
-        ),
-    )
-    p.add_argument("--limit", "-n", type=int, default=20)
-    p.add_argument("--project", "-p", action="append")
-    p.add_argument("--type", "-t")
-    p.add_argument("--full", dest="verbose_cards", action="store_true", help="full memories")
-
-    cmd(
-        "stats",
-        "Counts by type, instance and project.",
-        _tool("memory_stats", lambda a: {}, _show_dict),
-    )
-
-    p = cmd(
-        "archive",
-        "Archive memories (dry run unless --execute).",
-        _tool(
-            "memory_archive",
-            lambda a: {
-                "memory_ids": a.ids or None,
-                "older_than_days": a.older_than_days,
-                "max_access_count": a.max_access,
-                "memory_type": a.type,
-                "project": _projects(a.project),
-                "reason": a.reason,
-                "dry_run": not a.execute,
-            },
-            _show_dict,
-        ),
-    )
-    p.add_argument("ids", nargs="*", type=int, metavar="ID")
-    p.add_argument("--older-than-days", type=int)
-    p.add_argument("--max-access", type=int, help="only memories accessed at most N times")
-    p.add_argument("--type", "-t")
-    p.add_argument("--project", "-p", action="append")
-    p.add_argument("--reason")
-    p.add_argument("--execute", action="store_true", help="really archive (default: dry run)")
-
-    p = cmd(
-        "audit",
-        "Find duplicates, stale memories, orphan edges and more.",
-        _tool(
-            "memory_audit",
-            lambda a: {"checks": a.check, "project": a.project, "limit_per_category": a.limit},
-            _show_dict,
-        ),
-    )
-    p.add_argument("--check", action="append", help="run only this check (repeatable)")
-    p.add_argument("--project", "-p")
-    p.add_argument("--limit", type=int, default=20, help="findings per check")
-
-    p = cmd(
-        "reembed",
-        "Re-embed memories with the configured embedder (dry run unless --execute).",
-        _reembed,
-    )
-    p.add_argument("--all", action="store_true", help="every memory (to change embedder)")
-    p.add_argument(
-        "--missing-only",
-        action="store_true",
-        help="only memories without a vector from the current embedder",
-    )
-    p.add_argument("--ids", type=int, nargs="+", metavar="ID")
-    p.add_argument("--project", "-p")
-    p.add_argument("--older-than-days", type=int)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--execute", action="store_true", help="really re-embed (default: dry run)")
-
-    p = cmd("doctor", "Check the database setup and print fixes (exit 1 on failure).", _doctor)
-    p.add_argument(
-        "--processes",
-        type=int,
-        metavar="N",
-        help="processes expected to share the server, for the max_connections check "
-        "(default: configured instances, at least 2)",
-    )
-
-    p = cmd("call", "Call any tool by name with JSON parameters; prints its JSON result.", _call)
-    p.add_argument("tool", help="tool name (see `memory-palace tools`)")
-    p.add_argument(
-        "params", nargs="?", default="{}", help="the parameters as one JSON object (default: {})"
-    )
-    p.add_argument(
-        "--param",
-        "-P",
-        action="append",
-        metavar="KEY=VALUE",
-        help="one parameter; VALUE is read as JSON when it parses, else as text (repeatable)",
-    )
-    cmd("tools", "List every tool with its description (--json: with parameter schemas).", _tools)
-
-    help_ = (
-        "Create, list or revoke the tokens that bind an agent to its instance (admin; they "
-        "live in the default database)."
-    )
-    p = sub.add_parser("token", help=help_, description=help_)
-    p.set_defaults(func=_token)
-    token = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    t = token.add_parser(
-        "create",
-        parents=[common],
-        help="a new token for INSTANCE, printed once",
-        description="Create a token for INSTANCE; it is printed once and stored only as a "
-        "salted scrypt hash. Servers given it (MEMORY_PALACE_TOKEN) act as INSTANCE.",
-    )
-    t.add_argument("instance", help="the instance the token stands for")
-    t.add_argument(
-        "--role",
-        choices=["reader", "writer", "admin"],
-        default="writer",
-        help="reader: read its scopes; writer: also write; admin: also tokens, scopes and "
-        "database tools (default: writer)",
-    )
-    t.add_argument(
-        "--acts-as",
-        action="append",
-        metavar="INSTANCE",
-        help="another instance this token may act for (a gateway serving several agents; "
-        "repeatable)",
-    )
-    token.add_parser(
-        "list", parents=[common], help="every token (never the secrets)", description="List tokens."
-    )
-    t = token.add_parser(
-        "revoke", parents=[common], help="stop a token working", description="Revoke a token."
-    )
-    t.add_argument("token_id", help="the token's id (see `token list`)")
-
+    _add_reading_commands(cmd)
+    _add_lifecycle_commands(cmd)
+    _add_maintenance_commands(cmd)
+    _add_token_command(sub, common)
     _add_message_parser(sub, common)
-
-    p = cmd("export", "Write memories, edges and messages to a JSONL file.", _export)
-    p.add_argument("file", help="output .jsonl path ('-' for stdout)")
-    p = cmd("import", "Load a JSONL export into a database.", _import)
-    p.add_argument("file", help="input .jsonl path ('-' for stdin)")
-    p.add_argument("--force", action="store_true", help="import even if the target has rows")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            stream=sys.stderr,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
         return args.func(args)
     except MemoryPalaceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: quiet, the shell's convention for SIGINT
         return 130
 
 

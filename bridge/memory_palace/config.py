@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
 
 from .errors import ConfigError
 
@@ -28,6 +30,7 @@ ENV_WEIGHTS = {
     "MEMORY_PALACE_WEIGHT_SIMILARITY": "similarity",
     "MEMORY_PALACE_WEIGHT_ACCESS": "access",
     "MEMORY_PALACE_WEIGHT_CENTRALITY": "centrality",
+    "MEMORY_PALACE_WEIGHT_RECENCY": "recency",
 }
 
 
@@ -60,6 +63,10 @@ class Weights(_Strict):
     similarity: float = Field(1.0, ge=0)
     access: float = Field(0.0, ge=0)
     centrality: float = Field(0.0, ge=0)
+    # Recency decay: 0.5 ** (age / recall.half_life_days) on occurred_at (else created_at);
+    # foundational memories count as new. Off: bench_quality's memories carry no dates, so it
+    # cannot choose a weight.
+    recency: float = Field(0.0, ge=0)
 
 
 class Bm25Params(_Strict):
@@ -81,6 +88,7 @@ class Recall(_Strict):
     keyword_weight: float | None = Field(None, ge=0, le=100)
     keyword_threshold: float | None = Field(None, ge=0, lt=1)
     identifier_weight: float = Field(1.0, ge=0, le=10)
+    half_life_days: float = Field(30.0, gt=0, le=36500)  # of the recency weight
     bm25: Bm25Params = Bm25Params()
     field_weights: FieldWeights = FieldWeights()
     candidates: int = Field(100, ge=1, le=1000)
@@ -102,6 +110,27 @@ class Limits(_Strict):
     max_content_bytes: int = Field(256 * 1024, ge=1024, le=8 * 1024 * 1024)
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     max_reply_bytes: int = Field(1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
+
+
+class Postgres(_Strict):
+    """Connections to PostgreSQL, per process and database. The pool keeps at most `pool_size`
+    idle connections and opens up to `max_overflow` more under load (closed when returned); a
+    call waits up to `pool_timeout` seconds for one. `listen_url` is a direct URL to the same
+    server for LISTEN when `url` goes through PgBouncer in transaction mode (each database's
+    name replaces the one in it)."""
+
+    pool_size: int = Field(5, ge=1, le=100)
+    max_overflow: int = Field(10, ge=0, le=1000)
+    pool_timeout: float = Field(30.0, gt=0, le=600)
+    listen_url: str | None = Field(None, min_length=1)
+
+    @field_validator("listen_url")
+    @classmethod
+    def _listen_url(cls, value: str | None) -> str | None:
+        scheme = value.split("://", 1)[0].split("+", 1)[0] if value else ""
+        if value is not None and scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a postgresql:// URL (LISTEN needs PostgreSQL)")
+        return value
 
 
 class Synthesis(_Strict):
@@ -131,6 +160,7 @@ class ConfigFile(_Strict):
     auto_link: AutoLink = AutoLink()
     recall: Recall = Recall()
     limits: Limits = Limits()
+    postgres: Postgres = Postgres()
 
     @field_validator("instances")
     @classmethod
@@ -150,6 +180,7 @@ EXAMPLES = {
     '"centrality": 0.15}}',
     "auto_link": '{"enabled": true, "link_threshold": 0.75}',
     "limits": '{"max_content_bytes": 262144}',
+    "postgres": '{"pool_size": 2, "max_overflow": 3, "listen_url": "postgresql://u:p@db/x"}',
     "instance_routes": '{"sandy": {"gateway": "http://127.0.0.1:18789", "token": "..."}}',
 }
 
@@ -184,6 +215,7 @@ class Settings:
     weights: Mapping[str, float] = field(default_factory=dict)
     recall: Recall = field(default_factory=Recall)
     limits: Limits = field(default_factory=Limits)
+    postgres: Postgres = field(default_factory=Postgres)
 
     @property
     def max_limit(self) -> int:
@@ -199,16 +231,59 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
     return Path(raw).expanduser() if raw else Path.home() / ".memory-palace"
 
 
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***: parsed when it parses, else cut at its
+    structure (everything between 'user:' and the last '@' is the password), so a scheme
+    typo, a bad port or an unescaped '@' in the password never shows the password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _QUERY_PASSWORD.sub(r"\1***", url)
+    try:
+        parsed = make_url(url)
+    except Exception:
+        parsed = None
+    if parsed is not None and rest.count("@") <= 1:
+        shown = parsed.render_as_string(hide_password=parsed.password is not None)
+    elif "@" in rest:
+        userinfo, host = rest.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        shown = f"{scheme}://{user}{':***' if colon else ''}@{host}"
+    else:
+        shown = url
+    return _QUERY_PASSWORD.sub(r"\1***", shown)
+
+
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&])password=)[^&]*", re.IGNORECASE)
+
+
 def type_from_url(url: str) -> str:
+    """'sqlite' or 'postgres' for a URL that parses; ConfigError (password masked) otherwise."""
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
+        if not url.split(":", 1)[1].startswith("///"):
+            raise ConfigError(
+                f"SQLite URL {mask_url(url)} must look like sqlite:///path/to/file.db (three "
+                "slashes, no user, password or host)"
+            )
         return "sqlite"
-    if scheme in ("postgres", "postgresql"):
-        return "postgres"
-    raise ConfigError(
-        f"unsupported database URL scheme {scheme!r}: use sqlite:///path/to/file.db or "
-        "postgresql://user:pass@host:5432/dbname"
-    )
+    if scheme not in ("postgres", "postgresql"):
+        raise ConfigError(
+            f"unsupported database URL scheme {scheme!r} in {mask_url(url)}: use "
+            "sqlite:///path/to/file.db or postgresql://user:pass@host:5432/dbname"
+        )
+    try:
+        make_url(url)
+        if url.partition("://")[2].split("?", 1)[0].count("@") > 1:
+            raise ValueError("an unescaped @ in the password")
+    except Exception as exc:  # sqlalchemy: ArgumentError, or ValueError for a bad port
+        reason = str(exc) if "password" in str(exc) else "malformed"
+        reason = "the port must be a number" if "int()" in str(exc) else reason
+        raise ConfigError(
+            f"database URL {mask_url(url)} cannot be parsed ({reason}); use "
+            "postgresql://user:pass@host:5432/dbname, with characters such as @ : / in the "
+            "password percent-encoded (@ is %40)"
+        ) from None
+    return "postgres"
 
 
 def _key(loc: tuple[Any, ...]) -> str:
@@ -395,4 +470,5 @@ def load_settings(
         weights=_weights(cfg, env, where),
         recall=cfg.recall,
         limits=cfg.limits,
+        postgres=cfg.postgres,
     )

@@ -8,6 +8,7 @@
     ├── Conflict                 CONFLICT             duplicate edge, mixed dimensions, ...
     ├── PermissionDenied         PERMISSION_DENIED    a privilege, grant or file mode is missing
     ├── BackendUnavailable       BACKEND_UNAVAILABLE  database down, connection lost, disk full
+    │   └── TransactionAborted   BACKEND_UNAVAILABLE  deadlock / serialization failure (retried)
     └── EmbedderUnavailable      EMBEDDER_UNAVAILABLE embedder failed or mismatches stored rows
 
 Driver exceptions are mapped to these at one boundary (`db/errors.py`). Every message says
@@ -69,6 +70,11 @@ class BackendUnavailable(MemoryPalaceError):
     code = "BACKEND_UNAVAILABLE"
 
 
+class TransactionAborted(BackendUnavailable):
+    """PostgreSQL aborted a transaction to break a deadlock or a serialization conflict.
+    Nothing was written, so `Palace.call` runs the tool once more before reporting it."""
+
+
 class EmbedderUnavailable(MemoryPalaceError):
     code = "EMBEDDER_UNAVAILABLE"
 
@@ -97,5 +103,6 @@ __all__ = [
     "MemoryPalaceError",
     "NotFound",
     "PermissionDenied",
+    "TransactionAborted",
     "to_wire",
 ]

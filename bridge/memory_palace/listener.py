@@ -335,7 +335,7 @@ class PushListener(Listener):
             self._synced.notify_all()
 
     def _connect(self, first: bool) -> None:
-        self._conn = self.db.backend.open_listen(self.db.url)
+        self._conn = self.db.backend.open_listen(self.db.listen_url)
         self._listening = set()
         self._sync_listens()
         self.state = "listening"

@@ -7,6 +7,7 @@ parameters are validated against the registry, its dependencies are passed in by
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +20,12 @@ from .db import schema
 from .db.catalog import Catalog
 from .db.engine import Database, dispose_engines, get_database
 from .embeddings import Embedder, create_embedder
-from .errors import MemoryPalaceError, PermissionDenied
-from .services import access, vectors
+from .errors import MemoryPalaceError, PermissionDenied, TransactionAborted
+from .services import access, lifecycle, vectors
 from .services.access import Caller
 from .tools import Registry, Tool, validate
+
+log = logging.getLogger("memory_palace")
 
 TOKEN_RECHECK_S = 30.0  # how long a verified token is trusted before it is looked up again
 
@@ -60,13 +63,14 @@ class Palace:
     def database(self, name: str | None = None) -> Database:
         """The named database (None = current default), created and migrated on first use."""
         _, url = self.catalog.resolve(name)
-        db = get_database(url)
+        db = get_database(url, self.settings.postgres)
         if not db.schema_ready:
             try:
                 dim: int | None = self.embedder.dim
             except MemoryPalaceError:
                 dim = None  # SQLite stores BLOBs: an embedder that is down can't block memories
             schema.migrate(db, dim)
+        lifecycle.maybe_sweep(db)  # on first use, then every few minutes of use
         return db
 
     def check_embedder(self, db: Database) -> None:
@@ -157,7 +161,13 @@ class Palace:
         named = args.get("database")
         who = self.identify(tool, args, caller or self.caller)
         deps = self._dependencies(tool, args, who)
-        result = tool.handler(**deps, **args, **hooks)
+        try:
+            result = tool.handler(**deps, **args, **hooks)
+        except TransactionAborted as exc:
+            # A deadlock or serialization failure rolled the transaction back: every tool's
+            # writes are one transaction (or idempotent), so running it again is safe.
+            log.info("%s: transaction aborted (%s); retrying once", tool.name, exc.message)
+            result = tool.handler(**deps, **args, **hooks)
         db = deps.get("db")
         if named is not None and db.take_created():  # a name created a database: say so
             result["database_created"] = {"name": named, "url": db.masked_url, "backend": db.kind}

@@ -51,16 +51,36 @@ GraphMode = Annotated[Literal["summary", "full"], P("Graph context format.")]
 Direction = Annotated[Literal["outgoing", "incoming", "both"], P("Edge direction for traversal.")]
 DetailLevel = Annotated[Literal["summary", "verbose"], P("Memory detail.")]
 DryRun = Annotated[bool, P("Only report what would change.")]
+OccurredAt = Annotated[
+    str | None,
+    P("When it happened (ISO 8601, e.g. 2026-03-14 or 2026-03-14T15:09Z); default: when stored."),
+]
+MAX_TTL_SECONDS = 100 * 365 * 86400
+TtlSeconds = Annotated[
+    int | None, P("Expire this many seconds from now.", minimum=1, maximum=MAX_TTL_SECONDS)
+]
+ExpiresAt = Annotated[str | None, P("Expire at this time (ISO 8601).")]
+Since = Annotated[
+    str | None,
+    P("Only memories that happened at or after this time (ISO 8601; occurred_at, else stored)."),
+]
+Until = Annotated[str | None, P("Only memories that happened before this time (ISO 8601).")]
 
 __all__ = [
     "MAX_INT64",
+    "MAX_TTL_SECONDS",
     "ByInstance",
     "DetailLevel",
     "Direction",
     "DryRun",
+    "ExpiresAt",
     "GraphMode",
     "IncludeArchived",
     "MemoryType",
+    "OccurredAt",
     "P",
     "Project",
+    "Since",
+    "TtlSeconds",
+    "Until",
 ]

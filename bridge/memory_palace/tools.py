@@ -23,7 +23,7 @@ import orjson
 
 from .errors import InvalidParams
 from .params import MAX_INT64, P
-from .services import access, databases, maintenance, memories, messages, recall
+from .services import access, databases, lifecycle, maintenance, memories, messages, recall
 
 #: What a handler may ask for by naming a leading parameter.
 DEPENDENCIES = ("db", "embedder", "settings", "catalog", "open_database", "caller")
@@ -162,6 +162,10 @@ TOOLS: tuple[Tool, ...] = (
     Tool.of(memories.archive, "memory_archive", role="writer"),
     Tool.of(memories.link, "memory_link", role="writer"),
     Tool.of(memories.unlink, "memory_unlink", role="writer"),
+    Tool.of(lifecycle.update, "memory_update", role="writer"),
+    Tool.of(lifecycle.history, "memory_history"),
+    Tool.of(lifecycle.forget, "memory_forget", role="writer"),
+    Tool.of(lifecycle.unarchive, "memory_unarchive", role="writer"),
     Tool.of(memories.stats, "memory_stats"),
     Tool.of(maintenance.audit, "memory_audit"),
     Tool.of(maintenance.reembed, "memory_reembed", role="admin"),

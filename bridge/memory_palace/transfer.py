@@ -79,8 +79,10 @@ def export_jsonl(
 ) -> dict[str, Any]:
     """Write every row of the named database (None = default) as JSON lines.
 
-    Returns {"database", "counts": {record type: n}}.
+    Returns {"database", "counts": {record type: n}}. Needs the admin role: the file holds
+    every instance's memories and messages (tokens are never exported).
     """
+    palace.caller.check_role("admin", "export")
     db = palace.database(database)
     counts: dict[str, int] = {}
     with _open(path_or_file, "wb") as fh:
@@ -164,8 +166,10 @@ def import_jsonl(
     """Load a JSONL export into the named database (created when missing), keeping ids.
 
     Refuses a database that holds rows unless force=True; rows whose keys exist are kept.
-    Returns {"database", "counts": {record type: lines read}, "inserted": {...}}.
+    Returns {"database", "counts": {record type: lines read}, "inserted": {...}}. Needs the
+    admin role.
     """
+    palace.caller.check_role("admin", "import")
     with _open(path_or_file, "rb") as fh:
         lines = fh.read().splitlines()
     header = _read_header(lines)

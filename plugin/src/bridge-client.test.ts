@@ -54,6 +54,19 @@ describe("BridgeClient with a fake bridge", () => {
     expect(starts()).toBe(1);
   });
 
+  it("sends the caller with a request and reports the ready line's identity", async () => {
+    const { client, logger } = fake("normal", {}, { MEMORY_PALACE_INSTANCE_ID: "gw" });
+    expect(await client.call("memory_stats", {}, { timeoutMs: 5000, caller: "alice" })).toEqual({ method: "memory_stats", params: {}, caller: "alice" });
+    expect(await client.call("memory_stats", {}, { timeoutMs: 5000 })).toEqual({ method: "memory_stats", params: {} });
+    const denied = (await client.call("memory_set", { content: "x", instance_id: "bob" }, { timeoutMs: 5000, caller: "alice" }).catch((e: unknown) => e)) as BridgeError;
+    expect(denied.code).toBe("PERMISSION_DENIED");
+    expect(client.identity).toEqual({ instance: "gw", role: "admin", verified: false });
+    expect(logger.lines.join("\n")).toContain("identity gw (admin, unverified: no token)");
+    // Announcements carry the instance as caller, so a bridge bound by caller accepts them.
+    await client.serve("alice");
+    expect(client.served).toEqual(["alice", "gw"]);
+  });
+
   it("turns a refusal into a BridgeError carrying the bridge's domain code and data", async () => {
     const { client } = fake("normal");
     const error = await client.call("fail", {}, { timeoutMs: 5000 }).catch((e: unknown) => e);
@@ -159,7 +172,8 @@ describe("BridgeClient with a fake bridge", () => {
   it("retries a failed announcement with backoff until it holds", async () => {
     const { client, events, logger } = fake("normal", { served: () => [{ instance: "b" }] }, { FAKE_BRIDGE_FAIL_SUBSCRIBE: "3" });
     await client.start();
-    await until(() => events.some((e) => e.event === "subscribed"), 5000, "the announcement to hold");
+    // The fake sends its "subscribed" event before the reply: wait for the reply to be handled.
+    await until(() => events.some((e) => e.event === "subscribed") && client.unannounced === 0, 5000, "the announcement to hold");
     expect(logger.lines.filter((l) => l.includes("could not ask the bridge to deliver messages for b; will retry"))).toHaveLength(3);
     expect(logger.lines.find((l) => l.includes("will retry"))).toContain("the database is down");
     expect(client.unannounced).toBe(0);
@@ -169,7 +183,7 @@ describe("BridgeClient with a fake bridge", () => {
     await other.start();
     const error = (await other.serve("c").catch((e: unknown) => e)) as BridgeError;
     expect(error.code).toBe("BACKEND_UNAVAILABLE");
-    await until(() => otherEvents.some((e) => e.event === "subscribed"), 5000, "the retried announcement");
+    await until(() => otherEvents.some((e) => e.event === "subscribed") && other.served.includes("c"), 5000, "the retried announcement");
     expect(other.served).toEqual(["c"]);
   });
 

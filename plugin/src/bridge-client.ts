@@ -23,6 +23,13 @@ export interface ServiceHealth {
   clearFailure(): void;
 }
 
+/** Who the bridge acts as (its ready line's `identity`): never the token itself. */
+export interface BridgeIdentity {
+  readonly instance: string | null;
+  readonly role: string;
+  readonly verified: boolean;
+}
+
 export interface ReadyInfo {
   readonly version?: string;
   /** Bridge methods this bridge serves (its ready line's `tools`). */
@@ -30,6 +37,9 @@ export interface ReadyInfo {
   /** Extensions enabled in the bridge's config.json (e.g. "db_manager"). */
   readonly extensions: readonly string[];
   readonly instanceId?: string;
+  readonly identity?: BridgeIdentity;
+  /** Why the bridge's identity could not be established (a bad or revoked token). */
+  readonly identityError?: string;
   readonly pid: number;
   /** 0 for the first start, then counts restarts. */
   readonly generation: number;
@@ -56,6 +66,8 @@ export interface BridgeClientOptions {
 export interface CallOptions {
   readonly timeoutMs: number;
   readonly signal?: AbortSignal;
+  /** The instance the call runs for (the request's `caller`): the bridge binds the call to it. */
+  readonly caller?: string;
 }
 
 interface Pending {
@@ -90,6 +102,8 @@ export class BridgeClient {
   private readonly pending = new Map<number, Pending>();
   private readonly servedInstances: ServedInstances;
   private extensionsValue: readonly string[] = [];
+  private identityValue: BridgeIdentity | undefined;
+  private identityErrorValue: string | undefined;
   private proc: Proc | undefined;
   private startPromise: Promise<ReadyInfo> | undefined;
   private restartTimer: NodeJS.Timeout | undefined;
@@ -133,6 +147,15 @@ export class BridgeClient {
     return this.extensionsValue;
   }
 
+  /** The identity of the latest ready line (instance, role, verified); never a token. */
+  get identity(): BridgeIdentity | undefined {
+    return this.identityValue;
+  }
+
+  get identityError(): string | undefined {
+    return this.identityErrorValue;
+  }
+
   /** Announcements not (yet) acknowledged by the running bridge. */
   get unannounced(): number {
     return this.servedInstances.unannounced;
@@ -168,7 +191,7 @@ export class BridgeClient {
 
   /** Send one request. The per-call timeout also covers waiting for a (re)start. */
   async call(method: string, params: Record<string, unknown>, options: CallOptions): Promise<unknown> {
-    const { signal, timeoutMs } = options;
+    const { signal, timeoutMs, caller } = options;
     if (signal?.aborted) throw abortError(method, signal);
     const deadline = Date.now() + timeoutMs;
     await withDeadline(this.start(), timeoutMs, signal, method);
@@ -193,7 +216,7 @@ export class BridgeClient {
         signal?.removeEventListener("abort", onAbort);
       };
       this.pending.set(id, { method, resolve, reject, cleanup });
-      this.write(proc, { id, method, params });
+      this.write(proc, caller ? { id, method, params, caller } : { id, method, params });
     });
   }
 
@@ -247,6 +270,7 @@ export class BridgeClient {
       tools: strings(line?.tools),
       extensions: line ? strings(line.extensions) : this.extensionsValue,
       ...(typeof line?.instance_id === "string" ? { instanceId: line.instance_id } : {}),
+      ...identityOf(line),
       pid: proc.child.pid ?? -1,
       generation: proc.generation,
     };
@@ -384,10 +408,16 @@ export class BridgeClient {
     const dbError = (line.database_error as { message?: unknown } | undefined)?.message;
     if (dbError) this.opts.logger.warn(`memory-palace: the bridge started without its default database: ${String(dbError)}`);
     const extensions = info.extensions.length ? `, extensions ${info.extensions.join(", ")}` : "";
+    const who = info.identity
+      ? `, identity ${info.identity.instance ?? "(no instance configured)"} (${info.identity.role}, ${info.identity.verified ? "verified by token" : "unverified: no token"})`
+      : "";
     this.opts.logger.info(
-      `memory-palace: bridge ready (pid ${info.pid}, version ${info.version ?? "?"}, ${info.tools.length} tools${extensions})`,
+      `memory-palace: bridge ready (pid ${info.pid}, version ${info.version ?? "?"}, ${info.tools.length} tools${extensions}${who})`,
     );
+    if (info.identityError) this.opts.logger.error(`memory-palace: the bridge's identity was refused: ${info.identityError}`);
     this.extensionsValue = info.extensions;
+    this.identityValue = info.identity;
+    this.identityErrorValue = info.identityError;
     if (this.lastFailure) {
       this.health?.clearFailure();
       this.lastFailure = undefined;
@@ -507,6 +537,22 @@ export class BridgeClient {
     if (proc.ended || !proc.child.stdin.writable) return;
     proc.child.stdin.write(`${JSON.stringify(message)}\n`);
   }
+}
+
+/** The ready line's identity {instance, role, verified} or identity_error message (never a token). */
+function identityOf(line: Record<string, unknown> | undefined): { identity?: BridgeIdentity; identityError?: string } {
+  const raw = line?.identity as { instance?: unknown; role?: unknown; verified?: unknown } | undefined;
+  const out: { identity?: BridgeIdentity; identityError?: string } = {};
+  if (raw && typeof raw === "object") {
+    out.identity = {
+      instance: typeof raw.instance === "string" ? raw.instance : null,
+      role: typeof raw.role === "string" ? raw.role : "?",
+      verified: raw.verified === true,
+    };
+  }
+  const error = (line?.identity_error as { message?: unknown } | undefined)?.message;
+  if (typeof error === "string") out.identityError = error;
+  return out;
 }
 
 function strings(value: unknown): string[] {

@@ -9,8 +9,9 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { BridgeClient, type BridgeLogger } from "./bridge-client.js";
-import { bridgeLaunch, type PluginConfig } from "./config.js";
-import { MAIN_SESSION_KEY, SessionRegistry } from "./sessions.js";
+import { AutoMemory } from "./auto.js";
+import { bridgeLaunch, instanceFor, type PluginConfig } from "./config.js";
+import { mainSessionOf, SessionRegistry } from "./sessions.js";
 import { enabledSpecs } from "./tools.js";
 import { Waker, type WakeRuntime } from "./wake.js";
 
@@ -19,6 +20,8 @@ export interface Host {
   readonly bridge: BridgeClient;
   readonly registry: SessionRegistry;
   readonly waker: Waker;
+  /** Auto-recall / auto-capture state (last injection and capture per session). */
+  readonly auto: AutoMemory;
   /** Latest OpenClaw runtime seen by any registration; wakes go through it. */
   runtime: WakeRuntime | undefined;
   /** Where learned routes are saved (set by the service's start, under OpenClaw's stateDir). */
@@ -78,8 +81,11 @@ export function acquireHost(config: PluginConfig, logger: BridgeLogger, runtime:
     if (runtime) existing.runtime = runtime;
     return existing;
   }
-  const registry = new SessionRegistry(config.instanceId);
-  const host: Host = { key, registry, runtime, bridge: undefined as unknown as BridgeClient, waker: undefined as unknown as Waker };
+  const registry = new SessionRegistry((agentId) => instanceFor(config, agentId));
+  const host: Host = {
+    key, registry, runtime, bridge: undefined as unknown as BridgeClient, waker: undefined as unknown as Waker,
+    auto: new AutoMemory(),
+  };
   const waker = new Waker(registry, () => host.runtime, logger);
   const bridge = new BridgeClient({
     launch: bridgeLaunch(config),
@@ -97,7 +103,7 @@ export function acquireHost(config: PluginConfig, logger: BridgeLogger, runtime:
         logger.warn(`memory-palace: the bridge does not serve ${missing.map((s) => s.method).join(", ")}; upgrade memory-palace so bridge and plugin match`);
       }
       bridge.call("_get_instance_routes", {}, { timeoutMs: 10_000 })
-        .then((routes) => seedBridgeRoutes(registry, routes))
+        .then((routes) => seedBridgeRoutes(registry, routes, logger))
         .catch((error: unknown) => logger.warn(`memory-palace: could not read instance routes: ${String(error)}`));
     },
   });
@@ -105,10 +111,17 @@ export function acquireHost(config: PluginConfig, logger: BridgeLogger, runtime:
   registry.onServe = (instance, database) => {
     bridge.serve(instance, database).catch(() => undefined); // logged and retried by the client
   };
-  for (const [instance, route] of Object.entries(config.instanceRoutes)) {
-    registry.learn(instance, route.sessionKey, route.agentId, "config");
+  // Every mapped instance is served from the start; its wakes go to its agent's main session
+  // until one of the agent's sessions calls a tool.
+  if (config.instanceId) registry.learn(instanceFor(config, "main"), mainSessionOf("main"), "main", "agents");
+  for (const [agentId, instance] of Object.entries(config.agents)) {
+    registry.learn(instance, mainSessionOf(agentId), agentId, "agents");
   }
-  if (config.instanceId) registry.learn(config.instanceId, MAIN_SESSION_KEY, "main", "instanceId");
+  for (const [instance, route] of Object.entries(config.instanceRoutes)) {
+    if (!registry.learn(instance, route.sessionKey, route.agentId, "config") && !registry.get(instance)) {
+      logger.warn(`memory-palace: ignoring instanceRoutes.${instance}: the agent of ${route.sessionKey} acts as ${registry.instanceOfSession(route.sessionKey, route.agentId)}, not ${instance} (config agents)`);
+    }
+  }
   table().set(key, host);
   return host;
 }
@@ -124,12 +137,15 @@ export async function releaseHost(host: Host, logger: BridgeLogger): Promise<voi
   await host.bridge.stop();
 }
 
-function seedBridgeRoutes(registry: SessionRegistry, routes: unknown): void {
+function seedBridgeRoutes(registry: SessionRegistry, routes: unknown, logger: BridgeLogger): void {
   const entries = (routes as { instance_routes?: Record<string, unknown> } | null)?.instance_routes ?? {};
   for (const [instance, route] of Object.entries(entries)) {
     const r = route as { session?: unknown; sessionKey?: unknown; agentId?: unknown } | string;
     const sessionKey = typeof r === "string" ? r : (r?.sessionKey ?? r?.session);
     const agentId = typeof r === "object" && typeof r?.agentId === "string" ? r.agentId : undefined;
-    if (typeof sessionKey === "string" && sessionKey) registry.learn(instance, sessionKey, agentId, "bridge");
+    if (typeof sessionKey !== "string" || !sessionKey) continue;
+    if (!registry.learn(instance, sessionKey, agentId, "bridge") && registry.get(instance)?.sessionKey !== sessionKey) {
+      logger.debug?.(`memory-palace: the bridge's route for ${instance} (${sessionKey}) is not used: that session's agent acts as ${registry.instanceOfSession(sessionKey, agentId)}`);
+    }
   }
 }

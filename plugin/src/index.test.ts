@@ -116,7 +116,7 @@ describe("plugin entry", () => {
     expect(entry.id).toBe(MANIFEST.id);
     expect(MANIFEST.kind).toBe("memory");
     expect(MANIFEST.configSchema.additionalProperties).toBe(false);
-    for (const key of ["bridgeCommand", "pythonPath", "instanceId", "dataDir", "databaseUrl", "requestTimeoutMs", "instanceRoutes"]) {
+    for (const key of ["bridgeCommand", "pythonPath", "instanceId", "agents", "token", "dataDir", "databaseUrl", "requestTimeoutMs", "instanceRoutes", "autoRecall", "autoCapture"]) {
       expect(MANIFEST.configSchema.properties).toHaveProperty(key);
     }
   });
@@ -148,7 +148,7 @@ describe("plugin entry", () => {
     for (const spec of TOOL_SPECS) expect(made.get(spec.name)?.catalogMode).toBe(spec.direct ? "direct-only" : undefined);
     expect(made.get("palace_message")?.catalogMode).toBe("direct-only");
     expect(made.get("memory_search")?.description).toContain("Same as memory_recall");
-    expect([...rec.hooks.keys()]).toEqual(["before_tool_call"]);
+    expect([...rec.hooks.keys()]).toEqual(["before_tool_call", "before_prompt_build", "agent_end"]);
     expect(rec.services.map((s) => s.id)).toEqual(["memory-palace-bridge"]);
     expect([...rec.methods.keys()]).toEqual(["memoryPalace.sessions"]);
     const prompt = (rec.memory[0] as { promptBuilder: (p: { availableTools: Set<string> }) => string[] }).promptBuilder({ availableTools: new Set(made.keys()) });
@@ -194,46 +194,51 @@ describe("plugin entry", () => {
   });
 
   it("shares one bridge between registrations: a later registration's tools reach the started service", async () => {
-    const first = mockApi({ bridgeCommand: FAKE });
-    const second = mockApi({ bridgeCommand: FAKE });
+    const first = mockApi({ bridgeCommand: FAKE, agents: { bob: "b" } });
+    const second = mockApi({ bridgeCommand: FAKE, agents: { bob: "b" } });
     entry.register(first.api);
     entry.register(second.api);
     await first.rec.services[0]?.start(serviceCtx({ failures: [] }));
     stops.push(() => first.rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
-    await tools(second.rec, { sessionKey: "agent:main:palace-b" }).get("memory_set")?.execute("1", { content: "x", instance_id: "b" });
+    await tools(second.rec, { sessionKey: "agent:bob:palace-b" }).get("memory_set")?.execute("1", { content: "x" });
     expect(readFileSync(startsLog, "utf8").trim().split("\n")).toHaveLength(1);
     const snap = sessions(first.rec) as { sessions: Record<string, { sessionKey: string }> };
-    expect(snap.sessions.b?.sessionKey).toBe("agent:main:palace-b");
+    expect(snap.sessions.b?.sessionKey).toBe("agent:bob:palace-b");
   });
 
   it("persists learned routes and their databases under stateDir, so a reload serves and wakes the right session", async () => {
     // A file from before this version also has `channels`: it is ignored, not fatal.
     mkdirSync(join(currentDataDir, "memory-palace"), { recursive: true });
     writeFileSync(join(currentDataDir, "memory-palace/sessions.json"), JSON.stringify({
-      sessions: { old: { sessionKey: "agent:main:palace-old", agentId: "main", lastSeen: 1, source: "tool" } },
-      count: 1,
+      sessions: {
+        old: { sessionKey: "agent:old:palace-old", agentId: "old", lastSeen: 1, source: "tool" },
+        // The model of agent main once named b; b is bob's instance now, so this route is dropped.
+        b: { sessionKey: "agent:main:palace-b", agentId: "main", lastSeen: 1, source: "tool" },
+      },
+      count: 2,
       channels: { deploys: ["old"] },
     }));
-    const first = mockApi({ bridgeCommand: FAKE });
+    const agents = { alice: "a", bob: "b" };
+    const first = mockApi({ bridgeCommand: FAKE, agents });
     entry.register(first.api);
     await first.rec.services[0]?.start(serviceCtx({ failures: [] }));
-    const made = tools(first.rec, { sessionKey: "agent:main:palace-b", agentId: "main" });
-    await made.get("memory_set")?.execute("1", { content: "x", instance_id: "b", database: "work" });
+    const made = tools(first.rec, { sessionKey: "agent:bob:palace-b", agentId: "bob" });
+    await made.get("memory_set")?.execute("1", { content: "x", database: "work" });
     await first.rec.services[0]?.stop?.(serviceCtx({ failures: [] }));
     const saved = JSON.parse(readFileSync(join(currentDataDir, "memory-palace/sessions.json"), "utf8")) as { sessions: Record<string, { sessionKey: string; databases: string[] }> };
-    expect(saved.sessions.b).toMatchObject({ sessionKey: "agent:main:palace-b", databases: ["work"] });
-    expect(saved.sessions.old?.sessionKey).toBe("agent:main:palace-old");
+    expect(saved.sessions.b).toMatchObject({ sessionKey: "agent:bob:palace-b", databases: ["work"] });
+    expect(saved.sessions.old?.sessionKey).toBe("agent:old:palace-old");
     expect(saved).not.toHaveProperty("channels");
 
-    const second = mockApi({ bridgeCommand: FAKE }); // the reloaded plugin: a new host and bridge
+    const second = mockApi({ bridgeCommand: FAKE, agents }); // the reloaded plugin: a new host and bridge
     entry.register(second.api);
     await second.rec.services[0]?.start(serviceCtx({ failures: [] }));
     stops.push(() => second.rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
     // The fake bridge serves only announced instances: b is served because the restored registry announced it.
     await until(() => (sessions(second.rec).served as string[]).includes("b"), 5000, "b served again");
-    await tools(second.rec, { sessionKey: "agent:main:palace-a" }).get("palace_message")?.execute("3", { action: "send", from_instance: "a", to_instance: "b", subject: "after reload", database: "work" });
+    await tools(second.rec, { sessionKey: "agent:alice:palace-a" }).get("palace_message")?.execute("3", { action: "send", to_instance: "b", subject: "after reload", database: "work" });
     await until(() => second.rec.beats.length === 1, 5000, "the wake after reload");
-    expect(second.rec.events[0]?.opts).toMatchObject({ sessionKey: "agent:main:palace-b", contextKey: "memory-palace:work:b:1" });
+    expect(second.rec.events[0]?.opts).toMatchObject({ sessionKey: "agent:bob:palace-b", agentId: "bob", contextKey: "memory-palace:work:b:1" });
     const snap = sessions(second.rec) as { served: string[]; bridge: { unannounced: number } };
     expect(snap.served).toEqual(expect.arrayContaining(["a", "b", "old"]));
     expect(snap.bridge.unannounced).toBe(0);
@@ -261,16 +266,80 @@ describe("plugin entry", () => {
     await expect(missing.execute("t3", {})).rejects.toThrow(/memory_ids/);
   });
 
-  it("before_tool_call never throws and learns the caller's session", () => {
-    const { api, rec } = mockApi({ bridgeCommand: FAKE });
+  it("before_tool_call never throws and learns the caller's session for its agent's instance only", () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, agents: { bob: "b" } });
     entry.register(api);
     const hook = rec.hooks.get("before_tool_call") as Handler;
-    const hostile = { get instance_id(): string { throw new Error("boom"); } };
+    const hostile = { get database(): string { throw new Error("boom"); } };
     expect(hook({ toolName: "memory_set", params: hostile }, { sessionKey: "agent:main:x" })).toBeUndefined();
     expect(hook({ toolName: "memory_set", params: null }, {})).toBeUndefined();
     expect(hook({ toolName: "memory_set", params: { instance_id: "b", content: "x" } }, { sessionKey: "agent:main:b", agentId: "main" })).toBeUndefined();
+    expect(hook({ toolName: "memory_set", params: { content: "x" } }, { sessionKey: "agent:bob:s2", agentId: "bob" })).toBeUndefined();
     const snap = sessions(rec) as { sessions: Record<string, { sessionKey: string }> };
-    expect(snap.sessions.b?.sessionKey).toBe("agent:main:b");
+    expect(snap.sessions.b?.sessionKey).toBe("agent:bob:s2");
+  });
+
+  it("binds every call to the agent's instance: another agent's instance is refused and takes no wake", async () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, agents: { alice: "a", bob: "b" } });
+    entry.register(api);
+    await rec.services[0]?.start(serviceCtx({ failures: [] }));
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    // Both mapped instances are served from the start, before any tool call.
+    await until(() => ["a", "b"].every((i) => (sessions(rec).served as string[]).includes(i)), 5000, "a and b served");
+    const alice = tools(rec, { sessionKey: "agent:alice:main", agentId: "alice" });
+    const spoof = (await alice.get("palace_message")?.execute("1", { action: "get", instance_id: "b" }).catch((e: unknown) => e)) as BridgeError;
+    expect(spoof).toBeInstanceOf(BridgeError);
+    expect(spoof.code).toBe("PERMISSION_DENIED");
+    const own = await alice.get("memory_set")?.execute("2", { content: "alice's note" });
+    expect(JSON.parse((own?.content[0] as { text: string }).text)).toMatchObject({ caller: "a", params: { instance_id: "a" } });
+    await alice.get("palace_message")?.execute("3", { action: "send", to_instance: "b", subject: "for bob" });
+    await until(() => rec.beats.length === 1, 5000, "bob's wake");
+    expect(rec.events.map((e) => e.opts.sessionKey)).toEqual(["agent:bob:main"]);
+    const snap = sessions(rec) as { sessions: Record<string, { sessionKey: string }> };
+    expect(snap.sessions.b?.sessionKey).toBe("agent:bob:main");
+    expect(snap.sessions.a?.sessionKey).toBe("agent:alice:main");
+  });
+
+  it("runs auto-recall and auto-capture as the agent's instance and shows them in memoryPalace.sessions", async () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, agents: { alice: "a" } });
+    entry.register(api);
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    const recall = rec.hooks.get("before_prompt_build") as Handler;
+    // The fake bridge finds nothing: no injection, and the reason is recorded.
+    expect(await recall({ prompt: "what about the deploy key?", messages: [] }, { agentId: "alice", sessionKey: "agent:alice:main", trigger: "user" })).toBeUndefined();
+    expect(await recall({ prompt: "heartbeat" }, { agentId: "alice", sessionKey: "agent:alice:hb", trigger: "heartbeat" })).toBeUndefined();
+    const end = rec.hooks.get("agent_end") as Handler;
+    expect(end({ success: true, messages: [
+      { role: "user", content: "Remember that the standup moved to 10:30." },
+      { role: "assistant", content: [{ type: "text", text: "Noted, the standup is at 10:30 now." }] },
+    ] }, { agentId: "alice", sessionKey: "agent:alice:main", trigger: "user" })).toBeUndefined();
+    type Auto = { injections: Record<string, { instance: string; skipped?: string }>; captures: Record<string, { instance: string; ids: number[] }> };
+    await until(() => ((sessions(rec).auto as Auto).captures["agent:alice:main"]?.ids.length ?? 0) === 2, 5000, "the capture");
+    const auto = sessions(rec).auto as Auto;
+    expect(auto.injections["agent:alice:main"]).toMatchObject({ instance: "a", skipped: "nothing scored >= 0.3" });
+    expect(auto.injections["agent:alice:hb"]?.skipped).toBe("trigger heartbeat");
+    expect(auto.captures["agent:alice:main"]).toMatchObject({ instance: "a", ids: [1, 2] });
+  });
+
+  it("registers no conversation hook when both are turned off", () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, autoRecall: false, autoCapture: { enabled: false } });
+    entry.register(api);
+    expect([...rec.hooks.keys()]).toEqual(["before_tool_call"]);
+  });
+
+  it("passes the token to the bridge in its env, never logs or reports it, and shows the identity", async () => {
+    const secret = "mpt_0123456789ab_s3cr3t-t0ken-value-never-shown";
+    const { api, rec, logger } = mockApi({ bridgeCommand: FAKE, token: secret, instanceId: "token-owner" });
+    entry.register(api);
+    await rec.services[0]?.start(serviceCtx({ failures: [] }));
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    await until(() => (sessions(rec).bridge as { state: string }).state === "ready", 5000, "ready");
+    const snap = sessions(rec);
+    expect((snap.bridge as { identity: unknown }).identity).toEqual({ instance: "token-owner", role: "writer", verified: true });
+    expect((snap.bridge as { tokenConfigured: boolean }).tokenConfigured).toBe(true);
+    expect(JSON.stringify(snap)).not.toContain(secret);
+    expect(logger.lines.join("\n")).toContain("identity token-owner (writer, verified by token)");
+    expect(logger.lines.join("\n")).not.toContain("s3cr3t");
   });
 
   it("routes a sent message to the recipient's session, serves discovered instances, and dedupes", async () => {
@@ -278,16 +347,17 @@ describe("plugin entry", () => {
     entry.register(api);
     await rec.services[0]?.start(serviceCtx({ failures: [] }));
     stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
-    const b = tools(rec, { sessionKey: "agent:main:palace-b", agentId: "main" });
-    const a = tools(rec, { sessionKey: "agent:main:palace-a", agentId: "main" });
+    // No agents config: each agent acts as the instance of its own name.
+    const b = tools(rec, { sessionKey: "agent:b:palace-b", agentId: "b" });
+    const a = tools(rec, { sessionKey: "agent:a:palace-a", agentId: "a" });
     await b.get("memory_set")?.execute("1", { content: "b was here", instance_id: "b" });
     await a.get("palace_message")?.execute("2", { action: "send", from_instance: "a", to_instance: "b", subject: "deploy\u0007 done", content: "secret content" });
     await until(() => rec.beats.length === 1, 5000, "the wake");
     expect(rec.events).toHaveLength(1);
-    expect(rec.events[0]?.opts).toEqual({ sessionKey: "agent:main:palace-b", agentId: "main", contextKey: "memory-palace:default:b:1" });
+    expect(rec.events[0]?.opts).toEqual({ sessionKey: "agent:b:palace-b", agentId: "b", contextKey: "memory-palace:default:b:1" });
     expect(rec.events[0]?.text).toContain('"deploy done"');
     expect(rec.events[0]?.text).not.toContain("secret content");
-    expect(rec.beats[0]).toMatchObject({ intent: "immediate", sessionKey: "agent:main:palace-b", reason: "memory-palace:new_message" });
+    expect(rec.beats[0]).toMatchObject({ intent: "immediate", sessionKey: "agent:b:palace-b", reason: "memory-palace:new_message" });
     const snap = sessions(rec) as { served: string[]; sessions: Record<string, unknown>; wakes: { recent: unknown[] } };
     expect(snap).not.toHaveProperty("listening");
     expect(snap.served).toEqual(["a", "b", "ops"]);

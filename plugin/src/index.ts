@@ -1,11 +1,13 @@
 /**
  * OpenClaw entry for Memory Palace: parse config, attach to the process-wide host (bridge client,
- * session registry, waker), register the tools, the before_tool_call hook, the bridge service, the
- * memory prompt and memoryPalace.sessions. register() runs more than once per gateway, so it never
- * spawns anything: the service's start() does (tool calls may also start the shared bridge).
+ * session registry, waker), register the tools, the before_tool_call hook, auto-recall
+ * (before_prompt_build) and auto-capture (agent_end), the bridge service, the memory prompt and
+ * memoryPalace.sessions. register() runs more than once per gateway, so it never spawns anything:
+ * the service's start() does (tool calls may also start the shared bridge).
  */
 import { definePluginEntry, type OpenClawPluginApi } from "openclaw/plugin-sdk/plugin-entry";
 import { parseConfig } from "./config.js";
+import { autoCapture, autoRecall, type AutoDeps } from "./auto.js";
 import { acquireHost, persistRegistry, releaseHost } from "./host.js";
 import { memoryPromptLines } from "./prompt.js";
 import { createTools, toolNames } from "./tools.js";
@@ -33,13 +35,40 @@ function register(api: OpenClawPluginApi): void {
     // Must never throw: a throwing before_tool_call blocks every tool call in the gateway.
     try {
       if (ours.has(event.toolName) && event.params && typeof event.params === "object") {
-        current().registry.noteToolCall(event.toolName, event.params, ctx.sessionKey, ctx.agentId);
+        current().registry.noteToolCall(event.params, ctx.sessionKey, ctx.agentId);
       }
     } catch (error) {
       api.logger.warn(`memory-palace: before_tool_call bookkeeping failed: ${String(error)}`);
     }
     return undefined;
   });
+
+  // Conversation hooks: OpenClaw runs them only with plugins.entries.memory-palace.hooks.allowConversationAccess.
+  const autoDeps = (): AutoDeps => {
+    const { bridge, registry, auto } = current();
+    return { bridge, registry, auto, config, logger: api.logger };
+  };
+  // Neither hook may fail a turn: autoRecall/autoCapture never reject, and setup errors are logged.
+  if (config.autoRecall.enabled) {
+    api.on("before_prompt_build", async (event, ctx) => {
+      try {
+        return await autoRecall(autoDeps(), event, ctx);
+      } catch (error) {
+        api.logger.warn(`memory-palace: auto-recall skipped: ${String(error)}`);
+        return undefined;
+      }
+    });
+  }
+  if (config.autoCapture.enabled) {
+    api.on("agent_end", (event, ctx) => {
+      // Off the reply path: the capture runs after the hook returned.
+      try {
+        void autoCapture(autoDeps(), event, ctx);
+      } catch (error) {
+        api.logger.warn(`memory-palace: auto-capture skipped: ${String(error)}`);
+      }
+    });
+  }
 
   api.registerService({
     id: SERVICE_ID,
@@ -57,15 +86,23 @@ function register(api: OpenClawPluginApi): void {
   });
 
   api.registerGatewayMethod("memoryPalace.sessions", ({ respond }) => {
-    const { bridge, registry, waker } = current();
+    const { bridge, registry, waker, auto } = current();
     respond(true, {
       ...registry.snapshot(),
+      agents: config.agents,
       served: bridge.served,
       bridge: {
         state: bridge.state, pid: bridge.pid ?? null, inFlight: bridge.inFlight,
         extensions: bridge.extensions, unannounced: bridge.unannounced,
+        identity: bridge.identity ?? null, identityError: bridge.identityError ?? null,
+        tokenConfigured: !!config.token,
       },
-      wakes: { recent: waker.recent, queued: waker.queued, unrouted: waker.unrouted },
+      wakes: { recent: waker.recent, queued: waker.queued, unrouted: waker.unrouted, refused: waker.refused },
+      auto: {
+        recall: { enabled: config.autoRecall.enabled, minScore: config.autoRecall.minScore, maxTokens: config.autoRecall.maxTokens },
+        capture: { enabled: config.autoCapture.enabled, visibility: config.autoCapture.visibility },
+        ...auto.snapshot(),
+      },
     });
   });
 

@@ -1,14 +1,15 @@
 /**
  * The instances the bridge should serve (deliver `new_message` events for), and their
  * announcement with `_subscribe {instance, database?}`. A new bridge process serves only its own
- * instance and its callers, so every ready line announces all of them again; a failed
+ * instance and its callers, so every ready line announces all of them again (each `_subscribe`
+ * carries the instance as its `caller`, which a token must allow); a failed
  * announcement is retried with capped exponential backoff until the running bridge holds it.
  */
 import { BridgeError } from "./errors.js";
 import type { ServedInstance } from "./sessions.js";
 
 export interface AnnounceTransport {
-  call(method: string, params: Record<string, unknown>, options: { timeoutMs: number }): Promise<unknown>;
+  call(method: string, params: Record<string, unknown>, options: { timeoutMs: number; caller?: string }): Promise<unknown>;
   /** The generation of the running bridge if it is ready, else undefined (never start one). */
   readyGeneration(): number | undefined;
 }
@@ -21,8 +22,8 @@ export interface ServedInstancesOptions {
   readonly backoff: { readonly initialMs: number; readonly maxMs: number };
 }
 
-/** Refusals that a retry cannot fix (a bad instance name): the announcement is dropped. */
-const PERMANENT = new Set(["INVALID_PARAMS", "METHOD_NOT_FOUND", "INVALID_REQUEST"]);
+/** Refusals that a retry cannot fix (a bad instance name, a token that may not be it): dropped. */
+const PERMANENT = new Set(["INVALID_PARAMS", "METHOD_NOT_FOUND", "INVALID_REQUEST", "PERMISSION_DENIED"]);
 
 function keyOf(target: ServedInstance): string {
   return `${target.instance}\u0000${target.database ?? ""}`;
@@ -111,7 +112,8 @@ export class ServedInstances {
     const target = this.wanted.get(key);
     const generation = this.opts.transport.readyGeneration();
     if (!target || generation === undefined || this.stopped) return Promise.resolve();
-    const done = this.opts.transport.call("_subscribe", paramsOf(target), { timeoutMs: this.opts.timeoutMs }).then(
+    // Sent as the instance itself: the bridge checks that this gateway may receive its messages.
+    const done = this.opts.transport.call("_subscribe", paramsOf(target), { timeoutMs: this.opts.timeoutMs, caller: target.instance }).then(
       (result) => {
         // Acknowledged by an older process (restarted meanwhile): its ready line announces again.
         if (this.heldBy !== generation || !this.wanted.has(key)) return;

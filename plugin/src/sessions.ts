@@ -1,12 +1,14 @@
 /**
  * Session registry: which OpenClaw session speaks for which Memory Palace instance, and in which
- * named databases the instance was seen. Routes come from config (pinned), the bridge's
- * instance_routes, this gateway's instanceId, and tool calls (learned, last caller wins). Every
- * instance with a route is one the bridge is asked to serve (see BridgeClient.serve).
+ * named databases the instance was seen. Each agent acts as exactly one instance (config `agents`,
+ * see config.instanceFor), so a route for an instance can only point at a session of an agent
+ * mapped to it: the model's parameters never move a route. Routes come from config (pinned), the
+ * bridge's instance_routes, the agent mapping (the agent's main session, a guess) and tool calls
+ * (the caller's own session, last caller wins). Every routed instance is one the bridge is asked
+ * to serve (see BridgeClient.serve).
  */
-import { TOOL_SPECS, type ToolSpec } from "./tool-schemas.js";
 
-export type RouteSource = "config" | "bridge" | "instanceId" | "tool";
+export type RouteSource = "config" | "bridge" | "agents" | "tool";
 
 export interface SessionRoute {
   readonly sessionKey: string;
@@ -25,12 +27,10 @@ export interface ServedInstance {
 
 /**
  * Operator-set sources (config, then the bridge's instance_routes) are pinned: a source of lower
- * rank cannot move them to another session. A tool call can replace the instanceId guess.
+ * rank cannot move them to another session. A tool call can replace the agent-mapping guess.
  */
-const RANK: Readonly<Record<RouteSource, number>> = { config: 3, bridge: 2, tool: 1, instanceId: 0 };
+const RANK: Readonly<Record<RouteSource, number>> = { config: 3, bridge: 2, tool: 1, agents: 0 };
 const PINNED_RANK = 2;
-
-export const MAIN_SESSION_KEY = "agent:main:main";
 
 /** Session keys look like agent:<agentId>:<rest>; anything else belongs to the main agent. */
 export function agentIdOf(sessionKey: string): string {
@@ -38,12 +38,13 @@ export function agentIdOf(sessionKey: string): string {
   return match?.[1] ?? "main";
 }
 
-/** Tool name -> the params that say which instance the caller *is* (others, like recall's instance_id, filter). */
-export function identityParams(specs: readonly ToolSpec[]): ReadonlyMap<string, readonly string[]> {
-  return new Map(specs.filter((spec) => spec.identity.length > 0).map((spec) => [spec.name, spec.identity]));
+/** The session key of an agent's main session. */
+export function mainSessionOf(agentId: string): string {
+  return `agent:${agentId}:main`;
 }
 
-const SPEC_IDENTITY = identityParams(TOOL_SPECS);
+/** Maps an OpenClaw agent id to the instance it acts as. */
+export type InstanceOf = (agentId: string) => string;
 
 function databaseOf(params: Record<string, unknown>): string | undefined {
   const value = params.database;
@@ -52,24 +53,42 @@ function databaseOf(params: Record<string, unknown>): string | undefined {
 
 export class SessionRegistry {
   private readonly routes = new Map<string, SessionRoute>();
-  private readonly defaultInstance: string | undefined;
-  private readonly identity: ReadonlyMap<string, readonly string[]>;
+  private readonly instanceOf: InstanceOf;
+  /** Routes refused because the session's agent acts as another instance. */
+  refused = 0;
   /** Called for each newly known instance (no database), and each new database of a known one. */
   onServe: ((instance: string, database?: string) => void) | undefined;
   /** Called after any change, so the host can persist learned routes across restarts. */
   onChange: (() => void) | undefined;
 
-  constructor(defaultInstance?: string, identity: ReadonlyMap<string, readonly string[]> = SPEC_IDENTITY) {
-    this.defaultInstance = defaultInstance;
-    this.identity = identity;
+  /** Without a mapping every agent acts as the instance of its own name. */
+  constructor(instanceOf: InstanceOf = (agentId) => agentId) {
+    this.instanceOf = instanceOf;
   }
 
-  /** Record that `instance` lives in `sessionKey` (and was used in `database`). True when the route changed. */
+  /** The instance the agent of this session (or this agent id) acts as. */
+  instanceOfSession(sessionKey: string | undefined, agentId?: string): string {
+    return this.instanceOf(agentId || agentIdOf(sessionKey ?? ""));
+  }
+
+  /** True when a session of `agentId` may receive `instance`'s wakes (the agent acts as it). */
+  entitled(instance: string, agentId: string): boolean {
+    return this.instanceOf(agentId) === instance;
+  }
+
+  /**
+   * Record that `instance` lives in `sessionKey` (and was used in `database`). True when the
+   * route changed. Refused (false) when the session's agent acts as another instance.
+   */
   learn(instance: string, sessionKey: string, agentId: string | undefined, source: RouteSource, database?: string): boolean {
     if (!instance || !sessionKey || instance === "all") return false;
+    const agent = agentId || agentIdOf(sessionKey);
+    if (!this.entitled(instance, agent)) {
+      this.refused++;
+      return false;
+    }
     const now = Date.now();
     const existing = this.routes.get(instance);
-    const agent = agentId || agentIdOf(sessionKey);
     const databases = existing?.databases ?? [];
     if (existing && RANK[existing.source] >= PINNED_RANK && RANK[source] < RANK[existing.source]) {
       if (existing.sessionKey === sessionKey) this.routes.set(instance, { ...existing, lastSeen: now });
@@ -84,46 +103,37 @@ export class SessionRegistry {
     return changed;
   }
 
-  /** Bring back routes learned before a restart or reload (an old file's `channels` is ignored). */
+  /**
+   * Bring back routes learned before a restart or reload (an old file's `channels` is ignored).
+   * They come back as learned ones: config and the bridge pin their routes again themselves, and
+   * a route whose agent now acts as another instance is refused.
+   */
   restore(saved: unknown): void {
     const data = saved as { sessions?: Record<string, Partial<SessionRoute>> } | null;
     for (const [instance, route] of Object.entries(data?.sessions ?? {})) {
-      if (!route || typeof route !== "object") continue;
-      const source = route.source && route.source in RANK ? route.source : "tool";
+      if (!route || typeof route !== "object" || typeof route.sessionKey !== "string") continue;
       const current = this.routes.get(instance);
-      if (typeof route.sessionKey !== "string" || (current && RANK[current.source] >= RANK[source])) continue;
-      this.learn(instance, route.sessionKey, route.agentId, source);
+      if (current && RANK[current.source] >= RANK.tool) continue;
+      this.learn(instance, route.sessionKey, route.agentId, "tool");
+      if (this.routes.get(instance)?.sessionKey !== route.sessionKey) continue;
       if (Array.isArray(route.databases)) {
         for (const db of route.databases) if (typeof db === "string" && db) this.noteDatabase(instance, db);
       }
       const lastSeen = Number(route.lastSeen);
-      if (Number.isFinite(lastSeen)) this.routes.set(instance, { ...this.routes.get(instance)!, lastSeen });
+      const now = this.routes.get(instance);
+      if (now && Number.isFinite(lastSeen)) this.routes.set(instance, { ...now, lastSeen });
     }
   }
 
-  /** Learn from one palace tool call: its identity param, else this gateway's instanceId. */
-  noteToolCall(toolName: string, params: Record<string, unknown>, sessionKey?: string, agentId?: string): string | undefined {
+  /**
+   * Learn from one palace tool call: the calling session speaks for its agent's instance (never
+   * for an instance its parameters name). Returns that instance.
+   */
+  noteToolCall(params: Record<string, unknown>, sessionKey?: string, agentId?: string): string | undefined {
     if (!sessionKey) return undefined;
-    const database = databaseOf(params);
-    let instance: string | undefined;
-    for (const key of this.identity.get(toolName) ?? []) {
-      const value = params[key];
-      if (typeof value === "string" && value) {
-        instance = value;
-        break;
-      }
-    }
-    if (!instance && this.defaultInstance) {
-      // A call without an identity acts as this gateway's instance; it refines the guessed route.
-      instance = this.defaultInstance;
-      const current = this.routes.get(instance);
-      if (current && current.source !== "instanceId") {
-        this.noteDatabase(instance, database);
-        return undefined;
-      }
-    }
-    if (!instance) return undefined;
-    this.learn(instance, sessionKey, agentId, "tool", database);
+    const agent = agentId || agentIdOf(sessionKey);
+    const instance = this.instanceOf(agent);
+    this.learn(instance, sessionKey, agent, "tool", databaseOf(params));
     return instance;
   }
 
@@ -145,8 +155,8 @@ export class SessionRegistry {
     return out;
   }
 
-  snapshot(): { sessions: Record<string, SessionRoute>; count: number } {
-    return { sessions: Object.fromEntries(this.routes), count: this.routes.size };
+  snapshot(): { sessions: Record<string, SessionRoute>; count: number; refused: number } {
+    return { sessions: Object.fromEntries(this.routes), count: this.routes.size, refused: this.refused };
   }
 
   private noteDatabase(instance: string, database: string | undefined): void {

@@ -1,7 +1,7 @@
 // Tool construction from the generated specs: catalogMode from `direct`, the tool set from the
 // bridge's extensions, and the timeout from `synthesize`. The bridge is a recording stand-in.
 import { describe, expect, it } from "vitest";
-import { parseConfig } from "./config.js";
+import { instanceFor, parseConfig } from "./config.js";
 import { SessionRegistry } from "./sessions.js";
 import { TOOL_SPECS, type ToolSpec } from "./tool-schemas.js";
 import { createTool, createTools, enabledSpecs, timeoutFor, toolNames } from "./tools.js";
@@ -9,12 +9,12 @@ import { createTool, createTools, enabledSpecs, timeoutFor, toolNames } from "./
 const config = parseConfig({ requestTimeoutMs: 2000, llmRequestTimeoutMs: 9000 });
 
 function recordingBridge(extensions: string[] = []) {
-  const calls: Array<{ method: string; params: Record<string, unknown>; timeoutMs: number }> = [];
+  const calls: Array<{ method: string; params: Record<string, unknown>; timeoutMs: number; caller?: string }> = [];
   return {
     calls,
     extensions,
-    call: async (method: string, params: Record<string, unknown>, options: { timeoutMs: number }) => {
-      calls.push({ method, params, timeoutMs: options.timeoutMs });
+    call: async (method: string, params: Record<string, unknown>, options: { timeoutMs: number; caller?: string }) => {
+      calls.push({ method, params, timeoutMs: options.timeoutMs, caller: options.caller });
       return { ok: true };
     },
   };
@@ -41,12 +41,13 @@ describe("tools from specs", () => {
     expect(toolNames()).toEqual(TOOL_SPECS.map((s) => s.name));
   });
 
-  it("uses the LLM timeout only for synthesize: true, and learns identities from the call", async () => {
+  it("uses the LLM timeout only for synthesize: true, and binds each call to the agent's instance", async () => {
     expect(timeoutFor({ synthesize: true }, config)).toBe(9000);
     expect(timeoutFor({ synthesize: false }, config)).toBe(2000);
     expect(timeoutFor(undefined, config)).toBe(2000);
     const bridge = recordingBridge();
-    const registry = new SessionRegistry();
+    const mapped = parseConfig({ agents: { alice: "a" }, instanceId: "gw" });
+    const registry = new SessionRegistry((agent) => instanceFor(mapped, agent));
     const deps = { bridge, registry, config };
     const tool = createTool(recall, deps, { sessionKey: "agent:main:s" });
     await tool.execute("1", { query: "q", synthesize: true });
@@ -54,9 +55,11 @@ describe("tools from specs", () => {
     expect(bridge.calls.map((c) => [c.method, c.timeoutMs])).toEqual([["memory_recall", 9000], ["memory_recall", 2000]]);
     expect(tool.getExecutionTimeoutMs?.({ synthesize: true })).toBe(14_000);
     const message = TOOL_SPECS.find((s) => s.name === "palace_message") as ToolSpec;
-    await createTool(message, deps, { sessionKey: "agent:main:palace-a" }).execute("3", { action: "send", from_instance: "a", to_instance: "b", content: "hi" });
-    expect(bridge.calls.at(-1)?.method).toBe("message");
-    expect(registry.get("a")?.sessionKey).toBe("agent:main:palace-a");
+    expect(bridge.calls.map((c) => c.caller)).toEqual(["gw", "gw"]);
+    // A model naming another instance neither moves a route nor changes the caller: the bridge refuses the mismatch.
+    await createTool(message, deps, { sessionKey: "agent:alice:palace-x", agentId: "alice" }).execute("3", { action: "send", from_instance: "b", to_instance: "b", content: "hi" });
+    expect(bridge.calls.at(-1)).toMatchObject({ method: "message", caller: "a", params: { from_instance: "b" } });
+    expect(registry.get("a")?.sessionKey).toBe("agent:alice:palace-x");
     expect(registry.get("b")).toBeUndefined();
   });
 });

@@ -2,8 +2,8 @@
  * Agent tools: one per registry tool (tool-schemas.ts), each validated with typebox/value before
  * it reaches the bridge. Which tools exist follows the bridge: a tool of an extension appears once
  * the bridge's ready line lists that extension. execute() forwards to the bridge and returns
- * compact JSON text; every failure throws. Calls also teach the session registry which session
- * speaks for which instance.
+ * compact JSON text; every failure throws. Each call runs as its agent's instance (the request's
+ * `caller`, config `agents`) and teaches the session registry which session speaks for it.
  */
 import type { AnyAgentTool } from "openclaw/plugin-sdk/plugin-entry";
 import { Value } from "typebox/value";
@@ -80,8 +80,10 @@ export function createTool(spec: ToolSpec, deps: ToolDeps, caller: CallerContext
     getExecutionTimeoutMs: (args: unknown) => timeoutFor(args, deps.config) + HARNESS_GRACE_MS,
     async execute(_toolCallId: string, rawParams: unknown, signal?: AbortSignal) {
       const params = validateParams(spec, rawParams);
-      deps.registry.noteToolCall(spec.name, params, caller.sessionKey, caller.agentId);
-      const result = await deps.bridge.call(spec.method, params, { timeoutMs: timeoutFor(params, deps.config), signal });
+      deps.registry.noteToolCall(params, caller.sessionKey, caller.agentId);
+      // Bound to the agent's instance: a parameter naming another instance is refused by the bridge.
+      const instance = deps.registry.instanceOfSession(caller.sessionKey, caller.agentId);
+      const result = await deps.bridge.call(spec.method, params, { timeoutMs: timeoutFor(params, deps.config), signal, caller: instance });
       return {
         content: [{ type: "text" as const, text: JSON.stringify(result ?? null) }],
         details: { tool: spec.name, result },

@@ -1,7 +1,7 @@
 // Routing, dedupe, text safety and retry of the push wake, with a recording runtime.
 import { describe, expect, it } from "vitest";
-import { identityParams, SessionRegistry } from "./sessions.js";
-import { TOOL_SPECS, type ToolSpec } from "./tool-schemas.js";
+import { instanceFor, parseConfig } from "./config.js";
+import { SessionRegistry } from "./sessions.js";
 import { cleanText, Waker, WAKE_REASON, wakeText, type NewMessage, type WakeRuntime } from "./wake.js";
 
 interface Recorded {
@@ -30,10 +30,12 @@ function recorder(): { runtime: WakeRuntime; rec: Recorded } {
 
 const quiet = { info: () => {}, warn: () => {}, debug: () => {} };
 
+const MAPPING: Record<string, string> = { alice: "a", bob: "b", ops: "c" };
+
 function setup() {
-  const registry = new SessionRegistry();
-  registry.learn("a", "agent:main:palace-a", undefined, "tool");
-  registry.learn("b", "agent:main:palace-b", undefined, "tool");
+  const registry = new SessionRegistry((agent) => MAPPING[agent] ?? agent);
+  registry.learn("a", "agent:alice:palace-a", undefined, "tool");
+  registry.learn("b", "agent:bob:palace-b", undefined, "tool");
   registry.learn("c", "agent:ops:palace-c", "ops", "tool");
   const { runtime, rec } = recorder();
   const waker = new Waker(registry, () => runtime, quiet, 20);
@@ -50,17 +52,17 @@ describe("wake routing", () => {
     const { waker, rec } = setup();
     waker.handle(msg());
     expect(rec.events.map((e) => e.opts)).toEqual([
-      { sessionKey: "agent:main:palace-b", agentId: "main", contextKey: "memory-palace:b:42" },
+      { sessionKey: "agent:bob:palace-b", agentId: "bob", contextKey: "memory-palace:b:42" },
     ]);
     expect(rec.beats).toEqual([
-      { source: "other", intent: "immediate", reason: WAKE_REASON, sessionKey: "agent:main:palace-b", agentId: "main" },
+      { source: "other", intent: "immediate", reason: WAKE_REASON, sessionKey: "agent:bob:palace-b", agentId: "bob" },
     ]);
   });
 
   it("wakes exactly the recipients' sessions, whatever to_instance and channel say", () => {
     const { waker, rec } = setup();
     waker.handle(msg({ to_instance: "all", message_id: 7, recipients: ["b", "c"] }));
-    expect(rec.events.map((e) => e.opts.sessionKey).sort()).toEqual(["agent:main:palace-b", "agent:ops:palace-c"]);
+    expect(rec.events.map((e) => e.opts.sessionKey).sort()).toEqual(["agent:bob:palace-b", "agent:ops:palace-c"]);
     expect(rec.beats.find((b) => b.sessionKey === "agent:ops:palace-c")?.agentId).toBe("ops");
     // A channel message: only the served subscribers the bridge named, not the routed sender or to_instance.
     waker.handle(msg({ to_instance: "all", channel: "deploys", message_id: 8, recipients: ["c"] }));
@@ -161,56 +163,79 @@ describe("wake text", () => {
 });
 
 describe("session registry", () => {
-  it("takes identity params from the generated specs", () => {
-    const identity = identityParams(TOOL_SPECS);
-    expect(identity.get("memory_set")).toEqual(["instance_id"]);
-    expect(identity.get("palace_message")).toEqual(["instance_id", "from_instance"]);
-    expect(identity.has("memory_recall")).toBe(false);
-    for (const spec of TOOL_SPECS) expect(identity.get(spec.name) ?? []).toEqual(spec.identity);
+  it("maps agents to instances: config agents, else instanceId, else the agent id", () => {
+    const cfg = parseConfig({ agents: { alice: "a", bob: "b" }, instanceId: "gw" });
+    expect([instanceFor(cfg, "alice"), instanceFor(cfg, "bob"), instanceFor(cfg, "main")]).toEqual(["a", "b", "gw"]);
+    expect(instanceFor(parseConfig({}), "carol")).toBe("carol");
+    expect(instanceFor(parseConfig({ agents: { toString: "t" } }), "toString")).toBe("t");
+    expect(instanceFor(parseConfig({}), "toString")).toBe("toString");
   });
 
-  it("learns routes from whatever params the specs call identity", () => {
-    const spec = { ...TOOL_SPECS[0], name: "custom_tool", identity: ["who"] } as ToolSpec;
-    const registry = new SessionRegistry(undefined, identityParams([spec]));
-    registry.noteToolCall("custom_tool", { instance_id: "not-identity", who: "w" }, "agent:main:w");
-    registry.noteToolCall("memory_set", { instance_id: "x" }, "agent:main:x"); // not an identity in this map
-    expect(registry.instances()).toEqual(["w"]);
+  it("learns a tool call as the agent's own instance, never the instance its params name", () => {
+    const registry = new SessionRegistry((agent) => MAPPING[agent] ?? agent);
+    expect(registry.noteToolCall({ action: "send", from_instance: "b", instance_id: "b" }, "agent:alice:s1")).toBe("a");
+    expect(registry.get("a")?.sessionKey).toBe("agent:alice:s1");
+    expect(registry.get("b")).toBeUndefined();
+    registry.noteToolCall({}, "agent:bob:main", "bob");
+    expect(registry.get("b")).toMatchObject({ sessionKey: "agent:bob:main", agentId: "bob" });
+    // No session: nothing learned (the call still runs as the agent's instance).
+    expect(registry.noteToolCall({}, undefined, "alice")).toBeUndefined();
   });
 
-  it("pins configured routes against tool calls but lets tools replace the instanceId guess", () => {
-    const registry = new SessionRegistry("me");
+  it("refuses a route into a session whose agent acts as another instance", () => {
+    const registry = new SessionRegistry((agent) => MAPPING[agent] ?? agent);
+    expect(registry.learn("b", "agent:alice:main", "alice", "config")).toBe(false);
+    expect(registry.learn("b", "agent:main:palace-b", undefined, "bridge")).toBe(false);
+    expect(registry.get("b")).toBeUndefined();
+    expect(registry.refused).toBe(2);
+    expect(registry.entitled("b", "bob")).toBe(true);
+    expect(registry.entitled("b", "alice")).toBe(false);
+  });
+
+  it("pins configured routes against tool calls but lets tools replace the agent-mapping guess", () => {
+    const registry = new SessionRegistry((agent) => MAPPING[agent] ?? agent);
     const discovered: string[] = [];
     registry.onServe = (i, db) => discovered.push(db ? `${i}@${db}` : i);
-    registry.learn("me", "agent:main:main", "main", "instanceId");
-    registry.learn("ops", "agent:ops:main", "ops", "config");
-    registry.noteToolCall("memory_set", { instance_id: "ops", database: "work" }, "agent:main:other");
-    expect(registry.get("ops")?.sessionKey).toBe("agent:ops:main");
-    registry.noteToolCall("memory_stats", {}, "agent:main:s1");
-    expect(registry.get("me")?.sessionKey).toBe("agent:main:s1");
-    registry.noteToolCall("palace_message", { action: "send", from_instance: "x", to_instance: "y" }, "agent:main:x");
-    expect(registry.get("x")?.agentId).toBe("main");
-    // recall's instance_id is a filter, not an identity
-    registry.noteToolCall("memory_recall", { query: "q", instance_id: "filter-only" }, "agent:main:s2");
-    expect(registry.get("filter-only")).toBeUndefined();
-    registry.noteToolCall("memory_recall", { query: "q", database: "life" }, "agent:main:s1"); // acts as "me"
-    expect(discovered).toEqual(["me", "ops", "ops@work", "x", "me@life"]);
+    registry.learn("a", "agent:alice:main", "alice", "agents");
+    registry.learn("c", "agent:ops:main", "ops", "config");
+    registry.noteToolCall({ database: "work" }, "agent:ops:other");
+    expect(registry.get("c")?.sessionKey).toBe("agent:ops:main");
+    registry.noteToolCall({}, "agent:alice:s1");
+    expect(registry.get("a")?.sessionKey).toBe("agent:alice:s1");
+    registry.noteToolCall({ database: "life" }, "agent:alice:s1");
+    expect(discovered).toEqual(["a", "c", "c@work", "a@life"]);
     expect(registry.served()).toEqual([
-      { instance: "me" }, { instance: "me", database: "life" },
-      { instance: "ops" }, { instance: "ops", database: "work" },
-      { instance: "x" },
+      { instance: "a" }, { instance: "a", database: "life" },
+      { instance: "c" }, { instance: "c", database: "work" },
     ]);
   });
 
-  it("restores sessions and their databases, ignoring an old file's channels", () => {
-    const registry = new SessionRegistry();
+  it("restores sessions and their databases, ignoring an old file's channels and routes the mapping now refuses", () => {
+    const registry = new SessionRegistry((agent) => MAPPING[agent] ?? agent);
     const served: string[] = [];
     registry.onServe = (i, db) => served.push(db ? `${i}@${db}` : i);
     registry.restore({
-      sessions: { b: { sessionKey: "agent:main:palace-b", agentId: "main", lastSeen: 5, source: "tool", databases: ["work"] } },
+      sessions: {
+        b: { sessionKey: "agent:bob:palace-b", agentId: "bob", lastSeen: 5, source: "config", databases: ["work"] },
+        a: { sessionKey: "agent:main:palace-a", agentId: "main", lastSeen: 6, source: "tool" },
+      },
       channels: { deploys: ["b"] },
     });
-    expect(registry.get("b")).toMatchObject({ sessionKey: "agent:main:palace-b", lastSeen: 5, databases: ["work"] });
+    expect(registry.get("b")).toMatchObject({ sessionKey: "agent:bob:palace-b", lastSeen: 5, databases: ["work"], source: "tool" });
+    expect(registry.get("a")).toBeUndefined();
     expect(served).toEqual(["b", "b@work"]);
     expect(registry.snapshot()).not.toHaveProperty("channels");
+  });
+
+  it("the waker never wakes a session whose agent acts as another instance", () => {
+    const mapping: Record<string, string> = { ...MAPPING };
+    const registry = new SessionRegistry((agent) => mapping[agent] ?? agent);
+    registry.learn("b", "agent:bob:main", "bob", "tool");
+    const { runtime, rec } = recorder();
+    const waker = new Waker(registry, () => runtime, quiet, 20);
+    mapping.bob = "a"; // bob now acts as a: its old route for b must not be used
+    waker.handle(msg({ message_id: 50 }));
+    expect(rec.events).toHaveLength(0);
+    expect(waker.refused).toBe(1);
   });
 });

@@ -1,6 +1,8 @@
 /**
  * Push wake: a bridge `new_message` event becomes a system event in the session of each of its
- * `recipients` (the served instances the bridge says it is for) plus an immediate heartbeat. Both OpenClaw calls throw while the plugin is being replaced, so failed
+ * `recipients` (the served instances the bridge says it is for) plus an immediate heartbeat, only
+ * in sessions of agents that act as that recipient. Both OpenClaw calls throw while the plugin is
+ * being replaced, so failed
  * wakes are queued and retried. Message content is never put in the event, only its metadata.
  */
 import type { SessionRegistry, SessionRoute } from "./sessions.js";
@@ -125,6 +127,8 @@ export class Waker {
   private retryTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   unrouted = 0;
+  /** Wakes withheld because the routed session's agent acts as another instance. */
+  refused = 0;
 
   constructor(registry: SessionRegistry, runtime: () => WakeRuntime | undefined, logger: WakeLogger, retryMs = 500) {
     this.registry = registry;
@@ -169,6 +173,12 @@ export class Waker {
       if (!route) {
         this.unrouted++;
         this.logger.debug?.(`memory-palace: message #${msg.message_id} for ${instance}: no session known yet`);
+        continue;
+      }
+      if (!this.registry.entitled(instance, route.agentId)) {
+        // Only sessions of agents that act as the recipient are ever woken for it.
+        this.refused++;
+        this.logger.warn(`memory-palace: not waking ${route.sessionKey} for ${instance}: its agent ${route.agentId} acts as ${this.registry.instanceOfSession(route.sessionKey, route.agentId)}`);
         continue;
       }
       this.remember(key);

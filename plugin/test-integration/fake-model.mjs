@@ -1,6 +1,7 @@
 // A fake OpenAI-compatible chat-completions server (SSE streaming) for the OpenClaw integration
 // test. When the prompt holds a Memory Palace wake event it answers with the tool call the event
 // names (palace_message get); once that tool result is in the conversation it answers NO_REPLY.
+// A user turn whose last user message holds `FAKE_REPLY: <text>` is answered with <text>.
 // Prints {"port"} on its first stdout line; GET /requests returns what it saw (with timestamps and
 // the text of the non-system messages as `prompt`).
 import { createServer } from "node:http";
@@ -44,8 +45,14 @@ function decide(body) {
       : { name: "tool_call", arguments: JSON.stringify({ name: "palace_message", arguments: JSON.parse(args) }) };
     return { toolCall: { id: `call_${seen.length}`, type: "function", function: fn } };
   }
-  record.answer = "NO_REPLY";
-  return { content: "NO_REPLY" };
+  // OpenClaw may add its own user-role context after the prompt: take the newest FAKE_REPLY unless
+  // a wake came after it (a wake turn answers NO_REPLY).
+  const texts = messages.map((m) => (m.role === "user" ? text(m) : ""));
+  const replyAt = texts.findLastIndex((t) => t.includes("FAKE_REPLY: "));
+  const wakeAt = texts.findLastIndex((t) => new RegExp(WAKE.source).test(t));
+  const scripted = replyAt >= 0 && replyAt > wakeAt ? /FAKE_REPLY: ([^\n]+)/.exec(texts[replyAt]) : null;
+  record.answer = scripted ? scripted[1].trim() : "NO_REPLY";
+  return { content: record.answer };
 }
 
 function chunk(res, model, delta, finish = null) {

@@ -5,12 +5,16 @@
 // FAKE_BRIDGE_EXTENSIONS (comma-separated) is the ready line's `extensions`; FAKE_BRIDGE_FAIL_SUBSCRIBE=N
 // fails the first N `_subscribe` calls of each process with BACKEND_UNAVAILABLE; FAKE_BRIDGE_LOG
 // appends one line per start.
-// Methods: any tool name (returns {method, params}), echo (returns params), sleep {ms}, crash {code},
+// Methods: any tool name (returns {method, params, caller}; memory_set adds a new `id`), echo (returns params), sleep {ms}, crash {code},
 // fail (a NOT_FOUND refusal), emit {event, data}, _subscribe/_unsubscribe {instance, database?},
 // _cancel, _shutdown, _get_instance_routes. `message` send emits new_message with `recipients`: the
 // served instances it is for (direct, "all" minus the sender, a channel's served subscribers).
 // Unlike the real bridge it serves ONLY its instance and what was announced with _subscribe (not
-// callers' identities), so tests see whether the plugin announced them.
+// callers' identities), so tests see whether the plugin announced them. Like the real bridge, a
+// request's `caller` binds it: identity params (instance_id, from_instance) are filled from it and
+// refused with PERMISSION_DENIED when they name another instance; _subscribe needs caller ==
+// instance. Tool results echo {method, params, caller}. With MEMORY_PALACE_TOKEN set the ready
+// line's identity is {instance: "token-owner", role: "writer", verified: true}.
 import { appendFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 
@@ -27,11 +31,17 @@ const served = new Set(instanceId ? [instanceId] : []);
 const channelSubscribers = new Map(); // channel -> instances (message action subscribe)
 const timers = new Map();
 let nextMessage = 1;
+let nextMemory = 1;
 const TOOLS = ["memory_set", "memory_recall", "memory_get", "memory_recent", "memory_archive", "memory_link", "memory_unlink", "memory_stats", "memory_audit", "memory_reembed", "message"];
 const DB_MANAGER = ["memory_list_databases", "memory_register_database", "memory_set_default_database", "memory_current_database"];
 const tools = [...TOOLS, ...(extensions.includes("db_manager") ? DB_MANAGER : [])];
-if (mode !== "never-ready") send({ ready: true, version: "fake", tools, extensions, instance_id: instanceId, database: "default" });
+const identity = process.env.MEMORY_PALACE_TOKEN
+  ? { instance: "token-owner", role: "writer", verified: true }
+  : { instance: instanceId, role: "admin", verified: false };
+if (mode !== "never-ready") send({ ready: true, version: "fake", tools, extensions, instance_id: instanceId, database: "default", identity });
 if (mode === "never-ready" || mode === "stubborn") setInterval(() => {}, 1000);
+
+const IDENTITY = { memory_set: ["instance_id"], message: ["instance_id", "from_instance"] };
 
 function refuse(id, code, message) {
   send({ id, error: { code, message, data: { kind: code } } });
@@ -53,7 +63,13 @@ function serveParams(id, method, params) {
 }
 
 createInterface({ input: process.stdin }).on("line", (line) => {
-  const { id, method, params = {} } = JSON.parse(line);
+  const { id, method, params = {}, caller } = JSON.parse(line);
+  if (caller && IDENTITY[method]) {
+    for (const key of IDENTITY[method]) {
+      if (params[key] === undefined) params[key] = caller;
+      else if (params[key] !== caller) return refuse(id, "PERMISSION_DENIED", `${method}: ${key}='${params[key]}' names another instance; you are '${caller}' (bound by the gateway)`);
+    }
+  }
   switch (method) {
     case "echo":
       return send({ id, result: params });
@@ -67,6 +83,7 @@ createInterface({ input: process.stdin }).on("line", (line) => {
       return process.exit(params.code ?? 3);
     case "_subscribe": {
       if (serveParams(id, method, params) !== true) return;
+      if (caller && caller !== params.instance) return refuse(id, "PERMISSION_DENIED", `_subscribe: you are '${caller}' and may not receive '${params.instance}'s messages`);
       if (failSubscribe > 0) {
         failSubscribe--;
         return refuse(id, "BACKEND_UNAVAILABLE", "the database is down; start it and retry");
@@ -112,9 +129,10 @@ createInterface({ input: process.stdin }).on("line", (line) => {
         if (to.length) send({ event: "new_message", data: { ...data, database: params.database ?? "default", recipients: to } });
         return;
       }
-      return send({ id, result: { method, params } });
+      return send({ id, result: { method, params, caller } });
     default:
       if (method.startsWith("_")) return send({ id, error: { code: "METHOD_NOT_FOUND", message: `unknown method ${method}` } });
-      return send({ id, result: { method, params } });
+      if (method === "memory_set") return send({ id, result: { method, params, caller, id: nextMemory++ } });
+      return send({ id, result: { method, params, caller } });
   }
 }).on("close", () => { if (mode !== "stubborn") process.exit(0); });

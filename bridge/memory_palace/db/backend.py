@@ -211,6 +211,22 @@ class Backend(ABC):
         """Hold a lock on `key` until the caller's write transaction ends. SQLite's write
         transactions (BEGIN IMMEDIATE) already exclude each other."""
 
+    def scrub_begin(self, conn: Connection) -> None:
+        """In a write transaction about to delete content for good: make the deletes leave no
+        recoverable copy where the backend can. (PostgreSQL: VACUUM, run by autovacuum,
+        reclaims dead rows; nothing to do in the transaction.)"""
+
+    def scrub_end(self, conn: Connection) -> None:
+        """In the same transaction, after the deletes."""
+
+    def scrub_after(self, db: Database) -> None:
+        """After the transaction committed."""
+
+    def try_lock(self, conn: Connection, key: int) -> bool:
+        """Take the lock on `key` for the caller's write transaction if nobody holds it;
+        False if another transaction does (SQLite: the write transaction is the lock)."""
+        return True
+
     # -- messaging --------------------------------------------------------------------------
     #: "listen" (pushed by the server) or "poll" (read every tick).
     listen_mode: str = "poll"
@@ -231,7 +247,12 @@ class Backend(ABC):
         Returns facts for `Database` (e.g. the pgvector version)."""
 
     @abstractmethod
-    def create_engine(self, url: str) -> Any: ...
+    def create_engine(self, url: str, options: Any) -> Any:
+        """The SQLAlchemy engine; `options` is config `postgres` (pool sizes, timeout)."""
+
+    def lock_rows(self, conn: Connection, table: str, ids: list[int]) -> None:
+        """Lock rows about to be updated in id order, so two transactions updating an
+        overlapping set of rows cannot deadlock. A no-op where writers are serialised."""
 
     @abstractmethod
     def probe(self, url: str, tables: tuple[str, ...]) -> dict[str, Any]:

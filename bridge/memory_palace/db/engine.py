@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
-from ..config import type_from_url
+from ..config import Postgres, type_from_url
 from .backend import Backend
 from .errors import translate_db_errors
 from .postgres import BACKEND as POSTGRES
@@ -32,7 +32,8 @@ def backend_for(url: str) -> Backend:
 class Database:
     """One physical database: its engine, backend and caches. Shared by every Palace."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, options: Postgres | None = None) -> None:
+        options = options or Postgres()
         self.url = url
         self.backend = backend_for(url)
         self.kind = self.backend.kind
@@ -41,10 +42,14 @@ class Database:
         self.lock = threading.RLock()
         self._local = threading.local()
         self.schema_ready = False
+        #: Where LISTEN connects: `url`, or postgres.listen_url (past PgBouncer) on this database.
+        #: Creating the database goes there too: PgBouncer remembers a failed login to a
+        #: database that did not exist yet and refuses it for server_login_retry (15 s).
+        self.listen_url = listen_url_for(url, options.listen_url)
         with translate_db_errors(self):
             #: Facts found while preparing, e.g. {"pgvector_version": "0.6.2"}.
-            self.facts: dict[str, Any] = self.backend.prepare(url)
-            self.engine = self.backend.create_engine(url)
+            self.facts: dict[str, Any] = self.backend.prepare(self.listen_url)
+            self.engine = self.backend.create_engine(url, options)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -89,18 +94,26 @@ class Database:
         self.engine.dispose()
 
 
+def listen_url_for(url: str, listen_url: str | None) -> str:
+    """`listen_url` pointed at `url`'s database, or `url` itself when there is none."""
+    if not listen_url or type_from_url(url) != "postgres":
+        return url
+    name = make_url(url).database
+    return make_url(listen_url).set(database=name).render_as_string(hide_password=False)
+
+
 class EngineRegistry:
-    """url -> Database, created lazily under a lock."""
+    """url -> Database, created lazily under a lock. The first caller's pool options win."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._dbs: dict[str, Database] = {}
 
-    def get(self, url: str) -> Database:
+    def get(self, url: str, options: Postgres | None = None) -> Database:
         with self._lock:
             db = self._dbs.get(url)
             if db is None:
-                db = Database(url)
+                db = Database(url, options)
                 self._dbs[url] = db
             return db
 
@@ -116,8 +129,9 @@ class EngineRegistry:
 _REGISTRY = EngineRegistry()
 
 
-def get_database(url: str) -> Database:
-    return _REGISTRY.get(url)
+def get_database(url: str, options: Postgres | None = None) -> Database:
+    """The Database for `url`; `options` (config `postgres`) size its pool when it is new."""
+    return _REGISTRY.get(url, options)
 
 
 def dispose_engines(url: str | None = None) -> None:

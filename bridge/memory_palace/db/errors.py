@@ -29,7 +29,8 @@ def translate(exc: BaseException, db: Database | None = None) -> Exception | Non
         where = f" for {db.masked_url}" if db is not None else ""
         return BackendUnavailable(
             f"every pooled database connection{where} is busy (pool timeout); the server is "
-            "overloaded or calls are stuck; retry, or lower the number of concurrent calls"
+            "overloaded or calls are stuck; retry, lower the number of concurrent calls, or "
+            "raise config postgres.pool_size / max_overflow / pool_timeout"
         )
     orig = getattr(exc, "orig", None) if isinstance(exc, sa_exc.StatementError) else None
     inner = orig if isinstance(orig, BaseException) else exc

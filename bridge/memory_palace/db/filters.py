@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .values import utcnow
@@ -40,6 +41,9 @@ class Filters:
     include_archived: bool = False
     access: Access | None = None  # None: no visibility limit (maintenance on every row)
     include_expired: bool = False
+    # Event time bounds on coalesce(occurred_at, created_at): since inclusive, until exclusive.
+    since: datetime | None = None
+    until: datetime | None = None
 
     @classmethod
     def make(
@@ -51,6 +55,8 @@ class Filters:
         min_foundational: bool | None = None,
         include_archived: bool = False,
         access: Access | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Filters:
         projects = None
         if project is not None:
@@ -63,6 +69,8 @@ class Filters:
             bool(min_foundational),
             bool(include_archived),
             access,
+            since=since,
+            until=until,
         )
 
     @property
@@ -74,6 +82,8 @@ class Filters:
             or self.memory_type
             or self.subject
             or self.foundational_only
+            or self.since is not None
+            or self.until is not None
         )
 
 
@@ -118,6 +128,12 @@ def where(db: Database, f: Filters, alias: str = "memories") -> tuple[str, dict[
         params["f_true"] = True
     if f.access is not None:
         parts.append(visible(f.access, params, alias))
+    if f.since is not None:
+        parts.append(f"coalesce({alias}.occurred_at, {alias}.created_at) >= :f_since")
+        params["f_since"] = backend.encode("time", f.since)
+    if f.until is not None:
+        parts.append(f"coalesce({alias}.occurred_at, {alias}.created_at) < :f_until")
+        params["f_until"] = backend.encode("time", f.until)
     if not f.include_expired:
         parts.append(f"({alias}.expires_at IS NULL OR {alias}.expires_at > :f_now)")
         params["f_now"] = backend.encode("time", utcnow())

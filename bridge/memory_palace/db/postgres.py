@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import QueuePool
 
+from ..config import Postgres
 from ..errors import (
     BackendUnavailable,
     Conflict,
@@ -23,6 +25,7 @@ from ..errors import (
     InvalidParams,
     MemoryPalaceError,
     PermissionDenied,
+    TransactionAborted,
 )
 from .backend import Backend, Hits
 from .filters import Filters, like_escape, where
@@ -35,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("memory_palace.db")
 
-POOL = {"pool_size": 5, "max_overflow": 10, "pool_pre_ping": True}
 CONNECT_TIMEOUT_S = 10
 EXACT_SCAN_ROWS = 3000  # estimated matching rows below which an exact scan is cheaper
 EF_MIN, EF_MAX = 100, 1000  # hnsw.ef_search bounds (1000 is pgvector's maximum)
@@ -159,8 +161,9 @@ def ensure_database(url: str) -> bool:
             try:
                 cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
             except psycopg2.Error as exc:
-                if exc.pgcode == errorcodes.DUPLICATE_DATABASE:
-                    return False  # another process created it first
+                if exc.pgcode in (errorcodes.DUPLICATE_DATABASE, errorcodes.UNIQUE_VIOLATION):
+                    _wait_connectable(url)  # another process is creating it at the same time
+                    return False
                 if exc.pgcode == errorcodes.INSUFFICIENT_PRIVILEGE:
                     raise PermissionDenied(
                         f"database {dbname!r} does not exist and role {user!r} may not create "
@@ -177,6 +180,20 @@ def ensure_database(url: str) -> bool:
         admin.close()
 
 
+def _wait_connectable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Until the database another process is creating accepts connections (CREATE DATABASE
+    makes its name visible before it can be connected to)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pg_connect(url).close()
+            return
+        except DatabaseMissing:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def ensure_pgvector(url: str) -> str:
     """Make sure the vector extension is enabled; return its version."""
     conn = pg_connect(url)
@@ -189,6 +206,10 @@ def ensure_pgvector(url: str) -> str:
             try:
                 cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
             except psycopg2.Error as exc:
+                cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+                row = cur.fetchone()
+                if row:  # another process enabled it at the same time (a unique violation)
+                    return row[0]
                 cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
                 available = cur.fetchone() is not None
                 dbname = pg_database_name(url)
@@ -484,6 +505,9 @@ class PostgresBackend(Backend):
     def lock(self, conn: Connection, key: int) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
+    def try_lock(self, conn: Connection, key: int) -> bool:
+        return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar())
+
     # -- messaging --------------------------------------------------------------------------
     def notify(self, conn: Connection, channels: list[str], payload: str) -> list[str]:
         for channel in channels:  # bind parameters: channel names are data, never SQL
@@ -520,12 +544,27 @@ class PostgresBackend(Backend):
         base = make_url(default_url)
         return [base.set(database=n).render_as_string(hide_password=False) for n in names]
 
-    def create_engine(self, url: str) -> Engine:
+    def create_engine(self, url: str, options: Postgres) -> Engine:
+        # No session state is kept on pooled connections (settings are SET LOCAL, locks are
+        # xact locks, psycopg2 prepares nothing server-side), so PgBouncer in transaction mode
+        # can sit in front. LIFO reuse keeps the idle connections few and warm.
         return create_engine(
             sqlalchemy_url(url),
             poolclass=QueuePool,
-            **POOL,
+            pool_size=options.pool_size,
+            max_overflow=options.max_overflow,
+            pool_timeout=options.pool_timeout,
+            pool_pre_ping=True,
+            pool_use_lifo=True,
             connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+        )
+
+    def lock_rows(self, conn: Connection, table: str, ids: list[int]) -> None:
+        # FOR NO KEY UPDATE, like the UPDATE itself: it does not block foreign-key checks
+        # (edge inserts take KEY SHARE on the memories they link).
+        conn.execute(
+            text(f"SELECT id FROM {table} WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE"),
+            {"ids": sorted(ids)},
         )
 
     def probe(self, url: str, tables: tuple[str, ...]) -> dict[str, Any]:
@@ -568,6 +607,11 @@ class PostgresBackend(Backend):
             return BackendUnavailable(
                 f"PostgreSQL{where_} is not reachable: {detail}. Check that the server runs "
                 "(pg_isready); the call can be retried once it is back"
+            )
+        if code in (errorcodes.SERIALIZATION_FAILURE, errorcodes.DEADLOCK_DETECTED):
+            return TransactionAborted(
+                f"PostgreSQL{where_} aborted the transaction ({detail}, SQLSTATE {code}); "
+                "nothing was written and the call can be retried"
             )
         if code == errorcodes.INVALID_CATALOG_NAME:
             return DatabaseMissing(f"PostgreSQL database{where_} does not exist: {detail}")

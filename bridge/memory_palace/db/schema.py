@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ..errors import Conflict
+from .backend import Backend
 from .engine import Database
 from .tables import META, TABLES
 
@@ -39,16 +40,30 @@ STEPS: list[tuple[int, Step]] = [
 ]
 
 
-def ddl(db: Database, dim: int | None) -> list[str]:
+def backend_ddl(backend: Backend, dim: int | None) -> list[str]:
     """Every statement that creates the current schema (idempotent: IF NOT EXISTS)."""
     stmts: list[str] = []
     for table in TABLES:
-        stmts += db.backend.create_table(table, dim)
-    return stmts + db.backend.search_ddl(dim)
+        stmts += backend.create_table(table, dim)
+    return stmts + backend.search_ddl(dim)
+
+
+def first_use_ddl(backend: Backend, dim: int | None) -> list[str]:
+    """What `migrate` runs on a database without the current schema, in its order (doctor
+    runs these in a transaction it rolls back, as the configured role)."""
+    return [*backend.create_table(META, dim), *backend_ddl(backend, dim)]
+
+
+def ddl(db: Database, dim: int | None) -> list[str]:
+    return backend_ddl(db.backend, dim)
+
+
+def backend_fingerprint(backend: Backend) -> str:
+    return hashlib.sha256("\n".join(backend_ddl(backend, 1)).encode()).hexdigest()[:16]
 
 
 def fingerprint(db: Database) -> str:
-    return hashlib.sha256("\n".join(ddl(db, 1)).encode()).hexdigest()[:16]
+    return backend_fingerprint(db.backend)
 
 
 def get_meta(conn: Connection, key: str) -> str | None:
@@ -77,14 +92,16 @@ def schema_version(db: Database) -> int:
         return int(get_meta(conn, "schema_version") or 0)
 
 
+def _up_to_date(conn: Connection, db: Database) -> bool:
+    return (
+        get_meta(conn, "schema_fingerprint") == fingerprint(db)
+        and int(get_meta(conn, "schema_version") or 0) == SCHEMA_VERSION
+    )
+
+
 def _current(db: Database) -> bool:
     with db.read() as conn:
-        if not _meta_exists(db, conn):
-            return False
-        return (
-            get_meta(conn, "schema_fingerprint") == fingerprint(db)
-            and int(get_meta(conn, "schema_version") or 0) == SCHEMA_VERSION
-        )
+        return _meta_exists(db, conn) and _up_to_date(conn, db)
 
 
 def _add_missing_columns(conn: Connection, db: Database, dim: int | None) -> int:
@@ -114,6 +131,12 @@ def migrate(db: Database, dim: int | None) -> int:
             return 0
         with db.write() as conn:
             db.backend.lock(conn, MIGRATION_LOCK_KEY)
+            if _meta_exists(db, conn) and _up_to_date(conn, db):
+                # Another process migrated while this one waited for the lock. Running the
+                # DDL again would take table locks (ALTER TABLE, CREATE INDEX) that deadlock
+                # with its writers.
+                db.schema_ready = True
+                return 0
             for stmt in db.backend.create_table(META, dim):
                 conn.exec_driver_sql(stmt)
             version = int(get_meta(conn, "schema_version") or 0)

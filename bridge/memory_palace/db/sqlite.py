@@ -157,6 +157,19 @@ class SqliteBackend(Backend):
     def existing_columns(self, conn: Connection, table: str) -> set[str]:
         return {r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
 
+    # -- forgetting for good: deleted text must not linger in free pages, FTS5 segments
+    # (a delete only adds a tombstone until segments merge) or the WAL.
+    def scrub_begin(self, conn: Connection) -> None:
+        conn.exec_driver_sql("PRAGMA secure_delete = ON")  # zero freed cells and pages
+
+    def scrub_end(self, conn: Connection) -> None:
+        conn.exec_driver_sql("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
+        conn.exec_driver_sql("PRAGMA secure_delete = OFF")
+
+    def scrub_after(self, db: Database) -> None:
+        with db.read() as conn:  # old page images stay in the WAL until a checkpoint
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- values -----------------------------------------------------------------------------
     def encode_time(self, value: datetime) -> str:
         return as_utc(value).isoformat()
@@ -248,7 +261,8 @@ class SqliteBackend(Backend):
         self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
     ) -> Hits:
         allowed = None
-        if f.subject:  # the index holds no subjects: pre-select ids for a subject filter
+        # The index holds no subjects nor event times: pre-select ids for those filters.
+        if f.subject or f.since is not None or f.until is not None:
             cond, params = where(db, f)
             with db.read() as conn:
                 allowed = {
@@ -284,7 +298,7 @@ class SqliteBackend(Backend):
             ) from exc
         return {"created": not existed}
 
-    def create_engine(self, url: str) -> Engine:
+    def create_engine(self, url: str, options: Any = None) -> Engine:
         engine = create_engine(
             f"sqlite:///{sqlite_path(url)}",
             poolclass=QueuePool,

@@ -107,8 +107,9 @@ class _Matrix:
 
     def drop(self, mid: int) -> None:
         r = self.row_of.get(mid)
-        if r is not None:
+        if r is not None:  # a forgotten memory's vector leaves the process's memory too
             self.valid[r] = False
+            self.vecs[r] = 0.0
 
     def _rows(self, index: dict[Any, set[int]], keys: list[Any]) -> np.ndarray:
         mask = np.zeros(self.n, bool)

@@ -113,6 +113,7 @@ MEMORIES = Table(
         _c("is_archived", "bool", nullable=False, default=False),
         # "shared" (every instance), "private" (its instance_id only) or a scope's name
         _c("visibility", "text", nullable=False, default="shared"),
+        _c("occurred_at", "time"),  # when it happened (None: when it was stored)
     ),
     indexes=(
         Index("ix_memories_instance", ("instance_id",)),
@@ -123,6 +124,7 @@ MEMORIES = Table(
         Index("ix_memories_hash", ("content_hash",)),
         Index("ix_memories_archived", ("is_archived", "foundational")),
         Index("ix_memories_projects", ("projects",)),
+        Index("ix_memories_expires", ("expires_at",), where="expires_at IS NOT NULL"),
     ),
     compare="content",
     record="memory",
@@ -151,6 +153,24 @@ EDGES = Table(
     ),
     compare="relation_type",
     record="edge",
+)
+
+# One row per change of a memory: who, when, and the values the change replaced (a JSON
+# object of the changed columns). Version 1 is the memory as created; change n makes n + 1.
+MEMORY_VERSIONS = Table(
+    "memory_versions",
+    (
+        _c("id", "id"),
+        _c("memory_id", "ref", nullable=False, references="memories(id)"),
+        _c("version", "int", nullable=False),
+        _c("changed_at", "time", nullable=False, default=NOW),
+        _c("changed_by", "text"),
+        _c("reason", "text"),
+        _c("old_values", "json", nullable=False),
+    ),
+    unique=(("memory_id", "version"),),
+    compare="version",
+    record="memory_version",
 )
 
 MESSAGES = Table(
@@ -267,6 +287,7 @@ TABLES: tuple[Table, ...] = (
     META,
     MEMORIES,
     EDGES,
+    MEMORY_VERSIONS,
     MESSAGES,
     MESSAGE_READS,
     MESSAGE_DELIVERIES,
@@ -297,6 +318,7 @@ __all__ = [
     "EXPORTED",
     "MEMORIES",
     "MEMORY_CARD",
+    "MEMORY_VERSIONS",
     "MESSAGES",
     "MESSAGE_DELIVERIES",
     "MESSAGE_READS",

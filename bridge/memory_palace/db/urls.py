@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.engine import URL, make_url
 
+from ..config import mask_url as mask_url  # declared there; re-exported for db users
 from ..config import type_from_url
 from ..errors import ConfigError, InvalidParams
 
@@ -31,11 +32,11 @@ def sqlite_path(url: str) -> Path:
     """The file behind a sqlite URL; '~' is expanded (sqlite:///~/x.db works)."""
     rest = url.split(":", 1)[1]
     if not rest.startswith("///"):
-        raise ConfigError(f"SQLite URL {url!r} must look like sqlite:///path/to/file.db")
+        raise ConfigError(f"SQLite URL {mask_url(url)} must look like sqlite:///path/to/file.db")
     path = rest[3:].split("?", 1)[0]
     if not path or path == ":memory:":
         raise ConfigError(
-            f"SQLite URL {url!r} must name a file; in-memory databases are not shared"
+            f"SQLite URL {mask_url(url)} must name a file; in-memory databases are not shared"
         )
     return Path(path).expanduser()
 
@@ -79,17 +80,6 @@ def sqlalchemy_url(url: str) -> URL:
         return URL.create("sqlite", database=str(sqlite_path(url)))
     parsed = make_url(url)
     return parsed.set(drivername="postgresql+psycopg2")
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, parsed, never string-replaced."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return "<unparseable url>"
-    if parsed.password is None:
-        return parsed.render_as_string(hide_password=False)
-    return parsed.render_as_string(hide_password=True)
 
 
 def pg_database_name(url: str) -> str:

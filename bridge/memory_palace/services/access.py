@@ -253,6 +253,7 @@ def scope(
             )
         if not members:
             raise InvalidParams(f"{action} needs members (instance ids)", param="members")
+        members = [check_name(m, "members") for m in members]
         with db.write() as conn:
             if action == "add":
                 rows = [{"scope": name, "instance_id": m, "created_at": utcnow()} for m in members]

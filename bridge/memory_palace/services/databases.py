@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
+from ..config import Settings
 from ..db.catalog import Catalog
 from ..db.engine import Database, backend_for
-from ..db.urls import mask_url
-from ..errors import MemoryPalaceError
+from ..db.urls import mask_url, sqlite_path, type_from_url
+from ..errors import Conflict, MemoryPalaceError, PermissionDenied
 from ..params import P
 
 log = logging.getLogger("memory_palace.databases")
@@ -63,15 +65,57 @@ def list_databases(catalog: Catalog) -> dict[str, Any]:
     return {"databases": dbs, "default": catalog.default, "count": len(dbs)}
 
 
+def _is_palace_file(url: str, path: Path) -> bool:
+    """An empty file, or a SQLite database that already holds a Memory Palace."""
+    if path.stat().st_size == 0:
+        return True
+    probe = backend_for(url).probe(url, ("palace_meta",))
+    return probe["status"] == "connected" and "palace_meta" in probe["table_counts"]
+
+
+def check_sqlite_place(settings: Settings, catalog: Catalog, url: str) -> None:
+    """A SQLite file an agent may register: inside the data dir or beside the default
+    database, and new or already a Memory Palace (never an arbitrary file turned into one)."""
+    if type_from_url(url) != "sqlite":
+        return
+    path = sqlite_path(url).resolve()
+    homes = [settings.data_dir.resolve()]
+    default_url = catalog.resolve(None)[1]
+    if type_from_url(default_url) == "sqlite":
+        homes.append(sqlite_path(default_url).resolve().parent)
+    if not any(path.is_relative_to(home) for home in homes):
+        raise PermissionDenied(
+            f"memory_register_database: {path} is outside {' and '.join(map(str, homes))}; "
+            "agents may only place SQLite databases there. Omit url to derive one, or add the "
+            "file to config.json 'databases'.",
+            param="url",
+        )
+    if path.exists() and not _is_palace_file(url, path):
+        raise Conflict(
+            f"memory_register_database: {path} exists and is not a Memory Palace database; "
+            "choose a new file name",
+            param="url",
+        )
+
+
 def register_database(
     catalog: Catalog,
     open_database: OpenDatabase,
+    settings: Settings,
     *,
     name: Name,
-    url: Annotated[str | None, P("Database URL (optional).")] = None,
+    url: Annotated[
+        str | None,
+        P(
+            "Database URL (optional). A SQLite file must lie in the data dir or beside the "
+            "default database."
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Register a named database for this process (not persisted). Without a URL it is
     derived from the default. The schema is created and the connection checked."""
+    if url is not None:
+        check_sqlite_place(settings, catalog, url)
     existed = name in catalog.names()
     registered = catalog.register(name, url)
     try:

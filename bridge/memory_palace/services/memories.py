@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -30,17 +30,23 @@ from ..errors import (
     MemoryPalaceError,
     NotFound,
     PermissionDenied,
+    TransactionAborted,
 )
 from ..params import (
     ByInstance,
     DetailLevel,
     Direction,
     DryRun,
+    ExpiresAt,
     GraphMode,
     IncludeArchived,
     MemoryType,
+    OccurredAt,
     P,
     Project,
+    Since,
+    TtlSeconds,
+    Until,
 )
 from . import graph, vectors
 from .access import Caller, access_for, check_visibility
@@ -56,6 +62,9 @@ LLM_NOTE = (
     "synthesis needs an LLM and none is configured (config llm_model); returning the raw results"
 )
 SOURCE_TYPES = ("conversation", "explicit", "inferred", "observation")
+# Above this cosine two different texts are near-identical wordings: a changed fact, most
+# likely (memory_audit's duplicate threshold is 0.92; auto_link's default link threshold 0.9).
+CONFLICT_SIMILARITY = 0.9
 
 
 def normalise_projects(project: str | list[str] | None) -> list[str]:
@@ -83,6 +92,44 @@ def check_size(settings: Settings, tool: str, **texts: str | None) -> None:
             size=size,
             limit=limit,
         )
+
+
+def parse_time(value: str, param: str, tool: str) -> datetime:
+    """An ISO 8601 time (a date alone is its midnight; no offset is UTC). Raises
+    InvalidParams naming the parameter."""
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise InvalidParams(
+            f"{tool}: {param} {value!r} is not an ISO 8601 time (e.g. 2026-03-14 or "
+            "2026-03-14T15:09:26Z)",
+            param=param,
+        ) from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def expiry(tool: str, ttl_seconds: int | None, expires_at: str | None) -> datetime | None:
+    """When a memory expires: `ttl_seconds` from now, or at `expires_at` (not both)."""
+    if ttl_seconds is not None and expires_at is not None:
+        raise InvalidParams(
+            f"{tool}: give ttl_seconds or expires_at, not both", param="ttl_seconds"
+        )
+    if ttl_seconds is not None:
+        return utcnow() + timedelta(seconds=ttl_seconds)
+    if expires_at is not None:
+        return parse_time(expires_at, "expires_at", tool)
+    return None
+
+
+def time_bounds(
+    tool: str, since: str | None, until: str | None
+) -> tuple[datetime | None, datetime | None]:
+    """Parsed since/until (event time bounds), checked to be in order."""
+    start = parse_time(since, "since", tool) if since else None
+    end = parse_time(until, "until", tool) if until else None
+    if start is not None and end is not None and end <= start:
+        raise InvalidParams(f"{tool}: until must be after since", param="until")
+    return start, end
 
 
 def document_text(subject: str | None, content: str) -> str:
@@ -118,6 +165,9 @@ def memory_dict(row: Any, detail: str = "verbose") -> dict[str, Any]:
         last_accessed_at=iso(row.last_accessed_at),
         access_count=int(row.access_count or 0),
         is_archived=bool(row.is_archived),
+        visibility=row.visibility,
+        occurred_at=iso(row.occurred_at),
+        expires_at=iso(row.expires_at),
         embedded=bool(row.embedded),
         embedding_model=row.embedding_model,
     )
@@ -169,6 +219,7 @@ def touch(
     ).bindparams(bindparam("ids", expanding=True))
     now = db.backend.encode("time", utcnow())
     with db.write() as conn:
+        db.backend.lock_rows(conn, "memories", ids)  # in id order: hot rows cannot deadlock
         rows = conn.execute(stmt, {**params, "now": now, "ids": list(ids)})
         return {int(r.id): r for r in rows}
 
@@ -180,6 +231,7 @@ def archive_rows(conn: Connection, db: Database, ids: list[int], note: str) -> N
         "UPDATE memories SET is_archived = :t, updated_at = :now, source_context = "
         "coalesce(source_context, '') || :note WHERE id IN :ids"
     ).bindparams(bindparam("ids", expanding=True))
+    db.backend.lock_rows(conn, "memories", ids)
     conn.execute(
         stmt,
         {"t": True, "now": db.backend.encode("time", utcnow()), "note": note, "ids": list(ids)},
@@ -239,6 +291,7 @@ def _find_duplicate(
     projects: list[str],
     visibility: str,
     owner: str,
+    now: Any,
 ) -> Any | None:
     """An identical live memory in the same scope: same content, type, projects and
     visibility (and owner, for private ones, so nobody learns of another's private memory)."""
@@ -246,9 +299,9 @@ def _find_duplicate(
         text(
             "SELECT id, subject, projects, instance_id, (embedding IS NOT NULL) AS embedded "
             "FROM memories WHERE content_hash = :h AND memory_type = :t AND is_archived = :f "
-            "AND visibility = :v"
+            "AND visibility = :v AND (expires_at IS NULL OR expires_at > :now)"
         ),
-        {"h": digest, "t": memory_type, "f": False, "v": visibility},
+        {"h": digest, "t": memory_type, "f": False, "v": visibility, "now": now},
     ).all()
     want = sorted(projects)
     return next(
@@ -262,18 +315,91 @@ def _find_duplicate(
     )
 
 
-def _embed(
+def embed(
     db: Database, embedder: Embedder, subject: str | None, content: str
-) -> tuple[np.ndarray | None, str | None]:
-    """(vector, None) or (None, why): a failing embedder never loses the memory."""
+) -> tuple[np.ndarray | None, str | None, dict[str, Any]]:
+    """(vector, None, note) or (None, why, {}): a failing embedder never loses the memory.
+    `note` says when only the first tokens were embedded."""
     try:
         vectors.check_embedder(db, embedder)
-        return embedder.embed_documents([document_text(subject, content)])[0], None
+        vec = embedder.embed_documents([document_text(subject, content)])[0]
     except MemoryPalaceError as exc:
-        return None, exc.message
+        return None, exc.message, {}
     except Exception as exc:  # an embedder bug must not lose the memory either
         log.exception("embedding failed")
-        return None, str(exc)
+        return None, str(exc), {}
+    tokens = embedder.token_limit(document_text(subject, content))
+    if tokens is None:
+        return vec, None, {}
+    return (
+        vec,
+        None,
+        {
+            "embedded_tokens": tokens,
+            "note": f"only the first {tokens} tokens are in the vector (the embedder's "
+            "limit); keyword search covers the whole text",
+        },
+    )
+
+
+def _conflicts(
+    db: Database,
+    embedder: Embedder,
+    vec: np.ndarray | None,
+    subject: str | None,
+    digest: str,
+    projects: list[str],
+    reach: Access,
+) -> list[dict[str, Any]]:
+    """Live memories in the same projects, visible to everyone who will see the new one, with
+    the same subject or a near-identical text (cosine >= CONFLICT_SIMILARITY) but other
+    content: most similar first, same-subject ones before the others."""
+    scope = Filters.make(project=projects, access=reach)
+    found: dict[int, dict[str, Any]] = {}
+    if subject and subject.strip():
+        cond, params = where(db, scope)
+        with db.read() as conn:
+            for r in conn.execute(
+                text(
+                    f"SELECT id FROM memories WHERE {cond} AND lower(subject) = lower(:c_subject) "
+                    "AND (content_hash IS NULL OR content_hash <> :c_hash) ORDER BY id DESC LIMIT 5"
+                ),
+                {**params, "c_subject": subject.strip(), "c_hash": digest},
+            ):
+                found[int(r.id)] = {"id": int(r.id), "reason": "same subject"}
+    sims: dict[int, float] = {}
+    if vec is not None:
+        hits = vectors.search(db, embedder, vec, 5, scope)
+        sims = dict(hits)
+        for mid, sim in hits:
+            if sim >= CONFLICT_SIMILARITY and mid not in found:
+                found[mid] = {"id": mid, "reason": "similar text"}
+        sims.update(vectors.similarities(db, embedder, vec, [i for i in found if i not in sims]))
+    rows = fetch(db, list(found), reach)
+    out = []
+    for mid, item in found.items():
+        r = rows.get(mid)
+        if r is None or content_hash(r.content) == digest:
+            continue
+        content = r.content or ""
+        item.update(
+            subject=r.subject,
+            content=content if len(content) <= 200 else content[:197] + "...",
+            instance_id=r.instance_id,
+        )
+        if mid in sims:
+            item["similarity"] = round(sims[mid], 4)
+        out.append(item)
+    out.sort(key=lambda c: (c["reason"] != "same subject", -c.get("similarity", 0.0), -c["id"]))
+    return out
+
+
+def _first_changeable(db: Database, caller: Caller, conflicts: list[dict[str, Any]]) -> int | None:
+    """The first conflicting memory the caller may replace (its own, or any for an admin)."""
+    for c in conflicts:
+        if c["instance_id"] == caller.instance or caller.role == "admin" or not caller.verified:
+            return int(c["id"])
+    return None
 
 
 def _link_access(visibility: str, mine: Access) -> Access:
@@ -414,24 +540,37 @@ def remember(
     auto_link: Annotated[
         bool | None, P("Link to similar memories (default: config auto_link.enabled).")
     ] = None,
+    ttl_seconds: TtlSeconds = None,
+    expires_at: ExpiresAt = None,
+    occurred_at: OccurredAt = None,
+    on_conflict: Annotated[
+        Literal["report", "supersede"],
+        P(
+            "report (default): list possible_conflicts (same subject, or near-identical text "
+            "saying something else); supersede: replace the closest one you may change."
+        ),
+    ] = "report",
 ) -> dict[str, Any]:
     """Remember something: store a memory (fact, decision, preference, event, ...) with its
-    embedding. Exact duplicates return the existing id. Similar memories are linked."""
+    embedding. Exact duplicates return the existing id. Similar memories are linked; ones
+    that may contradict it are listed as possible_conflicts."""
     check_size(
         settings, "memory_set", content=content, subject=subject, keywords=" ".join(keywords or [])
     )
     projects = normalise_projects(project)
     instance = caller.instance or "default"
     seen_by = check_visibility(db, caller, visibility or settings.default_visibility, instance)
+    expires = expiry("memory_set", ttl_seconds, expires_at)
+    occurred = parse_time(occurred_at, "occurred_at", "memory_set") if occurred_at else None
     digest = content_hash(content)
+    now = utcnow()
+    stamp = db.backend.encode("time", now)
     with db.read() as conn:
-        dup = _find_duplicate(conn, digest, memory_type, projects, seen_by, instance)
+        dup = _find_duplicate(conn, digest, memory_type, projects, seen_by, instance, stamp)
     if dup is not None:
         return _duplicate_result(dup)
-    if supersedes_id is not None:
-        check_may_change(db, caller, [supersedes_id], "supersedes_id")
-    vec, failure = _embed(db, embedder, subject, content)
-    result: dict[str, Any] = {}
+    vec, failure, note = embed(db, embedder, subject, content)
+    result: dict[str, Any] = dict(note)
     tags = list(tags or [])
     if vec is None:
         tags.append(EMBEDDING_FAILED_TAG)
@@ -439,14 +578,10 @@ def remember(
             f"stored without an embedding: {failure} (tagged embedding_failed;"
             " run memory_reembed with missing_only)"
         )
-    elif (tokens := embedder.token_limit(document_text(subject, content))) is not None:
-        result["embedded_tokens"] = tokens
-        result["note"] = (
-            f"only the first {tokens} tokens are in the vector (the embedder's "
-            "limit); keyword search covers the whole text"
-        )
-    do_link = settings.auto_link.enabled if auto_link is None else auto_link
     reach = _link_access(seen_by, access_for(db, caller))
+    conflicts = _conflicts(db, embedder, vec, subject, digest, projects, reach)
+    supersedes_id = _settle_conflicts(db, caller, conflicts, on_conflict, supersedes_id, result)
+    do_link = settings.auto_link.enabled if auto_link is None else auto_link
     neighbours = (
         _neighbours(db, embedder, settings, vec, projects, supersedes_id, reach)
         if vec is not None and do_link
@@ -457,7 +592,6 @@ def remember(
         result["instance_warning"] = (
             f"instance {instance!r} is not in config 'instances' ({', '.join(settings.instances)})"
         )
-    now = utcnow()
     draft = _Draft(
         {
             "created_at": now,
@@ -478,6 +612,8 @@ def remember(
             "embedding_model": embedder.id if vec is not None else None,
             "embedding_dim": embedder.dim if vec is not None else None,
             "visibility": seen_by,
+            "expires_at": expires,
+            "occurred_at": occurred,
         },
         vec,
         result,
@@ -485,7 +621,7 @@ def remember(
     with db.write() as conn:
         # Checked again under a lock on this content, so concurrent writers store it once.
         db.backend.lock(conn, int(digest[:15], 16))
-        dup = _find_duplicate(conn, digest, memory_type, projects, seen_by, instance)
+        dup = _find_duplicate(conn, digest, memory_type, projects, seen_by, instance, stamp)
         if dup is not None:
             return _duplicate_result(dup)
         new_id = _insert_memory(conn, db, draft)
@@ -493,7 +629,50 @@ def remember(
             _supersede(conn, db, new_id, supersedes_id, instance)
             result["superseded"] = supersedes_id
         links, suggestions = _auto_link(conn, db, settings, new_id, neighbours, subjects)
-    result.update(id=new_id, subject=subject, embedded=vec is not None, visibility=seen_by)
+    return _stored(draft, new_id, links, suggestions)
+
+
+def _settle_conflicts(
+    db: Database,
+    caller: Caller,
+    conflicts: list[dict[str, Any]],
+    on_conflict: str,
+    supersedes_id: int | None,
+    result: dict[str, Any],
+) -> int | None:
+    """The memory a new one replaces (given, or with on_conflict=supersede the first conflict
+    the caller may change); the other conflicts are reported in `result`."""
+    if conflicts and on_conflict == "supersede" and supersedes_id is None:
+        supersedes_id = _first_changeable(db, caller, conflicts)
+    if supersedes_id is not None:
+        check_may_change(db, caller, [supersedes_id], "supersedes_id")
+    conflicts = [c for c in conflicts if c["id"] != supersedes_id]
+    if conflicts:
+        result["possible_conflicts"] = conflicts
+        result["conflict_note"] = (
+            "existing memories say something else about the same thing; if this one replaces "
+            "one, call memory_set with supersedes_id (or on_conflict='supersede'), or "
+            "memory_update the old one"
+        )
+    return supersedes_id
+
+
+def _stored(
+    draft: _Draft,
+    new_id: int,
+    links: list[dict[str, Any]],
+    suggestions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What memory_set tells the caller about a memory it stored."""
+    row, result = draft.values, draft.result
+    result.update(
+        id=new_id,
+        subject=row["subject"],
+        embedded=draft.vector is not None,
+        visibility=row["visibility"],
+    )
+    if row["expires_at"] is not None:
+        result["expires_at"] = iso(row["expires_at"])
     if links:
         result["links_created"] = links
     if suggestions:
@@ -543,6 +722,8 @@ def get(
     seen = access_for(db, caller)
     try:  # counts the access and reads the rows at once; what the caller may not see is absent
         rows = touch(db, ids, CARD_SQL, seen)
+    except TransactionAborted:
+        raise  # nothing was counted: Palace.call runs the call again
     except (BackendUnavailable, PermissionDenied) as exc:  # counting is best-effort: read on
         log.warning("memory_get: access not counted (%s)", exc.message)
         rows = fetch(db, ids, seen)
@@ -593,8 +774,11 @@ def recent(
     memory_type: MemoryType = None,
     instance_id: ByInstance = None,
     include_archived: IncludeArchived = False,
+    since: Since = None,
+    until: Until = None,
 ) -> dict[str, Any]:
     """List the newest memories as title cards."""
+    start, end = time_bounds("memory_recent", since, until)
     cond, params = where(
         db,
         Filters.make(
@@ -603,6 +787,8 @@ def recent(
             memory_type,
             include_archived=include_archived,
             access=access_for(db, caller),
+            since=start,
+            until=end,
         ),
     )
     with db.read() as conn:
@@ -895,12 +1081,22 @@ def stats(db: Database, caller: Caller) -> dict[str, Any]:
             f"SELECT embedding_model, count(*) FROM memories WHERE {seen} "
             "AND embedding IS NOT NULL GROUP BY 1"
         )
+        # Expired memories are invisible; counted here until the sweep purges them.
+        expired_cond, expired_params = where(db, replace(everything, include_expired=True))
+        expired = conn.execute(
+            text(
+                f"SELECT count(*) FROM memories WHERE {expired_cond} AND expires_at IS NOT NULL "
+                "AND expires_at <= :expired_now"
+            ),
+            {**expired_params, "expired_now": db.backend.encode("time", utcnow())},
+        ).scalar()
     return {
         "total_memories": int(c.total),
         "active_memories": int(c.active),
         "archived_memories": int(c.archived),
         "foundational_memories": int(c.foundational),
         "embedded_memories": int(c.embedded),
+        "expired_memories": int(expired),
         "total_edges": int(edges),
         "by_type": by_type,
         "by_instance": by_instance,

@@ -2,7 +2,7 @@
 
     relevance = cosine + keyword_weight * keyword + identifier_weight * identifier_match
     score     = weights.similarity * relevance + weights.access * access
-                + weights.centrality * centrality
+                + weights.centrality * centrality + weights.recency * recency
 
 - cosine: the query's similarity to the memory's vector (top `candidates` by the vector index);
 - keyword: coverage above keyword_threshold, rescaled to [0, 1]. Coverage is BM25 over the
@@ -10,7 +10,9 @@
   a keyword match counts the same in every query, and a leg that found nothing adds nothing
   (rank fusion made "found by both legs" win). Below the threshold a match is one common word
   (a speaker's name, "customer"): noise that reordered good semantic matches;
-- identifier_match: the query's identifier-like tokens found whole in the memory.
+- identifier_match: the query's identifier-like tokens found whole in the memory;
+- recency: 0.5 ** (age / recall.half_life_days) on occurred_at, else created_at (foundational
+  memories count 1); its weight is 0 (off) by default.
 The defaults were chosen on bench/bench_quality.py (tuned on its dev split, checked on test).
 Reads never write: access counts come from deliberate reads (memory_get), decay, and are capped,
 so a recall cannot change the next one's ranking.
@@ -30,13 +32,23 @@ from ..config import Recall as RecallConfig
 from ..config import Settings
 from ..db.engine import Database
 from ..db.filters import Filters
-from ..db.values import decode_strings, decode_time, utcnow
+from ..db.values import decode_strings, decode_time, iso, utcnow
 from ..embeddings import Embedder
 from ..errors import EmbedderUnavailable, InvalidParams
-from ..params import ByInstance, DetailLevel, GraphMode, IncludeArchived, MemoryType, P, Project
-from . import graph, lexical, vectors
+from ..params import (
+    ByInstance,
+    DetailLevel,
+    GraphMode,
+    IncludeArchived,
+    MemoryType,
+    P,
+    Project,
+    Since,
+    Until,
+)
+from . import graph, lexical, vectors, when
 from .access import Caller, access_for
-from .memories import IN_DEGREE_SQL, LLM_NOTE, fetch, memory_dict
+from .memories import IN_DEGREE_SQL, LLM_NOTE, fetch, memory_dict, time_bounds
 
 ACCESS_SCALE = 100  # log(1+access)/log(1+100): 100 deliberate reads count as fully "popular"
 ACCESS_HALF_LIFE = timedelta(days=30)  # an access counts half after a month untouched
@@ -60,6 +72,7 @@ class Candidate:
     relevance: float = 0.0
     access: float = 0.0
     centrality: float = 0.0
+    recency: float = 0.0
     score: float = 0.0
 
     @property
@@ -81,6 +94,7 @@ class Candidate:
             "relevance": round(self.relevance, 4),
             "access": round(self.access, 4),
             "centrality": round(self.centrality, 4),
+            "recency": round(self.recency, 4),
             "score": round(self.score, 4),
         }
 
@@ -223,6 +237,25 @@ def _popularity(db: Database, ids: list[int]) -> dict[int, tuple[float, float]]:
     return out
 
 
+def _recency(db: Database, ids: list[int], half_life_days: float) -> dict[int, float]:
+    """0.5 ** (age / half-life) per memory, age from occurred_at (else created_at) to now;
+    foundational memories (and future events) count 1."""
+    if not ids:
+        return {}
+    now = utcnow()
+    stmt = text(
+        "SELECT id, foundational, coalesce(occurred_at, created_at) AS at FROM memories "
+        "WHERE id IN :ids"
+    ).bindparams(bindparam("ids", expanding=True))
+    half_life = half_life_days * 86400.0
+    out = {}
+    with db.read() as conn:
+        for mid, foundational, at in conn.execute(stmt, {"ids": ids}):
+            age = max(0.0, (now - decode_time(at)).total_seconds()) if at is not None else 0.0
+            out[int(mid)] = 1.0 if foundational else 0.5 ** (age / half_life)
+    return out
+
+
 def rank(
     db: Database, settings: Settings, embedder: Embedder, found: Found, search: str
 ) -> list[Candidate]:
@@ -236,6 +269,10 @@ def rank(
         pop = _popularity(db, [c.id for c in pool])
         for c in pool:
             c.access, c.centrality = pop.get(c.id, (0.0, 0.0))
+    if w.get("recency"):
+        ages = _recency(db, [c.id for c in pool], cfg.half_life_days)
+        for c in pool:
+            c.recency = ages.get(c.id, 0.0)
     for c in pool:
         keyword = max(0.0, c.coverage - floor) / (1.0 - floor)
         lexical_part = weight * keyword + cfg.identifier_weight * c.identifier
@@ -246,7 +283,10 @@ def rank(
         else:
             c.relevance = (c.cosine or 0.0) + lexical_part
         c.score = (
-            w["similarity"] * c.relevance + w["access"] * c.access + w["centrality"] * c.centrality
+            w["similarity"] * c.relevance
+            + w["access"] * c.access
+            + w["centrality"] * c.centrality
+            + w.get("recency", 0.0) * c.recency
         )
     pool.sort(key=lambda c: (-c.score, c.id))
     return pool
@@ -292,6 +332,16 @@ def recall(
     ] = 5,
     graph_depth: Annotated[int, P("Graph hops (1-5).", minimum=0, maximum=5)] = 1,
     graph_mode: GraphMode = "summary",
+    since: Since = None,
+    until: Until = None,
+    dates: Annotated[
+        bool,
+        P(
+            "Understand a relative date in the query (today, yesterday, N days ago, last N "
+            "days, this/last week, month or year, in March [2026]): it becomes since/until "
+            "(UTC days; explicit since/until win) and is searched no further."
+        ),
+    ] = False,
 ) -> dict[str, Any]:
     """Search memories by meaning and by exact words (hybrid vector + keyword search), with
     optional graph context. Each result says how it was found."""
@@ -301,8 +351,22 @@ def recall(
             f"{settings.max_limit}; ask for fewer results or page with filters"
         )
     seen = access_for(db, caller)
+    start, end = time_bounds("memory_recall", since, until)
+    span = when.find(query, utcnow()) if dates else None
+    if span is not None:
+        query = span.query
+        start = start or span.since
+        end = end or span.until
     f = Filters.make(
-        instance_id, project, memory_type, subject, min_foundational, include_archived, seen
+        instance_id,
+        project,
+        memory_type,
+        subject,
+        min_foundational,
+        include_archived,
+        seen,
+        since=start,
+        until=end,
     )
     with db.read():  # every read below shares this one pooled connection
         found = gather(db, embedder, settings.recall, query, f, search, limit)
@@ -327,6 +391,8 @@ def recall(
         }
         if found.warning:
             out["warning"] = found.warning
+        if span is not None:
+            out["dates"] = {"phrase": span.phrase, "since": iso(start), "until": iso(end)}
         top_ids = [m["id"] for m in memories]
         if include_graph and graph_top_n > 0 and graph_depth > 0 and top_ids:
             ctx = graph.context(db, top_ids[:graph_top_n], graph_depth, graph_mode, access=seen)
