@@ -1,7 +1,10 @@
 """Push wake latency (send commit -> `new_message` line read from the bridge's stdout) against a
-100 ms sleep-poll baseline, plus pipelined bridge throughput over stdio, on PostgreSQL.
+100 ms sleep-poll baseline, the wake latency after a restart (messages sent while the bridge was
+down: bridge ready line -> their events; before durable delivery none arrived), the cost of one
+ack-deadline sweep with 10k open deadlines, plus pipelined bridge throughput over stdio, on
+PostgreSQL.
 
-Usage: python bench/bench_wake.py [--messages 1000] [--requests 5000] [--json]
+Usage: python bench/bench_wake.py [--messages 1000] [--requests 5000] [--backlog 500] [--json]
 Uses MEMORY_PALACE_TEST_PG_URL, or starts a throwaway pgserver in a temp dir.
 """
 
@@ -16,12 +19,13 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 from memory_palace import Palace, load_settings
-from memory_palace.db.engine import pg_connect
+from memory_palace.db.postgres import pg_connect
 from memory_palace.embeddings import HashingEmbedder
 from memory_palace.services.messages import pg_channel
 from psycopg2 import sql
@@ -182,6 +186,96 @@ def bench_wake(bridge: BridgeClient, palace: Palace, url: str, n: int) -> dict[s
     return {"push": summary(push), "baseline": summary(base)}
 
 
+def bench_restart(data_dir: Path, palace: Palace, backlog: int) -> dict[str, Any]:
+    """Messages sent while sandy's bridge is down: time from its ready line to each event."""
+    sent = [
+        palace.call(
+            "message",
+            {
+                "action": "send",
+                "from_instance": "prime",
+                "to_instance": "sandy",
+                "content": f"while down {i}",
+            },
+        )["id"]
+        for i in range(backlog)
+    ]
+    start = time.perf_counter()
+    bridge = BridgeClient(data_dir, "sandy")
+    ready = time.perf_counter()
+    bridge.wait(lambda: all(i in bridge.events for i in sent), 60)
+    bridge.close()
+    after_ready = [bridge.events[i] - ready for i in sent]
+    return {
+        "messages": backlog,
+        "delivered": len(after_ready),
+        "process_start_s": ready - start,
+        "ready_to_event_ms": summary(after_ready),
+    }
+
+
+def bench_ack_sweep(palace: Palace, open_deadlines: int, rounds: int = 50) -> dict[str, Any]:
+    """One sweep's query with `open_deadlines` delivered, unacknowledged messages whose
+    deadlines lie in the future (the steady state: nothing due), and with 100 of them due."""
+    from memory_palace.db.values import utcnow
+    from memory_palace.services import delivery
+    from sqlalchemy import text
+
+    db = palace.database()
+    enc = db.backend.encode
+    now = utcnow()
+    with db.write() as conn:
+        first = conn.execute(
+            text(
+                "INSERT INTO messages (created_at, from_instance, to_instance, message_type, "
+                "content, priority, delivery_status, ack_required, ack_within_s) "
+                "SELECT :now, 'prime', 'sandy', 'message', 'ack ' || g, 0, 'delivered', true, "
+                "3600 FROM generate_series(1, :n) g RETURNING id"
+            ),
+            {"now": enc("time", now), "n": open_deadlines},
+        ).all()
+        ids = sorted(r[0] for r in first)
+        conn.execute(
+            text(
+                "INSERT INTO message_deliveries (message_id, instance_id, delivered_at, "
+                "next_wake_at, rewakes) SELECT id, 'sandy', :now, :later, 0 FROM messages "
+                "WHERE id BETWEEN :lo AND :hi"
+            ),
+            {
+                "now": enc("time", now),
+                "later": enc("time", now + timedelta(hours=1)),
+                "lo": ids[0],
+                "hi": ids[-1],
+            },
+        )
+
+    def timed() -> tuple[list[float], int]:
+        times, found = [], 0
+        for _ in range(rounds):
+            t = time.perf_counter()
+            found = len(delivery.due_rewakes(db, ["sandy", "ops"]))
+            times.append(time.perf_counter() - t)
+        return times, found
+
+    idle, none_due = timed()
+    with db.write() as conn:
+        conn.execute(
+            text(
+                "UPDATE message_deliveries SET next_wake_at = :past WHERE message_id IN "
+                "(SELECT message_id FROM message_deliveries WHERE next_wake_at IS NOT NULL "
+                "ORDER BY message_id LIMIT 100)"
+            ),
+            {"past": enc("time", now - timedelta(seconds=1))},
+        )
+    busy, due = timed()
+    return {
+        "open_deadlines": open_deadlines,
+        "sweep_none_due_ms": summary(idle),
+        "sweep_100_due_ms": summary(busy),
+        "found": [none_due, due],
+    }
+
+
 def bench_throughput(
     bridge: BridgeClient, method: str, params: list[dict[str, Any]], count: int
 ) -> dict[str, float]:
@@ -210,6 +304,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=1000)
     ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--backlog", type=int, default=500)
+    ap.add_argument("--open-deadlines", type=int, default=10_000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -267,6 +363,10 @@ def main() -> None:
         admin.close()
         bridge = BridgeClient(data_dir, "sandy")
         tput["memory_get async"] = bench_throughput(bridge, "memory_get", gets, args.requests)
+        bridge.close()
+        restart = bench_restart(data_dir, palace, args.backlog)
+        sweep = bench_ack_sweep(palace, args.open_deadlines)
+        bridge = BridgeClient(data_dir, "sandy")
     finally:
         bridge.close()
         palace.close()
@@ -280,6 +380,8 @@ def main() -> None:
         "ratio_p50": base["p50"] / push["p50"],
         "ratio_p99": base["p99"] / push["p99"],
         "throughput": tput,
+        "restart": restart,
+        "ack_sweep": sweep,
     }
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
@@ -310,6 +412,26 @@ def main() -> None:
         f"(target: >= 2,000 req/s for memory_get: "
         f"{'ok' if tput['memory_get']['rps'] >= 2000 else 'MISSED'})"
     )
+    print()
+    r = restart["ready_to_event_ms"]
+    print(
+        f"wake after a restart: {restart['messages']} messages sent while sandy's bridge was down"
+    )
+    print(f"{'':<28}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'delivered':>11}")
+    print(
+        f"{'ready line -> event':<28}{r['p50']:>9.2f}{r['p95']:>9.2f}{r['p99']:>9.2f}"
+        f"{r['max']:>9.2f}{restart['delivered']:>11}"
+    )
+    print(
+        f"(before durable delivery: 0 of {restart['messages']} delivered, ever; process start to"
+        f" ready line {restart['process_start_s']:.2f} s; target: every event within 1 s of ready:"
+        f" {'ok' if r['max'] <= 1000 else 'MISSED'})"
+    )
+    print()
+    print(f"ack sweep, {sweep['open_deadlines']} open deadlines (one query per 0.5 s per listener)")
+    for name, key in (("nothing due", "sweep_none_due_ms"), ("100 due", "sweep_100_due_ms")):
+        t = sweep[key]
+        print(f"{name:<28}p50 {t['p50']:.2f} ms  p99 {t['p99']:.2f} ms")
 
 
 if __name__ == "__main__":

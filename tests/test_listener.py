@@ -108,6 +108,8 @@ def test_served_instances_and_their_channels(spawn, make_palace, pg_url) -> None
     b.result("memory_recall", {"query": "x", "instance_id": "zed"})
     b.result("message", {"action": "get", "instance_id": "newbie"})
     assert b.result("_health")["served"] == ["newbie"] and "zed" not in listened(b)
+    # Served from now on: what was sent before it had a session wakes it at once.
+    assert b.event(has_id(before["id"]))["data"]["recipients"] == ["newbie"]
     after = send(sender, to_instance="newbie", content="now you hear me")
     assert b.event(has_id(after["id"]))["data"]["recipients"] == ["newbie"]
     # A send serves its sender, never its recipient.
@@ -132,8 +134,8 @@ def test_served_instances_and_their_channels(spawn, make_palace, pg_url) -> None
     marker = send(sender, to_instance="newbie", content="marker")
     b.event(has_id(marker["id"]))
     ids = [d["message_id"] for d in b.new_messages()]
-    assert before["id"] not in ids and quiet["id"] not in ids and gone["id"] not in ids
-    assert ids == [after["id"], page["id"], alert["id"], marker["id"]]
+    assert quiet["id"] not in ids and gone["id"] not in ids
+    assert ids == [before["id"], after["id"], page["id"], alert["id"], marker["id"]]
 
 
 def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> None:

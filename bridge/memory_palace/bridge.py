@@ -52,6 +52,8 @@ log = logging.getLogger("memory_palace.bridge")
 ID_RE = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,19})')
 WORKERS = 8
 SHUTDOWN_GRACE = 10.0
+START_RETRY = 0.25  # how often a bridge started without its database tries again, seconds
+READY_WAIT = 60.0  # how long an event waits for the ready line at start
 
 
 class RequestError(Exception):
@@ -138,7 +140,8 @@ class Bridge:
         self.pending: dict[Any, Pending] = {}
         self.started = time.monotonic()
         self.pool = WorkerPool(workers)
-        self.listeners = Listeners(palace, self.write)
+        self.ready_sent = threading.Event()  # events wait for the ready line
+        self.listeners = Listeners(palace, self.event)
         self.methods = set(palace.registry.names())
         self.database_error: dict[str, Any] | None = None
 
@@ -164,6 +167,14 @@ class Bridge:
                 self._out.flush()
             except (BrokenPipeError, ValueError, OSError):
                 pass  # the plugin went away; EOF on stdin ends us
+        if "ready" in obj:
+            self.ready_sent.set()
+
+    def event(self, obj: dict[str, Any]) -> None:
+        """Write a push event; the first ones (a replay at start) wait for the ready line."""
+        if not self.ready_sent.is_set():
+            self.ready_sent.wait(READY_WAIT)
+        self.write(obj)
 
     def error(self, rid: Any, code: str, message: str, data: dict[str, Any] | None = None) -> None:
         err: dict[str, Any] = {"code": code, "message": message}
@@ -191,6 +202,7 @@ class Bridge:
             log.error("default database unavailable: %s", exc.message)
             self.database_error = exc.to_dict()
             ready["database_error"] = self.database_error
+            threading.Thread(target=self._retry_start, name="mp-start-retry", daemon=True).start()
             return ready
         try:
             me = self.palace.caller
@@ -205,6 +217,21 @@ class Bridge:
             ready["embedder_error"] = exc.to_dict()
         return ready
 
+    def _retry_start(self) -> None:
+        """The default database was down at start: keep trying until it answers, then start
+        its listener (which replays what was sent meanwhile) and report ok in _health."""
+        while not self.listeners.closed:
+            try:
+                self.palace.database()
+                listener = self.listeners.ensure()
+            except MemoryPalaceError as exc:
+                self.database_error = exc.to_dict()
+                time.sleep(START_RETRY)
+                continue
+            self.database_error = None
+            log.info("default database is up; listener %s", listener.state)
+            return
+
     def shutdown(self) -> bool:
         """Finish in-flight requests (up to a grace period), stop listeners. True if clean."""
         with self._idle:
@@ -212,6 +239,7 @@ class Bridge:
                 lambda: all(p.cancelled for p in self.pending.values()), SHUTDOWN_GRACE
             )
         self.pool.close()
+        self.ready_sent.set()
         self.listeners.stop()
         self.palace.close()
         return done

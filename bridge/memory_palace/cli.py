@@ -846,6 +846,153 @@ def _add_token_command(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("token_id", help="the token's id (see `token list`)")
 
 
+# -- message: send, read and follow messages (self-contained: parser and printing) ---------
+
+MESSAGE_ACTIONS = {  # subcommand -> the message tool's action
+    "send": "send",
+    "get": "get",
+    "read": "mark_read",
+    "ack": "ack",
+    "status": "status",
+    "thread": "thread",
+    "subscribe": "subscribe",
+    "unsubscribe": "unsubscribe",
+}
+
+
+def _message_params(args: argparse.Namespace) -> dict[str, Any]:
+    action = MESSAGE_ACTIONS[args.action]
+    p: dict[str, Any] = {"action": action, "instance_id": args.instance}
+    if args.action == "send":
+        p.update(
+            from_instance=args.instance,
+            instance_id=None,
+            to_instance=args.to if args.to != "-" else None,
+            content=args.content,
+            subject=args.subject,
+            message_type=args.type,
+            channel=args.channel,
+            priority=args.priority,
+            ttl_seconds=args.ttl,
+            reply_to=args.reply_to,
+            thread_id=args.thread,
+            ack_required=args.ack or None,
+            ack_within_s=args.ack_within,
+            await_reply_s=args.await_reply,
+        )
+    elif args.action == "get":
+        p.update(unread_only=not args.all, channel=args.channel, limit=args.limit)
+    elif args.action in ("read", "ack", "thread"):
+        p["message_id"] = args.id
+    elif args.action == "status":
+        p.update(message_id=args.id, thread_id=args.thread)
+    else:
+        p["channel"] = args.channel
+    if args.database:
+        p["database"] = args.database
+    return {k: v for k, v in p.items() if v is not None}
+
+
+def _message_line(m: dict[str, Any]) -> str:
+    flags = [] if m.get("read", True) or m.get("mine") else ["unread"]
+    if m.get("reply_to"):
+        flags.append(f"reply to #{m['reply_to']}")
+    if m.get("thread_id"):
+        flags.append(f"thread #{m['thread_id']}")
+    if m.get("ack_required"):
+        flags.append(f"ack by {m['ack_due_at']}" if m.get("ack_due_at") else "ack required")
+    to = m["to_instance"] + (f" #{m['channel']}" if m.get("channel") else "")
+    head = f"#{m['id']} {m['created_at'][:19]} {m['from_instance']} -> {to} [{m['message_type']}]"
+    subject = f" {m['subject']!r}" if m.get("subject") else ""
+    tail = f"  ({'; '.join(flags)})" if flags else ""
+    return f"{head}{subject}{tail}\n    {m['content']}"
+
+
+def _show_message(action: str, r: dict[str, Any]) -> None:
+    if action in ("get", "thread"):
+        if not r["messages"]:
+            print("no messages")
+        for m in r["messages"]:
+            print(_message_line(m))
+    elif action == "send":
+        extra = f" in thread #{r['thread_id']}" if r.get("thread_id") else ""
+        print(f"sent #{r['id']} to {r['to_instance']}{extra} ({r['delivery_status']})")
+        if r.get("instance_warning"):
+            print(f"warning: {r['instance_warning']}")
+        if r.get("timed_out"):
+            print(f"no reply within {r['waited_s']} s")
+        elif r.get("reply"):
+            print("reply:\n" + _message_line(r["reply"]))
+    elif action == "status":
+        for m in r["messages"]:
+            due = f", ack due {m['ack_due_at']}" if m.get("ack_due_at") else ""
+            print(f"#{m['message_id']} to {m['to_instance']}: {m['delivery_status']}{due}")
+            for who in m["recipients"]:
+                parts = [
+                    f"{k} {who[k + '_at']}"
+                    for k in ("delivered", "read", "acked")
+                    if who.get(k + "_at")
+                ]
+                late = "  OVERDUE" if who.get("overdue") else ""
+                print(f"  {who['instance']}: {', '.join(parts) or 'pending'}{late}")
+    else:
+        _show_dict(r)
+
+
+def _message(args: argparse.Namespace) -> int:
+    result = _palace(args).call("message", _message_params(args))
+    _print_json(result) if args.json else _show_message(MESSAGE_ACTIONS[args.action], result)
+    return 0
+
+
+def _add_message_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    help_ = "Send, read, acknowledge and follow messages between agent instances."
+    p = sub.add_parser("message", help=help_, description=help_)
+    p.set_defaults(func=_message)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    me = argparse.ArgumentParser(add_help=False)
+    me.add_argument(
+        "--instance", "-i", help="act as this instance (default: the configured instance_id)"
+    )
+
+    def action(name: str, help_: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, parents=[common, me], help=help_, description=help_)
+
+    a = action("send", "Send a message (to an instance, 'all', or '-' with --channel).")
+    a.add_argument("to", help="recipient instance, 'all', or '-' for a channel-only message")
+    a.add_argument("content", help="the message text")
+    a.add_argument("--subject", "-s")
+    a.add_argument("--type", "-t", default="message", help="handoff, status, question, fyi, ...")
+    a.add_argument("--channel", "-c")
+    a.add_argument("--priority", type=int, default=0, help="0-10")
+    a.add_argument("--ttl", type=int, metavar="S", help="expire after S seconds")
+    a.add_argument("--reply-to", type=int, metavar="ID", help="answer message ID (its thread)")
+    a.add_argument("--thread", type=int, metavar="ID", help="post in the thread of message ID")
+    a.add_argument("--ack", action="store_true", help="recipients should acknowledge")
+    a.add_argument("--ack-within", type=int, metavar="S", help="acknowledge within S seconds")
+    a.add_argument(
+        "--await-reply", type=int, metavar="S", help="wait up to S seconds for the first reply"
+    )
+    a = action("get", "List your messages (unread unless --all), highest priority first.")
+    a.add_argument("--all", action="store_true", help="read ones too")
+    a.add_argument("--channel", "-c")
+    a.add_argument("--limit", "-n", type=int, default=50)
+    for name, what in (
+        ("read", "Mark a message read."),
+        ("ack", "Acknowledge a message (marks it read)."),
+        ("thread", "Show the thread of a message, oldest first."),
+    ):
+        action(name, what).add_argument("id", type=int, metavar="ID")
+    a = action("status", "Delivered, read and acked times of a message you sent (or a thread).")
+    a.add_argument("id", type=int, nargs="?", metavar="ID")
+    a.add_argument("--thread", type=int, metavar="ID", help="every message you sent in a thread")
+    for name, what in (
+        ("subscribe", "Receive a channel's messages."),
+        ("unsubscribe", "Stop receiving a channel's messages."),
+    ):
+        action(name, what).add_argument("channel")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_flags(common, before=False)
@@ -888,6 +1035,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_graph_commands(cmd)
     _add_maintenance_commands(cmd)
     _add_token_command(sub, common)
+    _add_message_parser(sub, common)
     return parser
 
 

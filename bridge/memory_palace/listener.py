@@ -1,7 +1,12 @@
 """Push delivery for the bridge: one thread per database that LISTENs (PostgreSQL: select() on a
-dedicated connection plus a self-pipe, reconnect with backoff and catch-up) or polls every
-100 ms (SQLite). Each emits `new_message` once per message id, only for the instances this
-bridge serves, naming them in `recipients`.
+dedicated connection plus a self-pipe, reconnect with backoff) or polls every 100 ms (SQLite).
+Each emits `new_message` once per message and served instance, naming them in `recipients`.
+
+Delivery is durable (services/delivery.py): every event is claimed in the database in the
+transaction that emits it, and on start, on every reconnect and when an instance starts being
+served the listener replays what its instances were not yet woken for and have not read. So a
+bridge restart, a crash, a lost connection or a second bridge serving the same instance neither
+loses nor repeats a wake.
 
 The bridge is the one owner of what is listened to: the instances it serves (its configured
 instance, the identities of its callers, and those the plugin announces with `_subscribe`),
@@ -24,7 +29,7 @@ import orjson
 from .db.engine import Database
 from .errors import BackendUnavailable, MemoryPalaceError
 from .palace import Palace
-from .services import messages, names
+from .services import delivery, messages, names
 
 log = logging.getLogger("memory_palace.listener")
 
@@ -34,8 +39,9 @@ TICK = 0.1  # select() timeout and SQLite poll interval, seconds
 FIRST_RETRY = 0.05
 MAX_RETRY = 5.0
 KEEPALIVE = 30.0  # an idle listener checks its connection this often
-CATCHUP_WINDOW = 1000  # ids below the newest seen that catch-up re-checks (out-of-order commits)
-SEEN_MAX = 20_000
+ACK_SWEEP = 0.5  # how often a listener looks for passed acknowledgement deadlines, seconds
+ACK_REWAKES = 2  # re-wakes of an unacknowledged recipient before the sender is told
+NOTICE_FROM = "palace"  # the sender of overdue notices
 
 
 def valid_name(name: str) -> bool:
@@ -62,9 +68,11 @@ class Listener(threading.Thread):
         self._stop_event = threading.Event()
         self.ready = threading.Event()
         self.state = "starting"
-        self.start_id = 0
         self.last_id = 0
-        self._seen: set[int] = set()
+        self.by = delivery.bridge_name()
+        self.settings: Any = None  # set by Listeners (overdue notices are sent messages)
+        self._swept = 0.0
+        self._held: Any = None  # the listener thread's connection for claims
         self.emitted = 0
         self.reconnects = 0
         self.caught_up = 0
@@ -87,6 +95,11 @@ class Listener(threading.Thread):
                 return False
             self._served.add(instance)
         self.refresh(before)
+        if self.is_alive():  # else its start replays it (and so does every reconnect)
+            try:
+                self.replay([instance])
+            except MemoryPalaceError as exc:
+                log.warning("replay for %r on %s: %s", instance, self.database, exc.message)
         return True
 
     def unserve(self, instance: str) -> bool:
@@ -153,22 +166,7 @@ class Listener(threading.Thread):
         """Hook: interrupt a wait at once."""
 
     # -- delivery ---------------------------------------------------------------------------
-    def _deliver(self, payload: dict[str, Any]) -> None:
-        try:
-            msg_id = int(payload["message_id"])
-        except (KeyError, TypeError, ValueError):
-            log.warning("ignoring a notification without message_id on %s", self.database)
-            return
-        if msg_id in self._seen or msg_id <= self.start_id:
-            return
-        self._seen.add(msg_id)
-        self.last_id = max(self.last_id, msg_id)
-        if len(self._seen) > SEEN_MAX:
-            floor = self.last_id - CATCHUP_WINDOW
-            self._seen = {i for i in self._seen if i > floor}
-        recipients = self.recipients(payload)
-        if not recipients:
-            return  # listened for another reason (e.g. a broadcast by the only served instance)
+    def _emit_one(self, payload: dict[str, Any], recipients: list[str]) -> None:
         self.emitted += 1
         self._emit(
             {
@@ -177,18 +175,100 @@ class Listener(threading.Thread):
             }
         )
 
-    def _catch_up(self, floor: int) -> int:
-        """Emit messages for the listened names committed after `floor`, oldest first."""
+    def _deliver_many(self, payloads: list[dict[str, Any]]) -> int:
+        """Claim and emit each message for the served instances it is for; returns how many
+        messages woke someone."""
+        items = []
+        for payload in payloads:
+            try:
+                msg_id = int(payload["message_id"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("ignoring a notification without message_id on %s", self.database)
+                continue
+            self.last_id = max(self.last_id, msg_id)
+            recipients = self.recipients(payload)
+            if recipients:  # else listened for another reason (its sender's own broadcast)
+                items.append((payload, recipients))
+        if not items:
+            return 0
+        held = None
+        if threading.current_thread() is self:  # the listener thread keeps one connection
+            if self._held is None:
+                self._held = delivery.open_held(self.db)
+            held = self._held
+        try:
+            return len(delivery.claim(self.db, items, self.by, self._emit_one, held))
+        except Exception:
+            self._drop_held()
+            raise
+
+    def _drop_held(self) -> None:
+        if self._held is not None:
+            with contextlib.suppress(Exception):
+                self._held.close()
+            self._held = None
+
+    def _deliver(self, payload: dict[str, Any]) -> None:
+        self._deliver_many([payload])
+
+    def replay(self, instances: list[str] | None = None) -> int:
+        """Emit, oldest first, what the served instances (or `instances`) were not woken for and
+        have not read. Returns the number of messages delivered."""
+        after = delivery.floor(self.db)
+        merged: dict[int, dict[str, Any]] = {}
+        for instance in self.served() if instances is None else instances:
+            start = after
+            while True:
+                rows = delivery.undelivered(self.db, instance, start)
+                for payload in rows:
+                    merged[int(payload["message_id"])] = payload
+                if len(rows) < delivery.REPLAY_BATCH:
+                    break
+                start = int(rows[-1]["message_id"])
+        ordered = [merged[i] for i in sorted(merged)]
         count = 0
-        while True:
-            rows = messages.messages_since(self.db, floor, self.names())
-            for payload in rows:
-                before = self.emitted
-                self._deliver(payload)
-                count += self.emitted - before
-            if len(rows) < 1000:
-                return count
-            floor = rows[-1]["message_id"]
+        for i in range(0, len(ordered), delivery.REPLAY_BATCH):
+            count += self._deliver_many(ordered[i : i + delivery.REPLAY_BATCH])
+        self.caught_up += count
+        if count:
+            log.info("listener %s replayed %d messages", self.database, count)
+        return count
+
+    def sweep_acks(self, force: bool = False) -> int:
+        """Re-wake served recipients whose acknowledgement deadline passed (ACK_REWAKES times,
+        one deadline apart), then send the sender an overdue notice (a message from
+        NOTICE_FROM in the thread). Each round is claimed in the database, so with two
+        bridges exactly one acts. Returns the rounds this bridge took."""
+        now = time.monotonic()
+        if not force and now - self._swept < ACK_SWEEP:
+            return 0
+        self._swept = now
+        taken = 0
+        for row in delivery.due_rewakes(self.db, self.served()):
+            last = int(row.rewakes) >= ACK_REWAKES
+            if not delivery.take_round(self.db, row, last):
+                continue  # another bridge took it
+            taken += 1
+            if last:
+                messages.send(
+                    self.db,
+                    self.settings,
+                    from_instance=NOTICE_FROM,
+                    to_instance=row.from_instance,
+                    message_type="event",
+                    subject=f"overdue: {row.instance_id} has not acknowledged message "
+                    f"#{row.message_id}",
+                    content=f"{row.instance_id} was woken {int(row.rewakes) + 1} times for "
+                    f"message #{row.message_id} ({row.subject or 'no subject'}) and has not "
+                    "acknowledged it. See palace_message action=status.",
+                    reply_to=int(row.message_id),
+                    notice=True,
+                )
+                continue
+            payload = delivery.payload_of(self.db, int(row.message_id))
+            if payload is not None:
+                self._emit_one({**payload, "rewake": int(row.rewakes) + 1}, [row.instance_id])
+        return taken
 
     def _status_event(self, state: str, **extra: Any) -> None:
         self.state = state
@@ -258,19 +338,17 @@ class PushListener(Listener):
         self._conn = self.db.backend.open_listen(self.db.listen_url)
         self._listening = set()
         self._sync_listens()
-        if first:
-            self.start_id = self.last_id = messages.max_message_id(self.db)
-        else:
+        self.state = "listening"
+        self.ready.set()  # the bridge's ready line comes before the replayed events
+        if not first:
             self._status_event("reconnected", reconnects=self.reconnects)
-            caught = self._catch_up(max(self.start_id, self.last_id - CATCHUP_WINDOW))
-            self.caught_up += caught
-            if caught:
-                log.info("listener %s caught up %d messages", self.database, caught)
+        self.replay()  # listening already: anything committed from now on is notified
 
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._drop_held()
 
     def _drain_pipe(self) -> None:
         try:
@@ -283,6 +361,7 @@ class PushListener(Listener):
         """One select() round: apply name changes, read notifications. Returns idle_since."""
         if self._pending.is_set():
             self._sync_listens()
+        self.sweep_acks()
         readable, _, _ = select.select([self._conn, self._pipe_r], [], [], TICK)
         if self._pipe_r in readable:
             self._drain_pipe()
@@ -332,6 +411,7 @@ class PushListener(Listener):
                 self._status_event("disconnected", error=self.last_error)
                 self._stop_event.wait(FIRST_RETRY)
         self._close()
+        self._drop_held()
         self.state = "stopped"
         for fd in (self._pipe_r, self._pipe_w):
             with contextlib.suppress(OSError):
@@ -344,16 +424,26 @@ class PollListener(Listener):
     kind = "poll"
 
     def run(self) -> None:
-        try:
-            self.start_id = self.last_id = messages.max_message_id(self.db)
-        except MemoryPalaceError as exc:  # keep polling; the error is reported in _health
-            self.last_error = exc.message
+        replayed = False
+        while not replayed and not self._stop_event.is_set():
+            try:
+                self.last_id = messages.max_message_id(self.db)
+                self.state = "polling"
+                self.ready.set()  # the bridge's ready line comes before the replayed events
+                self.replay()  # what was sent while no bridge served these instances
+                replayed = True
+            except MemoryPalaceError as exc:  # retry; the error is reported in _health
+                self.last_error = exc.message
+                self.state = "error"
+                self.ready.set()
+                self._stop_event.wait(TICK)
         self.state = "polling"
         self.ready.set()
         while not self._stop_event.wait(TICK):
             try:
-                for payload in messages.messages_since(self.db, self.last_id, self.names()):
-                    self._deliver(payload)
+                rows = messages.messages_since(self.db, self.last_id, self.names())
+                self._deliver_many(rows)
+                self.sweep_acks()
                 if self.state != "polling":
                     self._status_event("polling")
             except MemoryPalaceError as exc:  # a locked or missing file must not kill us
@@ -361,6 +451,7 @@ class PollListener(Listener):
                 if self.state != "error":
                     log.warning("poller %s: %s", self.database, exc.message)
                     self._status_event("error", error=self.last_error)
+        self._drop_held()
         self.state = "stopped"
 
 
@@ -389,6 +480,7 @@ class Listeners:
             db = self.palace.database(name)
             cls = PushListener if db.backend.listen_mode == "listen" else PollListener
             listener = cls(name, db, set(self._served), self._emit)
+            listener.settings = self.palace.settings
             self._by_db[name] = listener
         listener.refresh()
         listener.start()
@@ -398,9 +490,10 @@ class Listeners:
     def serve(self, instance: str, database: str | None = None) -> Listener:
         """Deliver messages for `instance` in every database listened to; returns the
         listener of `database` (started if needed)."""
+        with self._lock:  # first: a listener started later (database down now) serves it too
+            self._served.add(instance)
         listener = self.ensure(database)
         with self._lock:
-            self._served.add(instance)
             listeners = list(self._by_db.values())
         for lst in listeners:
             lst.serve(instance)

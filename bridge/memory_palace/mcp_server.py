@@ -35,6 +35,7 @@ from .bridge import ID_RE
 from .config import load_settings
 from .errors import MemoryPalaceError, to_wire
 from .palace import Palace
+from .services import delivery, messages
 from .services.access import Caller
 from .wake import WakeNotifier
 
@@ -50,6 +51,38 @@ TTY_HINT = (
 
 def _text(result: dict[str, Any]) -> str:
     return orjson.dumps(result, default=str).decode()
+
+
+def _wake(palace: Palace, notifier: WakeNotifier, sent: dict[str, Any], database: Any) -> None:
+    """POST the wakes of a sent message: its recipient, or everyone for a broadcast, and a
+    channel's subscribers; a wake the gateway accepted is recorded as delivered."""
+    if not notifier.routes:
+        return
+    try:
+        db = palace.database(database if isinstance(database, str) else None)
+        subscribers = [
+            s
+            for s in (messages.subscribers(db, sent["channel"]) if sent.get("channel") else [])
+            if s != sent["from_instance"]
+        ]
+    except MemoryPalaceError as exc:
+        log.warning("wake of message %s: %s", sent["id"], exc.message)
+        return
+    payload = {"message_id": int(sent["id"]), "ack_due_at": sent.get("ack_due_at")}
+
+    def accepted(instance: str) -> None:
+        try:
+            delivery.claim(db, [(payload, [instance])], "http-wake", lambda *_: None)
+        except MemoryPalaceError as exc:
+            log.warning("recording the wake of %s: %s", instance, exc.message)
+
+    notifier.notify_sent(
+        str(sent["from_instance"]),
+        str(sent["to_instance"]),
+        int(sent["id"]),
+        subscribers,
+        accepted,
+    )
 
 
 class TokenVerifier:
@@ -100,9 +133,7 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
             )
         tool = palace.registry.get(params.name)
         if "sends" in tool.effects and result.get("id"):
-            notifier.notify_sent(
-                str(result["from_instance"]), str(result["to_instance"]), int(result["id"])
-            )
+            await anyio.to_thread.run_sync(_wake, palace, notifier, result, args.get("database"))
         return types.CallToolResult(content=[types.TextContent(text=_text(result))])
 
     return Server(

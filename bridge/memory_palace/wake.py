@@ -10,7 +10,7 @@ import logging
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -114,12 +114,13 @@ class WakeNotifier:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def targets(self, sender: str, recipient: str) -> list[Route]:
-        """A broadcast wakes every route except the sender's; a direct send its recipient."""
+    def targets(self, sender: str, recipient: str, subscribers: Iterable[str] = ()) -> list[Route]:
+        """A broadcast wakes every route except the sender's; a direct send its recipient; a
+        channel message also the channel's subscribers (each route once)."""
         if recipient == "all":
             return [r for name, r in self.routes.items() if name != sender]
-        route = self.routes.get(recipient)
-        return [route] if route is not None else []
+        names = [recipient, *subscribers]
+        return [self.routes[n] for n in dict.fromkeys(names) if n in self.routes]
 
     def request(self, route: Route, sender: str, message_id: int) -> urllib.request.Request:
         body: dict[str, Any] = {
@@ -137,13 +138,21 @@ class WakeNotifier:
             headers={"Authorization": f"Bearer {route.token}", "Content-Type": "application/json"},
         )
 
-    def _post(self, route: Route, sender: str, message_id: int) -> None:
+    def _post(
+        self,
+        route: Route,
+        sender: str,
+        message_id: int,
+        accepted: Callable[[str], None] | None = None,
+    ) -> None:
         try:
             with urllib.request.urlopen(
                 self.request(route, sender, message_id), timeout=self.timeout
             ) as resp:
                 resp.read()
             log.info("woke %s through %s for message %s", route.instance, route.url, message_id)
+            if accepted is not None:
+                accepted(route.instance)
         except urllib.error.HTTPError as exc:
             detail = _error_detail(exc)
             log.warning(
@@ -157,13 +166,21 @@ class WakeNotifier:
         except Exception as exc:
             log.warning("wake of %s via %s failed: %s", route.instance, route.url, exc)
 
-    def notify_sent(self, sender: str, recipient: str, message_id: int) -> list[threading.Thread]:
-        """Start one daemon thread per target route; returns them (tests may join)."""
+    def notify_sent(
+        self,
+        sender: str,
+        recipient: str,
+        message_id: int,
+        subscribers: Iterable[str] = (),
+        accepted: Callable[[str], None] | None = None,
+    ) -> list[threading.Thread]:
+        """Start one daemon thread per target route; returns them (tests may join).
+        `accepted(instance)` runs after a gateway accepted a wake (to record the delivery)."""
         threads = []
-        for route in self.targets(sender, recipient):
+        for route in self.targets(sender, recipient, subscribers):
             t = threading.Thread(
                 target=self._post,
-                args=(route, sender, message_id),
+                args=(route, sender, message_id, accepted),
                 name=f"wake-{route.instance}",
                 daemon=True,
             )

@@ -188,11 +188,16 @@ MESSAGES = Table(
         _c("expires_at", "time"),
         _c("delivery_status", "text", nullable=False, default="pending"),
         _c("delivered_at", "time"),
+        _c("thread_id", "int"),  # the first message of its thread (set on replies)
+        _c("reply_to", "int"),  # the message this one answers
+        _c("ack_required", "bool", nullable=False, default=False),
+        _c("ack_within_s", "int"),
     ),
     checks=("priority >= 0 AND priority <= 10",),
     indexes=(
         Index("ix_messages_to", ("to_instance", "id")),
         Index("ix_messages_channel", ("channel", "id")),
+        Index("ix_messages_thread", ("thread_id", "id")),
     ),
     compare="content",
     record="message",
@@ -204,9 +209,32 @@ MESSAGE_READS = Table(
         _c("message_id", "ref", nullable=False, references="messages(id)"),
         _c("instance_id", "text", nullable=False),
         _c("read_at", "time", nullable=False, default=NOW),
+        _c("acked_at", "time"),
     ),
     key=("message_id", "instance_id"),
     record="message_read",
+)
+
+# The durable delivery record: one row per message and recipient instance once a bridge has
+# pushed its `new_message` event (claimed in the transaction that emits it, so a restart, a
+# reconnect or a second bridge serving the same instance never emits it again).
+MESSAGE_DELIVERIES = Table(
+    "message_deliveries",
+    (
+        _c("message_id", "ref", nullable=False, references="messages(id)"),
+        _c("instance_id", "text", nullable=False),
+        _c("delivered_at", "time", nullable=False, default=NOW),
+        _c("delivered_by", "text"),  # host:pid of the bridge that pushed it
+        # ack_within_s messages: when to wake again if still unacknowledged, and how often
+        # that happened (the last round sends the sender an overdue notice instead)
+        _c("next_wake_at", "time"),
+        _c("rewakes", "int", nullable=False, default=0),
+    ),
+    key=("message_id", "instance_id"),
+    indexes=(
+        Index("ix_deliveries_instance", ("instance_id", "message_id")),
+        Index("ix_deliveries_due", ("next_wake_at",), where="next_wake_at IS NOT NULL"),
+    ),
 )
 
 SUBSCRIPTIONS = Table(
@@ -262,6 +290,7 @@ TABLES: tuple[Table, ...] = (
     MEMORY_VERSIONS,
     MESSAGES,
     MESSAGE_READS,
+    MESSAGE_DELIVERIES,
     SUBSCRIPTIONS,
     SCOPE_MEMBERS,
     TOKENS,
@@ -291,6 +320,7 @@ __all__ = [
     "MEMORY_CARD",
     "MEMORY_VERSIONS",
     "MESSAGES",
+    "MESSAGE_DELIVERIES",
     "MESSAGE_READS",
     "META",
     "NOW",

@@ -5,6 +5,7 @@ uses to catch up (`messages_since`)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Annotated, Any, Literal, get_args
@@ -15,7 +16,7 @@ from sqlalchemy import bindparam, text
 from ..config import Settings
 from ..db.engine import Database
 from ..db.tables import MESSAGES
-from ..db.values import iso, utcnow
+from ..db.values import decode_bool, decode_time, iso, utcnow
 from ..errors import Conflict, InvalidParams, NotFound
 from ..params import P
 from .access import Caller
@@ -24,17 +25,31 @@ from .names import BROADCAST, CHANNEL_ONLY, check_name, pg_channel
 
 log = logging.getLogger("memory_palace.messages")
 
+FLOOR_KEY = "delivery_floor"  # palace_meta: messages after this id are delivered durably
 NOTIFY_LIMIT = 7999  # pg_notify payloads must be shorter than 8000 bytes
 Action = Literal[
-    "send", "get", "mark_read", "mark_unread", "subscribe", "unsubscribe", "poll", "retract"
+    "send",
+    "get",
+    "mark_read",
+    "mark_unread",
+    "ack",
+    "status",
+    "thread",
+    "subscribe",
+    "unsubscribe",
+    "poll",
+    "retract",
 ]
+AWAIT_MAX_S = 300
+AWAIT_TICK = 0.1
 MessageType = Literal["handoff", "status", "question", "fyi", "context", "event", "message"]
 ACTIONS: tuple[str, ...] = get_args(Action)
 MESSAGE_TYPES: tuple[str, ...] = get_args(MessageType)
 
 COLUMNS = (
     "m.id, m.created_at, m.from_instance, m.to_instance, m.message_type, m.subject, "
-    "m.content, m.channel, m.priority, m.expires_at, m.delivery_status, m.delivered_at"
+    "m.content, m.channel, m.priority, m.expires_at, m.delivery_status, m.delivered_at, "
+    "m.thread_id, m.reply_to, m.ack_required, m.ack_within_s"
 )
 NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > :now)"
 RECIPIENT = (
@@ -67,6 +82,14 @@ def message_dict(row: Any, read_at: Any = None, with_read: bool = False) -> dict
         "expires_at": iso(row.expires_at),
         "delivery_status": row.delivery_status,
         "delivered_at": iso(row.delivered_at),
+        "thread_id": None if row.thread_id is None else int(row.thread_id),
+        "reply_to": None if row.reply_to is None else int(row.reply_to),
+        "ack_required": decode_bool(row.ack_required),
+        "ack_due_at": (
+            iso(decode_time(row.created_at) + timedelta(seconds=int(row.ack_within_s)))
+            if decode_bool(row.ack_required) and row.ack_within_s
+            else None
+        ),
     }
     if with_read:
         out["read"] = read_at is not None
@@ -82,6 +105,11 @@ def notify_payload(msg: dict[str, Any]) -> dict[str, Any]:
         priority=msg.get("priority"),
         channel=msg.get("channel"),
     )
+    for key in ("thread_id", "reply_to", "ack_due_at"):  # metadata for the wake text
+        if msg.get(key) is not None:
+            payload[key] = msg[key]
+    if msg.get("ack_required") is True:
+        payload["ack_required"] = True
     if len(orjson.dumps(payload)) <= NOTIFY_LIMIT:
         return payload
     subject = payload["subject"] or ""
@@ -99,6 +127,17 @@ def notify_payload(msg: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def ensure_floor(conn: Any) -> None:
+    """Record the delivery floor once (the newest message id now); later calls change nothing."""
+    conn.execute(
+        text(
+            "INSERT INTO palace_meta (key, value) SELECT :k, CAST(coalesce(max(id), 0) AS TEXT) "
+            "FROM messages WHERE 1 = 1 ON CONFLICT (key) DO NOTHING"
+        ),
+        {"k": FLOOR_KEY},
+    )
+
+
 def _warning(settings: Settings, names: Iterable[str]) -> str | None:
     unknown = [n for n in names if n != BROADCAST and n not in settings.instances]
     if not unknown:
@@ -108,6 +147,33 @@ def _warning(settings: Settings, names: Iterable[str]) -> str | None:
         f"({', '.join(settings.instances)}); the message was stored anyway. Add it to "
         'config.json "instances" if it is a real agent, or fix the spelling.'
     )
+
+
+def _due(now: Any, ack_within_s: int | None) -> str | None:
+    return iso(now + timedelta(seconds=ack_within_s)) if ack_within_s else None
+
+
+def _visible(db: Database, message_id: int | None, me: str, anyone: bool = False) -> Any:
+    """A message `me` sent or may read (direct, broadcast, subscribed channel); NotFound
+    otherwise, so ids of others' messages reveal nothing. `anyone`: skip the check."""
+    with db.read() as conn:
+        row = conn.execute(
+            text(
+                f"SELECT {COLUMNS} FROM messages m WHERE m.id = :id AND "
+                f"(:anyone OR m.from_instance = :me OR {RECIPIENT})"
+            ),
+            {"id": message_id, "me": me, "anyone": anyone},
+        ).first()
+    if row is None:
+        raise NotFound(
+            f"message {message_id} does not exist or is not one {me!r} sent or received",
+            message_id=message_id,
+        )
+    return row
+
+
+def _root(row: Any) -> int:
+    return int(row.thread_id) if row.thread_id is not None else int(row.id)
 
 
 def send(
@@ -122,11 +188,34 @@ def send(
     channel: str | None = None,
     priority: int = 0,
     ttl_seconds: int | None = None,
+    reply_to: int | None = None,
+    thread_id: int | None = None,
+    ack_required: bool = False,
+    ack_within_s: int | None = None,
+    notice: bool = False,
 ) -> dict[str, Any]:
-    """Store a message; on PostgreSQL NOTIFY its channels in the same transaction."""
+    """Store a message; on PostgreSQL NOTIFY its channels in the same transaction. A reply
+    (reply_to) joins its parent's thread and, without a recipient, goes to the parent's
+    sender."""
     sender = _instance(settings, from_instance, "from_instance")
     if channel is not None:
         channel = check_name(channel, "channel")
+    parent = None
+    if reply_to is not None or thread_id is not None:
+        # a notice (the palace telling a sender its message is overdue) may join any thread
+        parent = _visible(db, reply_to if reply_to is not None else thread_id, sender, notice)
+        if thread_id is not None and _root(parent) != _root(_visible(db, thread_id, sender)):
+            raise InvalidParams(
+                f"message {reply_to} is not in thread {thread_id}; pass one of them",
+                param="thread_id",
+            )
+        if to_instance is None and channel is None and reply_to is not None:
+            to_instance = parent.from_instance if parent.from_instance != sender else None
+            if to_instance is None:
+                to_instance = parent.to_instance if parent.to_instance[:1] != CHANNEL_ONLY else None
+            channel = channel or (parent.channel if to_instance is None else None)
+    if ack_within_s is not None and not ack_required:
+        ack_required = True
     if to_instance is None:
         if channel is None:
             raise InvalidParams(
@@ -158,17 +247,26 @@ def send(
         "priority": priority,
         "expires_at": expires,
         "delivery_status": "pending",
+        "thread_id": None if parent is None else _root(parent),
+        "reply_to": reply_to,
+        "ack_required": ack_required,
+        "ack_within_s": ack_within_s,
     }
     status = "pending"
     targets = ([] if to.startswith(CHANNEL_ONLY) else [to]) + (
         [channel] if channel is not None and channel != to else []
     )
     with db.write() as conn:
+        ensure_floor(conn)  # delivery records start no later than the first message
         msg_id = conn.execute(
             text(db.backend.insert_sql(MESSAGES, values, returning="id")),
             db.backend.encode_row(MESSAGES, values),
         ).scalar_one()
-        payload = orjson.dumps(notify_payload({**values, "message_id": int(msg_id)})).decode()
+        payload = orjson.dumps(
+            notify_payload(
+                {**values, "message_id": int(msg_id), "ack_due_at": _due(now, ack_within_s)}
+            )
+        ).decode()
         channels = db.backend.notify(conn, [pg_channel(t) for t in targets], payload)
     out: dict[str, Any] = {
         "success": True,
@@ -179,6 +277,10 @@ def send(
         "delivery_status": status,
         "notified_channels": channels,
         "expires_at": iso(expires),
+        "thread_id": values["thread_id"],
+        "reply_to": reply_to,
+        "ack_required": ack_required,
+        "ack_due_at": iso(now + timedelta(seconds=ack_within_s)) if ack_within_s else None,
     }
     warning = _warning(settings, [sender] + ([] if to.startswith(CHANNEL_ONLY) else [to]))
     if warning:
@@ -291,12 +393,195 @@ def mark_read(
             ),
             {"id": message_id, "me": me, "now": db.backend.encode("time", now)},
         ).rowcount
+        _status_read(conn, message_id)
     return {
         "success": True,
         "message_id": message_id,
         "instance_id": me,
         "already_read": inserted == 0,
     }
+
+
+def _status_read(conn: Any, message_id: int) -> None:
+    conn.execute(
+        text("UPDATE messages SET delivery_status = 'read' WHERE id = :id"), {"id": message_id}
+    )
+
+
+def ack(
+    db: Database, settings: Settings, *, instance_id: str | None, message_id: int | None
+) -> dict[str, Any]:
+    """Acknowledge a message (a recipient only): marks it read too; the sender sees it in
+    action=status."""
+    me = _instance(settings, instance_id)
+    if message_id is None:
+        raise InvalidParams("ack needs message_id", param="message_id")
+    now = db.backend.encode("time", utcnow())
+    with db.write() as conn:
+        _recipient_row(db, conn, message_id, me)
+        before = conn.execute(
+            text("SELECT acked_at FROM message_reads WHERE message_id = :id AND instance_id = :me"),
+            {"id": message_id, "me": me},
+        ).first()
+        conn.execute(
+            text(
+                "INSERT INTO message_reads (message_id, instance_id, read_at, acked_at) "
+                "VALUES (:id, :me, :now, :now) ON CONFLICT (message_id, instance_id) "
+                "DO UPDATE SET acked_at = coalesce(message_reads.acked_at, excluded.acked_at)"
+            ),
+            {"id": message_id, "me": me, "now": now},
+        )
+        _status_read(conn, message_id)
+    return {
+        "success": True,
+        "message_id": message_id,
+        "instance_id": me,
+        "already_acked": before is not None and before.acked_at is not None,
+    }
+
+
+def _receipts(db: Database, conn: Any, row: Any) -> dict[str, Any]:
+    """One message's per-recipient delivered/read/acked times."""
+    people: dict[str, dict[str, Any]] = {}
+    if row.to_instance not in (BROADCAST,) and not row.to_instance.startswith(CHANNEL_ONLY):
+        people[row.to_instance] = {}
+    for r in conn.execute(
+        text(
+            "SELECT instance_id, delivered_at, delivered_by FROM message_deliveries "
+            "WHERE message_id = :id"
+        ),
+        {"id": row.id},
+    ):
+        people.setdefault(r.instance_id, {}).update(
+            delivered_at=iso(r.delivered_at), delivered_by=r.delivered_by
+        )
+    for r in conn.execute(
+        text("SELECT instance_id, read_at, acked_at FROM message_reads WHERE message_id = :id"),
+        {"id": row.id},
+    ):
+        people.setdefault(r.instance_id, {}).update(
+            read_at=iso(r.read_at), acked_at=iso(r.acked_at)
+        )
+    msg = message_dict(row)
+    due = decode_time(msg["ack_due_at"])
+    late = due is not None and utcnow() > due
+    recipients = []
+    for name in sorted(people):
+        info = people[name]
+        entry = {
+            "instance": name,
+            "delivered_at": info.get("delivered_at"),
+            "delivered_by": info.get("delivered_by"),
+            "read_at": info.get("read_at"),
+            "acked_at": info.get("acked_at"),
+        }
+        if msg["ack_required"]:
+            entry["overdue"] = late and entry["acked_at"] is None
+        recipients.append(entry)
+    return {
+        "message_id": msg["id"],
+        "to_instance": msg["to_instance"],
+        "channel": msg["channel"],
+        "subject": msg["subject"],
+        "created_at": msg["created_at"],
+        "thread_id": msg["thread_id"],
+        "delivery_status": msg["delivery_status"],
+        "ack_required": msg["ack_required"],
+        "ack_due_at": msg["ack_due_at"],
+        "recipients": recipients,
+    }
+
+
+def status(
+    db: Database,
+    settings: Settings,
+    *,
+    instance_id: str | None,
+    message_id: int | None,
+    thread_id: int | None,
+) -> dict[str, Any]:
+    """Receipts for the sender: per recipient, when it was delivered, read and acknowledged;
+    for one message, or every message the caller sent in a thread."""
+    me = _instance(settings, instance_id)
+    if (message_id is None) == (thread_id is None):
+        raise InvalidParams(
+            "status needs message_id or thread_id (one of them)", param="message_id"
+        )
+    with db.read() as conn:
+        if message_id is not None:
+            rows = conn.execute(
+                text(
+                    f"SELECT {COLUMNS} FROM messages m WHERE m.id = :id AND m.from_instance = :me"
+                ),
+                {"id": message_id, "me": me},
+            ).all()
+            if not rows:
+                raise NotFound(
+                    f"message {message_id} was not sent by {me!r}; receipts are its sender's",
+                    message_id=message_id,
+                )
+        else:
+            root = _root(_visible(db, thread_id, me))
+            rows = conn.execute(
+                text(
+                    f"SELECT {COLUMNS} FROM messages m WHERE (m.id = :root OR m.thread_id = :root)"
+                    " AND m.from_instance = :me ORDER BY m.id"
+                ),
+                {"root": root, "me": me},
+            ).all()
+        return {"instance_id": me, "messages": [_receipts(db, conn, r) for r in rows]}
+
+
+def thread(
+    db: Database,
+    settings: Settings,
+    *,
+    instance_id: str | None,
+    message_id: int | None,
+    limit: int = 50,
+) -> dict[str, Any]:
+    """The thread a message belongs to, oldest first: the messages of it the caller sent or
+    may read."""
+    me = _instance(settings, instance_id)
+    if message_id is None:
+        raise InvalidParams(
+            "thread needs message_id (any message of the thread)", param="message_id"
+        )
+    root = _root(_visible(db, message_id, me))
+    with db.read() as conn:
+        rows = conn.execute(
+            text(
+                f"SELECT {COLUMNS}, r.read_at AS read_at FROM messages m "
+                "LEFT JOIN message_reads r ON r.message_id = m.id AND r.instance_id = :me "
+                f"WHERE (m.id = :root OR m.thread_id = :root) AND (m.from_instance = :me OR "
+                f"{RECIPIENT}) AND {NOT_EXPIRED} ORDER BY m.id LIMIT :limit"
+            ),
+            {"root": root, "me": me, "limit": limit, "now": db.backend.encode("time", utcnow())},
+        ).all()
+    messages = [
+        {**message_dict(r, r.read_at, with_read=True), "mine": r.from_instance == me} for r in rows
+    ]
+    return {"thread_id": root, "count": len(messages), "messages": messages, "instance_id": me}
+
+
+def await_reply(db: Database, sent: dict[str, Any], me: str, seconds: int) -> dict[str, Any]:
+    """Wait up to `seconds` for the first message in the sent message's thread from someone
+    else to `me` (directly, broadcast or a channel it reads)."""
+    root = sent["thread_id"] or sent["id"]
+    deadline = time.monotonic() + seconds
+    stmt = text(
+        f"SELECT {COLUMNS} FROM messages m WHERE m.id > :id AND "
+        "(m.thread_id = :root OR m.reply_to = :id) AND m.from_instance <> :me AND "
+        f"{RECIPIENT} ORDER BY m.id LIMIT 1"
+    )
+    while True:
+        with db.read() as conn:
+            row = conn.execute(stmt, {"id": sent["id"], "root": root, "me": me}).first()
+        if row is not None:
+            return {"reply": message_dict(row), "timed_out": False}
+        if time.monotonic() >= deadline:
+            return {"reply": None, "timed_out": True, "waited_s": seconds}
+        time.sleep(min(AWAIT_TICK, max(0.0, deadline - time.monotonic())))
 
 
 def mark_unread(
@@ -324,6 +609,16 @@ def subscriptions(db: Database, instance_id: str | None = None) -> list[str]:
                 text("SELECT channel FROM subscriptions WHERE instance_id = :me ORDER BY channel"),
                 {"me": instance_id},
             )
+        return [r[0] for r in rows]
+
+
+def subscribers(db: Database, channel: str) -> list[str]:
+    """Instances subscribed to a channel."""
+    with db.read() as conn:
+        rows = conn.execute(
+            text("SELECT instance_id FROM subscriptions WHERE channel = :ch ORDER BY instance_id"),
+            {"ch": channel},
+        )
         return [r[0] for r in rows]
 
 
@@ -468,13 +763,48 @@ def handle(
     unread_only: Annotated[bool, P("Only unread messages (get).")] = True,
     limit: Annotated[int, P("Maximum messages (get, poll).", minimum=1, maximum=500)] = 50,
     message_id: Annotated[
-        int | None, P("Message id (mark_read, mark_unread, retract).", minimum=1)
+        int | None,
+        P("Message id (mark_read, mark_unread, ack, status, thread, retract).", minimum=1),
     ] = None,
     since_id: Annotated[int, P("Only messages with a larger id (poll).", minimum=0)] = 0,
+    reply_to: Annotated[
+        int | None,
+        P(
+            "The message this answers (send): joins its thread; without to_instance the "
+            "reply goes to its sender.",
+            minimum=1,
+        ),
+    ] = None,
+    thread_id: Annotated[
+        int | None,
+        P("A thread (any of its message ids) to post in (send) or report (status).", minimum=1),
+    ] = None,
+    ack_required: Annotated[
+        bool, P("Recipients should acknowledge with action=ack (send).")
+    ] = False,
+    ack_within_s: Annotated[
+        int | None,
+        P(
+            "Acknowledge within this many seconds (send; implies ack_required).",
+            minimum=1,
+            maximum=30 * 86400,
+        ),
+    ] = None,
+    await_reply_s: Annotated[
+        int | None,
+        P(
+            f"Wait up to this many seconds for the first reply in the thread and return it "
+            f"(send; at most {AWAIT_MAX_S}).",
+            minimum=1,
+            maximum=AWAIT_MAX_S,
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """Messages between agent instances. action=send|get|mark_read|mark_unread|subscribe|
-    unsubscribe|poll|retract (an unread message you sent). Recipients are woken by push when
-    the database is PostgreSQL."""
+    """Messages between agent instances. action=send (reply_to / thread_id for threads,
+    ack_required / ack_within_s, await_reply_s to wait for the answer) | get | thread (a whole
+    thread, oldest first) | mark_read | mark_unread | ack | status (per-recipient delivered,
+    read and acked times of what you sent) | subscribe | unsubscribe | poll | retract (an
+    unread message you sent). Recipients are woken by push, also after their bridge restarts."""
     if action in ("send", "retract"):
         caller.check_role("writer", f"message action={action}")
     if action == "retract":
@@ -482,7 +812,7 @@ def handle(
             db, settings, instance_id=from_instance or instance_id, message_id=message_id
         )
     if action == "send":
-        return send(
+        sent = send(
             db,
             settings,
             from_instance=from_instance or instance_id,
@@ -493,6 +823,27 @@ def handle(
             channel=channel,
             priority=priority,
             ttl_seconds=ttl_seconds,
+            reply_to=reply_to,
+            thread_id=thread_id,
+            ack_required=ack_required,
+            ack_within_s=ack_within_s,
+        )
+        if await_reply_s:
+            sent.update(await_reply(db, sent, sent["from_instance"], await_reply_s))
+        return sent
+    if action == "ack":
+        return ack(db, settings, instance_id=instance_id, message_id=message_id)
+    if action == "status":
+        return status(
+            db,
+            settings,
+            instance_id=from_instance or instance_id,
+            message_id=message_id,
+            thread_id=thread_id,
+        )
+    if action == "thread":
+        return thread(
+            db, settings, instance_id=instance_id, message_id=message_id or thread_id, limit=limit
         )
     if action == "get":
         return get(
