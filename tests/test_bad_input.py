@@ -81,17 +81,22 @@ def _protocol(proc: subprocess.Popen[bytes], rid: str, method: str, params: dict
             return obj
 
 
+def _one_memory(data: Path, content: str) -> dict:
+    """A SQLite palace in `data` holding one memory; closed, so a bridge can take it over."""
+    palace = build_palace(data, f"sqlite:///{data / 'memories.db'}")
+    kept = palace.call("memory_set", {"content": content})
+    palace.close()
+    dispose_engines()
+    return kept
+
+
 def test_read_only_sqlite_is_a_clear_error_and_recovers_without_restart():
     """As root the bridge runs as nobody (root writes anywhere); otherwise chmod does it."""
     root = Path(tempfile.mkdtemp(prefix="mp-ro-"))
     try:
         os.chmod(root, 0o755)
         data = root / "data"
-        url = f"sqlite:///{data / 'memories.db'}"
-        palace = build_palace(data, url)
-        kept = palace.call("memory_set", {"content": "written before the disk went read-only"})
-        palace.close()
-        dispose_engines()
+        kept = _one_memory(data, "written before the disk went read-only")
         as_root = os.geteuid() == 0
 
         def read_only(on: bool) -> None:
@@ -232,11 +237,7 @@ def test_a_full_disk_is_a_clear_error_and_recovers_without_restart(tmp_path):
     import resource
 
     data = tmp_path / "data"
-    url = f"sqlite:///{data / 'memories.db'}"
-    palace = build_palace(data, url)
-    kept = palace.call("memory_set", {"content": "written before the disk filled up"})
-    palace.close()
-    dispose_engines()
+    kept = _one_memory(data, "written before the disk filled up")
     room = max(p.stat().st_size for p in data.iterdir()) + 8 * 1024
 
     def small_disk() -> None:

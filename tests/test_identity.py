@@ -254,6 +254,17 @@ def _cli_token(data: Path, instance: str, role: str = "writer") -> str:
     return out.stdout.strip()
 
 
+async def _call_all(session: Any, calls: list[tuple[str, dict]]) -> list[Any]:
+    """Each call's JSON result, or its error text ("CODE: message")."""
+    await session.initialize()
+    results = []
+    for name, args in calls:
+        res = await session.call_tool(name, args)
+        text = res.content[0].text
+        results.append(text if res.is_error else orjson.loads(text))
+    return results
+
+
 async def _mcp_calls(url: str, bearer: str | None, calls: list[tuple[str, dict]]) -> list[Any]:
     import httpx2
     from mcp import ClientSession
@@ -265,13 +276,7 @@ async def _mcp_calls(url: str, bearer: str | None, calls: list[tuple[str, dict]]
         streamable_http_client(url, http_client=http) as (read, write, *_),
         ClientSession(read, write) as session,
     ):
-        await session.initialize()
-        results = []
-        for name, args in calls:
-            res = await session.call_tool(name, args)
-            text = res.content[0].text
-            results.append(text if res.is_error else orjson.loads(text))
-        return results
+        return await _call_all(session, calls)
 
 
 def test_mcp_http_runs_each_call_as_its_bearer_token(http_server: tuple[str, Path]) -> None:
@@ -341,13 +346,7 @@ async def _stdio_calls(data: Path, bearer: str, calls: list[tuple[str, dict]]) -
         command=sys.executable, args=["-m", "memory_palace.mcp_server"], env=env
     )
     async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
-        results = []
-        for name, args in calls:
-            res = await session.call_tool(name, args)
-            text = res.content[0].text
-            results.append(text if res.is_error else orjson.loads(text))
-        return results
+        return await _call_all(session, calls)
 
 
 def test_mcp_stdio_acts_as_its_token(tmp_path: Path, db_url: str) -> None:
