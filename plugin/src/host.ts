@@ -24,6 +24,8 @@ export interface Host {
   readonly auto: AutoMemory;
   /** Latest OpenClaw runtime seen by any registration; wakes go through it. */
   runtime: WakeRuntime | undefined;
+  /** Set by the service's start(): this process (the gateway) owns the bridge's lifetime. */
+  serviceStarted?: boolean;
   /** Where learned routes are saved (set by the service's start, under OpenClaw's stateDir). */
   statePath?: string;
   saveTimer?: NodeJS.Timeout;

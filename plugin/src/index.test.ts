@@ -153,6 +153,9 @@ describe("plugin entry", () => {
     expect([...rec.methods.keys()]).toEqual(["memoryPalace.sessions"]);
     const prompt = (rec.memory[0] as { promptBuilder: (p: { availableTools: Set<string> }) => string[] }).promptBuilder({ availableTools: new Set(made.keys()) });
     expect(prompt.join("\n")).toContain("memory_search");
+    const runtime = (rec.memory[0] as { runtime?: Record<string, unknown> }).runtime;
+    expect(typeof runtime?.getMemorySearchManager).toBe("function");
+    expect(typeof runtime?.resolveMemoryBackendConfig).toBe("function");
   });
 
   it("leaves the extension tools out when the bridge's ready line lists no extension", async () => {

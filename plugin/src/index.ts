@@ -10,6 +10,7 @@ import { parseConfig } from "./config.js";
 import { autoCapture, autoRecall, type AutoDeps } from "./auto.js";
 import { acquireHost, persistRegistry, releaseHost } from "./host.js";
 import { memoryPromptLines } from "./prompt.js";
+import { createMemoryRuntime } from "./memory-runtime.js";
 import { createTools, toolNames } from "./tools.js";
 import type { WakeRuntime } from "./wake.js";
 
@@ -74,6 +75,7 @@ function register(api: OpenClawPluginApi): void {
     id: SERVICE_ID,
     start(ctx) {
       const live = current();
+      live.serviceStarted = true;
       persistRegistry(live, ctx.stateDir, api.logger);
       live.bridge.setHealth(ctx.serviceHealth);
       // Not awaited: a missing bridge is reported through serviceHealth and retried with backoff,
@@ -106,8 +108,18 @@ function register(api: OpenClawPluginApi): void {
     });
   });
 
+  // The memory slot's capability: the prompt guidance, and the search runtime behind OpenClaw's
+  // memory surfaces (gateway memory.search, `openclaw status`), answered by memory_recall/memory_stats.
   if (typeof api.registerMemoryCapability === "function") {
-    api.registerMemoryCapability({ promptBuilder: ({ availableTools }) => memoryPromptLines(availableTools) });
+    api.registerMemoryCapability({
+      promptBuilder: ({ availableTools }) => memoryPromptLines(availableTools),
+      runtime: createMemoryRuntime({
+        config,
+        bridge: () => current().bridge,
+        serviceRunning: () => current().serviceStarted === true,
+        release: () => releaseHost(current(), api.logger),
+      }),
+    });
   }
 }
 

@@ -7,6 +7,8 @@
 // every prompt: `openclaw agent` user turns show auto-recall (fenced, A's private memory never in
 // B's prompt) and auto-capture (the turn stored once, without the injected block).
 // The bridge's config.json enables the db_manager extension, so its tools must appear too.
+// The gateway's memory.search answers from the plugin's memory runtime as the agent's instance;
+// `openclaw memory status|search` (memory-core's CLI) are recorded as not reaching it.
 // It fails on any failed step. Skip only with MEMORY_PALACE_SKIP_OPENCLAW=1 (said out loud).
 //   MEMORY_PALACE_PYTHON   Python with memory-palace + pgserver installed (required)
 //   MEMORY_PALACE_TEST_PG_URL  use this PostgreSQL instead of starting pgserver
@@ -91,9 +93,16 @@ function invoke(tool, args, sessionKey) {
   });
 }
 
-function gatewayCall(method) {
-  const out = openclaw(["gateway", "call", method, "--params", "{}", "--port", String(state.port), "--token", TOKEN, "--json"]);
+function gatewayCall(method, params = {}) {
+  const out = openclaw(["gateway", "call", method, "--params", JSON.stringify(params), "--port", String(state.port), "--token", TOKEN, "--json"]);
   return JSON.parse(out.slice(out.indexOf("{")));
+}
+
+/** An openclaw command's JSON output (it may print log lines before the JSON). */
+function openclawJson(args) {
+  const lines = openclaw(args).split("\n");
+  const at = lines.findIndex((l) => /^(\{|\[)(\s*$|\s*[{"\]])/.test(l));
+  return JSON.parse(lines.slice(at).join("\n"));
 }
 
 /** Bridge processes serving this test's data dir (other bridges on the machine are not ours). */
@@ -419,6 +428,35 @@ test("auto-capture stores A's turn once, privately, without the injected block",
   // Private to a: b's recall does not see it.
   const bob = await invoke("memory_recall", { query: "weekly standup Mondays 10:30", include_graph: false }, "agent:bob:main");
   assert.ok(!JSON.stringify(bob).includes(statement), "a's captured turn is private to a");
+});
+
+test("OpenClaw's memory runtime is Memory Palace: gateway memory.search answers from it per agent; `openclaw memory` stays memory-core's", { skip: SKIP }, async () => {
+  const term = `zephyrquartz${Date.now() % 100000}`;
+  const stored = await invoke("memory_set", { content: `The staging cluster hint is ${term}.`, subject: "staging hint", visibility: "private" }, "agent:alice:main");
+  const t0 = Date.now();
+  const alice = gatewayCall("memory.search", { query: term, agentId: "alice" });
+  metrics.gatewayMemorySearchMs = Date.now() - t0;
+  assert.equal(alice.provider, "memory-palace", JSON.stringify(alice).slice(0, 800));
+  const hit = (alice.results ?? []).find((r) => r.path === `memory-palace/memory/${stored.id}`);
+  assert.ok(hit && hit.snippet.includes(term) && hit.source === "memory", `alice's memory.search finds #${stored.id}: ${JSON.stringify(alice).slice(0, 800)}`);
+  const bob = gatewayCall("memory.search", { query: term, agentId: "bob" });
+  assert.equal(bob.provider, "memory-palace");
+  assert.ok(!JSON.stringify(bob).includes(term), `alice's private memory is not in bob's memory.search: ${JSON.stringify(bob).slice(0, 500)}`);
+
+  // `openclaw status --json --all` is not checked here: with a reachable gateway it reports
+  // `memory` as not collected ("Local plugin inspection is not collected in online status").
+  // Offline it loads the slot's plugin and shows our status() (docs/openclaw.md).
+
+  // `openclaw memory status|search` belong to the bundled memory-core, which stays loaded beside
+  // the slot owner; its CLI builds memory-core's own builtin index manager and never asks the
+  // slot's runtime (see docs/openclaw.md, "OpenClaw's memory commands"). Recorded here so a
+  // newer OpenClaw that routes them to the slot's runtime shows up as a failure to act on.
+  const memStatus = openclawJson(["memory", "status", "--agent", "alice", "--json"]);
+  assert.equal(memStatus[0]?.status?.backend, "builtin");
+  assert.notEqual(memStatus[0]?.status?.provider, "memory-palace", "`openclaw memory status` now reaches Memory Palace: update docs/openclaw.md and this test");
+  const memSearch = openclawJson(["memory", "search", term, "--agent", "alice", "--json"]);
+  assert.ok(!JSON.stringify(memSearch.results ?? []).includes(term), "`openclaw memory search` now finds Memory Palace memories: update docs/openclaw.md and this test");
+  log(`openclaw memory status (alice): backend ${memStatus[0]?.status?.backend}, provider ${memStatus[0]?.status?.provider}, dbPath under ${memStatus[0]?.status?.workspaceDir ? "the agent workspace" : "?"}; openclaw memory search ${term}: ${(memSearch.results ?? []).length} results`);
 });
 
 test("after `openclaw plugins reload`, the new bridge serves b again and a message in a named database still wakes B's session", { skip: SKIP }, async () => {
