@@ -69,6 +69,8 @@ SEARCH_DDL = [
     END""",
 ]
 
+WORD_COUNT_CACHE = 20_000  # (filter, word) counts kept between changes to `memories`
+
 # SQLite primary result codes (sqlite3.h) and what each means for the caller.
 _UNAVAILABLE = {
     5: "the database is locked by another process (busy)",
@@ -235,17 +237,31 @@ class SqliteBackend(Backend):
             ]
 
     def word_counts(self, db: Database, words: list[str], f: Filters) -> dict[str, int]:
+        """How many filtered memories hold each word. Counting a common word visits thousands
+        of rows, so counts are kept until the next change to `memories` (the change log's
+        sequence moves) for the same filter; the expiry clock alone does not drop them."""
         cond, params = where(db, f, "m")
         sql = text(
             "SELECT count(*) FROM memories_fts JOIN memories m ON m.id = "
             f"memories_fts.rowid WHERE memories_fts MATCH :q AND {cond}"
         )
+        signature = (cond, tuple(sorted((k, str(v)) for k, v in params.items() if k != "f_now")))
         with db.read() as conn:
-            return {
-                w: int(conn.execute(sql, {**params, "q": f'"{w}"'}).scalar())
-                for w in words
-                if '"' not in w
-            }
+            seq = conn.execute(text("SELECT coalesce(max(seq), 0) FROM memory_changes")).scalar()
+            known = db.cache.get("word_counts")
+            if known is None or known[0] != seq or len(known[1]) > WORD_COUNT_CACHE:
+                known = (seq, {})
+                db.cache["word_counts"] = known
+            counts = known[1]
+            out = {}
+            for w in words:
+                if '"' in w:
+                    continue
+                key = (signature, w)
+                if key not in counts:
+                    counts[key] = int(conn.execute(sql, {**params, "q": f'"{w}"'}).scalar())
+                out[w] = counts[key]
+            return out
 
     def count_estimate(self, db: Database, vector: tuple[str, int] | None, f: Filters) -> int:
         counted = sqlite_index(db, *vector).count(f) if vector else 0
