@@ -13,7 +13,7 @@ import time
 import pytest
 from memory_palace import InvalidParams, NotFound
 from memory_palace.cli import main
-from memory_palace.db.postgres import pg_connect
+from memory_palace.db.postgres import LISTENER_APP, pg_connect
 from memory_palace.errors import PermissionDenied
 from memory_palace.services.access import Caller
 
@@ -46,7 +46,8 @@ def terminate_listeners(url: str) -> int:
             cur.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                 "datname = current_database() AND pid <> pg_backend_pid() AND "
-                "(query ILIKE 'LISTEN%%' OR query ILIKE 'UNLISTEN%%')"  # not the sender's pool
+                "application_name = %s",  # the listeners, not the sender's pool
+                (LISTENER_APP,),
             )
             return cur.rowcount
     finally:

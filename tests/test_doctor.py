@@ -93,10 +93,19 @@ def test_healthy_postgres(tmp_path, pg_url):
         "HNSW index",
         "LISTEN/NOTIFY round trip",
         "schema version",
+        "NOTIFY queue: 0.0% used (pg_notification_queue_usage())",
     ):
         assert f"✓ {name}" in out, out
     assert "• tokens: identities are unverified (no tokens issued)" in out
     assert "✗" not in out and "all checks passed" in out
+
+
+def test_notify_queue_over_half_full_warns_with_the_fix():
+    """The queue is 8 GB: the test fills no queue; the line doctor prints above 50 % is this."""
+    assert doctor._notify_queue_check(0.5).status == "ok"
+    check = doctor._notify_queue_check(0.62)
+    assert check.status == "warn" and check.ok and "62.0% used" in check.detail
+    assert "pg_stat_activity" in check.fix and "pg_terminate_backend(<pid>)" in check.fix
 
 
 @pytest.mark.postgres

@@ -335,3 +335,32 @@ def test_create_embedder_builds_ollama_from_settings(
     assert isinstance(emb, OllamaEmbedder)
     assert emb.id == "ollama:nomic-embed-text"
     assert emb.embed_documents(["a", "b"]).shape == (2, 768)
+
+
+def _loaded_onnxruntime(pid: int) -> bool:
+    """The process mapped onnxruntime's shared library: the model was loaded."""
+    return "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+def test_bridge_loads_the_local_model_only_when_a_call_embeds(spawn, sqlite_url) -> None:
+    """An idle bridge, and one that only messages, never loads the model (~190 MB); the first
+    memory_set does."""
+    b = spawn(sqlite_url, embedder="local", env={"MEMORY_PALACE_INSTANCE_ID": "prime"})
+    assert b.ready["ready"] and "embedder_error" not in b.ready
+    pid = b.proc.pid
+    b.result("message", {"action": "send", "to_instance": "zed", "content": "hi"})
+    b.result("message", {"action": "get", "instance_id": "prime"})
+    b.result("_health")
+    assert not _loaded_onnxruntime(pid)
+    idle = _rss_mb(pid)
+    b.result("memory_set", {"subject": "s", "content": "the cat sat on the mat"})
+    assert _loaded_onnxruntime(pid)
+    assert _rss_mb(pid) > idle + 50  # the model is what an idle bridge does not pay for

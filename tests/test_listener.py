@@ -7,8 +7,10 @@ import threading
 import time
 import uuid
 
+import orjson
 import pytest
 from memory_palace.db.postgres import LISTENER_APP, pg_connect
+from memory_palace.services import names
 
 pytestmark = pytest.mark.postgres
 
@@ -33,7 +35,14 @@ def listened(b, database: str = "default") -> set[str]:
     return set(b.result("_health")["listeners"][database]["names"])
 
 
+def channels(b, database: str = "default") -> list[str]:
+    """The channels the server says the bridge's LISTEN connection listens to."""
+    return b.result("_health")["listeners"][database]["channels"]
+
+
 def listener_pids(url: str) -> list[int]:
+    """A LISTEN connection's last statement reads its channels back (its keepalive, a plain
+    SELECT 1 after 30 s idle, would also match a pool's pre-ping, so it is not looked for)."""
     conn = pg_connect(url)
     try:
         with conn.cursor() as cur:
@@ -136,6 +145,28 @@ def test_served_instances_and_their_channels(spawn, make_palace, pg_url) -> None
     ids = [d["message_id"] for d in b.new_messages()]
     assert quiet["id"] not in ids and gone["id"] not in ids
     assert ids == [before["id"], after["id"], page["id"], alert["id"], marker["id"]]
+
+
+def test_sending_never_listens_for_the_recipient(spawn, make_palace, pg_url) -> None:
+    """The server's own list (pg_listening_channels() on the bridge's LISTEN connection): a
+    bridge that sends to zed, as itself and for a caller, never LISTENs on zed's channel."""
+    b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "prime"})
+    chan = names.pg_channel
+    assert channels(b) == [chan("all"), chan("prime")]
+    mine = b.result("message", {"action": "send", "to_instance": "zed", "content": "hi"})
+    params = {"action": "send", "to_instance": "zed", "content": "for a caller"}
+    b.send_raw(orjson.dumps({"id": "c1", "method": "message", "params": params, "caller": "ann"}))
+    b.send_raw(b"\n")
+    assert "result" in b.reply("c1")
+    assert channels(b) == [chan("all"), chan("ann"), chan("prime")]  # its callers are served
+    assert "zed" not in listened(b) and b.result("_health")["served"] == ["ann", "prime"]
+    reply = make_palace(pg_url).call(
+        "message",
+        {"action": "send", "from_instance": "zed", "to_instance": "prime", "content": "ok"},
+    )
+    b.event(has_id(reply["id"]))
+    assert [d["message_id"] for d in b.new_messages()] == [reply["id"]]  # nothing for zed
+    assert mine["id"] < reply["id"]
 
 
 def test_hostile_names_and_text_delivered_intact(spawn, make_palace, pg_url) -> None:

@@ -35,6 +35,7 @@ from .db.urls import derive_url, mask_url, pg_database_name, sqlite_path
 from .errors import BackendUnavailable, DatabaseMissing, MemoryPalaceError
 
 NOTIFY_TIMEOUT_S = 5.0
+NOTIFY_QUEUE_WARN = 0.5  # doctor warns above this share of the NOTIFY queue in use
 DDL_TIMEOUT = "10s"  # a rolled-back DDL check that would rebuild a large table gives up
 DEFAULT_DIM = 384
 PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
@@ -44,7 +45,7 @@ TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 @dataclass
 class Check:
     name: str
-    status: str  # "ok" | "fail" | "info"
+    status: str  # "ok" | "fail" | "warn" (printed with its fix, not a failure) | "info"
     detail: str = ""
     fix: str | None = None
 
@@ -173,6 +174,9 @@ class _Pg:
         elif self.exists:  # the DDL needs pgvector: check at least the schema privilege
             self.schema_privilege()
         self.max_connections(engines, processes, pool)
+        self.checks.append(
+            _notify_queue_check(float(self.one("SELECT pg_notification_queue_usage()")))
+        )
         if self.exists:
             self.index_and_version()
         return self.checks
@@ -574,6 +578,27 @@ def _schema_check(version: int) -> Check:
     return ok("schema version", f"{version} ({note})")
 
 
+def _notify_queue_check(usage: float) -> Check:
+    """The server's one NOTIFY queue (8 GB, shared by every database): it only empties as fast
+    as its slowest listener reads, and when it is full every NOTIFY, so every message send,
+    fails. A listener stuck in a transaction or not reading its socket holds it."""
+    name = "NOTIFY queue"
+    detail = f"{usage:.1%} used (pg_notification_queue_usage())"
+    if usage <= NOTIFY_QUEUE_WARN:
+        return ok(name, detail)
+    return Check(
+        name,
+        "warn",
+        f"{detail}: a listening session is not consuming notifications; when the queue is full "
+        "every message send fails",
+        "find the stuck listener (the server log's 'NOTIFY queue is ... full' line names its "
+        "PID): SELECT pid, datname, usename, application_name, state, wait_event, xact_start "
+        "FROM pg_stat_activity WHERE state = 'idle in transaction' OR wait_event = 'ClientWrite' "
+        "ORDER BY xact_start NULLS LAST; then SELECT pg_terminate_backend(<pid>); (a bridge's "
+        "listener reconnects and catches up on its own)",
+    )
+
+
 def _listen_notify(url: str) -> Check:
     channel = f"memory_palace_doctor_{uuid.uuid4().hex[:12]}"
     name = "LISTEN/NOTIFY round trip"
@@ -701,7 +726,7 @@ def _server_key(url: str) -> tuple[Any, ...]:
     return (u.host, u.port, u.query.get("host"))
 
 
-MARKS = {"ok": "✓", "fail": "✗", "info": "•"}
+MARKS = {"ok": "✓", "fail": "✗", "warn": "!", "info": "•"}
 
 
 def check_all(
@@ -765,9 +790,11 @@ def run(
         out.write(f"database {d['name']} ({d['type']}): {d['url']}\n")
         for c in d["checks"]:
             out.write(f"  {MARKS[c['status']]} {c['name']}: {c['detail']}\n")
-            if c["status"] == "fail" and c["fix"]:
+            if c["status"] in ("fail", "warn") and c["fix"]:
                 out.write(f"      fix: {c['fix']}\n")
-    out.write("all checks passed\n" if not failed else f"{failed} check(s) failed\n")
+    warned = sum(c["status"] == "warn" for d in report for c in d["checks"])
+    note = f" ({warned} warning(s))" if warned else ""
+    out.write(f"all checks passed{note}\n" if not failed else f"{failed} check(s) failed{note}\n")
     return 0 if not failed else 1
 
 

@@ -65,6 +65,7 @@ class Listener(threading.Thread):
         self._lock = threading.Lock()
         self._served = set(served)
         self._subscribers: dict[str, set[str]] = {}  # channel -> served instances on it
+        self.channels: list[str] = []  # PostgreSQL: what the server says the connection LISTENs to
         self._stop_event = threading.Event()
         self.ready = threading.Event()
         self.state = "starting"
@@ -148,6 +149,7 @@ class Listener(threading.Thread):
             "state": self.state,
             "served": self.served(),
             "names": self.names(),
+            "channels": list(self.channels),
             "last_message_id": self.last_id,
             "emitted": self.emitted,
             "reconnects": self.reconnects,
@@ -330,6 +332,7 @@ class PushListener(Listener):
         for name in sorted(self._listening - want):
             self._conn.unlisten(names.pg_channel(name))
         self._listening = want
+        self.channels = self._conn.channels()  # the server's word, reported by _health
         with self._synced:
             self._synced_gen = max(self._synced_gen, gen)
             self._synced.notify_all()
@@ -349,6 +352,7 @@ class PushListener(Listener):
             self._conn.close()
             self._conn = None
         self._drop_held()
+        self.channels = []
 
     def _drain_pipe(self) -> None:
         try:
@@ -357,26 +361,31 @@ class PushListener(Listener):
         except BlockingIOError:
             pass
 
+    def _read(self) -> None:
+        for raw in self._conn.payloads():
+            try:
+                payload = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.warning("ignoring a non-JSON notification on %s", self.database)
+                continue
+            if isinstance(payload, dict):
+                self._deliver(payload)
+
     def _wait(self, idle_since: float) -> float:
         """One select() round: apply name changes, read notifications. Returns idle_since."""
         if self._pending.is_set():
             self._sync_listens()
+            self._read()  # notifications the driver took in during those statements
         self.sweep_acks()
         readable, _, _ = select.select([self._conn, self._pipe_r], [], [], TICK)
         if self._pipe_r in readable:
             self._drain_pipe()
         if self._conn in readable:
-            for raw in self._conn.payloads():
-                try:
-                    payload = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    log.warning("ignoring a non-JSON notification on %s", self.database)
-                    continue
-                if isinstance(payload, dict):
-                    self._deliver(payload)
+            self._read()
             return time.monotonic()
         if time.monotonic() - idle_since > KEEPALIVE:
             self._conn.ping()
+            self._read()
             return time.monotonic()
         return idle_since
 

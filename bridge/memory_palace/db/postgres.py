@@ -695,6 +695,15 @@ class ListenConnection:
     def ping(self) -> None:
         self._run("SELECT 1")
 
+    def channels(self) -> list[str]:
+        """The channels this connection LISTENs to, as the server reports them."""
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_listening_channels()")
+                return sorted(r[0] for r in cur.fetchall())
+        except (psycopg2.Error, OSError) as exc:
+            raise connect_error(self.url, exc) from exc
+
     def payloads(self) -> list[str]:
         """Notification payloads received since the last call."""
         try:
