@@ -144,6 +144,9 @@ def _database_absent(url: str, name: str) -> bool:
         admin.close()
 
 
+CREATE_WAIT_S = 30.0  # how long another process's CREATE DATABASE may take (a busy host)
+
+
 def ensure_database(url: str) -> bool:
     """Create the database named in `url` if it does not exist. True when it was created.
 
@@ -167,7 +170,8 @@ def ensure_database(url: str) -> bool:
     try:
         with admin.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
-            if cur.fetchone():
+            if cur.fetchone():  # named, perhaps still being created by another process
+                _wait_connectable(url)
                 return False
             try:
                 cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
@@ -191,7 +195,7 @@ def ensure_database(url: str) -> bool:
         admin.close()
 
 
-def _wait_connectable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+def _wait_connectable(url: str, timeout: float = CREATE_WAIT_S) -> None:
     """Until the database another process is creating accepts connections (CREATE DATABASE
     makes its name visible before it can be connected to)."""
     deadline = time.monotonic() + timeout
