@@ -956,14 +956,16 @@ def _add_message_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
     def action(name: str, help_: str) -> argparse.ArgumentParser:
-        return actions.add_parser(name, parents=[common, me], help=help_, description=help_)
+        return actions.add_parser(
+            name, parents=[common, me], help=help_, description=help_, formatter_class=HelpFormatter
+        )
 
     a = action("send", "Send a message (to an instance, 'all', or '-' with --channel).")
     a.add_argument("to", help="recipient instance, 'all', or '-' for a channel-only message")
     a.add_argument("content", help="the message text")
-    a.add_argument("--subject", "-s")
+    a.add_argument("--subject", "-s", help="short subject (shown in the wake; never the text)")
     a.add_argument("--type", "-t", default="message", help="handoff, status, question, fyi, ...")
-    a.add_argument("--channel", "-c")
+    a.add_argument("--channel", "-c", help="post on this channel too")
     a.add_argument("--priority", type=int, default=0, help="0-10")
     a.add_argument("--ttl", type=int, metavar="S", help="expire after S seconds")
     a.add_argument("--reply-to", type=int, metavar="ID", help="answer message ID (its thread)")
@@ -975,22 +977,22 @@ def _add_message_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     a = action("get", "List your messages (unread unless --all), highest priority first.")
     a.add_argument("--all", action="store_true", help="read ones too")
-    a.add_argument("--channel", "-c")
-    a.add_argument("--limit", "-n", type=int, default=50)
+    a.add_argument("--channel", "-c", help="only this channel")
+    a.add_argument("--limit", "-n", type=int, default=50, help="how many messages")
     for name, what in (
         ("read", "Mark a message read."),
         ("ack", "Acknowledge a message (marks it read)."),
         ("thread", "Show the thread of a message, oldest first."),
     ):
-        action(name, what).add_argument("id", type=int, metavar="ID")
+        action(name, what).add_argument("id", type=int, metavar="ID", help="the message")
     a = action("status", "Delivered, read and acked times of a message you sent (or a thread).")
-    a.add_argument("id", type=int, nargs="?", metavar="ID")
+    a.add_argument("id", type=int, nargs="?", metavar="ID", help="the message")
     a.add_argument("--thread", type=int, metavar="ID", help="every message you sent in a thread")
     for name, what in (
         ("subscribe", "Receive a channel's messages."),
         ("unsubscribe", "Stop receiving a channel's messages."),
     ):
-        action(name, what).add_argument("channel")
+        action(name, what).add_argument("channel", help="the channel name")
 
 
 def build_parser() -> argparse.ArgumentParser:
