@@ -156,12 +156,16 @@ def ensure_database(url: str) -> bool:
         pg_connect(url).close()
         return False
     except DatabaseMissing:
-        pass
+        first: MemoryPalaceError | None = None
+    except BackendUnavailable as exc:  # the server is down, or the database is being created
+        first = exc
     dbname = pg_database_name(url)
     user = sqlalchemy_url(url).username or "<your_user>"
     try:
         admin = pg_connect(url, dbname="postgres")
     except MemoryPalaceError as exc:
+        if first is not None:
+            raise first from None  # the server itself is unreachable: say that
         raise DatabaseMissing(
             f"database {dbname!r} does not exist and the maintenance database 'postgres' is not "
             f"reachable to create it ({exc.message}). Create it yourself: createdb {dbname}",
@@ -203,7 +207,7 @@ def _wait_connectable(url: str, timeout: float = CREATE_WAIT_S) -> None:
         try:
             pg_connect(url).close()
             return
-        except DatabaseMissing:
+        except (DatabaseMissing, BackendUnavailable):  # named in the catalog, not yet open
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
