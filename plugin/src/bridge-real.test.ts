@@ -80,7 +80,7 @@ describe("BridgeClient with the real bridge", () => {
     expect(health.cleared).toBe(1);
     // The new process serves only "a" by itself; b (registry) and c in "work" come from the announcements.
     const state = async () => (await client.call("_health", {}, { timeoutMs: 5000 })) as Health;
-    const end = Date.now() + 10_000;
+    const end = Date.now() + 30_000; // a restart plus a named database's first open, on a busy host
     let now = await state();
     while (!(now.served.includes("b") && now.listeners.work?.served.includes("c")) && Date.now() < end) {
       await new Promise((r) => setTimeout(r, 50));
