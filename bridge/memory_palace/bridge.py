@@ -24,6 +24,7 @@ another one, and with a token it must be the token's instance or one it may act 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import queue
@@ -52,6 +53,7 @@ log = logging.getLogger("memory_palace.bridge")
 ID_RE = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,19})')
 WORKERS = 8
 SHUTDOWN_GRACE = 10.0
+STOP_LIMIT = SHUTDOWN_GRACE + 5.0  # past this a stop is stuck: dump the threads' stacks, exit
 START_RETRY = 0.25  # how often a bridge started without its database tries again, seconds
 READY_WAIT = 60.0  # how long an event waits for the ready line at start
 
@@ -619,6 +621,13 @@ def _terminate(_signum: int, _frame: Any) -> None:
     raise Terminated
 
 
+def _exit_stuck(code: int) -> None:
+    """A stop that outlives its grace period is a bug: leave its evidence on stderr, exit."""
+    log.error("stopping took over %.0f s; thread stacks follow, exiting", STOP_LIMIT)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    os._exit(code)
+
+
 def parse_args(argv: list[str] | None) -> Any:
     """--help and --version exit here, before anything is created or served."""
     import argparse
@@ -672,8 +681,12 @@ def serve(args: Any) -> int:
         log.info("terminated")
         code = 0 if isinstance(exc, Terminated) else 130  # Ctrl-C: the shell's 130
     finally:
+        stuck = threading.Timer(STOP_LIMIT, _exit_stuck, args=(code,))
+        stuck.daemon = True
+        stuck.start()
         clean = bridge.shutdown()
         out.flush()
+        stuck.cancel()
     if not clean:  # a worker is stuck in a call: don't wait for it at interpreter exit
         log.warning("exiting with requests still running")
         os._exit(code)
