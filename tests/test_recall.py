@@ -349,7 +349,11 @@ def bulk_insert(db: Database, n: int, every: int, seed: int = 7) -> np.ndarray:
     ]
     insert = text(db.backend.insert_sql(MEMORIES, rows[0]))
     with db.write() as conn:
+        if db.backend is postgres.BACKEND:  # one HNSW build after the rows: 3x faster
+            conn.exec_driver_sql("DROP INDEX idx_memories_embedding_hnsw")
         conn.execute(insert, [db.backend.encode_row(MEMORIES, r) for r in rows])
+        if db.backend is postgres.BACKEND:
+            conn.exec_driver_sql(postgres.HNSW_INDEX)
         conn.exec_driver_sql("ANALYZE memories")
     return vecs
 

@@ -366,7 +366,11 @@ class PostgresBackend(Backend):
         return list(value)
 
     def encode_vector(self, value: np.ndarray) -> str:
-        return "[" + ",".join(map(repr, np.asarray(value, dtype=np.float32).tolist())) + "]"
+        # orjson writes each float32 in its shortest exact form: pgvector reads back the same
+        # bits, and it is ~50x faster than formatting Python floats.
+        return orjson.dumps(
+            np.ascontiguousarray(value, dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY
+        ).decode()
 
     def select_list(self, table: Any) -> str:
         # Vectors come back as text: exact float32 values, no driver adapter needed.
