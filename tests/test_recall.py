@@ -480,3 +480,20 @@ def test_recall_falls_back_to_keywords_when_the_embedder_is_down(
     out = palace.call("memory_recall", {"query": "VPN endpoint", "include_graph": False})
     assert [(m["id"], m["found_by"]) for m in out["memories"]] == [(hit, "keyword")]
     assert out["search_method"] == "keyword" and "cannot reach Ollama" in out["warning"]
+
+
+def test_keyword_candidates_are_the_best_ranked_that_pass_the_filter(palace: Palace) -> None:
+    """Whatever path a backend takes (ranking the index alone, or through the filter when the
+    filter drops most matches), the candidates are the full keyword ranking restricted to the
+    filter, cut at the cap."""
+    for i in range(40):
+        words = " ".join(["harbor"] * (1 + i % 5))
+        add(palace, f"{words} crane schedule {i}", project="ten" if i % 10 == 0 else "rest")
+    db = palace.database()
+    backend = db.backend
+    everything = [m for m, _ in backend.keyword_candidates(db, "harbor", Filters.make(), 1000)]
+    assert len(everything) == 40
+    for f, cap in ((Filters.make(), 8), (Filters.make(project="ten"), 3), (Filters.make(), 40)):
+        allowed = {m for m, _ in backend.keyword_candidates(db, "harbor", f, 1000)}
+        got = [m for m, _ in backend.keyword_candidates(db, "harbor", f, cap)]
+        assert got == [m for m in everything if m in allowed][:cap], (f, cap)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import orjson
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import bindparam, create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
@@ -69,6 +69,8 @@ SEARCH_DDL = [
     END""",
 ]
 
+# Keyword rank of a match: subject, content and keywords weighted 4 : 1 : 2.
+FTS_RANK = "bm25(memories_fts, 4.0, 1.0, 2.0)"
 WORD_COUNT_CACHE = 20_000  # (filter, word) counts kept between changes to `memories`
 
 # SQLite primary result codes (sqlite3.h) and what each means for the caller.
@@ -226,12 +228,36 @@ class SqliteBackend(Backend):
         if match is None:
             return []
         cond, params = where(db, f, "m")
-        sql = (
-            "SELECT m.id, m.updated_at FROM memories_fts JOIN memories m ON "
-            f"m.id = memories_fts.rowid WHERE memories_fts MATCH :q AND {cond} "
-            "ORDER BY bm25(memories_fts, 4.0, 1.0, 2.0), m.id LIMIT :k"
-        )
+        # Rank in the FTS index alone, then keep the ranked ids the filter allows: ranking
+        # through a join with `memories` costs 1.5x. When the filter drops so many that fewer
+        # than `cap` of the over-fetched ids remain, rank through the join after all. Either
+        # way the result is the same: the `cap` best-ranked matches that pass the filter.
+        fetch = cap + cap // 4
         with db.read() as conn:
+            ranked = [
+                int(r[0])
+                for r in conn.execute(
+                    text(
+                        f"SELECT rowid FROM memories_fts WHERE memories_fts MATCH :q "
+                        f"ORDER BY {FTS_RANK}, rowid LIMIT :k"
+                    ),
+                    {"q": match, "k": fetch},
+                )
+            ]
+            if not ranked:
+                return []
+            stmt = text(
+                f"SELECT m.id, m.updated_at FROM memories m WHERE m.id IN :ids AND {cond}"
+            ).bindparams(bindparam("ids", expanding=True))
+            allowed = dict(conn.execute(stmt, {**params, "ids": ranked}).all())
+            kept = [(i, allowed[i]) for i in ranked if i in allowed]
+            if len(ranked) < fetch or len(kept) >= cap:
+                return kept[:cap]
+            sql = (
+                "SELECT m.id, m.updated_at FROM memories_fts JOIN memories m ON "
+                f"m.id = memories_fts.rowid WHERE memories_fts MATCH :q AND {cond} "
+                f"ORDER BY {FTS_RANK}, m.id LIMIT :k"
+            )
             return [
                 (int(r[0]), r[1]) for r in conn.execute(text(sql), {**params, "q": match, "k": cap})
             ]
