@@ -12,7 +12,7 @@ import pytest
 from memory_palace import Palace
 from memory_palace.db import postgres
 from memory_palace.db.engine import Database
-from memory_palace.db.filters import Filters
+from memory_palace.db.filters import Access, Filters
 from memory_palace.db.tables import MEMORIES
 from memory_palace.db.values import utcnow
 from memory_palace.embeddings import HashingEmbedder
@@ -490,10 +490,24 @@ def test_keyword_candidates_are_the_best_ranked_that_pass_the_filter(palace: Pal
         words = " ".join(["harbor"] * (1 + i % 5))
         add(palace, f"{words} crane schedule {i}", project="ten" if i % 10 == 0 else "rest")
     db = palace.database()
+    with db.write() as conn:  # most are another agent's private memories now
+        conn.execute(
+            text(
+                "UPDATE memories SET visibility = 'private', instance_id = 'other' "
+                "WHERE id % 4 <> 0"
+            )
+        )
     backend = db.backend
     everything = [m for m, _ in backend.keyword_candidates(db, "harbor", Filters.make(), 1000)]
     assert len(everything) == 40
-    for f, cap in ((Filters.make(), 8), (Filters.make(project="ten"), 3), (Filters.make(), 40)):
+    mine = Filters.make(access=Access("me"))
+    for f, cap in (
+        (Filters.make(), 8),
+        (Filters.make(project="ten"), 3),
+        (Filters.make(), 40),
+        (mine, 4),  # visibility drops most of what the index ranks first
+        (mine, 30),
+    ):
         allowed = {m for m, _ in backend.keyword_candidates(db, "harbor", f, 1000)}
         got = [m for m, _ in backend.keyword_candidates(db, "harbor", f, cap)]
         assert got == [m for m in everything if m in allowed][:cap], (f, cap)

@@ -228,12 +228,15 @@ class SqliteBackend(Backend):
         if match is None:
             return []
         cond, params = where(db, f, "m")
-        # Rank in the FTS index alone, then keep the ranked ids the filter allows: ranking
-        # through a join with `memories` costs 1.5x. When the filter drops so many that fewer
-        # than `cap` of the over-fetched ids remain, rank through the join after all. Either
-        # way the result is the same: the `cap` best-ranked matches that pass the filter.
+        # Without a narrowing filter, rank in the FTS index alone, then keep the ranked ids
+        # the filter allows: ranking through a join with `memories` costs 1.5x. When the
+        # filter (visibility) drops so many that fewer than `cap` of the over-fetched ids
+        # remain, or it narrows by design, rank through the join. Either way the result is
+        # the same: the `cap` best-ranked matches that pass the filter.
         fetch = cap + cap // 4
         with db.read() as conn:
+            if f.selective:
+                return self._ranked_through(conn, match, cond, params, cap)
             ranked = [
                 int(r[0])
                 for r in conn.execute(
@@ -253,14 +256,20 @@ class SqliteBackend(Backend):
             kept = [(i, allowed[i]) for i in ranked if i in allowed]
             if len(ranked) < fetch or len(kept) >= cap:
                 return kept[:cap]
-            sql = (
-                "SELECT m.id, m.updated_at FROM memories_fts JOIN memories m ON "
-                f"m.id = memories_fts.rowid WHERE memories_fts MATCH :q AND {cond} "
-                f"ORDER BY {FTS_RANK}, m.id LIMIT :k"
-            )
-            return [
-                (int(r[0]), r[1]) for r in conn.execute(text(sql), {**params, "q": match, "k": cap})
-            ]
+            return self._ranked_through(conn, match, cond, params, cap)
+
+    @staticmethod
+    def _ranked_through(
+        conn: Connection, match: str, cond: str, params: dict[str, Any], cap: int
+    ) -> list[tuple[int, Any]]:
+        sql = (
+            "SELECT m.id, m.updated_at FROM memories_fts JOIN memories m ON "
+            f"m.id = memories_fts.rowid WHERE memories_fts MATCH :q AND {cond} "
+            f"ORDER BY {FTS_RANK}, m.id LIMIT :k"
+        )
+        return [
+            (int(r[0]), r[1]) for r in conn.execute(text(sql), {**params, "q": match, "k": cap})
+        ]
 
     def word_counts(self, db: Database, words: list[str], f: Filters) -> dict[str, int]:
         """How many filtered memories hold each word. Counting a common word visits thousands
