@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 from memory_palace.bridge import WORKERS
 from memory_palace.db.engine import dispose_engines
 from memory_palace.db.urls import sqlite_path
@@ -144,25 +143,25 @@ def test_read_only_sqlite_is_a_clear_error_and_recovers_without_restart():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.parametrize(
-    ("bad", "answer"),
-    [
-        (b"{not json", None),  # no id to answer: logged on stderr and dropped
-        (b'{"jsonrpc":"2.0","id":7,"method":"tools/list"', (7, -32700)),  # cut short
-        (b'{"jsonrpc":"2.0","id":"s\xff","method":"tools/list"}', None),  # the id is not UTF-8
-        (b'{"jsonrpc":"2.0","id":"u8","method":"x","params":{"a":"\xff"}}', ("u8", -32700)),
-        (b'{"jsonrpc":"2.0","id":9,"method":"tools/list","params":{"a":"\\ud800"}}', (9, -32700)),
-        (b'{"jsonrpc":"1.0","id":8,"method":"tools/list"}', (8, -32600)),
-        (
-            b'{"jsonrpc":"2.0","id":10,"method":"x","params":' + b"[" * 300 + b"]" * 300 + b"}",
-            (10, -32600),
-        ),  # nesting past the validator's limit
-        (b"[]", None),
-    ],
-)
-def test_mcp_stdio_answers_a_malformed_line_and_keeps_serving(tmp_path, bad, answer):
+MALFORMED_MCP_LINES = [
+    (b"{not json", None),  # no id to answer: logged on stderr and dropped
+    (b'{"jsonrpc":"2.0","id":7,"method":"tools/list"', (7, -32700)),  # cut short
+    (b'{"jsonrpc":"2.0","id":"s\xff","method":"tools/list"}', None),  # the id is not UTF-8
+    (b'{"jsonrpc":"2.0","id":"u8","method":"x","params":{"a":"\xff"}}', ("u8", -32700)),
+    (b'{"jsonrpc":"2.0","id":9,"method":"tools/list","params":{"a":"\\ud800"}}', (9, -32700)),
+    (b'{"jsonrpc":"1.0","id":8,"method":"tools/list"}', (8, -32600)),
+    (
+        b'{"jsonrpc":"2.0","id":10,"method":"x","params":' + b"[" * 300 + b"]" * 300 + b"}",
+        (10, -32600),
+    ),  # nesting past the validator's limit
+    (b"[]", None),
+]
+
+
+def test_mcp_stdio_answers_each_malformed_line_and_keeps_serving(tmp_path):
     """The SDK drops such lines silently (a client without a timeout would hang): the server
-    answers each one that carries an id with PARSE_ERROR or INVALID_REQUEST on that id."""
+    answers each one that carries an id with PARSE_ERROR or INVALID_REQUEST on that id, and
+    the next call after each one is served. One server takes them all, one after another."""
     env = {
         **os.environ,
         "MEMORY_PALACE_DATA_DIR": str(tmp_path),
@@ -190,28 +189,29 @@ def test_mcp_stdio_answers_a_malformed_line_and_keeps_serving(tmp_path, bad, ans
         send(orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}))
         assert orjson.loads(proc.stdout.readline())["id"] == 1
         send(orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        send(bad)
-        call = {"name": "memory_stats", "arguments": {}}
-        send(orjson.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}))
-        replies = []
-        while not replies or replies[-1].get("id") != 2:
-            replies.append(orjson.loads(proc.stdout.readline()))
-        reply = replies.pop()
-        assert reply["result"]["isError"] is False
-        assert "total_memories" in reply["result"]["content"][0]["text"]
-        if answer is None:
-            assert replies == []
-        else:
-            (error,) = replies
-            assert error["id"] == answer[0] and error["error"]["code"] == answer[1], error
-            assert error["error"]["message"].startswith(("Parse error", "Invalid Request"))
+        for n, (bad, answer) in enumerate(MALFORMED_MCP_LINES, start=100):
+            send(bad)
+            call = {"name": "memory_stats", "arguments": {}}
+            send(orjson.dumps({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": call}))
+            replies = []
+            while not replies or replies[-1].get("id") != n:
+                replies.append(orjson.loads(proc.stdout.readline()))
+            reply = replies.pop()
+            assert reply["result"]["isError"] is False, bad
+            assert "total_memories" in reply["result"]["content"][0]["text"]
+            if answer is None:
+                assert replies == [], bad
+            else:
+                (error,) = replies
+                assert error["id"] == answer[0] and error["error"]["code"] == answer[1], error
+                assert error["error"]["message"].startswith(("Parse error", "Invalid Request"))
     finally:
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read().decode()
         assert "Traceback" not in err, err
-        if answer is None:
-            assert "dropped an unreadable stdin line without an id" in err
+    unanswerable = sum(1 for _, answer in MALFORMED_MCP_LINES if answer is None)
+    assert err.count("dropped an unreadable stdin line without an id") == unanswerable, err
 
 
 def test_the_same_memory_sent_fifty_times_at_once_is_stored_once(palace):
