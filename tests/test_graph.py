@@ -95,8 +95,11 @@ def test_traversal_directions_types_strength(chain: tuple[Palace, dict[int, int]
 
 
 def test_every_get_parameter_combination(chain: tuple[Palace, dict[int, int]]) -> None:
+    """Every combination on SQLite; on PostgreSQL, whose code differs only below the SQL,
+    every fifth (5 is prime to each parameter's count, so every value of each is met)."""
     palace, m = chain
     name = {v: k for k, v in m.items()}
+    stride = 5 if palace.database().backend.kind == "postgres" else 1
     combos = itertools.product(
         [True, False],
         ["outgoing", "incoming", "both"],
@@ -107,7 +110,9 @@ def test_every_get_parameter_combination(chain: tuple[Palace, dict[int, int]]) -
         ["int", "list"],
         ["summary", "full"],
     )
-    for traverse, direction, types, strength, depth, synth, shape, mode in combos:
+    for traverse, direction, types, strength, depth, synth, shape, mode in itertools.islice(
+        combos, 0, None, stride
+    ):
         ids: Any = m[3] if shape == "int" else [m[3], m[1], 999]
         params = {
             "memory_ids": ids,
