@@ -5,7 +5,6 @@ bridges serving one instance wake it once between them."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -377,63 +376,32 @@ def test_ack_deadline_rewakes_then_tells_the_sender_across_a_restart(
     assert st["messages"][0]["recipients"][0]["overdue"] is True
 
 
-class OwnServer:
-    """A PostgreSQL of this test's own (pgserver), so stopping it disturbs no other test."""
-
-    def __init__(self, root) -> None:
-        import pgserver
-        from sqlalchemy.engine import make_url
-
-        self._pgserver = pgserver
-        self.server = pgserver.get_server(root, cleanup_mode="delete")
-        self.url = (
-            make_url(self.server.get_uri())
-            .set(database="startdown")
-            .render_as_string(hide_password=False)
-        )
-
-    def stop(self) -> None:
-        self._pgserver.pg_ctl(
-            ["-w", "-m", "immediate", "stop"],
-            pgdata=self.server.pgdata,
-            user=self.server.system_user,
-        )
-
-    def start(self) -> None:
-        self.server.ensure_postgres_running()
-
-
 @pytest.mark.postgres
 def test_bridge_started_while_postgres_is_down_listens_once_it_is_up(
-    tmp_path, spawn, make_palace
+    own_server, spawn, make_palace
 ) -> None:
-    if os.environ.get("MEMORY_PALACE_TEST_PG_URL"):
-        pytest.skip("stops its own pgserver; an external test server is not ours to stop")
-    srv = OwnServer(tmp_path / "pg")
-    try:
-        sender = make_palace(srv.url, instances=["prime", "sandy"])
-        before = send(sender, to_instance="sandy", content="sent before the outage")["id"]
-        sender.close()
-        srv.stop()
-        b = spawn(srv.url, env=SANDY)
-        assert b.ready["database_error"]["code"] == "BACKEND_UNAVAILABLE"
-        assert b.result("_health")["ok"] is False
-        err = b.call("_subscribe", {"instance": "ops"})["error"]  # refused now, kept for later
-        assert err["code"] == "BACKEND_UNAVAILABLE"
-        srv.start()
-        up = time.monotonic()
-        b.wait_for(lambda: before in delivered([b]), timeout=15)
-        latency = time.monotonic() - up
-        health = b.result("_health")
-        assert health["ok"] is True and health["listeners"]["default"]["state"] == "listening"
-        assert sorted(health["served"]) == ["ops", "sandy"]
-        later = send(make_palace(srv.url), from_instance="prime", to_instance="ops", content="x")
-        assert b.event(lambda e: e["data"].get("message_id") == later["id"])["data"][
-            "recipients"
-        ] == ["ops"]
-        assert latency < 5, latency  # PostgreSQL start to the replayed wake (retry every 0.25 s)
-    finally:
-        srv.server.cleanup()
+    srv = own_server
+    sender = make_palace(srv.url, instances=["prime", "sandy"])
+    before = send(sender, to_instance="sandy", content="sent before the outage")["id"]
+    sender.close()
+    srv.stop()
+    b = spawn(srv.url, env=SANDY)
+    assert b.ready["database_error"]["code"] == "BACKEND_UNAVAILABLE"
+    assert b.result("_health")["ok"] is False
+    err = b.call("_subscribe", {"instance": "ops"})["error"]  # refused now, kept for later
+    assert err["code"] == "BACKEND_UNAVAILABLE"
+    srv.start()
+    up = time.monotonic()
+    b.wait_for(lambda: before in delivered([b]), timeout=15)
+    latency = time.monotonic() - up
+    health = b.result("_health")
+    assert health["ok"] is True and health["listeners"]["default"]["state"] == "listening"
+    assert sorted(health["served"]) == ["ops", "sandy"]
+    later = send(make_palace(srv.url), from_instance="prime", to_instance="ops", content="x")
+    assert b.event(lambda e: e["data"].get("message_id") == later["id"])["data"]["recipients"] == [
+        "ops"
+    ]
+    assert latency < 5, latency  # PostgreSQL start to the replayed wake (retry every 0.25 s)
 
 
 def test_mcp_http_wake_reaches_channel_subscribers_and_records_the_delivery(p) -> None:

@@ -11,49 +11,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.postgres
 
 
-class OwnServer:
-    """A PostgreSQL of this test's own (pgserver), so stopping it disturbs no other test."""
-
-    def __init__(self, root: Path) -> None:
-        import pgserver
-
-        self._pgserver = pgserver
-        self.server = pgserver.get_server(root, cleanup_mode="delete")
-        self.url = (
-            make_url(self.server.get_uri())
-            .set(database="outage")
-            .render_as_string(hide_password=False)
-        )
-
-    def stop(self) -> None:
-        self._pgserver.pg_ctl(
-            ["-w", "-m", "immediate", "stop"],
-            pgdata=self.server.pgdata,
-            user=self.server.system_user,
-        )
-
-    def start(self) -> None:
-        self.server.ensure_postgres_running()
-
-    def cleanup(self) -> None:
-        self.server.cleanup()
-
-
-@pytest.fixture
-def own_server(tmp_path: Path):
-    if os.environ.get("MEMORY_PALACE_TEST_PG_URL"):
-        pytest.skip("stops its own pgserver; an external test server is not ours to stop")
-    srv = OwnServer(tmp_path / "pg")
-    yield srv
-    srv.cleanup()
-
-
-def test_postgres_outage_then_recovery_in_one_bridge(own_server: OwnServer, tmp_path: Path) -> None:
+def test_postgres_outage_then_recovery_in_one_bridge(own_server, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "config.json").write_bytes(
