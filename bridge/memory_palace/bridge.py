@@ -4,8 +4,9 @@ stdout (one JSON object per line), tools run on a worker pool, listeners push `n
 
 Protocol. Request `{"id": str|int, "method": str, "params": {}, "caller"?: str}`; reply
 `{"id", "result"}` or `{"id", "error": {"code", "message", "data"?}}`. Events
-`{"event": "new_message"|"new_memory"|"listener_status", "data": {...}}`. Errors have ONE channel: a failed
-call never returns a result, and a result never holds an `error` key. Protocol codes:
+`{"event": "new_message"|"new_memory"|"listener_status", "data": {...}}`. Errors have ONE
+channel: a failed call never returns a result, and a result never holds an `error` key.
+Protocol codes:
 PARSE_ERROR (id null), INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR (a bug;
 traceback on stderr). A tool that refuses answers with its domain code (NOT_FOUND, CONFLICT,
 PERMISSION_DENIED, BACKEND_UNAVAILABLE, ...; see errors.py); `error.data.kind` repeats it and the
