@@ -235,6 +235,7 @@ MESSAGE_DELIVERIES = Table(
         Index("ix_deliveries_instance", ("instance_id", "message_id")),
         Index("ix_deliveries_due", ("next_wake_at",), where="next_wake_at IS NOT NULL"),
     ),
+    record="message_delivery",  # exported: an imported or migrated copy does not wake again
 )
 
 SUBSCRIPTIONS = Table(

@@ -139,6 +139,24 @@ def ensure_floor(conn: Any) -> None:
     )
 
 
+def read_floor(conn: Any) -> int | None:
+    """The delivery floor, if delivery records began."""
+    value = conn.execute(
+        text("SELECT value FROM palace_meta WHERE key = :k"), {"k": FLOOR_KEY}
+    ).scalar()
+    return None if value is None else int(value)
+
+
+def adopt_floor(conn: Any, value: int) -> None:
+    """An import or migration keeps its source's floor (unless delivery records began here):
+    the copied messages its source woken nobody for still wake, the delivered ones
+    (message_deliveries, copied too) do not."""
+    conn.execute(
+        text("INSERT INTO palace_meta (key, value) VALUES (:k, :v) ON CONFLICT (key) DO NOTHING"),
+        {"k": FLOOR_KEY, "v": str(int(value))},
+    )
+
+
 def _warning(settings: Settings, names: Iterable[str]) -> str | None:
     unknown = [n for n in names if n != BROADCAST and n not in settings.instances]
     if not unknown:
