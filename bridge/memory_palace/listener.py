@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from .config import Messaging
 from .db.engine import Database
 from .errors import BackendUnavailable, MemoryPalaceError
 from .palace import Palace
@@ -41,7 +42,6 @@ MAX_RETRY = 5.0
 KEEPALIVE = 30.0  # an idle listener checks its connection this often
 REFRESH = 5.0  # how often a listener re-reads the served instances' subscriptions, seconds
 ACK_SWEEP = 0.5  # how often a listener looks for passed acknowledgement deadlines, seconds
-ACK_REWAKES = 2  # re-wakes of an unacknowledged recipient before the sender is told
 NOTICE_FROM = "palace"  # the sender of overdue notices
 
 
@@ -307,17 +307,18 @@ class Listener(threading.Thread):
         return count
 
     def sweep_acks(self, force: bool = False) -> int:
-        """Re-wake served recipients whose acknowledgement deadline passed (ACK_REWAKES times,
-        one deadline apart), then send the sender an overdue notice (a message from
-        NOTICE_FROM in the thread). Each round is claimed in the database, so with two
-        bridges exactly one acts. Returns the rounds this bridge took."""
+        """Re-wake served recipients whose acknowledgement deadline passed (config
+        messaging.ack_rewakes times, one deadline apart), then send the sender an overdue
+        notice (a message from NOTICE_FROM in the thread). Each round is claimed in the
+        database, so with two bridges exactly one acts. Returns the rounds this bridge took."""
         now = time.monotonic()
         if not force and now - self._swept < ACK_SWEEP:
             return 0
         self._swept = now
         taken = 0
+        rounds = (self.settings.messaging if self.settings else Messaging()).ack_rewakes
         for row in delivery.due_rewakes(self.db, self.served()):
-            last = int(row.rewakes) >= ACK_REWAKES
+            last = int(row.rewakes) >= rounds
             if not delivery.take_round(self.db, row, last):
                 continue  # another bridge took it
             taken += 1
