@@ -153,3 +153,18 @@ def test_a_cli_subscription_reaches_a_running_bridge(
         == 0
     )
     assert "was_subscribed: True" in capsys.readouterr().out
+
+
+def test_two_bridges_serving_one_instance_wake_it_once(spawn, make_palace, db_url) -> None:
+    writer = make_palace(db_url, instances=["prime", "sandy"])
+    bridges = [spawn(db_url, env=SANDY), spawn(db_url, env=SANDY)]
+    subscribe(bridges[0], memory_type="gotcha")
+    # the second learns of the subscription when its own subscriptions change (or within REFRESH)
+    bridges[1].result("message", {"action": "subscribe", "instance_id": "sandy", "channel": "x"})
+    for b in bridges:  # both serve sandy and listen for memories
+        assert "##memories" in b.result("_health")["listeners"]["default"]["names"]
+    ids = [remember(writer, f"gotcha {i}", memory_type="gotcha")["id"] for i in range(20)]
+    bridges[0].wait_for(lambda: sum(len(memory_wakes(b)) for b in bridges) >= 20)
+    time.sleep(0.5)
+    got = sorted(w["memory_id"] for b in bridges for w in memory_wakes(b))
+    assert got == ids  # each once, between them

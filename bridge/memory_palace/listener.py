@@ -136,6 +136,7 @@ class Listener(threading.Thread):
         self._refreshed = time.monotonic()
         self._apply(before, set(self.names()))
         if started and self.is_alive():  # memories stored since it subscribed
+            self.last_memory_id = max(self.last_memory_id, watch.max_memory_id(self.db))
             self.deliver_memories(None)
 
     def refresh_now_and_then(self) -> None:
@@ -530,7 +531,8 @@ class PollListener(Listener):
             try:
                 rows = messages.messages_since(self.db, self.last_id, self.names())
                 self._deliver_many(rows)
-                self.deliver_memories(watch.newer_ids(self.db, self.last_memory_id))
+                if self._watching:
+                    self.deliver_memories(watch.newer_ids(self.db, self.last_memory_id))
                 self.sweep_acks()
                 self.refresh_now_and_then()
                 if self.state != "polling":

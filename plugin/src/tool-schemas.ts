@@ -340,7 +340,7 @@ export const TOOL_SPECS: readonly ToolSpec[] = [
       "await_reply_s": Type.Optional(Type.Integer({"description": "Wait up to this many seconds for the first reply in the thread and return it (send; at most 300).", "minimum": 1, "maximum": 300})),
       "project": Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], {"description": "Project filter: a string matches memories in that project; a list matches memories in any of them."})),
       "memory_type": Type.Optional(Type.String({"description": "Only this type; '*' is a wildcard, e.g. 'code*'."})),
-      "keywords": Type.Optional(Type.Array(Type.String(), {"description": "Keyword filter: matches memories with any of these keywords."})),
+      "keywords": Type.Optional(Type.Array(Type.String(), {"description": "Memory subscription (subscribe, unsubscribe): memories with any of these keywords."})),
       "database": Type.Optional(Type.String({"description": "Named database (memory domain), e.g. 'life' or 'work'. Omit for the default. Unknown names are derived from the default database and created."})),
     }, { additionalProperties: false }),
   },

@@ -855,7 +855,7 @@ def handle(
     memory_type: MemoryType = None,
     keywords: Annotated[
         list[str] | None,
-        P("Keyword filter: matches memories with any of these keywords."),
+        P("Memory subscription (subscribe, unsubscribe): memories with any of these keywords."),
     ] = None,
 ) -> dict[str, Any]:
     """Messages between agent instances. action=send (reply_to / thread_id for threads,
