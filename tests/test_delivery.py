@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from memory_palace import InvalidParams, NotFound
+from memory_palace import ConfigError, InvalidParams, NotFound, load_settings
 from memory_palace.cli import main
 from memory_palace.db.postgres import LISTENER_APP, pg_connect
 from memory_palace.errors import PermissionDenied
@@ -442,3 +442,26 @@ def test_mcp_http_wake_reaches_channel_subscribers_and_records_the_delivery(p) -
         assert st["delivery_status"] == "delivered"
     finally:
         httpd.shutdown()
+
+
+@pytest.mark.parametrize("rounds", [0, 1])
+def test_the_number_of_ack_rewakes_is_config(spawn, make_palace, sqlite_url, rounds) -> None:
+    """messaging.ack_rewakes: that many reminders, then the sender's overdue notice."""
+    sender = make_palace(sqlite_url, instances=["prime", "sandy"])
+    b = spawn(sqlite_url, env=SANDY, messaging={"ack_rewakes": rounds})
+    b.result("_subscribe", {"instance": "prime"})
+    late = send(sender, to_instance="sandy", content="ack me", ack_within_s=1)
+    notice = b.event(
+        lambda e: e["event"] == "new_message" and e["data"].get("from_instance") == "palace",
+        timeout=15,
+    )["data"]
+    assert notice["recipients"] == ["prime"] and notice["reply_to"] == late["id"]
+    time.sleep(1.5)  # no further rounds
+    assert [d["rewake"] for d in b.new_messages() if d.get("rewake")] == list(range(1, rounds + 1))
+
+
+@pytest.mark.parametrize("bad", [-1, 11, "2"])
+def test_ack_rewakes_is_validated(tmp_path, bad) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"messaging": {"ack_rewakes": bad}}))
+    with pytest.raises(ConfigError, match=r"key 'messaging\.ack_rewakes'"):
+        load_settings(tmp_path, env={})

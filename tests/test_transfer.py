@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+from memory_palace import migrate as mig
 from memory_palace import transfer
 from memory_palace.errors import Conflict, InvalidParams
+from memory_palace.services import delivery
 
 
 def fill(palace) -> None:
@@ -49,7 +52,7 @@ def fill(palace) -> None:
             "priority": 3,
         },
     )
-    palace.call(
+    direct = palace.call(
         "message",
         {
             "action": "send",
@@ -68,6 +71,10 @@ def fill(palace) -> None:
         "memory_set",
         {"content": "Ops only: the pager rota", "visibility": "ops", "instance_id": "prime"},
     )
+    palace.call("message", {"action": "subscribe", "instance_id": "crash", "project": "life"})
+    db, skip = palace.database(), lambda *_: None  # a bridge woke crash for these
+    delivery.claim(db, [({"message_id": direct["id"]}, ["crash"])], "host:1", skip)
+    delivery.claim_memories(db, [({"memory_id": a}, ["crash"])], "host:1", skip)
 
 
 def normalise(data: bytes) -> list[dict]:
@@ -89,8 +96,10 @@ def normalise(data: bytes) -> list[dict]:
             rec["target_id"] = maps["memory"][rec["target_id"]]
         if t == "memory_version":
             rec["memory_id"] = maps["memory"][rec["memory_id"]]
-        if t == "message_read":
+        if t in ("message_read", "message_delivery"):
             rec["message_id"] = maps["message"][rec["message_id"]]
+        if t == "memory_delivery":
+            rec["memory_id"] = maps["memory"][rec["memory_id"]]
         out.append(rec)
     return out
 
@@ -110,6 +119,9 @@ def test_round_trip_sqlite_jsonl_postgres_jsonl(make_palace, sqlite_url, pg_url)
         "message_read": 1,
         "subscription": 1,
         "scope_member": 1,
+        "message_delivery": 1,
+        "memory_subscription": 1,
+        "memory_delivery": 1,
     }
     dst = make_palace(pg_url, instances=instances)
     first.seek(0)
@@ -156,3 +168,45 @@ def test_bad_files_are_refused(make_palace, sqlite_url):
     header = b'{"format":"memory-palace-jsonl","type":"header","vector_dim":null,"version":1}\n'
     with pytest.raises(InvalidParams, match="line 2"):
         transfer.import_jsonl(palace, None, io.BytesIO(header + b"not json\n"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("how", ["import", "migrate"])
+def test_a_copied_database_wakes_only_for_what_its_source_did_not(
+    how, make_palace, sqlite_url, pg_url, spawn
+) -> None:
+    """Delivery records (messages and memory subscriptions) and the delivery floor travel with
+    an export/import and a SQLite-to-PostgreSQL migration: a bridge on the copy wakes its
+    instance for what was sent while it was down, never again for what it was woken for."""
+    src = make_palace(sqlite_url, instances=["prime", "sandy"])
+    sandy = {"MEMORY_PALACE_INSTANCE_ID": "sandy"}
+
+    def send(i: int) -> int:
+        msg = {"action": "send", "from_instance": "prime", "to_instance": "sandy"}
+        return src.call("message", {**msg, "content": f"m{i}"})["id"]
+
+    def note(i: int) -> int:
+        mem = {"instance_id": "prime", "project": "atlas", "auto_link": False}
+        return src.call("memory_set", {**mem, "content": f"atlas note {i}"})["id"]
+
+    src.call("message", {"action": "subscribe", "instance_id": "sandy", "project": "atlas"})
+    first = spawn(sqlite_url, env=sandy)
+    woken, noted = send(0), note(0)
+    first.event(lambda e: e["event"] == "new_message" and e["data"]["message_id"] == woken)
+    first.event(lambda e: e["event"] == "new_memory" and e["data"]["memory_id"] == noted)
+    first.close()
+    missed, missed_note = [send(1), send(2)], note(1)
+    if how == "import":
+        buf = io.BytesIO()
+        assert transfer.export_jsonl(src, None, buf)["counts"]["message_delivery"] == 1
+        buf.seek(0)
+        transfer.import_jsonl(make_palace(pg_url), None, buf)
+    else:
+        assert mig.main(["--source", sqlite_url, "--target", pg_url, "--no-progress"]) == 0
+    copy = spawn(pg_url, env=sandy)
+    copy.wait_for(lambda: len(copy.events) >= 3)
+    time.sleep(0.5)  # nothing more may follow
+    assert [d["message_id"] for d in copy.new_messages()] == missed
+    assert [e["data"]["memory_id"] for e in copy.events if e["event"] == "new_memory"] == [
+        missed_note
+    ]

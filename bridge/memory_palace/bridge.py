@@ -1,10 +1,12 @@
 """The JSON-lines bridge for the OpenClaw plugin: requests on stdin, replies and push events on
-stdout (one JSON object per line), tools run on a worker pool, listeners push `new_message`.
+stdout (one JSON object per line), tools run on a worker pool, listeners push `new_message` (and
+`new_memory` when a memory subscription matches).
 
 Protocol. Request `{"id": str|int, "method": str, "params": {}, "caller"?: str}`; reply
 `{"id", "result"}` or `{"id", "error": {"code", "message", "data"?}}`. Events
-`{"event": "new_message"|"listener_status", "data": {...}}`. Errors have ONE channel: a failed
-call never returns a result, and a result never holds an `error` key. Protocol codes:
+`{"event": "new_message"|"new_memory"|"listener_status", "data": {...}}`. Errors have ONE
+channel: a failed call never returns a result, and a result never holds an `error` key.
+Protocol codes:
 PARSE_ERROR (id null), INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR (a bug;
 traceback on stderr). A tool that refuses answers with its domain code (NOT_FOUND, CONFLICT,
 PERMISSION_DENIED, BACKEND_UNAVAILABLE, ...; see errors.py); `error.data.kind` repeats it and the

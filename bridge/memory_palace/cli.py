@@ -887,7 +887,12 @@ def _message_params(args: argparse.Namespace) -> dict[str, Any]:
     elif args.action == "status":
         p.update(message_id=args.id, thread_id=args.thread)
     else:
-        p["channel"] = args.channel
+        p.update(
+            channel=args.channel,
+            project=args.project,
+            memory_type=args.memory_type,
+            keywords=args.keyword,
+        )
     if args.database:
         p["database"] = args.database
     return {k: v for k, v in p.items() if v is not None}
@@ -989,10 +994,18 @@ def _add_message_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     a.add_argument("id", type=int, nargs="?", metavar="ID", help="the message")
     a.add_argument("--thread", type=int, metavar="ID", help="every message you sent in a thread")
     for name, what in (
-        ("subscribe", "Receive a channel's messages."),
-        ("unsubscribe", "Stop receiving a channel's messages."),
+        ("subscribe", "Receive a channel's messages, or be woken by matching new memories."),
+        ("unsubscribe", "Stop receiving a channel's messages, or drop a memory subscription."),
     ):
-        action(name, what).add_argument("channel", help="the channel name")
+        a = action(name, what)
+        a.add_argument("channel", nargs="?", help="the channel name (or give a memory filter)")
+        a.add_argument(
+            "--project", "-p", action="append", help="memory filter: this project (repeatable)"
+        )
+        a.add_argument("--memory-type", help="memory filter: this type ('*' wildcards)")
+        a.add_argument(
+            "--keyword", "-k", action="append", help="memory filter: any of these (repeatable)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

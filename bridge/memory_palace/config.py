@@ -133,6 +133,14 @@ class Postgres(_Strict):
         return value
 
 
+class Messaging(_Strict):
+    """Push messaging. `ack_rewakes`: how often a recipient that has not acknowledged an
+    `ack_within_s` message by its deadline is woken again (one deadline apart) before its sender
+    gets an overdue notice; 0 tells the sender at the first deadline."""
+
+    ack_rewakes: int = Field(2, ge=0, le=10)
+
+
 class Synthesis(_Strict):
     enabled: bool = False  # accepted from the original's config; synthesis needs llm_model
 
@@ -161,6 +169,7 @@ class ConfigFile(_Strict):
     recall: Recall = Recall()
     limits: Limits = Limits()
     postgres: Postgres = Postgres()
+    messaging: Messaging = Messaging()
 
     @field_validator("instances")
     @classmethod
@@ -181,6 +190,7 @@ EXAMPLES = {
     "auto_link": '{"enabled": true, "link_threshold": 0.75}',
     "limits": '{"max_content_bytes": 262144}',
     "postgres": '{"pool_size": 2, "max_overflow": 3, "listen_url": "postgresql://u:p@db/x"}',
+    "messaging": '{"ack_rewakes": 2}',
     "instance_routes": '{"sandy": {"gateway": "http://127.0.0.1:18789", "token": "..."}}',
 }
 
@@ -216,6 +226,7 @@ class Settings:
     recall: Recall = field(default_factory=Recall)
     limits: Limits = field(default_factory=Limits)
     postgres: Postgres = field(default_factory=Postgres)
+    messaging: Messaging = field(default_factory=Messaging)
 
     @property
     def max_limit(self) -> int:
@@ -471,4 +482,5 @@ def load_settings(
         recall=cfg.recall,
         limits=cfg.limits,
         postgres=cfg.postgres,
+        messaging=cfg.messaging,
     )

@@ -26,10 +26,11 @@ from typing import Any
 
 import orjson
 
+from .config import Messaging
 from .db.engine import Database
 from .errors import BackendUnavailable, MemoryPalaceError
 from .palace import Palace
-from .services import delivery, messages, names
+from .services import delivery, messages, names, watch
 
 log = logging.getLogger("memory_palace.listener")
 
@@ -39,8 +40,8 @@ TICK = 0.1  # select() timeout and SQLite poll interval, seconds
 FIRST_RETRY = 0.05
 MAX_RETRY = 5.0
 KEEPALIVE = 30.0  # an idle listener checks its connection this often
+REFRESH = 5.0  # how often a listener re-reads the served instances' subscriptions, seconds
 ACK_SWEEP = 0.5  # how often a listener looks for passed acknowledgement deadlines, seconds
-ACK_REWAKES = 2  # re-wakes of an unacknowledged recipient before the sender is told
 NOTICE_FROM = "palace"  # the sender of overdue notices
 
 
@@ -65,11 +66,14 @@ class Listener(threading.Thread):
         self._lock = threading.Lock()
         self._served = set(served)
         self._subscribers: dict[str, set[str]] = {}  # channel -> served instances on it
+        self._watching = False  # a served instance has a memory subscription
+        self._refreshed = time.monotonic()
         self.channels: list[str] = []  # PostgreSQL: what the server says the connection LISTENs to
         self._stop_event = threading.Event()
         self.ready = threading.Event()
         self.state = "starting"
         self.last_id = 0
+        self.last_memory_id = 0
         self.by = delivery.bridge_name()
         self.settings: Any = None  # set by Listeners (overdue notices are sent messages)
         self._swept = 0.0
@@ -81,9 +85,11 @@ class Listener(threading.Thread):
 
     # -- what is listened to ----------------------------------------------------------------
     def names(self) -> list[str]:
-        """Instance and channel names whose messages concern the served instances."""
+        """Instance and channel names whose messages concern the served instances, and the
+        feed of stored memories while one of them has a memory subscription."""
         with self._lock:
-            return sorted(self._served | set(self._subscribers) | {names.BROADCAST})
+            feed = {watch.FEED} if self._watching else set()
+            return sorted(self._served | set(self._subscribers) | {names.BROADCAST} | feed)
 
     def served(self) -> list[str]:
         with self._lock:
@@ -123,9 +129,21 @@ class Listener(threading.Thread):
             for channel in messages.subscriptions(self.db, instance):
                 if valid_name(channel):
                     subscribed.setdefault(channel, set()).add(instance)
+        watching = bool(watch.watchers(self.db, served))
         with self._lock:
             self._subscribers = subscribed
+            started, self._watching = watching and not self._watching, watching
+        self._refreshed = time.monotonic()
         self._apply(before, set(self.names()))
+        if started and self.is_alive():  # memories stored since it subscribed
+            self.last_memory_id = max(self.last_memory_id, watch.max_memory_id(self.db))
+            self.deliver_memories(None)
+
+    def refresh_now_and_then(self) -> None:
+        """Subscriptions made elsewhere (the CLI, another bridge) take effect within
+        REFRESH seconds."""
+        if time.monotonic() - self._refreshed >= REFRESH:
+            self.refresh()
 
     def _apply(self, before: set[str], after: set[str]) -> None:
         """Hook: the LISTEN thread applies the difference on its own connection."""
@@ -193,16 +211,68 @@ class Listener(threading.Thread):
                 items.append((payload, recipients))
         if not items:
             return 0
-        held = None
-        if threading.current_thread() is self:  # the listener thread keeps one connection
-            if self._held is None:
-                self._held = delivery.open_held(self.db)
-            held = self._held
+        held = self._held_conn()  # the listener thread keeps one connection
         try:
             return len(delivery.claim(self.db, items, self.by, self._emit_one, held))
         except Exception:
             self._drop_held()
             raise
+
+    def _held_conn(self) -> Any:
+        """The listener thread's own connection for claims (None on other threads)."""
+        if threading.current_thread() is not self:
+            return None
+        if self._held is None:
+            self._held = delivery.open_held(self.db)
+        return self._held
+
+    def _emit_memory(self, payload: dict[str, Any], recipients: list[str]) -> None:
+        self.emitted += 1
+        self._emit(
+            {
+                "event": "new_memory",
+                "data": {**payload, "database": self.database, "recipients": recipients},
+            }
+        )
+
+    def deliver_memories(self, ids: list[int] | None, instances: list[str] | None = None) -> int:
+        """Wake the served instances (or `instances`) whose memory subscriptions match the
+        stored memories `ids` (None: every memory they were not yet woken for). Returns the
+        memories that woke someone."""
+        if ids is not None:
+            if not ids:
+                return 0
+            self.last_memory_id = max(self.last_memory_id, *ids)
+            with self._lock:
+                if not self._watching:
+                    return 0
+        subs = watch.watchers(self.db, self.served() if instances is None else instances)
+        if not subs:
+            return 0
+        count = 0
+        for _ in range(1000):  # batches: what was claimed is not matched again
+            merged: dict[int, tuple[dict[str, Any], list[str]]] = {}
+            full = False
+            for instance, rows in subs.items():
+                found = watch.matching(self.db, instance, rows, ids=ids)
+                full = full or len(found) >= watch.MATCH_BATCH
+                for payload in found:
+                    merged.setdefault(payload["memory_id"], (payload, []))[1].append(instance)
+            if not merged:
+                return count
+            items = [merged[i] for i in sorted(merged)]
+            try:
+                count += len(
+                    delivery.claim_memories(
+                        self.db, items, self.by, self._emit_memory, self._held_conn()
+                    )
+                )
+            except Exception:
+                self._drop_held()
+                raise
+            if ids is not None or not full:
+                break
+        return count
 
     def _drop_held(self) -> None:
         if self._held is not None:
@@ -231,23 +301,25 @@ class Listener(threading.Thread):
         count = 0
         for i in range(0, len(ordered), delivery.REPLAY_BATCH):
             count += self._deliver_many(ordered[i : i + delivery.REPLAY_BATCH])
+        count += self.deliver_memories(None, instances)  # memory wakes missed meanwhile
         self.caught_up += count
         if count:
             log.info("listener %s replayed %d messages", self.database, count)
         return count
 
     def sweep_acks(self, force: bool = False) -> int:
-        """Re-wake served recipients whose acknowledgement deadline passed (ACK_REWAKES times,
-        one deadline apart), then send the sender an overdue notice (a message from
-        NOTICE_FROM in the thread). Each round is claimed in the database, so with two
-        bridges exactly one acts. Returns the rounds this bridge took."""
+        """Re-wake served recipients whose acknowledgement deadline passed (config
+        messaging.ack_rewakes times, one deadline apart), then send the sender an overdue
+        notice (a message from NOTICE_FROM in the thread). Each round is claimed in the
+        database, so with two bridges exactly one acts. Returns the rounds this bridge took."""
         now = time.monotonic()
         if not force and now - self._swept < ACK_SWEEP:
             return 0
         self._swept = now
         taken = 0
+        rounds = (self.settings.messaging if self.settings else Messaging()).ack_rewakes
         for row in delivery.due_rewakes(self.db, self.served()):
-            last = int(row.rewakes) >= ACK_REWAKES
+            last = int(row.rewakes) >= rounds
             if not delivery.take_round(self.db, row, last):
                 continue  # another bridge took it
             taken += 1
@@ -368,7 +440,12 @@ class PushListener(Listener):
             except orjson.JSONDecodeError:
                 log.warning("ignoring a non-JSON notification on %s", self.database)
                 continue
-            if isinstance(payload, dict):
+            if isinstance(payload, dict) and "memory_id" in payload:
+                try:
+                    self.deliver_memories([int(payload["memory_id"])])
+                except (TypeError, ValueError):
+                    log.warning("ignoring a malformed memory notification on %s", self.database)
+            elif isinstance(payload, dict):
                 self._deliver(payload)
 
     def _wait(self, idle_since: float) -> float:
@@ -377,6 +454,7 @@ class PushListener(Listener):
             self._sync_listens()
             self._read()  # notifications the driver took in during those statements
         self.sweep_acks()
+        self.refresh_now_and_then()
         readable, _, _ = select.select([self._conn, self._pipe_r], [], [], TICK)
         if self._pipe_r in readable:
             self._drain_pipe()
@@ -437,6 +515,7 @@ class PollListener(Listener):
         while not replayed and not self._stop_event.is_set():
             try:
                 self.last_id = messages.max_message_id(self.db)
+                self.last_memory_id = watch.max_memory_id(self.db)
                 self.state = "polling"
                 self.ready.set()  # the bridge's ready line comes before the replayed events
                 self.replay()  # what was sent while no bridge served these instances
@@ -452,7 +531,10 @@ class PollListener(Listener):
             try:
                 rows = messages.messages_since(self.db, self.last_id, self.names())
                 self._deliver_many(rows)
+                if self._watching:
+                    self.deliver_memories(watch.newer_ids(self.db, self.last_memory_id))
                 self.sweep_acks()
+                self.refresh_now_and_then()
                 if self.state != "polling":
                     self._status_event("polling")
             except MemoryPalaceError as exc:  # a locked or missing file must not kill us

@@ -24,6 +24,7 @@ from .db.tables import EXPORTED, Table
 from .db.values import decode, decode_time
 from .errors import Conflict, InvalidParams
 from .palace import Palace
+from .services import messages
 
 log = logging.getLogger("memory_palace.transfer")
 
@@ -92,6 +93,8 @@ def export_jsonl(
             "version": VERSION,
             "vector_dim": schema.vector_dim(db),
         }
+        with db.read() as conn:
+            header["delivery_floor"] = messages.read_floor(conn)
         fh.write(orjson.dumps(header, option=orjson.OPT_SORT_KEYS) + b"\n")
         for table in EXPORTED:
             kinds = table.kinds()
@@ -189,6 +192,9 @@ def import_jsonl(
             f"database {name!r} already holds rows; import with force "
             "(`memory-palace import --force`) to add to it (existing ids are kept)"
         )
+    if isinstance(header.get("delivery_floor"), int):
+        with db.write() as conn:
+            messages.adopt_floor(conn, header["delivery_floor"])
     inserted = {r: 0 for r in BY_RECORD}
     for record, table in BY_RECORD.items():  # parents before children
         stmt = text(

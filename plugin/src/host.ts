@@ -97,6 +97,7 @@ export function acquireHost(config: PluginConfig, logger: BridgeLogger, runtime:
     served: () => registry.served(),
     onEvent: (event, data) => {
       if (event === "new_message") waker.handle(data);
+      else if (event === "new_memory") waker.handleMemory(data);
       else if (event === "listener_status") logger.info(`memory-palace: listener ${JSON.stringify(data)}`);
     },
     onReady: (info) => {

@@ -235,6 +235,7 @@ MESSAGE_DELIVERIES = Table(
         Index("ix_deliveries_instance", ("instance_id", "message_id")),
         Index("ix_deliveries_due", ("next_wake_at",), where="next_wake_at IS NOT NULL"),
     ),
+    record="message_delivery",  # exported: an imported or migrated copy does not wake again
 )
 
 SUBSCRIPTIONS = Table(
@@ -246,6 +247,40 @@ SUBSCRIPTIONS = Table(
     ),
     key=("instance_id", "channel"),
     record="subscription",
+)
+
+# A memory subscription: wake `instance_id` when a memory matching the filter (any of
+# `projects`, `memory_type` ('*' wildcards), any of `keywords`; absent parts match all) is
+# stored. `filter_key` is the filter's canonical JSON; `after_id` the newest memory id when it
+# was made (older memories never wake it).
+MEMORY_SUBSCRIPTIONS = Table(
+    "memory_subscriptions",
+    (
+        _c("instance_id", "text", nullable=False),
+        _c("filter_key", "text", nullable=False),
+        _c("projects", "strings"),
+        _c("memory_type", "text"),
+        _c("keywords", "strings"),
+        _c("after_id", "int", nullable=False, default=0),
+        _c("created_at", "time", nullable=False, default=NOW),
+    ),
+    key=("instance_id", "filter_key"),
+    record="memory_subscription",
+)
+
+# Durable memory wakes, like message_deliveries: one row per memory and subscriber once a
+# bridge has pushed its `new_memory` event.
+MEMORY_DELIVERIES = Table(
+    "memory_deliveries",
+    (
+        _c("memory_id", "ref", nullable=False, references="memories(id)"),
+        _c("instance_id", "text", nullable=False),
+        _c("delivered_at", "time", nullable=False, default=NOW),
+        _c("delivered_by", "text"),
+    ),
+    key=("memory_id", "instance_id"),
+    indexes=(Index("ix_memory_deliveries_instance", ("instance_id", "memory_id")),),
+    record="memory_delivery",
 )
 
 SCOPE_MEMBERS = Table(
@@ -292,6 +327,8 @@ TABLES: tuple[Table, ...] = (
     MESSAGE_READS,
     MESSAGE_DELIVERIES,
     SUBSCRIPTIONS,
+    MEMORY_SUBSCRIPTIONS,
+    MEMORY_DELIVERIES,
     SCOPE_MEMBERS,
     TOKENS,
 )
@@ -318,6 +355,8 @@ __all__ = [
     "EXPORTED",
     "MEMORIES",
     "MEMORY_CARD",
+    "MEMORY_DELIVERIES",
+    "MEMORY_SUBSCRIPTIONS",
     "MEMORY_VERSIONS",
     "MESSAGES",
     "MESSAGE_DELIVERIES",

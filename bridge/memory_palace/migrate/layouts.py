@@ -121,6 +121,16 @@ class Source:
             self.handoff_ids = self._plan_handoff_ids()
         self.embedding_model = embedding_model
 
+    def meta(self, key: str) -> str | None:
+        """A palace_meta value of this project's layout (None elsewhere)."""
+        if "palace_meta" not in self.tables:
+            return None
+        with self.reading():
+            row = self.conn.execute(
+                "SELECT value FROM palace_meta WHERE key = ?", (key,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def _columns(self, table: str) -> list[str]:
         return [r[1] for r in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))]
 

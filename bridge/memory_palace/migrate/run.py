@@ -24,6 +24,7 @@ from ..db.postgres import HNSW_INDEX, pg_connect
 from ..db.tables import BY_NAME, EXPORTED, Table
 from ..db.urls import mask_url
 from ..errors import Conflict, InvalidParams
+from ..services.messages import FLOOR_KEY
 from . import target
 from .copy import Moved, Stage, pipelined
 from .layouts import Source
@@ -132,6 +133,12 @@ def _claim(conn: Any, plan: Plan) -> None:
             "DO UPDATE SET value = excluded.value",
             (target.STATE_KEY, str(plan.src.path)),
         )
+        floor = plan.src.meta(FLOOR_KEY)
+        if floor is not None:  # as transfer's import: the copied deliveries do not wake again
+            cur.execute(
+                "INSERT INTO palace_meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                (FLOOR_KEY, floor),
+            )
         cur.execute("SELECT count(*) FROM memories")
         if cur.fetchone()[0] == 0 and plan.counts["memories"]:
             # Building the HNSW index once after the copy is far faster than per row.

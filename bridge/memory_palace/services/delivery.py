@@ -209,3 +209,43 @@ def payload_of(db: Database, message_id: int) -> dict[str, Any] | None:
             text(f"SELECT {COLUMNS} FROM messages m WHERE m.id = :id"), {"id": message_id}
         ).first()
     return None if row is None else notify_payload(message_dict(row))
+
+
+def claim_memories(
+    db: Database,
+    items: Iterable[tuple[dict[str, Any], list[str]]],
+    by: str,
+    emit: Callable[[dict[str, Any], list[str]], None],
+    conn: Connection | None = None,
+) -> Claimed:
+    """`claim` for memory wakes: record (memory, subscriber) pairs nobody was woken for yet in
+    `memory_deliveries`, call `emit(payload, claimed)` for each, then commit."""
+    items = list(items)
+    pairs = [(int(p["memory_id"]), who) for p, recipients in items for who in recipients]
+    if not pairs:
+        return []
+    rows = ", ".join(f"(:i{n}, :w{n})" for n in range(len(pairs)))
+    params: dict[str, Any] = {"now": db.backend.encode("time", utcnow()), "by": by}
+    for n, (mem_id, who) in enumerate(pairs):
+        params[f"i{n}"], params[f"w{n}"] = mem_id, who
+    out: Claimed = []
+    with _transaction(db, conn) as conn:
+        claimed = conn.execute(
+            text(
+                f"WITH p(id, who) AS (VALUES {rows}) "
+                "INSERT INTO memory_deliveries (memory_id, instance_id, delivered_at, "
+                "delivered_by) SELECT m.id, p.who, :now, :by FROM p JOIN memories m "
+                "ON m.id = p.id WHERE 1 = 1 ON CONFLICT (memory_id, instance_id) DO NOTHING "
+                "RETURNING memory_id, instance_id"
+            ),
+            params,
+        ).all()
+        got: dict[int, set[str]] = {}
+        for mem_id, who in claimed:
+            got.setdefault(int(mem_id), set()).add(who)
+        for payload, recipients in items:
+            mine = [w for w in recipients if w in got.get(int(payload["memory_id"]), ())]
+            if mine:
+                out.append((payload, mine))
+                emit(payload, mine)
+    return out

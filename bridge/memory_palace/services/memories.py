@@ -48,7 +48,7 @@ from ..params import (
     TtlSeconds,
     Until,
 )
-from . import graph, vectors
+from . import graph, vectors, watch
 from .access import Caller, access_for, check_visibility
 
 log = logging.getLogger("memory_palace.memories")
@@ -628,6 +628,7 @@ def remember(
         if supersedes_id is not None:
             _supersede(conn, db, new_id, supersedes_id, instance)
             result["superseded"] = supersedes_id
+        watch.notify(db, conn, new_id)  # memory subscribers are woken once this commits
         links, suggestions = _auto_link(conn, db, settings, new_id, neighbours, subjects)
     return _stored(draft, new_id, links, suggestions)
 

@@ -18,7 +18,8 @@ from ..db.engine import Database
 from ..db.tables import MESSAGES
 from ..db.values import decode_bool, decode_time, iso, utcnow
 from ..errors import Conflict, InvalidParams, NotFound
-from ..params import P
+from ..params import MemoryType, P, Project
+from . import watch
 from .access import Caller
 from .memories import check_size
 from .names import BROADCAST, CHANNEL_ONLY, check_name, pg_channel
@@ -135,6 +136,24 @@ def ensure_floor(conn: Any) -> None:
             "FROM messages WHERE 1 = 1 ON CONFLICT (key) DO NOTHING"
         ),
         {"k": FLOOR_KEY},
+    )
+
+
+def read_floor(conn: Any) -> int | None:
+    """The delivery floor, if delivery records began."""
+    value = conn.execute(
+        text("SELECT value FROM palace_meta WHERE key = :k"), {"k": FLOOR_KEY}
+    ).scalar()
+    return None if value is None else int(value)
+
+
+def adopt_floor(conn: Any, value: int) -> None:
+    """An import or migration keeps its source's floor (unless delivery records began here):
+    the copied messages its source woken nobody for still wake, the delivered ones
+    (message_deliveries, copied too) do not."""
+    conn.execute(
+        text("INSERT INTO palace_meta (key, value) VALUES (:k, :v) ON CONFLICT (key) DO NOTHING"),
+        {"k": FLOOR_KEY, "v": str(int(value))},
     )
 
 
@@ -622,12 +641,38 @@ def subscribers(db: Database, channel: str) -> list[str]:
         return [r[0] for r in rows]
 
 
+def _target(
+    action: str, channel: str | None, memory_filter: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The memory filter of a subscribe / unsubscribe (None: a channel's)."""
+    if channel is not None and memory_filter is not None:
+        raise InvalidParams(
+            f"{action} takes a channel or a memory filter (project, memory_type, keywords), "
+            "not both; call it once for each",
+            param="channel",
+        )
+    if channel is None and memory_filter is None:
+        raise InvalidParams(
+            f"{action} needs a channel, or a memory filter (project, memory_type and/or "
+            "keywords) to be woken by new memories",
+            param="channel",
+        )
+    return memory_filter
+
+
 def subscribe(
-    db: Database, settings: Settings, *, instance_id: str | None, channel: str | None
+    db: Database,
+    settings: Settings,
+    *,
+    instance_id: str | None,
+    channel: str | None,
+    memory_filter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Subscribe to a channel, or to memories matching a filter (watch.make_filter)."""
     me = _instance(settings, instance_id)
-    if channel is None:
-        raise InvalidParams("subscribe needs channel", param="channel")
+    if _target("subscribe", channel, memory_filter) is not None:
+        return watch.subscribe(db, me, memory_filter)
+    assert channel is not None
     channel = check_name(channel, "channel")
     with db.write() as conn:
         added = conn.execute(
@@ -648,11 +693,18 @@ def subscribe(
 
 
 def unsubscribe(
-    db: Database, settings: Settings, *, instance_id: str | None, channel: str | None
+    db: Database,
+    settings: Settings,
+    *,
+    instance_id: str | None,
+    channel: str | None,
+    memory_filter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Unsubscribe from a channel, or drop the memory subscription with exactly this filter."""
     me = _instance(settings, instance_id)
-    if channel is None:
-        raise InvalidParams("unsubscribe needs channel", param="channel")
+    if _target("unsubscribe", channel, memory_filter) is not None:
+        return watch.unsubscribe(db, me, memory_filter)
+    assert channel is not None
     channel = check_name(channel, "channel")
     with db.write() as conn:
         removed = conn.execute(
@@ -799,12 +851,21 @@ def handle(
             maximum=AWAIT_MAX_S,
         ),
     ] = None,
+    project: Project = None,
+    memory_type: MemoryType = None,
+    keywords: Annotated[
+        list[str] | None,
+        P("Memory subscription (subscribe, unsubscribe): memories with any of these keywords."),
+    ] = None,
 ) -> dict[str, Any]:
     """Messages between agent instances. action=send (reply_to / thread_id for threads,
     ack_required / ack_within_s, await_reply_s to wait for the answer) | get | thread (a whole
     thread, oldest first) | mark_read | mark_unread | ack | status (per-recipient delivered,
     read and acked times of what you sent) | subscribe | unsubscribe | poll | retract (an
-    unread message you sent). Recipients are woken by push, also after their bridge restarts."""
+    unread message you sent). Recipients are woken by push, also after their bridge restarts.
+    subscribe / unsubscribe with project, memory_type and/or keywords instead of a channel: be
+    woken (memory id, subject, author; never content) when a matching memory you may read is
+    stored or supersedes another."""
     if action in ("send", "retract"):
         caller.check_role("writer", f"message action={action}")
     if action == "retract":
@@ -861,10 +922,15 @@ def handle(
         return mark_read(db, settings, instance_id=instance_id, message_id=message_id)
     if action == "mark_unread":
         return mark_unread(db, settings, instance_id=instance_id, message_id=message_id)
-    if action == "subscribe":
-        return subscribe(db, settings, instance_id=instance_id, channel=channel)
-    if action == "unsubscribe":
-        return unsubscribe(db, settings, instance_id=instance_id, channel=channel)
+    if action in ("subscribe", "unsubscribe"):
+        act = subscribe if action == "subscribe" else unsubscribe
+        return act(
+            db,
+            settings,
+            instance_id=instance_id,
+            channel=channel,
+            memory_filter=watch.make_filter(project, memory_type, keywords),
+        )
     raise InvalidParams(
         f"unknown action {action!r}; use one of {', '.join(ACTIONS)}", param="action"
     )
