@@ -12,12 +12,17 @@ import { acquireHost, persistRegistry, releaseHost } from "./host.js";
 import { memoryPromptLines } from "./prompt.js";
 import { createMemoryRuntime } from "./memory-runtime.js";
 import { createTools, toolNames } from "./tools.js";
+import { registerOperatorMethods, registerPalaceCli } from "./cli.js";
 import type { WakeRuntime } from "./wake.js";
 
 export const PLUGIN_ID = "memory-palace";
 export const SERVICE_ID = "memory-palace-bridge";
 
 function register(api: OpenClawPluginApi): void {
+  // `openclaw memory-palace status|search`. In "cli-metadata" loads (root help, command routing)
+  // OpenClaw's runtime is unavailable (touching it throws): register the CLI only.
+  registerPalaceCli(api);
+  if (api.registrationMode === "cli-metadata") return;
   const config = parseConfig(api.pluginConfig);
   const runtime = api.runtime?.system as WakeRuntime | undefined;
   let host = acquireHost(config, api.logger, runtime);
@@ -108,6 +113,13 @@ function register(api: OpenClawPluginApi): void {
     });
   });
 
+  // What the CLI commands ask the running gateway: forwarded to its bridge as the agent's instance.
+  registerOperatorMethods(api, () => ({
+    config,
+    bridge: () => current().bridge,
+    openclawAgents: () => openclawAgentIds(api.config),
+  }));
+
   // The memory slot's capability: the prompt guidance, and the search runtime behind OpenClaw's
   // memory surfaces (gateway memory.search, `openclaw status`), answered by memory_recall/memory_stats.
   if (typeof api.registerMemoryCapability === "function") {
@@ -121,6 +133,15 @@ function register(api: OpenClawPluginApi): void {
       }),
     });
   }
+}
+
+/** Agent ids in OpenClaw's own config (agents.entries keys, agents.list ids), for the status listing. */
+function openclawAgentIds(config: unknown): string[] {
+  const agents = (config as { agents?: { entries?: unknown; list?: unknown } } | undefined)?.agents;
+  const ids = new Set<string>();
+  if (agents?.entries && typeof agents.entries === "object") for (const id of Object.keys(agents.entries)) ids.add(id);
+  if (Array.isArray(agents?.list)) for (const a of agents.list) if (typeof (a as { id?: unknown })?.id === "string") ids.add((a as { id: string }).id);
+  return [...ids];
 }
 
 export default definePluginEntry({
