@@ -262,6 +262,21 @@ describe("plugin entry", () => {
     expect(snap.bridge.unannounced).toBe(0);
   });
 
+  it("restores learned routes before a tool call can start the bridge, so a replayed message wakes the learned session", async () => {
+    mkdirSync(join(currentDataDir, "memory-palace"), { recursive: true });
+    writeFileSync(join(currentDataDir, "memory-palace/sessions.json"), JSON.stringify({
+      sessions: { b: { sessionKey: "agent:bob:palace-b", agentId: "bob", lastSeen: 1, source: "tool", databases: [] } },
+    }));
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, agents: { alice: "a", bob: "b" } });
+    (api.runtime as unknown as { state: { resolveStateDir: () => string } }).state = { resolveStateDir: () => currentDataDir };
+    entry.register(api);
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    // No service start yet (a gateway restart, a request already waiting): the tool call starts the bridge.
+    await tools(rec, { sessionKey: "agent:alice:palace-a", agentId: "alice" }).get("palace_message")?.execute("1", { action: "send", to_instance: "b", subject: "early" });
+    await until(() => rec.beats.length === 1, 5000, "the wake");
+    expect(rec.events[0]?.opts).toMatchObject({ sessionKey: "agent:bob:palace-b", agentId: "bob" });
+  });
+
   it("validates params before sending, applies defaults, returns compact JSON, and throws failures", async () => {
     const { api, rec } = mockApi({ bridgeCommand: FAKE });
     entry.register(api);

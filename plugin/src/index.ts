@@ -25,8 +25,17 @@ function register(api: OpenClawPluginApi): void {
   if (api.registrationMode === "cli-metadata") return;
   const config = parseConfig(api.pluginConfig);
   const runtime = api.runtime?.system as WakeRuntime | undefined;
-  let host = acquireHost(config, api.logger, runtime);
-  const current = () => (host.bridge.state === "stopped" ? (host = acquireHost(config, api.logger, runtime)) : host);
+  // Learned routes are restored before anything can start the bridge: a tool call may start it
+  // before the service does (a gateway restart with a request already waiting), and the bridge
+  // replays missed messages at once, which must wake the sessions learned before the restart.
+  const stateDir = stateDirOf(api);
+  const attach = () => {
+    const h = acquireHost(config, api.logger, runtime);
+    if (stateDir) persistRegistry(h, stateDir, api.logger);
+    return h;
+  };
+  let host = attach();
+  const current = () => (host.bridge.state === "stopped" ? (host = attach()) : host);
 
   api.registerTool(
     (ctx) => {
@@ -132,6 +141,16 @@ function register(api: OpenClawPluginApi): void {
         release: () => releaseHost(current(), api.logger),
       }),
     });
+  }
+}
+
+/** OpenClaw's state directory (the services' ctx.stateDir), when the runtime offers it. */
+function stateDirOf(api: OpenClawPluginApi): string | undefined {
+  try {
+    const dir = api.runtime?.state?.resolveStateDir?.();
+    return typeof dir === "string" && dir ? dir : undefined;
+  } catch {
+    return undefined; // no runtime in this load: the service's start() restores them
   }
 }
 
