@@ -99,6 +99,23 @@ export function createHarness({ prefix, gatewayToken }) {
   }
 
   /**
+   * startGateway, then poll `ready()` until it answers truthy; fails at once, with the log's tail,
+   * if the gateway exits first. Resolves with startGateway's handle.
+   */
+  async function startGatewayReady(port, what, ready, ms = 120_000, every = 250) {
+    const gateway = startGateway(port);
+    await poll(what, async () => {
+      if (gateway.exit !== undefined) throw new Error(`gateway exited ${gateway.exit}:\n${gateway.log.join("").slice(-3000)}`);
+      return ready();
+    }, ms, every).catch((error) => {
+      // poll() keeps only the last error; an exit is final, so say it rather than "timed out".
+      if (gateway.exit !== undefined) throw new Error(`gateway exited ${gateway.exit}:\n${gateway.log.join("").slice(-3000)}`);
+      throw error;
+    });
+    return gateway;
+  }
+
+  /**
    * Stop a gateway started by startGateway like an operator would (SIGTERM), and wait until it
    * and every process it started (the openclaw-gateway child, the Python bridge) have exited.
    */
@@ -131,7 +148,7 @@ export function createHarness({ prefix, gatewayToken }) {
     else log(`kept ${T}`);
   }
 
-  return { T, HOME, ENV, children, startHelper, run, openclaw, startGateway, stopGateway, stop };
+  return { T, HOME, ENV, children, startHelper, run, openclaw, startGateway, startGatewayReady, stopGateway, stop };
 }
 
 function alive(pid) {

@@ -31,7 +31,10 @@ const { T, HOME, startHelper, run, openclaw } = H;
 const state = {};
 const metrics = {};
 
-/** POST /tools/invoke; resolves with {status, body, raw} whatever the outcome. */
+/**
+ * POST /tools/invoke on a fresh connection (a plugin reload closes kept-alive sockets); resolves
+ * with {status, body, raw} whatever the outcome.
+ */
 function invokeRaw(tool, args, sessionKey) {
   const payload = JSON.stringify({ tool, args, sessionKey });
   return new Promise((resolve, reject) => {
@@ -67,34 +70,11 @@ async function agentTurn(sessionKey, message) {
   }
 }
 
-/** POST /tools/invoke on a fresh connection (a plugin reload closes kept-alive sockets). */
-function invoke(tool, args, sessionKey) {
-  const payload = JSON.stringify({ tool, args, sessionKey });
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({
-      host: "127.0.0.1", port: state.port, path: "/tools/invoke", method: "POST", agent: false,
-      headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json", "content-length": Buffer.byteLength(payload) },
-    }, (res) => {
-      let raw = "";
-      res.setEncoding("utf8");
-      res.on("data", (d) => (raw += d));
-      res.on("end", () => {
-        let body = {};
-        try {
-          body = JSON.parse(raw);
-        } catch {
-          /* reported below */
-        }
-        if (res.statusCode !== 200 || body.ok !== true) {
-          reject(new Error(`${tool} via /tools/invoke failed (${res.statusCode}): ${raw.slice(0, 1500)}`));
-          return;
-        }
-        resolve(JSON.parse(body.result?.content?.[0]?.text));
-      });
-    });
-    req.on("error", reject);
-    req.end(payload);
-  });
+/** POST /tools/invoke: the tool's JSON result; rejects on any failure. */
+async function invoke(tool, args, sessionKey) {
+  const { status, body, raw } = await invokeRaw(tool, args, sessionKey);
+  if (status !== 200 || body.ok !== true) throw new Error(`${tool} via /tools/invoke failed (${status}): ${raw.slice(0, 1500)}`);
+  return JSON.parse(body.result?.content?.[0]?.text);
 }
 
 function gatewayCall(method, params = {}) {
@@ -229,13 +209,8 @@ before(async () => {
 
 /** Start `openclaw gateway run` and wait until its bridge answers memory_stats through /tools/invoke. */
 async function startGateway() {
-  const gateway = H.startGateway(state.port);
-  state.gateway = gateway;
-  state.gatewayLog = gateway.log;
-  await poll("the gateway and the bridge (memory_stats via /tools/invoke)", async () => {
-    if (gateway.exit !== undefined) throw new Error(`gateway exited ${gateway.exit}:\n${gateway.log.join("").slice(-3000)}`);
-    return invoke("memory_stats", {}, "agent:main:main");
-  }, 120_000, 250);
+  state.gateway = await H.startGatewayReady(state.port, "the gateway and the bridge (memory_stats via /tools/invoke)", () => invoke("memory_stats", {}, "agent:main:main"));
+  state.gatewayLog = state.gateway.log;
 }
 
 after(async () => {
