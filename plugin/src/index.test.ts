@@ -32,10 +32,11 @@ interface Recorded {
   memory: unknown[];
   events: Array<{ text: string; opts: Record<string, unknown> }>;
   beats: Array<Record<string, unknown>>;
+  cli: unknown[];
 }
 
 function mockApi(pluginConfig: Record<string, unknown>): { api: OpenClawPluginApi; rec: Recorded; logger: ReturnType<typeof memoryLogger> } {
-  const rec: Recorded = { factories: [], hooks: new Map(), services: [], methods: new Map(), memory: [], events: [], beats: [] };
+  const rec: Recorded = { factories: [], hooks: new Map(), services: [], methods: new Map(), memory: [], events: [], beats: [], cli: [] };
   const logger = memoryLogger();
   const partial: Partial<OpenClawPluginApi> = {
     id: "memory-palace",
@@ -57,6 +58,9 @@ function mockApi(pluginConfig: Record<string, unknown>): { api: OpenClawPluginAp
     }) as OpenClawPluginApi["registerGatewayMethod"],
     registerMemoryCapability: (capability) => {
       rec.memory.push(capability);
+    },
+    registerCli: (_registrar, opts) => {
+      rec.cli.push(opts);
     },
     runtime: {
       system: {
@@ -150,7 +154,8 @@ describe("plugin entry", () => {
     expect(made.get("memory_search")?.description).toContain("Same as memory_recall");
     expect([...rec.hooks.keys()]).toEqual(["before_tool_call", "before_prompt_build", "agent_end"]);
     expect(rec.services.map((s) => s.id)).toEqual(["memory-palace-bridge"]);
-    expect([...rec.methods.keys()]).toEqual(["memoryPalace.sessions"]);
+    expect([...rec.methods.keys()]).toEqual(["memoryPalace.sessions", "memoryPalace.status", "memoryPalace.search"]);
+    expect(rec.cli).toEqual([{ descriptors: [{ name: "memory-palace", description: expect.stringContaining("Memory Palace"), hasSubcommands: true }] }]);
     const prompt = (rec.memory[0] as { promptBuilder: (p: { availableTools: Set<string> }) => string[] }).promptBuilder({ availableTools: new Set(made.keys()) });
     expect(prompt.join("\n")).toContain("memory_search");
     const runtime = (rec.memory[0] as { runtime?: Record<string, unknown> }).runtime;
@@ -168,6 +173,16 @@ describe("plugin entry", () => {
     expect(names).not.toContain("memory_list_databases");
     expect(names).toContain("memory_set");
     expect(names).toHaveLength(TOOL_SPECS.filter((s) => s.extension === null).length);
+  });
+
+  it("in a cli-metadata load registers only the CLI and never touches the (unavailable) runtime", () => {
+    const { api, rec } = mockApi({ bridgeCommand: FAKE });
+    const unavailable = new Proxy({}, { get: (_t, p) => { if (typeof p === "symbol") return undefined; throw new Error(`runtime.${String(p)} is unavailable`); } });
+    entry.register({ ...api, registrationMode: "cli-metadata", runtime: unavailable } as OpenClawPluginApi);
+    expect(rec.cli).toHaveLength(1);
+    expect(rec.factories).toHaveLength(0);
+    expect(rec.services).toHaveLength(0);
+    expect(rec.methods.size).toBe(0);
   });
 
   it("refuses the removed databaseManager key by name", () => {
@@ -245,6 +260,21 @@ describe("plugin entry", () => {
     const snap = sessions(second.rec) as { served: string[]; bridge: { unannounced: number } };
     expect(snap.served).toEqual(expect.arrayContaining(["a", "b", "old"]));
     expect(snap.bridge.unannounced).toBe(0);
+  });
+
+  it("restores learned routes before a tool call can start the bridge, so a replayed message wakes the learned session", async () => {
+    mkdirSync(join(currentDataDir, "memory-palace"), { recursive: true });
+    writeFileSync(join(currentDataDir, "memory-palace/sessions.json"), JSON.stringify({
+      sessions: { b: { sessionKey: "agent:bob:palace-b", agentId: "bob", lastSeen: 1, source: "tool", databases: [] } },
+    }));
+    const { api, rec } = mockApi({ bridgeCommand: FAKE, agents: { alice: "a", bob: "b" } });
+    (api.runtime as unknown as { state: { resolveStateDir: () => string } }).state = { resolveStateDir: () => currentDataDir };
+    entry.register(api);
+    stops.push(() => rec.services[0]?.stop?.(serviceCtx({ failures: [] })));
+    // No service start yet (a gateway restart, a request already waiting): the tool call starts the bridge.
+    await tools(rec, { sessionKey: "agent:alice:palace-a", agentId: "alice" }).get("palace_message")?.execute("1", { action: "send", to_instance: "b", subject: "early" });
+    await until(() => rec.beats.length === 1, 5000, "the wake");
+    expect(rec.events[0]?.opts).toMatchObject({ sessionKey: "agent:bob:palace-b", agentId: "bob" });
   });
 
   it("validates params before sending, applies defaults, returns compact JSON, and throws failures", async () => {

@@ -12,16 +12,30 @@ import { acquireHost, persistRegistry, releaseHost } from "./host.js";
 import { memoryPromptLines } from "./prompt.js";
 import { createMemoryRuntime } from "./memory-runtime.js";
 import { createTools, toolNames } from "./tools.js";
+import { registerOperatorMethods, registerPalaceCli } from "./cli.js";
 import type { WakeRuntime } from "./wake.js";
 
 export const PLUGIN_ID = "memory-palace";
 export const SERVICE_ID = "memory-palace-bridge";
 
 function register(api: OpenClawPluginApi): void {
+  // `openclaw memory-palace status|search`. In "cli-metadata" loads (root help, command routing)
+  // OpenClaw's runtime is unavailable (touching it throws): register the CLI only.
+  registerPalaceCli(api);
+  if (api.registrationMode === "cli-metadata") return;
   const config = parseConfig(api.pluginConfig);
   const runtime = api.runtime?.system as WakeRuntime | undefined;
-  let host = acquireHost(config, api.logger, runtime);
-  const current = () => (host.bridge.state === "stopped" ? (host = acquireHost(config, api.logger, runtime)) : host);
+  // Learned routes are restored before anything can start the bridge: a tool call may start it
+  // before the service does (a gateway restart with a request already waiting), and the bridge
+  // replays missed messages at once, which must wake the sessions learned before the restart.
+  const stateDir = stateDirOf(api);
+  const attach = () => {
+    const h = acquireHost(config, api.logger, runtime);
+    if (stateDir) persistRegistry(h, stateDir, api.logger);
+    return h;
+  };
+  let host = attach();
+  const current = () => (host.bridge.state === "stopped" ? (host = attach()) : host);
 
   api.registerTool(
     (ctx) => {
@@ -108,6 +122,13 @@ function register(api: OpenClawPluginApi): void {
     });
   });
 
+  // What the CLI commands ask the running gateway: forwarded to its bridge as the agent's instance.
+  registerOperatorMethods(api, () => ({
+    config,
+    bridge: () => current().bridge,
+    openclawAgents: () => openclawAgentIds(api.config),
+  }));
+
   // The memory slot's capability: the prompt guidance, and the search runtime behind OpenClaw's
   // memory surfaces (gateway memory.search, `openclaw status`), answered by memory_recall/memory_stats.
   if (typeof api.registerMemoryCapability === "function") {
@@ -121,6 +142,25 @@ function register(api: OpenClawPluginApi): void {
       }),
     });
   }
+}
+
+/** OpenClaw's state directory (the services' ctx.stateDir), when the runtime offers it. */
+function stateDirOf(api: OpenClawPluginApi): string | undefined {
+  try {
+    const dir = api.runtime?.state?.resolveStateDir?.();
+    return typeof dir === "string" && dir ? dir : undefined;
+  } catch {
+    return undefined; // no runtime in this load: the service's start() restores them
+  }
+}
+
+/** Agent ids in OpenClaw's own config (agents.entries keys, agents.list ids), for the status listing. */
+function openclawAgentIds(config: unknown): string[] {
+  const agents = (config as { agents?: { entries?: unknown; list?: unknown } } | undefined)?.agents;
+  const ids = new Set<string>();
+  if (agents?.entries && typeof agents.entries === "object") for (const id of Object.keys(agents.entries)) ids.add(id);
+  if (Array.isArray(agents?.list)) for (const a of agents.list) if (typeof (a as { id?: unknown })?.id === "string") ids.add((a as { id: string }).id);
+  return [...ids];
 }
 
 export default definePluginEntry({

@@ -2,7 +2,7 @@
 // processes that announce themselves on their first stdout line, the gateway, polling and a
 // clean shutdown of everything the test started.
 import { execFileSync, spawn } from "node:child_process";
-import { appendFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -98,6 +98,40 @@ export function createHarness({ prefix, gatewayToken }) {
     return out;
   }
 
+  /**
+   * startGateway, then poll `ready()` until it answers truthy; fails at once, with the log's tail,
+   * if the gateway exits first. Resolves with startGateway's handle.
+   */
+  async function startGatewayReady(port, what, ready, ms = 120_000, every = 250) {
+    const gateway = startGateway(port);
+    await poll(what, async () => {
+      if (gateway.exit !== undefined) throw new Error(`gateway exited ${gateway.exit}:\n${gateway.log.join("").slice(-3000)}`);
+      return ready();
+    }, ms, every).catch((error) => {
+      // poll() keeps only the last error; an exit is final, so say it rather than "timed out".
+      if (gateway.exit !== undefined) throw new Error(`gateway exited ${gateway.exit}:\n${gateway.log.join("").slice(-3000)}`);
+      throw error;
+    });
+    return gateway;
+  }
+
+  /**
+   * Stop a gateway started by startGateway like an operator would (SIGTERM), and wait until it
+   * and every process it started (the openclaw-gateway child, the Python bridge) have exited.
+   */
+  async function stopGateway(gateway, ms = 30_000) {
+    const tree = descendants(gateway.process.pid);
+    const exited = gateway.exit !== undefined ? Promise.resolve() : new Promise((r) => gateway.process.once("exit", r));
+    gateway.process.kill("SIGTERM");
+    await Promise.race([exited, new Promise((r) => setTimeout(r, ms))]);
+    const end = Date.now() + ms;
+    while (tree.some(alive) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+    const left = tree.filter(alive);
+    if (gateway.exit === undefined || left.length) {
+      throw new Error(`the gateway did not stop within ${ms} ms (launcher exit ${gateway.exit}, still running: ${left.join(", ")})`);
+    }
+  }
+
   async function stop() {
     for (const child of children.reverse()) {
       if (child.exitCode !== null || child.signalCode !== null) continue;
@@ -114,7 +148,38 @@ export function createHarness({ prefix, gatewayToken }) {
     else log(`kept ${T}`);
   }
 
-  return { T, HOME, ENV, children, startHelper, run, openclaw, startGateway, stop };
+  return { T, HOME, ENV, children, startHelper, run, openclaw, startGateway, startGatewayReady, stopGateway, stop };
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Every live descendant of `pid` (from /proc: each process's parent). */
+function descendants(pid) {
+  const parent = new Map();
+  for (const name of readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      parent.set(Number(name), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  const out = [];
+  const walk = (p) => {
+    for (const [child, pp] of parent) if (pp === p) {
+      out.push(child);
+      walk(child);
+    }
+  };
+  walk(pid);
+  return out;
 }
 
 /** The fake OpenAI-compatible model as a `models.providers.fake` entry for openclaw.json. */

@@ -62,12 +62,8 @@ before(async () => {
   }, null, 2));
 
   const t0 = Date.now();
-  const gateway = H.startGateway(state.port);
+  const gateway = await H.startGatewayReady(state.port, "the gateway (GET /readyz)", async () => (await fetch(`${state.gateway}/readyz`)).ok, 90_000, 100);
   state.gatewayLog = gateway.log;
-  await poll("the gateway (GET /readyz)", async () => {
-    if (gateway.exit !== undefined) throw new Error(`gateway exited ${gateway.exit}:\n${gateway.log.join("").slice(-3000)}`);
-    return (await fetch(`${state.gateway}/readyz`)).ok;
-  }, 90_000, 100);
   metrics.gatewayReadyMs = Date.now() - t0;
 
   const { line: pgUrl } = await pgReady;
