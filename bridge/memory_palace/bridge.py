@@ -419,7 +419,7 @@ class Bridge:
         for name in wanted:
             if name and name != names.BROADCAST and valid_name(name):
                 try:
-                    self.listeners.serve(name, database)
+                    self.listeners.serve(name, database, explicit=False)
                 except MemoryPalaceError as exc:
                     log.warning("cannot deliver messages for %r: %s", name, exc.message)
 

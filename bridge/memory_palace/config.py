@@ -133,6 +133,17 @@ class Postgres(_Strict):
         return value
 
 
+class Resources(_Strict):
+    """What names cost a process. A database (its engine and pool, its caches) and a bridge's
+    listener for it, or an instance a bridge serves only because a call ran as it, that nobody
+    used for `idle_timeout` seconds is released and comes back on the next use (wakes sent
+    meanwhile are replayed then). At most `max_open_databases` databases are open at once; one
+    more is refused with an error naming this key."""
+
+    idle_timeout: float = Field(300.0, gt=0, le=86_400)
+    max_open_databases: int = Field(32, ge=1, le=10_000)
+
+
 class Synthesis(_Strict):
     enabled: bool = False  # accepted from the original's config; synthesis needs llm_model
 
@@ -161,6 +172,7 @@ class ConfigFile(_Strict):
     recall: Recall = Recall()
     limits: Limits = Limits()
     postgres: Postgres = Postgres()
+    resources: Resources = Resources()
 
     @field_validator("instances")
     @classmethod
@@ -181,6 +193,7 @@ EXAMPLES = {
     "auto_link": '{"enabled": true, "link_threshold": 0.75}',
     "limits": '{"max_content_bytes": 262144}',
     "postgres": '{"pool_size": 2, "max_overflow": 3, "listen_url": "postgresql://u:p@db/x"}',
+    "resources": '{"idle_timeout": 300, "max_open_databases": 32}',
     "instance_routes": '{"sandy": {"gateway": "http://127.0.0.1:18789", "token": "..."}}',
 }
 
@@ -216,6 +229,7 @@ class Settings:
     recall: Recall = field(default_factory=Recall)
     limits: Limits = field(default_factory=Limits)
     postgres: Postgres = field(default_factory=Postgres)
+    resources: Resources = field(default_factory=Resources)
 
     @property
     def max_limit(self) -> int:
@@ -471,4 +485,5 @@ def load_settings(
         recall=cfg.recall,
         limits=cfg.limits,
         postgres=cfg.postgres,
+        resources=cfg.resources,
     )

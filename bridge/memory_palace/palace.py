@@ -63,7 +63,7 @@ class Palace:
     def database(self, name: str | None = None) -> Database:
         """The named database (None = current default), created and migrated on first use."""
         _, url = self.catalog.resolve(name)
-        db = get_database(url, self.settings.postgres)
+        db = get_database(url, self.settings.postgres, self.settings.resources)
         if not db.schema_ready:
             try:
                 dim: int | None = self.embedder.dim
