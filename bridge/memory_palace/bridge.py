@@ -139,7 +139,9 @@ class Bridge:
         self._idle = threading.Condition(self._pending_lock)
         self.pending: dict[Any, Pending] = {}
         self.started = time.monotonic()
-        self.pool = WorkerPool(workers)
+        # No more workers than pooled connections (less the one the listener keeps for its
+        # claims): extra requests queue here instead of timing out in the pool.
+        self.pool = WorkerPool(max(1, min(workers, palace.max_concurrent_calls - 1)))
         self.ready_sent = threading.Event()  # events wait for the ready line
         self.listeners = Listeners(palace, self.event)
         self.methods = set(palace.registry.names())
