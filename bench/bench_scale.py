@@ -1,13 +1,27 @@
-"""Many agents on one PostgreSQL: throughput and p95 of a mixed load at 1, 4 and 16 concurrent
-agents (one process each), directly and through PgBouncer in transaction mode.
+"""Many agents on one PostgreSQL, two shapes.
 
-Each agent loops for `--seconds`: memory_set (auto-linked to a shared hot set), memory_recall of
-the hot set, memory_get of 4 hot ids in a random order (each counts an access), a message to
-another agent, and reading + marking read its own messages. After the run the database is
-checked: every memory and message an agent was told was stored exists, and every hot memory's
-access_count equals the number of memory_get calls that returned it (no lost counts).
+gateways (default): N bridge processes (`memory-palace-bridge`, one per gateway), each serving M
+agents announced with `_subscribe`, every call carrying its agent as `caller`. An open (Poisson)
+load for `--seconds`: sends between random agents of all bridges at `--msg-rate` per second, and
+recalls of a shared hot set plus writes at `--other-rate`. Reported: messages and calls per
+second, wake p50/p99 (the message row's created_at, set in the send's transaction, to the
+moment the recipient's bridge's `new_message` line is read), send/recall/write latency, errors
+by kind, lost and duplicate wakes (each message must wake its recipient exactly once), peak
+backends on the database (pg_stat_activity) and peak RSS per bridge. Then `--saturate` seconds
+of sends only, as fast as the bridges take them. The baseline, in the same run: plain psycopg2
+INSERT + pg_notify in one transaction from N connections at the same rate, N connections
+LISTENing on the agents' channels, then saturated; the ratio is its messages/s over ours.
 
-Usage: python bench/bench_scale.py [--agents 1,4,16] [--seconds 20] [--no-pgbouncer] [--json]
+agents (`--mode agents`): throughput and p95 of a mixed load at 1, 4 and 16 concurrent agent
+processes, each its own Palace, directly and through PgBouncer in transaction mode. Each agent
+loops: memory_set (auto-linked to a shared hot set), memory_recall of the hot set, memory_get of
+4 hot ids in a random order (each counts an access), a message to another agent, and reading +
+marking read its own messages. After the run every memory and message an agent was told was
+stored must exist, and every hot memory's access_count must equal its memory_get calls.
+
+Usage: python bench/bench_scale.py [--bridges 4 --agents 10 --seconds 20 --msg-rate 40]
+       python bench/bench_scale.py --bridges 20 --agents 50 --seconds 60 --msg-rate 200
+       python bench/bench_scale.py --mode agents [--agents 1,4,16] [--no-pgbouncer]
 Uses MEMORY_PALACE_TEST_PG_URL (a superuser URL), or starts a throwaway pgserver in a temp dir.
 PgBouncer is the Debian `pgbouncer` binary (skipped with a note when it is not installed).
 """

@@ -396,8 +396,8 @@ class Bridge:
         database = params.get("database") if isinstance(params.get("database"), str) else None
         self._serve_callers(tool, params, database, caller)
         result = self.palace.call(method, params, caller=caller)
-        if "subscriptions" in tool.effects:
-            self._refresh(database)
+        if "subscriptions" in tool.effects and params.get("action") in SUBSCRIBING:
+            self._refresh(database)  # re-reads every served instance's channels: only then
         return result
 
     def _caller(self, on_behalf: str | None) -> Caller:
@@ -540,6 +540,7 @@ MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 MANAGEMENT = tuple(MANAGEMENT_PARAMS)
 INLINE = ("_health", "_cancel")  # answered on the reading thread, never queued
 AS_CALLER = ("_subscribe",)  # management methods that act for the request's caller
+SUBSCRIBING = ("subscribe", "unsubscribe")  # the actions of a "subscriptions" tool that change them
 
 
 def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
