@@ -412,7 +412,8 @@ class BridgeProc:
 
 
 class Sampler(threading.Thread):
-    """Backends connected to the database (pg_stat_activity) and bridge RSS, every 0.25 s."""
+    """Client backends connected to the database (pg_stat_activity) and bridge RSS, every
+    0.25 s."""
 
     def __init__(self, url: str, dbname: str, bridges: list[Any]) -> None:
         super().__init__(daemon=True)
@@ -425,8 +426,10 @@ class Sampler(threading.Thread):
         try:
             with conn.cursor() as cur:
                 while not self.stop_event.wait(0.25):
-                    cur.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.dbname,)
+                    cur.execute(  # clients only: autovacuum workers show up here too
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                        "AND backend_type = 'client backend' AND application_name <> 'bench'",
+                        (self.dbname,),
                     )
                     self.peak = max(self.peak, int(cur.fetchone()[0]))
                     for b in self.bridges:
@@ -593,6 +596,8 @@ def _drain(procs: list[BridgeProc], rec: Recorder, grace: float) -> None:
 def _created(url: str, dbname: str, rec: Recorder) -> None:
     """Each sent message's created_at (set in its transaction, just before the commit)."""
     conn = connect(url, dbname)
+    with conn.cursor() as cur:  # not counted among the bridges' backends
+        cur.execute("SET application_name = 'bench'")
     try:
         with conn.cursor() as cur:
             cur.execute(
