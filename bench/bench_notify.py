@@ -16,28 +16,14 @@ Uses MEMORY_PALACE_TEST_PG_URL (a superuser URL) or starts a throwaway pgserver 
 from __future__ import annotations
 
 import argparse
-import os
 import select
-import tempfile
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
-import psycopg2
+from pg_common import connect, pg_server
 from psycopg2 import sql
-from sqlalchemy.engine import make_url
 
 PAYLOAD = '{"from_instance":"a","to_instance":"b","message_id":1,"priority":0}'
-
-
-def connect(url: str, dbname: str | None = None) -> Any:
-    u = make_url(url)
-    if dbname:
-        u = u.set(database=dbname)
-    conn = psycopg2.connect(u.render_as_string(hide_password=False).replace("+psycopg2", ""))
-    conn.autocommit = True
-    return conn
 
 
 class Listeners:
@@ -85,21 +71,16 @@ def main() -> int:
     ap.add_argument("--listeners", default="0,10,40,80")
     ap.add_argument("--n", type=int, default=3000, help="notifies per measurement")
     a = ap.parse_args()
-    url = os.environ.get("MEMORY_PALACE_TEST_PG_URL")
-    server = None
-    if not url:
-        import pgserver
+    with pg_server() as url:
+        return measure(url, [int(x) for x in a.listeners.split(",")], a.n)
 
-        server = pgserver.get_server(
-            Path(tempfile.mkdtemp(prefix="mp-bench-pg-")), cleanup_mode="delete"
-        )
-        url = server.get_uri()
+
+def measure(url: str, counts: list[int], n: int) -> int:
     admin = connect(url)
     with admin.cursor() as cur:
         for db in ("bench_notify_a", "bench_notify_b"):
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(db)))
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-    counts = [int(x) for x in a.listeners.split(",")]
     print(
         f"{'listeners':>9} {'where':>10} | {'notifies/s':>10} {'ms each':>8} {'+us/listener':>12}"
     )
@@ -111,7 +92,7 @@ def main() -> int:
                     continue
                 listeners = Listeners(url, dbname, count)
                 try:
-                    rate = notify_rate(url, "bench_notify_a", a.n)
+                    rate = notify_rate(url, "bench_notify_a", n)
                 finally:
                     listeners.close()
                 ms = 1000 / rate
@@ -123,8 +104,6 @@ def main() -> int:
                 print(f"{count:>9} {where:>10} | {rate:>10.0f} {ms:>8.3f} {grow:>12}", flush=True)
     finally:
         admin.close()
-        if server is not None:
-            server.cleanup()
     return 0
 
 

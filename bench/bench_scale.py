@@ -1,13 +1,27 @@
-"""Many agents on one PostgreSQL: throughput and p95 of a mixed load at 1, 4 and 16 concurrent
-agents (one process each), directly and through PgBouncer in transaction mode.
+"""Many agents on one PostgreSQL, two shapes.
 
-Each agent loops for `--seconds`: memory_set (auto-linked to a shared hot set), memory_recall of
-the hot set, memory_get of 4 hot ids in a random order (each counts an access), a message to
-another agent, and reading + marking read its own messages. After the run the database is
-checked: every memory and message an agent was told was stored exists, and every hot memory's
-access_count equals the number of memory_get calls that returned it (no lost counts).
+gateways (default): N bridge processes (`memory-palace-bridge`, one per gateway), each serving M
+agents announced with `_subscribe`, every call carrying its agent as `caller`. An open (Poisson)
+load for `--seconds`: sends between random agents of all bridges at `--msg-rate` per second, and
+recalls of a shared hot set plus writes at `--other-rate`. Reported: messages and calls per
+second, wake p50/p99 (the message row's created_at, set in the send's transaction, to the
+moment the recipient's bridge's `new_message` line is read), send/recall/write latency, errors
+by kind, lost and duplicate wakes (each message must wake its recipient exactly once), peak
+backends on the database (pg_stat_activity) and peak RSS per bridge. Then `--saturate` seconds
+of sends only, as fast as the bridges take them. The baseline, in the same run: plain psycopg2
+INSERT + pg_notify in one transaction from N connections at the same rate, N connections
+LISTENing on the agents' channels, then saturated; the ratio is its messages/s over ours.
 
-Usage: python bench/bench_scale.py [--agents 1,4,16] [--seconds 20] [--no-pgbouncer] [--json]
+agents (`--mode agents`): throughput and p95 of a mixed load at 1, 4 and 16 concurrent agent
+processes, each its own Palace, directly and through PgBouncer in transaction mode. Each agent
+loops: memory_set (auto-linked to a shared hot set), memory_recall of the hot set, memory_get of
+4 hot ids in a random order (each counts an access), a message to another agent, and reading +
+marking read its own messages. After the run every memory and message an agent was told was
+stored must exist, and every hot memory's access_count must equal its memory_get calls.
+
+Usage: python bench/bench_scale.py [--bridges 4 --agents 10 --seconds 20 --msg-rate 40]
+       python bench/bench_scale.py --bridges 20 --agents 50 --seconds 60 --msg-rate 200
+       python bench/bench_scale.py --mode agents [--agents 1,4,16] [--no-pgbouncer]
 Uses MEMORY_PALACE_TEST_PG_URL (a superuser URL), or starts a throwaway pgserver in a temp dir.
 PgBouncer is the Debian `pgbouncer` binary (skipped with a note when it is not installed).
 """
@@ -18,8 +32,11 @@ import argparse
 import multiprocessing as mp
 import os
 import random
+import select
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -28,6 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg2
+from psycopg2 import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pg_common import connect, pg_server, url_for
 
 TOPICS = [
     "canary deploy window",
@@ -247,6 +269,578 @@ def _wait_ready(db_url: str, dbname: str, agents: int, procs: list[Any]) -> None
     raise RuntimeError(f"agents did not start within 300 s on {dbname}")
 
 
+# -- gateways: N bridges x M agents each ---------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class Recorder:
+    """What every bridge's reader saw: replies (latency, error kind) and wakes (when, where)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lat: dict[str, list[float]] = {"send": [], "recall": [], "write": []}
+        self.errors: Counter[str] = Counter()
+        self.samples: dict[str, str] = {}
+        self.sent: dict[int, tuple[float, float, str]] = {}  # id -> (reply, request, to)
+        self.wakes: dict[tuple[int, str], list[float]] = {}  # (id, recipient) -> time.time()s
+        self.created: dict[int, float] = {}  # id -> its row's created_at (epoch), read after
+
+    def error(self, kind: str, sample: str) -> None:
+        with self.lock:
+            self.errors[kind] += 1
+            self.samples.setdefault(kind, sample[:300])
+
+
+class BridgeProc:
+    """One `memory-palace-bridge` subprocess: requests written with a `caller` (the gateway's
+    agent), every stdout line read on its own thread and timed at once."""
+
+    def __init__(self, idx: int, data_dir: Path, rec: Recorder) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_PALACE_")}
+        env.update(MEMORY_PALACE_DATA_DIR=str(data_dir), MEMORY_PALACE_LOG_LEVEL="WARNING")
+        self.idx, self.rec = idx, rec
+        self.stderr = open(data_dir / "bridge.stderr", "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "memory_palace.bridge"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+        )
+        self.ready = threading.Event()
+        self.pending: dict[int, tuple[str, float, Any]] = {}
+        self.waiters: dict[int, threading.Event] = {}
+        self.replies: dict[int, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.next_id = 0
+        self.rss_peak = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            now, wall = time.monotonic(), time.time()
+            rec = self.rec  # the saturation phase swaps it
+            obj = orjson.loads(raw)
+            if "ready" in obj:
+                self.ready.set()
+                continue
+            if "event" in obj:
+                if obj["event"] == "new_message":
+                    data = obj["data"]
+                    with rec.lock:
+                        for who in data.get("recipients") or ():
+                            rec.wakes.setdefault((int(data["message_id"]), who), []).append(wall)
+                continue
+            rid = obj.get("id")
+            with self.lock:
+                op, t0, to = self.pending.pop(rid, ("?", now, None))
+                waiter = self.waiters.pop(rid, None)
+                if waiter is not None:
+                    self.replies[rid] = obj
+            if "error" in obj:
+                err = obj["error"]
+                rec.error(err.get("code", "?"), f"{op}: {err.get('message', '')}")
+            elif op in rec.lat:
+                with rec.lock:
+                    rec.lat[op].append((now - t0) * 1000)
+                    if op == "send":
+                        rec.sent[int(obj["result"]["id"])] = (now, t0, to)
+            if waiter is not None:
+                waiter.set()
+
+    def submit(
+        self,
+        method: str,
+        params: dict[str, Any],
+        caller: str | None = None,
+        op: str = "",
+        to: str | None = None,
+        wait: bool = False,
+    ) -> dict[str, Any] | None:
+        with self.lock:
+            self.next_id += 1
+            rid = self.next_id
+            self.pending[rid] = (op, time.monotonic(), to)
+            waiter = threading.Event() if wait else None
+            if waiter is not None:
+                self.waiters[rid] = waiter
+            req: dict[str, Any] = {"id": rid, "method": method, "params": params}
+            if caller:
+                req["caller"] = caller
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(orjson.dumps(req) + b"\n")
+            self.proc.stdin.flush()
+        if waiter is None:
+            return None
+        waiter.wait(120)
+        with self.lock:
+            return self.replies.pop(rid, None)
+
+    def in_flight(self) -> int:
+        with self.lock:
+            return len(self.pending)
+
+    def sample_rss(self) -> None:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.rss_peak = max(self.rss_peak, int(line.split()[1]) // 1024)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.reader.join(5)
+        self.stderr.close()
+
+
+class Sampler(threading.Thread):
+    """Client backends connected to the database (pg_stat_activity) and bridge RSS, every
+    0.25 s."""
+
+    def __init__(self, url: str, dbname: str, bridges: list[Any]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.dbname, self.bridges = url, dbname, bridges
+        self.peak = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        conn = connect(self.url)
+        try:
+            with conn.cursor() as cur:
+                while not self.stop_event.wait(0.25):
+                    cur.execute(  # clients only: autovacuum workers show up here too
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                        "AND backend_type = 'client backend' AND application_name <> 'bench'",
+                        (self.dbname,),
+                    )
+                    self.peak = max(self.peak, int(cur.fetchone()[0]))
+                    for b in self.bridges:
+                        b.sample_rss()
+        finally:
+            conn.close()
+
+
+def _pace(rate: float, seconds: float, step: Any, rng: random.Random) -> int:
+    """Call step() at `rate` per second (Poisson arrivals) for `seconds`; returns calls made."""
+    t = time.monotonic()
+    end = t + seconds
+    made = 0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= end:
+            return made
+        delay = t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if step():
+            made += 1
+
+
+def run_gateways(
+    url: str,
+    bridges: int,
+    agents: int,
+    seconds: float,
+    msg_rate: float,
+    other_rate: float,
+    pool: dict[str, Any],
+    saturate: float = 0.0,
+    depth: int = 8,
+) -> dict[str, Any]:
+    """`bridges` bridge processes, each serving `agents` agents (announced with _subscribe),
+    under a mixed open-loop load: random sends between all agents at `msg_rate`/s, recalls of
+    a shared hot set and writes at `other_rate`/s together; then, with `saturate` > 0, sends
+    only as fast as they go (each bridge `depth` deep) for that long."""
+    dbname = f"mp_gw_{uuid.uuid4().hex[:10]}"
+    db_url = url_for(url, dbname)
+    root = Path(tempfile.mkdtemp(prefix="mp-gw-"))
+    names = [[f"g{b:02d}a{a:02d}" for a in range(agents)] for b in range(bridges)]
+    everyone = [n for group in names for n in group]
+    rec = Recorder()
+    procs: list[BridgeProc] = []
+    for b in range(bridges):
+        data_dir = root / f"bridge{b:02d}"
+        write_config(data_dir, db_url, instances=["default"], postgres=pool)
+        procs.append(BridgeProc(b, data_dir, rec))
+        if b == 0:  # the first creates the database and schema; the rest start together
+            assert procs[0].ready.wait(120), "bridge 0 did not start"
+    for p in procs:
+        assert p.ready.wait(120), f"bridge {p.idx} did not start"
+    for p, group in zip(procs, names, strict=True):
+        for name in group:
+            r = p.submit("_subscribe", {"instance": name}, wait=True)
+            assert r and "result" in r, r
+    hot = []
+    for i, topic in enumerate(TOPICS * 4):  # the shared hot set every agent recalls
+        r = procs[0].submit(
+            "memory_set", {"content": f"{topic}: decision {i}"}, caller=names[0][0], wait=True
+        )
+        assert r and "result" in r, r
+        hot.append(topic)
+    sampler = Sampler(url, dbname, procs)
+    sampler.start()
+    shed = Counter()
+
+    def driver(b: int, rate: float, kind: str) -> None:
+        rng = random.Random(f"{b}{kind}")
+        p = procs[b]
+        limit = depth * 4
+
+        def step() -> bool:
+            if p.in_flight() >= limit:
+                shed[kind] += 1
+                return False
+            me = rng.choice(names[b])
+            if kind == "send":
+                to = rng.choice(everyone)
+                p.submit(
+                    "message",
+                    {"action": "send", "to_instance": to, "content": f"hi {to}"},
+                    caller=me,
+                    op="send",
+                    to=to,
+                )
+            elif rng.random() < 0.5:
+                p.submit(
+                    "memory_recall",
+                    {"query": rng.choice(hot), "limit": 5, "include_graph": False},
+                    caller=me,
+                    op="recall",
+                )
+            else:
+                p.submit(
+                    "memory_set", {"content": f"{me} wrote {rng.random()}"}, caller=me, op="write"
+                )
+            return True
+
+        _pace(rate, seconds, step, rng)
+
+    threads = []
+    for b in range(bridges):
+        threads.append(threading.Thread(target=driver, args=(b, msg_rate / bridges, "send")))
+        if other_rate > 0:
+            threads.append(threading.Thread(target=driver, args=(b, other_rate / bridges, "other")))
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    _drain(procs, rec, 20)
+    _created(url, dbname, rec)
+    report = _wake_report(rec, elapsed)
+    report.update(
+        bridges=bridges,
+        agents=agents,
+        seconds=elapsed,
+        msg_rate=msg_rate,
+        other_rate=other_rate,
+        shed=dict(shed),
+        peak_backends=sampler.peak,
+        rss_mb={
+            "max": max(p.rss_peak for p in procs),
+            "mean": round(sum(p.rss_peak for p in procs) / len(procs)),
+        },
+        lat={
+            op: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)} for op, v in rec.lat.items()
+        },
+        errors=dict(rec.errors),
+        samples=dict(rec.samples),
+    )
+    if saturate > 0:
+        report["saturated"] = _saturate(procs, everyone, names, saturate, depth, url, dbname)
+    sampler.stop_event.set()
+    sampler.join(2)
+    report["peak_backends"] = sampler.peak
+    for p in procs:
+        p.stop()
+    return report
+
+
+def _drain(procs: list[BridgeProc], rec: Recorder, grace: float) -> None:
+    """Wait for every reply and every wake of what was sent (or `grace` seconds)."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        with rec.lock:
+            woken = all((m, to) in rec.wakes for m, (_, _, to) in rec.sent.items())
+        if woken and not any(p.in_flight() for p in procs):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # a duplicate would come now
+    for p in procs:
+        with p.lock:
+            lost = list(p.pending.values())
+            p.pending.clear()
+        for op, _, _ in lost:
+            rec.error("no_reply", f"{op}: no reply within {grace:g} s of the end")
+
+
+def _created(url: str, dbname: str, rec: Recorder) -> None:
+    """Each sent message's created_at (set in its transaction, just before the commit)."""
+    conn = connect(url, dbname)
+    with conn.cursor() as cur:  # not counted among the bridges' backends
+        cur.execute("SET application_name = 'bench'")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT id, extract(epoch FROM created_at) FROM messages WHERE id = ANY(%s)",
+                (list(rec.sent),),
+            )
+            rec.created.update({int(i): float(t) for i, t in cur.fetchall()})
+    finally:
+        conn.close()
+
+
+def _wake_report(rec: Recorder, elapsed: float) -> dict[str, Any]:
+    """Wake latency: the message row's created_at (in the send's transaction) to the moment
+    the recipient's bridge's `new_message` line was read; lost = never woken, dup = more."""
+    with rec.lock:
+        wake, lost, dup = [], 0, 0
+        for m, (_, _, to) in rec.sent.items():
+            seen = rec.wakes.get((m, to), [])
+            if not seen:
+                lost += 1
+                continue
+            dup += len(seen) - 1
+            if m in rec.created:
+                wake.append((seen[0] - rec.created[m]) * 1000)
+        sent = len(rec.sent)
+    return {
+        "sent": sent,
+        "msgs_per_s": sent / elapsed,
+        "calls_per_s": sum(len(v) for v in rec.lat.values()) / elapsed,
+        "wake_ms": {"p50": pct(wake, 0.5), "p99": pct(wake, 0.99), "max": max(wake, default=0)},
+        "lost_wakes": lost,
+        "duplicate_wakes": dup,
+    }
+
+
+def _saturate(
+    procs: list[BridgeProc],
+    everyone: list[str],
+    names: list[list[str]],
+    seconds: float,
+    depth: int,
+    url: str,
+    dbname: str,
+) -> dict[str, Any]:
+    """Sends only, each bridge kept `depth` requests deep: messages/s the bridges sustain."""
+    rec = Recorder()
+    for p in procs:
+        p.rec = rec
+    stop = time.monotonic() + seconds
+
+    def driver(p: BridgeProc, group: list[str]) -> None:
+        rng = random.Random(p.idx)
+        while time.monotonic() < stop:
+            if p.in_flight() >= depth:
+                time.sleep(0.001)
+                continue
+            to = rng.choice(everyone)
+            p.submit(
+                "message",
+                {"action": "send", "to_instance": to, "content": "x"},
+                caller=rng.choice(group),
+                op="send",
+                to=to,
+            )
+
+    threads = [
+        threading.Thread(target=driver, args=(p, g)) for p, g in zip(procs, names, strict=True)
+    ]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    _drain(procs, rec, 20)
+    _created(url, dbname, rec)
+    out = _wake_report(rec, elapsed)
+    out["errors"] = dict(rec.errors)
+    return out
+
+
+# -- the baseline: plain psycopg2 INSERT + pg_notify -------------------------------------------
+
+
+def run_baseline(
+    url: str,
+    bridges: int,
+    agents: int,
+    seconds: float,
+    msg_rate: float,
+    saturate: float,
+    depth: int,
+) -> dict[str, Any]:
+    """The same message load with no Memory Palace: `bridges` sender connections INSERT a row
+    and pg_notify its recipient's channel in one transaction, `bridges` listener connections
+    LISTEN on their agents' channels and time each notification."""
+    dbname = f"mp_base_{uuid.uuid4().hex[:10]}"
+    admin = connect(url)
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    admin.close()
+    setup = connect(url, dbname)
+    with setup.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE msgs (id bigserial PRIMARY KEY, from_i text, to_i text, body text, "
+            "created_at timestamptz DEFAULT now())"
+        )
+    setup.close()
+    names = [[f"g{b:02d}a{a:02d}" for a in range(agents)] for b in range(bridges)]
+    everyone = [n for group in names for n in group]
+    lock = threading.Lock()
+    wakes: dict[int, list[float]] = {}
+    stop = threading.Event()
+    listeners = []
+    for group in names:
+        conn = connect(url, dbname)
+        with conn.cursor() as cur:
+            for name in group:
+                cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(f"mp_{name}")))
+        listeners.append(conn)
+
+    def listen() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select(listeners, [], [], 0.1)
+            now = time.time()
+            for conn in ready:
+                conn.poll()
+                with lock:
+                    for n in conn.notifies:
+                        wakes.setdefault(int(n.payload), []).append(now)
+                conn.notifies.clear()
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+
+    def phase(rate: float | None, secs: float) -> dict[str, Any]:
+        sent: dict[int, float] = {}
+        lat: list[float] = []
+        errors: Counter[str] = Counter()
+
+        def sender(b: int) -> None:
+            conn = connect(url, dbname)
+            conn.autocommit = False
+            rng = random.Random(b)
+
+            def step() -> bool:
+                to = rng.choice(everyone)
+                t, wall = time.monotonic(), time.time()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(
+                            "INSERT INTO msgs (from_i, to_i, body) VALUES (%s, %s, %s) "
+                            "RETURNING id",
+                            (rng.choice(names[b]), to, f"hi {to}"),
+                        )
+                        mid = cur.fetchone()[0]
+                        cur.execute("SELECT pg_notify(%s, %s)", (f"mp_{to}", str(mid)))
+                    conn.commit()
+                except psycopg2.Error as exc:
+                    conn.rollback()
+                    errors[type(exc).__name__] += 1
+                    return False
+                with lock:
+                    sent[mid] = wall
+                    lat.append((time.monotonic() - t) * 1000)
+                return True
+
+            if rate is None:
+                end = time.monotonic() + secs
+                while time.monotonic() < end:
+                    step()
+            else:
+                _pace(rate / bridges, secs, step, rng)
+            conn.close()
+
+        threads = [threading.Thread(target=sender, args=(b,)) for b in range(bridges)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - t0
+        time.sleep(1.0)
+        with lock:
+            got = [wakes.get(m, []) for m in sent]
+            ms = [max(0.0, w[0] - sent[m]) * 1000 for m, w in zip(sent, got, strict=True) if w]
+        return {
+            "sent": len(sent),
+            "msgs_per_s": len(sent) / elapsed,
+            "send_ms": {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99)},
+            "wake_ms": {"p50": pct(ms, 0.5), "p99": pct(ms, 0.99)},
+            "lost_wakes": sum(1 for w in got if not w),
+            "duplicate_wakes": sum(len(w) - 1 for w in got if w),
+            "errors": dict(errors),
+        }
+
+    out = {"paced": phase(msg_rate, seconds)}
+    if saturate > 0:
+        out["saturated"] = phase(None, saturate)
+    stop.set()
+    reader.join(2)
+    for conn in listeners:
+        conn.close()
+    return out
+
+
+def gateway_table(r: dict[str, Any], base: dict[str, Any]) -> str:
+    """The markdown rows of one gateway run and its baseline."""
+    lat = r["lat"]
+    lines = [
+        "| | bridges x agents | seconds | msgs/s | calls/s | wake p50 ms | wake p99 ms | "
+        "send p50/p99 ms | recall p50/p99 ms | write p50/p99 ms | errors | lost / dup wakes | "
+        "peak backends | RSS per bridge MB (max / mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| Memory Palace | {r['bridges']} x {r['agents']} | {r['seconds']:.0f} | "
+        f"{r['msgs_per_s']:.1f} | {r['calls_per_s']:.1f} | {r['wake_ms']['p50']:.1f} | "
+        f"{r['wake_ms']['p99']:.1f} | {lat['send']['p50']:.0f} / {lat['send']['p99']:.0f} | "
+        f"{lat['recall']['p50']:.0f} / {lat['recall']['p99']:.0f} | "
+        f"{lat['write']['p50']:.0f} / {lat['write']['p99']:.0f} | "
+        f"{sum(r['errors'].values())} | {r['lost_wakes']} / {r['duplicate_wakes']} | "
+        f"{r['peak_backends']} | {r['rss_mb']['max']} / {r['rss_mb']['mean']} |",
+    ]
+    b = base["paced"]
+    lines.append(
+        f"| baseline (psycopg2 INSERT + pg_notify) | {r['bridges']} + {r['bridges']} conns | "
+        f"{r['seconds']:.0f} | {b['msgs_per_s']:.1f} | - | {b['wake_ms']['p50']:.1f} | "
+        f"{b['wake_ms']['p99']:.1f} | {b['send_ms']['p50']:.0f} / {b['send_ms']['p99']:.0f} | "
+        f"- | - | {sum(b['errors'].values())} | {b['lost_wakes']} / {b['duplicate_wakes']} | "
+        f"{2 * r['bridges']} | - |"
+    )
+    sat, bsat = r.get("saturated"), base.get("saturated")
+    if sat and bsat:
+        lines.append("")
+        lines.append(
+            f"Saturated sends: Memory Palace {sat['msgs_per_s']:.1f} msgs/s "
+            f"(wake p50 {sat['wake_ms']['p50']:.1f} ms, errors {sum(sat['errors'].values())}, "
+            f"lost {sat['lost_wakes']}, dup {sat['duplicate_wakes']}), baseline "
+            f"{bsat['msgs_per_s']:.1f} msgs/s: cost per message "
+            f"{bsat['msgs_per_s'] / max(sat['msgs_per_s'], 1e-9):.2f}x the baseline's."
+        )
+    return "\n".join(lines)
+
+
 def p95(values: list[float]) -> float:
     if not values:
         return float("nan")
@@ -275,22 +869,56 @@ HEADER = (
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fixtures"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--agents", default="1,4,16")
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--no-pgbouncer", action="store_true")
+    ap.add_argument("--mode", choices=("gateways", "agents"), default="gateways")
+    ap.add_argument("--bridges", type=int, default=4, help="gateways: bridge processes")
+    ap.add_argument(
+        "--agents", default=None, help="gateways: agents per bridge (10); agents: list (1,4,16)"
+    )
+    ap.add_argument("--seconds", type=float, default=None, help="gateways 20, agents 20")
+    ap.add_argument("--msg-rate", type=float, default=40.0, help="gateways: messages/s in all")
+    ap.add_argument(
+        "--other-rate", type=float, default=10.0, help="gateways: recalls + writes per second"
+    )
+    ap.add_argument("--saturate", type=float, default=5.0, help="gateways: seconds of sends only")
+    ap.add_argument("--pool-size", type=int, default=2, help="gateways: postgres.pool_size")
+    ap.add_argument("--max-overflow", type=int, default=1, help="gateways: postgres.max_overflow")
+    ap.add_argument("--no-pgbouncer", action="store_true", help="agents mode")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    with pg_server() as url:
+        if a.mode == "gateways":
+            return gateways_main(url, a)
+        return agents_main(url, a)
+
+
+def gateways_main(url: str, a: Any) -> int:
+    agents = int(a.agents or 10)
+    seconds = a.seconds or 20.0
+    pool = {"pool_size": a.pool_size, "max_overflow": a.max_overflow}
+    depth = max(1, a.pool_size + a.max_overflow - 1)  # the bridge's workers
+    print(
+        f"{a.bridges} bridges x {agents} agents, {seconds:g} s, {a.msg_rate:g} msgs/s + "
+        f"{a.other_rate:g} recalls/writes per s, pool {pool}, {os.cpu_count()} cores",
+        flush=True,
+    )
+    r = run_gateways(
+        url, a.bridges, agents, seconds, a.msg_rate, a.other_rate, pool, a.saturate, depth
+    )
+    base = run_baseline(url, a.bridges, agents, seconds, a.msg_rate, a.saturate, depth)
+    print(gateway_table(r, base))
+    for code, sample in r["samples"].items():
+        print(f"    {code}: {sample}")
+    if r["shed"]:
+        print(f"    not sent (a bridge had {4 * depth} requests in flight): {r['shed']}")
+    if a.json:
+        print(orjson.dumps({"run": r, "baseline": base}, option=orjson.OPT_NON_STR_KEYS).decode())
+    bad = r["errors"] or r["lost_wakes"] or r["duplicate_wakes"]
+    return 1 if bad else 0
+
+
+def agents_main(url: str, a: Any) -> int:
     from pgbouncer import PgBouncer, pgbouncer_binary
 
-    url = os.environ.get("MEMORY_PALACE_TEST_PG_URL")
-    server = None
-    if not url:
-        import pgserver
-
-        server = pgserver.get_server(
-            Path(tempfile.mkdtemp(prefix="mp-bench-pg-")), cleanup_mode="delete"
-        )
-        url = server.get_uri()
     paths: list[tuple[str, str, dict[str, Any]]] = [("direct", url, {})]
     bouncer = None
     if not a.no_pgbouncer:
@@ -299,14 +927,15 @@ def main() -> int:
         else:
             bouncer = PgBouncer(url, Path(tempfile.mkdtemp(prefix="mp-bench-bouncer-")))
             paths.append(("pgbouncer", bouncer.url, {"postgres": {"listen_url": url}}))
-    counts = [int(n) for n in a.agents.split(",")]
+    counts = [int(n) for n in (a.agents or "1,4,16").split(",")]
+    seconds = a.seconds or 20.0
     results = []
     try:
         print(HEADER)
         for label, path_url, config in paths:
             base = None
             for n in counts:
-                r = run_load(path_url, n, a.seconds, **config)
+                r = run_load(path_url, n, seconds, **config)
                 rate = r["calls"] / r["seconds"]
                 base = base or rate
                 print(row(label, r, None if rate == base and n == counts[0] else base))
@@ -316,8 +945,6 @@ def main() -> int:
     finally:
         if bouncer is not None:
             bouncer.stop()
-        if server is not None:
-            server.cleanup()
     if a.json:
         print(orjson.dumps(results, option=orjson.OPT_NON_STR_KEYS).decode())
     bad = any(sum(r["errors"].values()) or any(r["lost"].values()) for r in results)

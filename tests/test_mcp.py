@@ -306,3 +306,28 @@ def test_mcp_help():
         check=True,
     )
     assert "stdio" in out.stdout
+
+
+@pytest.mark.anyio
+@pytest.mark.postgres
+async def test_more_concurrent_calls_than_connections_queue(make_palace, pg_url) -> None:
+    """40 concurrent calls on a pool of 1 + 1 connections that gives up after 0.2 s: the
+    server runs at most 2 at once and queues the rest, so none times out in the pool."""
+    palace = make_palace(pg_url, postgres={"pool_size": 1, "max_overflow": 1, "pool_timeout": 0.2})
+    assert palace.max_concurrent_calls == 2
+    async with Client(build_server(palace), mode="legacy") as client:
+        stored = result_json(await client.call_tool("memory_set", {"content": "queue me"}))
+        results: list[Any] = [None] * 40
+
+        async def one(i: int) -> None:
+            name = "memory_set" if i % 4 == 0 else "memory_recall"
+            args = {"content": f"note {i}"} if i % 4 == 0 else {"query": "queue me"}
+            results[i] = await client.call_tool(name, args)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, i)
+    errors = [r.content[0].text for r in results if r.is_error]
+    assert errors == []
+    recalls = [result_json(r) for i, r in enumerate(results) if i % 4]
+    assert all(stored["id"] in [m["id"] for m in r["memories"]] for r in recalls)

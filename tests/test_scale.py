@@ -65,6 +65,20 @@ def test_many_agents_through_pgbouncer(
     check_clean(report)
 
 
+def test_gateways_wake_every_message_exactly_once(bench: ModuleType, pg_server_url: str) -> None:
+    """bench_scale's gateway shape, small: 3 bridges x 4 agents on pools of 2 + 1 connections,
+    random sends between all agents plus recalls and writes: no error, every message wakes its
+    recipient's bridge exactly once, and each bridge holds at most 4 backends."""
+    pool = {"pool_size": 2, "max_overflow": 1}
+    report = bench.run_gateways(pg_server_url, 3, 4, 4.0, 15.0, 6.0, pool, saturate=2.0, depth=2)
+    assert report["errors"] == {}, report["samples"]
+    assert report["sent"] >= 20 and report["lat"]["recall"]["n"] + report["lat"]["write"]["n"] > 0
+    assert (report["lost_wakes"], report["duplicate_wakes"]) == (0, 0)
+    sat = report["saturated"]
+    assert (sat["errors"], sat["lost_wakes"], sat["duplicate_wakes"]) == ({}, 0, 0)
+    assert 0 < report["peak_backends"] <= 3 * 4
+
+
 def test_hot_rows_counted_in_random_orders_never_deadlock(tmp_path: Path, pg_url: str) -> None:
     """16 threads over a pool of 2 + 3 connections each get 20 of the same 40 memories in a
     random order for 5 s: before ordered locking this deadlocked ~2 times a second."""

@@ -143,7 +143,9 @@ class Bridge:
         self._idle = threading.Condition(self._pending_lock)
         self.pending: dict[Any, Pending] = {}
         self.started = time.monotonic()
-        self.pool = WorkerPool(workers)
+        # No more workers than pooled connections (less the one the listener keeps for its
+        # claims): extra requests queue here instead of timing out in the pool.
+        self.pool = WorkerPool(max(1, min(workers, palace.max_concurrent_calls - 1)))
         self.ready_sent = threading.Event()  # events wait for the ready line
         self.listeners = Listeners(palace, self.event)
         self.methods = set(palace.registry.names())
@@ -398,8 +400,8 @@ class Bridge:
         database = params.get("database") if isinstance(params.get("database"), str) else None
         self._serve_callers(tool, params, database, caller)
         result = self.palace.call(method, params, caller=caller)
-        if "subscriptions" in tool.effects:
-            self._refresh(database)
+        if "subscriptions" in tool.effects and params.get("action") in SUBSCRIBING:
+            self._refresh(database)  # re-reads every served instance's channels: only then
         return result
 
     def _caller(self, on_behalf: str | None) -> Caller:
@@ -423,7 +425,7 @@ class Bridge:
         for name in wanted:
             if name and name != names.BROADCAST and valid_name(name):
                 try:
-                    self.listeners.serve(name, database)
+                    self.listeners.serve(name, database, explicit=False)
                 except MemoryPalaceError as exc:
                     log.warning("cannot deliver messages for %r: %s", name, exc.message)
 
@@ -542,6 +544,7 @@ MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 MANAGEMENT = tuple(MANAGEMENT_PARAMS)
 INLINE = ("_health", "_cancel")  # answered on the reading thread, never queued
 AS_CALLER = ("_subscribe",)  # management methods that act for the request's caller
+SUBSCRIBING = ("subscribe", "unsubscribe")  # the actions of a "subscriptions" tool that change them
 
 
 def _management_params(method: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -141,6 +141,17 @@ class Messaging(_Strict):
     ack_rewakes: int = Field(2, ge=0, le=10)
 
 
+class Resources(_Strict):
+    """What names cost a process. A database (its engine and pool, its caches) and a bridge's
+    listener for it, or an instance a bridge serves only because a call ran as it, that nobody
+    used for `idle_timeout` seconds is released and comes back on the next use (wakes sent
+    meanwhile are replayed then). At most `max_open_databases` databases are open at once; one
+    more is refused with an error naming this key."""
+
+    idle_timeout: float = Field(300.0, gt=0, le=86_400)
+    max_open_databases: int = Field(32, ge=1, le=10_000)
+
+
 class Synthesis(_Strict):
     enabled: bool = False  # accepted from the original's config; synthesis needs llm_model
 
@@ -170,6 +181,7 @@ class ConfigFile(_Strict):
     limits: Limits = Limits()
     postgres: Postgres = Postgres()
     messaging: Messaging = Messaging()
+    resources: Resources = Resources()
 
     @field_validator("instances")
     @classmethod
@@ -191,6 +203,7 @@ EXAMPLES = {
     "limits": '{"max_content_bytes": 262144}',
     "postgres": '{"pool_size": 2, "max_overflow": 3, "listen_url": "postgresql://u:p@db/x"}',
     "messaging": '{"ack_rewakes": 2}',
+    "resources": '{"idle_timeout": 300, "max_open_databases": 32}',
     "instance_routes": '{"sandy": {"gateway": "http://127.0.0.1:18789", "token": "..."}}',
 }
 
@@ -227,6 +240,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     postgres: Postgres = field(default_factory=Postgres)
     messaging: Messaging = field(default_factory=Messaging)
+    resources: Resources = field(default_factory=Resources)
 
     @property
     def max_limit(self) -> int:
@@ -483,4 +497,5 @@ def load_settings(
         limits=cfg.limits,
         postgres=cfg.postgres,
         messaging=cfg.messaging,
+        resources=cfg.resources,
     )

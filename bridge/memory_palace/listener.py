@@ -11,6 +11,14 @@ loses nor repeats a wake.
 The bridge is the one owner of what is listened to: the instances it serves (its configured
 instance, the identities of its callers, and those the plugin announces with `_subscribe`),
 broadcasts, and the channels those instances subscribed to (stored in the database).
+
+Idle names are released (config `resources.idle_timeout`): a listener of a database that no call
+named and that woke nobody for that long is stopped (its LISTEN and claim connections closed,
+its database unpinned so the engine registry can release it too), and an instance served only
+because calls ran as it is no longer listened for. The next call brings either back, and the
+replay on start or serve delivers what was sent meanwhile. Kept for good: the default
+database's listener, a database named in `_subscribe`, the configured instance and instances
+announced with `_subscribe`.
 """
 
 from __future__ import annotations
@@ -82,6 +90,8 @@ class Listener(threading.Thread):
         self.reconnects = 0
         self.caught_up = 0
         self.last_error: str | None = None
+        self.keep = False  # never released when idle (default database, `_subscribe`d)
+        self.last_used = time.monotonic()  # a call named its database, or it woke someone
 
     # -- what is listened to ----------------------------------------------------------------
     def names(self) -> list[str]:
@@ -101,7 +111,13 @@ class Listener(threading.Thread):
             if instance in self._served:
                 return False
             self._served.add(instance)
-        self.refresh(before)
+        # Only the new instance's channels are read: re-reading every served instance's made
+        # announcing N instances cost N^2 / 2 queries (1,275 for a gateway of 50 agents).
+        channels = [c for c in messages.subscriptions(self.db, instance) if valid_name(c)]
+        with self._lock:
+            for channel in channels:
+                self._subscribers.setdefault(channel, set()).add(instance)
+        self._apply(before, set(self.names()))
         if self.is_alive():  # else its start replays it (and so does every reconnect)
             try:
                 self.replay([instance])
@@ -115,7 +131,11 @@ class Listener(threading.Thread):
             if instance not in self._served:
                 return False
             self._served.discard(instance)
-        self.refresh(before)
+            for channel, who in list(self._subscribers.items()):
+                who.discard(instance)
+                if not who:
+                    del self._subscribers[channel]
+        self._apply(before, set(self.names()))
         return True
 
     def refresh(self, before: set[str] | None = None) -> None:
@@ -173,6 +193,7 @@ class Listener(threading.Thread):
             "reconnects": self.reconnects,
             "caught_up": self.caught_up,
             "last_error": self.last_error,
+            "kept": self.keep,
         }
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -555,35 +576,71 @@ class Listeners:
         self._lock = threading.Lock()
         self._by_db: dict[str, Listener] = {}
         self._served: set[str] = set()
+        self._implicit: dict[str, float] = {}  # served because calls ran as it -> last use
         if palace.settings.instance_id and valid_name(palace.settings.instance_id):
             self._served.add(palace.settings.instance_id)
+        self.idle_timeout = palace.settings.resources.idle_timeout
+        self._reaper: threading.Thread | None = None
+        self.released = 0  # listeners and instances released for being idle
         self.closed = False
 
-    def ensure(self, database: str | None = None, wait: float = 5.0) -> Listener:
-        """The listener of a database, started on first use (listening before it returns)."""
+    def _event(self, obj: dict[str, Any]) -> None:
+        """Every event of the listeners: a wake counts as use of its database and recipients."""
+        data = obj.get("data") or {}
+        if obj.get("event") == "new_message":
+            now = time.monotonic()
+            with self._lock:
+                listener = self._by_db.get(data.get("database"))
+                if listener is not None:
+                    listener.last_used = now
+                for who in data.get("recipients") or ():
+                    if who in self._implicit:
+                        self._implicit[who] = now
+        self._emit(obj)
+
+    def ensure(
+        self, database: str | None = None, wait: float = 5.0, keep: bool = False
+    ) -> Listener:
+        """The listener of a database, started on first use (listening before it returns).
+        `keep`: never release it when idle (the default database's is always kept)."""
         if self.closed:
             raise BackendUnavailable("the bridge is shutting down; no listener can start")
         name, _ = self.palace.catalog.resolve(database)
+        keep = keep or name == self.palace.catalog.default
         with self._lock:
             listener = self._by_db.get(name)
             if listener is not None:
+                listener.last_used = time.monotonic()
+                listener.keep = listener.keep or keep
                 return listener
             db = self.palace.database(name)
             cls = PushListener if db.backend.listen_mode == "listen" else PollListener
-            listener = cls(name, db, set(self._served), self._emit)
+            listener = cls(name, db, set(self._served), self._event)
             listener.settings = self.palace.settings
+            listener.keep = keep
+            db.pins += 1  # the engine registry keeps a database while a listener uses it
             self._by_db[name] = listener
+            if self._reaper is None:
+                self._reaper = threading.Thread(
+                    target=self._reap, name="mp-listener-reaper", daemon=True
+                )
+                self._reaper.start()
         listener.refresh()
         listener.start()
         listener.ready.wait(wait)
         return listener
 
-    def serve(self, instance: str, database: str | None = None) -> Listener:
+    def serve(self, instance: str, database: str | None = None, explicit: bool = True) -> Listener:
         """Deliver messages for `instance` in every database listened to; returns the
-        listener of `database` (started if needed)."""
+        listener of `database` (started if needed). `explicit` (`_subscribe`): served for
+        good; else (a call ran as it) released after resources.idle_timeout unused."""
         with self._lock:  # first: a listener started later (database down now) serves it too
+            if explicit or instance == self.palace.settings.instance_id:
+                self._implicit.pop(instance, None)
+            elif instance in self._implicit or instance not in self._served:
+                self._implicit[instance] = time.monotonic()
             self._served.add(instance)
-        listener = self.ensure(database)
+        listener = self.ensure(database, keep=explicit and database is not None)
         with self._lock:
             listeners = list(self._by_db.values())
         for lst in listeners:
@@ -595,9 +652,50 @@ class Listeners:
         listener or creates a database)."""
         with self._lock:
             self._served.discard(instance)
+            self._implicit.pop(instance, None)
             listeners = list(self._by_db.values())
         for lst in listeners:
             lst.unserve(instance)
+
+    def release_idle(self, now: float | None = None) -> list[str]:
+        """Stop the listeners and unserve the implicit instances unused for idle_timeout.
+        Returns what was released ("database:NAME", "instance:NAME")."""
+        now = time.monotonic() if now is None else now
+        limit = self.idle_timeout
+        with self._lock:
+            stale = [
+                lst for lst in self._by_db.values() if not lst.keep and now - lst.last_used >= limit
+            ]
+            for lst in stale:
+                del self._by_db[lst.database]
+            instances = [i for i, used in self._implicit.items() if now - used >= limit]
+            for instance in instances:
+                del self._implicit[instance]
+                self._served.discard(instance)
+            listeners = list(self._by_db.values())
+        for lst in stale:
+            lst.stop()
+            lst.db.pins -= 1
+        for instance in instances:
+            for lst in listeners:
+                with contextlib.suppress(MemoryPalaceError):
+                    lst.unserve(instance)
+        released = [f"database:{lst.database}" for lst in stale]
+        released += [f"instance:{i}" for i in instances]
+        if released:
+            self.released += len(released)
+            log.info("released idle %s", ", ".join(released))
+        return released
+
+    def _reap(self) -> None:
+        tick = min(max(self.idle_timeout / 4, 0.05), 5.0)
+        while not self.closed:
+            time.sleep(tick)
+            if not self.closed:
+                try:
+                    self.release_idle()
+                except Exception:  # a reaper must outlive a bad round
+                    log.exception("releasing idle listeners failed")
 
     def refresh(self, database: str | None = None) -> None:
         """Subscriptions changed in a database: listen to the served instances' channels."""

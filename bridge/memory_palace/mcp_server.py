@@ -1,6 +1,7 @@
 """memory-palace-mcp: every tool of the registry over MCP (official `mcp` SDK 2.x, low-level
-server, raw JSON schemas), on stdio or streamable HTTP. Blocking work runs in worker threads; logs
-go to stderr.
+server, raw JSON schemas), on stdio or streamable HTTP. Blocking work runs in worker threads, at
+most as many at once as the pool has connections (`Palace.max_concurrent_calls`): more calls wait
+in line for a thread instead of timing out in the pool; logs go to stderr.
 
 Identity. On stdio the server acts as this process's identity (its MEMORY_PALACE_TOKEN, else the
 configured instance, unverified). Over HTTP every request must carry `Authorization: Bearer
@@ -110,6 +111,7 @@ def _request_caller(palace: Palace, ctx: Any) -> Caller | None:
 def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server:
     """An MCP server over `palace`. The tool list and schemas come from the registry."""
     notifier = notifier or WakeNotifier(palace.settings.instance_routes)
+    limiter = anyio.CapacityLimiter(palace.max_concurrent_calls)
     tools = [
         types.Tool(name=t.name, description=t.description, input_schema=t.schema())
         for t in palace.registry.for_surface("mcp")
@@ -125,7 +127,7 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
             return palace.call(params.name, args, caller=_request_caller(palace, ctx))
 
         try:
-            result = await anyio.to_thread.run_sync(run)
+            result = await anyio.to_thread.run_sync(run, limiter=limiter)
         except Exception as exc:  # mapped to an error result; a tool bug must not kill us
             err = to_wire(exc, params.name)
             return types.CallToolResult(
@@ -133,7 +135,9 @@ def build_server(palace: Palace, notifier: WakeNotifier | None = None) -> Server
             )
         tool = palace.registry.get(params.name)
         if "sends" in tool.effects and result.get("id"):
-            await anyio.to_thread.run_sync(_wake, palace, notifier, result, args.get("database"))
+            await anyio.to_thread.run_sync(
+                _wake, palace, notifier, result, args.get("database"), limiter=limiter
+            )
         return types.CallToolResult(content=[types.TextContent(text=_text(result))])
 
     return Server(

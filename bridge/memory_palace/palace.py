@@ -63,7 +63,7 @@ class Palace:
     def database(self, name: str | None = None) -> Database:
         """The named database (None = current default), created and migrated on first use."""
         _, url = self.catalog.resolve(name)
-        db = get_database(url, self.settings.postgres)
+        db = get_database(url, self.settings.postgres, self.settings.resources)
         if not db.schema_ready:
             try:
                 dim: int | None = self.embedder.dim
@@ -72,6 +72,14 @@ class Palace:
             schema.migrate(db, dim)
         lifecycle.maybe_sweep(db)  # on first use, then every few minutes of use
         return db
+
+    @property
+    def max_concurrent_calls(self) -> int:
+        """How many calls may run at once: a call holds at most one pooled connection, so the
+        pool's most (postgres.pool_size + max_overflow) serve that many without waiting; the
+        surfaces queue the rest instead of leaving them to time out in the pool."""
+        pool = self.settings.postgres
+        return pool.pool_size + pool.max_overflow
 
     def check_embedder(self, db: Database) -> None:
         """Raises Conflict when the database holds vectors from another embedder."""
