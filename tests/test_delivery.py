@@ -83,6 +83,30 @@ def test_messages_sent_while_the_bridge_is_down_wake_it_on_start(
     assert status_of(sender, read) == "read"
 
 
+def test_a_bridge_that_does_not_deliver_marks_nothing_until_told(
+    spawn, make_palace, db_url
+) -> None:
+    """A CLI run of the plugin starts a bridge that can wake no one: with --no-deliver it serves
+    calls (even as sandy) without replaying or marking sandy's messages delivered; `_deliver`
+    then delivers them, and the `_subscribe` held meanwhile too."""
+    sender = make_palace(db_url, instances=["prime", "sandy", "ops"])
+    waiting = send(sender, to_instance="sandy", content="sent before any bridge")["id"]
+    b = spawn(db_url, env={**SANDY, "MEMORY_PALACE_NO_DELIVER": "1"})
+    assert b.ready["listener"]["state"] == "not delivering"
+    assert b.result("_subscribe", {"instance": "ops"})["state"] == "held until _deliver"
+    got = b.result("message", {"action": "get", "instance_id": "sandy", "unread_only": True})
+    assert waiting in [m["id"] for m in got["messages"]]
+    for_ops = send(sender, to_instance="ops", content="to ops")["id"]
+    time.sleep(1.5)  # a delivering bridge replays within 0.25 s and polls every 0.5 s
+    assert b.new_messages() == []
+    assert status_of(sender, waiting) == "pending"
+    assert b.result("_health")["delivering"] is False
+    assert b.result("_deliver")["delivering"] is True
+    b.wait_for(lambda: {waiting, for_ops} <= set(delivered([b])), timeout=10)
+    b.wait_for(lambda: status_of(sender, waiting) == "delivered")
+    assert sorted(delivered([b])) == sorted([waiting, for_ops])  # each once
+
+
 def test_sigkill_restarts_lose_and_repeat_no_wake(spawn, make_palace, db_url) -> None:
     """Five SIGKILLs at random moments while another process sends (plus, on PostgreSQL,
     forced backend disconnects): every message wakes sandy; only a kill between a batch of

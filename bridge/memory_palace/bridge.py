@@ -14,9 +14,14 @@ rest of `error.data` is that error's data.
 
 Management methods: _health, _shutdown, _get_instance_routes, _cancel {id} (a cancelled request
 gets no reply), _subscribe / _unsubscribe {instance, database?}: deliver (or stop delivering)
-`new_message` events for that instance. Events name the served instances they are for in
-`data.recipients`. The ready line lists the tools this bridge serves, its extensions and its
-identity.
+`new_message` events for that instance, _deliver: start delivering after `--no-deliver`. Events
+name the served instances they are for in `data.recipients`. The ready line lists the tools this
+bridge serves, its extensions and its identity.
+
+Delivery. `--no-deliver` (env MEMORY_PALACE_NO_DELIVER=1) starts a bridge that serves calls only:
+no listener, no replay, nothing recorded as delivered, and `_subscribe`s are held. A process
+that cannot wake anyone (a CLI run of the plugin) must not mark messages delivered; `_deliver`
+turns delivery on (the gateway's service, once it runs) and applies the held `_subscribe`s.
 
 Identity. The bridge acts as its token's instance (MEMORY_PALACE_TOKEN), or without one as the
 configured instance, unverified. A request's `caller` names the instance a gateway runs it for
@@ -135,7 +140,9 @@ class WorkerPool:
 
 
 class Bridge:
-    def __init__(self, palace: Palace, out: BinaryIO, workers: int = WORKERS) -> None:
+    def __init__(
+        self, palace: Palace, out: BinaryIO, workers: int = WORKERS, deliver: bool = True
+    ) -> None:
         self.palace = palace
         self._out = out
         self._write_lock = threading.Lock()
@@ -148,6 +155,8 @@ class Bridge:
         self.pool = WorkerPool(max(1, min(workers, palace.max_concurrent_calls - 1)))
         self.ready_sent = threading.Event()  # events wait for the ready line
         self.listeners = Listeners(palace, self.event)
+        self.delivering = deliver
+        self._held: dict[tuple[str, str | None], None] = {}  # _subscribes while not delivering
         self.methods = set(palace.registry.names())
         self.database_error: dict[str, Any] | None = None
 
@@ -202,8 +211,11 @@ class Bridge:
         }
         try:
             db = self.palace.database()
-            listener = self.listeners.ensure()
-            ready["listener"] = {"kind": listener.kind, "state": listener.state}
+            if self.delivering:
+                listener = self.listeners.ensure()
+                ready["listener"] = {"kind": listener.kind, "state": listener.state}
+            else:
+                ready["listener"] = {"kind": None, "state": "not delivering"}
         except MemoryPalaceError as exc:
             log.error("default database unavailable: %s", exc.message)
             self.database_error = exc.to_dict()
@@ -229,13 +241,13 @@ class Bridge:
         while not self.listeners.closed:
             try:
                 self.palace.database()
-                listener = self.listeners.ensure()
+                state = self.listeners.ensure().state if self.delivering else "not delivering"
             except MemoryPalaceError as exc:
                 self.database_error = exc.to_dict()
                 time.sleep(START_RETRY)
                 continue
             self.database_error = None
-            log.info("default database is up; listener %s", listener.state)
+            log.info("default database is up; listener %s", state)
             return
 
     def shutdown(self) -> bool:
@@ -417,6 +429,8 @@ class Bridge:
     ) -> None:
         """The identities a call runs as are served from now on: their messages wake them.
         Only identities the caller may be (a token's instance and the ones it acts for)."""
+        if not self.delivering:
+            return
         wanted = {caller.instance} if caller.bound else set()
         for key in tool.identity:
             value = params.get(key)
@@ -430,6 +444,8 @@ class Bridge:
                     log.warning("cannot deliver messages for %r: %s", name, exc.message)
 
     def _refresh(self, database: str | None) -> None:
+        if not self.delivering:
+            return
         try:
             self.listeners.refresh(database)
         except MemoryPalaceError as exc:
@@ -458,6 +474,7 @@ class Bridge:
             "in_flight_requests": inflight,
             "listener_state": default["state"] if default else "none",
             "served": self.listeners.served(),
+            "delivering": self.delivering,
             "listeners": listeners,
             "workers": self.pool.size,
             "tools": len(self.palace.tools),
@@ -515,6 +532,16 @@ class Bridge:
                 "--acts-as)",
                 instance=name,
             )
+        if not self.delivering:
+            self._held[(name, database)] = None
+            return {
+                "success": True,
+                "instance": name,
+                "database": self.palace.catalog.resolve(database)[0],
+                "mode": None,
+                "state": "held until _deliver",
+                "served": self.listeners.served(),
+            }
         listener = self.listeners.serve(name, database)
         return {
             "success": True,
@@ -529,8 +556,21 @@ class Bridge:
         """Stop serving an instance. It was served in every database, so `database` is
         accepted for symmetry with _subscribe and changes nothing."""
         name = names.check_name(instance, "instance")
+        for key in [k for k in self._held if k[0] == name]:
+            del self._held[key]
         self.listeners.unserve(name)
         return {"success": True, "instance": name, "served": self.listeners.served()}
+
+    def m_deliver(self) -> dict[str, Any]:
+        """Start delivering (a bridge started with --no-deliver): listen, replay what was
+        missed, and serve the `_subscribe`s held meanwhile. Idempotent."""
+        if not self.delivering:
+            self.delivering = True
+            self.listeners.ensure()
+            for name, database in list(self._held):
+                self.listeners.serve(name, database)
+            self._held.clear()
+        return {"delivering": True, "served": self.listeners.served()}
 
 
 MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -540,6 +580,7 @@ MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "_cancel": {"id": ((str, int), True)},
     "_subscribe": {"instance": ((str,), True), "database": ((str,), False)},
     "_unsubscribe": {"instance": ((str,), True), "database": ((str,), False)},
+    "_deliver": {},
 }
 MANAGEMENT = tuple(MANAGEMENT_PARAMS)
 INLINE = ("_health", "_cancel")  # answered on the reading thread, never queued
@@ -649,6 +690,13 @@ def parse_args(argv: list[str] | None) -> Any:
         metavar="DIR",
         help="data dir holding config.json (default: $MEMORY_PALACE_DATA_DIR or ~/.memory-palace)",
     )
+    ap.add_argument(
+        "--no-deliver",
+        action="store_true",
+        default=os.environ.get("MEMORY_PALACE_NO_DELIVER") == "1",
+        help="serve calls only: no listener, no replay, nothing marked delivered until a "
+        "_deliver request (default: $MEMORY_PALACE_NO_DELIVER=1)",
+    )
     return ap.parse_args(argv)
 
 
@@ -677,7 +725,7 @@ def serve(args: Any) -> int:
         )
         out.flush()
         return 2
-    bridge = Bridge(Palace(settings), out)
+    bridge = Bridge(Palace(settings), out, deliver=not args.no_deliver)
     clean, code = True, 0
     try:
         bridge.write(bridge.start())

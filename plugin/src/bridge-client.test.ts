@@ -202,6 +202,7 @@ describe("BridgeClient with a fake bridge", () => {
 
   it("times out a call and tells the bridge to cancel it", async () => {
     const { client, events } = fake("normal");
+    await client.start(); // the 200 ms budget is for the call, not a start on a busy host
     const error = (await client.call("sleep", { ms: 5000 }, { timeoutMs: 200 }).catch((e: unknown) => e)) as BridgeError;
     expect(error.code).toBe("TIMEOUT");
     await until(() => events.some((e) => e.event === "cancelled"), 3000, "the _cancel");

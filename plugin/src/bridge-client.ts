@@ -56,6 +56,12 @@ export interface BridgeClientOptions {
   readonly served?: () => Iterable<ServedInstance>;
   /** Budget of one `_subscribe` (it may start a listener or create a named database). */
   readonly announceTimeoutMs?: number;
+  /**
+   * False while this process can wake no one (no service running: a CLI run). The bridge then
+   * starts with MEMORY_PALACE_NO_DELIVER=1, so it marks nothing delivered, and is told `_deliver`
+   * once this turns true (on its ready line, or through `resumeDelivery()`). Absent: always true.
+   */
+  readonly delivering?: () => boolean;
   /** Restart backoff; failed announcements are retried on the same schedule. */
   readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
   /** A bridge that stays up this long resets the backoff. */
@@ -83,6 +89,8 @@ interface Proc {
   readonly stderrTail: string[];
   ready: boolean;
   ended: boolean;
+  /** Started with MEMORY_PALACE_NO_DELIVER=1 and not yet told `_deliver`. */
+  paused: boolean;
   stdoutBuffer: string;
   stderrBuffer: string;
   settleStart?: (error?: Error, info?: ReadyInfo) => void;
@@ -135,6 +143,22 @@ export class BridgeClient {
 
   get pid(): number | undefined {
     return this.proc && !this.proc.ended ? this.proc.child.pid : undefined;
+  }
+
+  /**
+   * Tell a bridge started without delivery (`delivering()` was false) to deliver now: it listens,
+   * replays what its instances missed and serves the held announcements. A no-op otherwise; a
+   * failure is logged and the next ready line tries again.
+   */
+  async resumeDelivery(): Promise<void> {
+    const proc = this.proc;
+    if (!proc || !proc.ready || proc.ended || !proc.paused) return;
+    try {
+      await this.call("_deliver", {}, { timeoutMs: this.opts.announceTimeoutMs ?? ANNOUNCE_TIMEOUT_MS });
+      proc.paused = false;
+    } catch (error) {
+      this.opts.logger.warn(`memory-palace: the bridge did not start delivering: ${String(error)}`);
+    }
   }
 
   /** The instances the bridge reported serving (its latest `_subscribe`/`_unsubscribe` answer). */
@@ -280,11 +304,13 @@ export class BridgeClient {
     const { launch, logger, readyTimeoutMs } = this.opts;
     this.stateValue = "starting";
     const generation = this.generation++;
+    const paused = this.opts.delivering ? !this.opts.delivering() : false;
+    const delivery = this.opts.delivering ? { MEMORY_PALACE_NO_DELIVER: paused ? "1" : "0" } : {};
     return new Promise<ReadyInfo>((resolve, reject) => {
       let child: ChildProcessWithoutNullStreams;
       try {
         child = spawn(launch.command, [...launch.args], {
-          env: { ...process.env, ...launch.env },
+          env: { ...process.env, ...launch.env, ...delivery },
           stdio: ["pipe", "pipe", "pipe"],
         });
       } catch (cause) {
@@ -296,7 +322,7 @@ export class BridgeClient {
       let markExited: () => void = () => {};
       const exited = new Promise<void>((r) => (markExited = r));
       const proc: Proc = {
-        child, generation, stderrTail: [], ready: false, ended: false,
+        child, generation, stderrTail: [], ready: false, ended: false, paused,
         stdoutBuffer: "", stderrBuffer: "", exited,
       };
       this.proc = proc;
@@ -431,6 +457,7 @@ export class BridgeClient {
       this.opts.logger.error(`memory-palace: could not list the instances to serve: ${String(error)}`);
     }
     this.servedInstances.onReady(proc.generation, targets, info.instanceId);
+    if (proc.paused && this.opts.delivering?.()) void this.resumeDelivery();
     proc.settleStart?.(undefined, info);
     for (const waiter of this.restartWaiters.splice(0)) waiter.resolve(info);
     try {

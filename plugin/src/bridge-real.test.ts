@@ -32,7 +32,11 @@ afterEach(async () => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-function realClient(health?: { failures: unknown[]; cleared: number }, served?: () => Array<{ instance: string; database?: string }>) {
+function realClient(
+  health?: { failures: unknown[]; cleared: number },
+  served?: () => Array<{ instance: string; database?: string }>,
+  delivering?: () => boolean,
+) {
   const dataDir = mkdtempSync(join(tmpdir(), "mp-real-"));
   dirs.push(dataDir);
   const launch = bridgeLaunch(parseConfig({ pythonPath: PYTHON, dataDir, instanceId: "a" }));
@@ -45,6 +49,7 @@ function realClient(health?: { failures: unknown[]; cleared: number }, served?: 
     backoff: { initialMs: 100, maxMs: 1000 },
     onEvent: (event, data) => events.push({ event, data: data as Record<string, unknown> }),
     ...(served ? { served } : {}),
+    ...(delivering ? { delivering } : {}),
   });
   if (health) client.setHealth({ reportFailure: (e) => health.failures.push(e), clearFailure: () => health.cleared++ });
   clients.push(client);
@@ -97,6 +102,27 @@ describe("BridgeClient with the real bridge", () => {
     const event = events.find((e) => e.event === "new_message" && e.data.message_id === sent.id);
     expect(event?.data).toMatchObject({ recipients: ["b"], database: "default", from_instance: "a", to_instance: "b" });
     expect(event?.data).not.toHaveProperty("content");
+  });
+
+  it("delivers nothing while the process can wake no one, then everything once, when told", async () => {
+    let service = false;
+    const { client, events } = realClient(undefined, () => [{ instance: "b" }], () => service);
+    const sent = (await client.call(
+      "message", { action: "send", from_instance: "a", to_instance: "b", content: "while no service runs" }, { timeoutMs: 20_000 },
+    )) as { id: number };
+    const health = (await client.call("_health", {}, { timeoutMs: 5000 })) as { delivering: boolean };
+    expect(health.delivering).toBe(false);
+    await new Promise((r) => setTimeout(r, 1500)); // a delivering bridge polls every 0.5 s
+    expect(events.filter((e) => e.event === "new_message")).toHaveLength(0);
+    const got = (await client.call("message", { action: "get", instance_id: "b" }, { timeoutMs: 20_000 })) as {
+      messages: Array<{ id: number; delivery_status: string }>;
+    };
+    expect(got.messages.find((m) => m.id === sent.id)?.delivery_status).toBe("pending");
+    service = true;
+    await client.resumeDelivery();
+    await until(() => events.some((e) => e.event === "new_message" && e.data.message_id === sent.id), 10_000, "the held wake");
+    await new Promise((r) => setTimeout(r, 700));
+    expect(events.filter((e) => e.event === "new_message" && e.data.message_id === sent.id)).toHaveLength(1);
   });
 
   it("carries the bridge's domain code on a refusal: NOT_FOUND, and refuses the old channel param", async () => {

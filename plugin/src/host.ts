@@ -93,6 +93,9 @@ export function acquireHost(config: PluginConfig, logger: BridgeLogger, runtime:
     launch: bridgeLaunch(config),
     readyTimeoutMs: config.readyTimeoutMs,
     logger,
+    // Only the gateway, where the service runs, can wake sessions: elsewhere (a CLI run) the
+    // bridge must not mark messages delivered.
+    delivering: () => host.serviceStarted === true,
     // The bridge serves every instance with a route: announced on each ready line, retried on failure.
     served: () => registry.served(),
     onEvent: (event, data) => {

@@ -95,6 +95,8 @@ function register(api: OpenClawPluginApi): void {
       // Not awaited: a missing bridge is reported through serviceHealth and retried with backoff,
       // and must not roll back the plugin's activation.
       live.bridge.start().catch(() => undefined);
+      // A bridge a tool call started before this service did delivers nothing yet: now it may.
+      void live.bridge.resumeDelivery();
     },
     async stop() {
       await releaseHost(host, api.logger);
