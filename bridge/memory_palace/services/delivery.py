@@ -107,42 +107,31 @@ def claim(
     delivered (and set ack deadlines), then commit: a crash before the commit leaves them to be
     replayed."""
     items = list(items)
-    pairs = [(int(p["message_id"]), who) for p, recipients in items for who in recipients]
-    if not pairs:
+    if not items:
         return []
-    rows = ", ".join(f"(:i{n}, :w{n})" for n in range(len(pairs)))
-    params: dict[str, Any] = {"now": db.backend.encode("time", utcnow()), "by": by}
-    for n, (msg_id, who) in enumerate(pairs):
-        params[f"i{n}"], params[f"w{n}"] = msg_id, who
-    out: Claimed = []
+    now = db.backend.encode("time", utcnow())
     with _transaction(db, conn) as conn:
-        claimed = conn.execute(
-            text(
-                f"WITH p(id, who) AS (VALUES {rows}) "
-                "INSERT INTO message_deliveries (message_id, instance_id, delivered_at, "
-                "delivered_by, rewakes) SELECT m.id, p.who, :now, :by, 0 FROM p JOIN messages m "
-                "ON m.id = p.id WHERE NOT EXISTS (SELECT 1 FROM message_reads r WHERE "
-                "r.message_id = m.id AND r.instance_id = p.who) "
-                "ON CONFLICT (message_id, instance_id) DO NOTHING "
-                "RETURNING message_id, instance_id"
-            ),
-            params,
-        ).all()
-        got: dict[int, set[str]] = {}
-        for msg_id, who in claimed:
-            got.setdefault(int(msg_id), set()).add(who)
-        for payload, recipients in items:  # claimed: wake now, bookkeeping after
-            mine = [w for w in recipients if w in got.get(int(payload["message_id"]), ())]
-            if mine:
-                out.append((payload, mine))
-                emit(payload, mine)
+        out, got = _claim_and_emit(
+            conn,
+            items,
+            "message_id",
+            "WITH p(id, who) AS (VALUES {rows}) "
+            "INSERT INTO message_deliveries (message_id, instance_id, delivered_at, "
+            "delivered_by, rewakes) SELECT m.id, p.who, :now, :by, 0 FROM p JOIN messages m "
+            "ON m.id = p.id WHERE NOT EXISTS (SELECT 1 FROM message_reads r WHERE "
+            "r.message_id = m.id AND r.instance_id = p.who) "
+            "ON CONFLICT (message_id, instance_id) DO NOTHING "
+            "RETURNING message_id, instance_id",
+            {"now": now, "by": by},
+            emit,
+        )
         if got:
             conn.execute(
                 text(
                     "UPDATE messages SET delivery_status = 'delivered', delivered_at = :now "
                     "WHERE id IN :ids AND delivery_status = 'pending'"
                 ).bindparams(bindparam("ids", expanding=True)),
-                {"ids": sorted(got), "now": params["now"]},
+                {"ids": sorted(got), "now": now},
             )
         for payload, mine in out:
             due = decode_time(payload.get("ack_due_at"))
@@ -221,31 +210,49 @@ def claim_memories(
     """`claim` for memory wakes: record (memory, subscriber) pairs nobody was woken for yet in
     `memory_deliveries`, call `emit(payload, claimed)` for each, then commit."""
     items = list(items)
-    pairs = [(int(p["memory_id"]), who) for p, recipients in items for who in recipients]
-    if not pairs:
+    if not items:
         return []
-    rows = ", ".join(f"(:i{n}, :w{n})" for n in range(len(pairs)))
-    params: dict[str, Any] = {"now": db.backend.encode("time", utcnow()), "by": by}
-    for n, (mem_id, who) in enumerate(pairs):
-        params[f"i{n}"], params[f"w{n}"] = mem_id, who
-    out: Claimed = []
     with _transaction(db, conn) as conn:
-        claimed = conn.execute(
-            text(
-                f"WITH p(id, who) AS (VALUES {rows}) "
-                "INSERT INTO memory_deliveries (memory_id, instance_id, delivered_at, "
-                "delivered_by) SELECT m.id, p.who, :now, :by FROM p JOIN memories m "
-                "ON m.id = p.id WHERE 1 = 1 ON CONFLICT (memory_id, instance_id) DO NOTHING "
-                "RETURNING memory_id, instance_id"
-            ),
-            params,
-        ).all()
-        got: dict[int, set[str]] = {}
-        for mem_id, who in claimed:
-            got.setdefault(int(mem_id), set()).add(who)
-        for payload, recipients in items:
-            mine = [w for w in recipients if w in got.get(int(payload["memory_id"]), ())]
-            if mine:
-                out.append((payload, mine))
-                emit(payload, mine)
+        out, _ = _claim_and_emit(
+            conn,
+            items,
+            "memory_id",
+            "WITH p(id, who) AS (VALUES {rows}) "
+            "INSERT INTO memory_deliveries (memory_id, instance_id, delivered_at, "
+            "delivered_by) SELECT m.id, p.who, :now, :by FROM p JOIN memories m "
+            "ON m.id = p.id WHERE 1 = 1 ON CONFLICT (memory_id, instance_id) DO NOTHING "
+            "RETURNING memory_id, instance_id",
+            {"now": db.backend.encode("time", utcnow()), "by": by},
+            emit,
+        )
     return out
+
+
+def _claim_and_emit(
+    conn: Connection,
+    items: list[tuple[dict[str, Any], list[str]]],
+    key: str,
+    insert: str,
+    params: dict[str, Any],
+    emit: Callable[[dict[str, Any], list[str]], None],
+) -> tuple[Claimed, dict[int, set[str]]]:
+    """Run `insert` (its `{rows}` = one (:iN, :wN) per (payload[key], recipient) pair; it
+    RETURNS the pairs it claimed), then emit each payload to its claimed recipients, in order.
+    Returns what was emitted and the claimed recipients by id."""
+    pairs = [(int(p[key]), who) for p, recipients in items for who in recipients]
+    if not pairs:
+        return [], {}
+    params = dict(params)
+    for n, (item_id, who) in enumerate(pairs):
+        params[f"i{n}"], params[f"w{n}"] = item_id, who
+    rows = ", ".join(f"(:i{n}, :w{n})" for n in range(len(pairs)))
+    got: dict[int, set[str]] = {}
+    for item_id, who in conn.execute(text(insert.format(rows=rows)), params).all():
+        got.setdefault(int(item_id), set()).add(who)
+    out: Claimed = []
+    for payload, recipients in items:  # claimed: wake now, bookkeeping after
+        mine = [w for w in recipients if w in got.get(int(payload[key]), ())]
+        if mine:
+            out.append((payload, mine))
+            emit(payload, mine)
+    return out, got
