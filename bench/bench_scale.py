@@ -538,15 +538,8 @@ def run_gateways(
         threads.append(threading.Thread(target=driver, args=(b, msg_rate / bridges, "send")))
         if other_rate > 0:
             threads.append(threading.Thread(target=driver, args=(b, other_rate / bridges, "other")))
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    _drain(procs, rec, 20)
-    _created(url, dbname, rec)
-    report = _wake_report(rec, elapsed)
+    report = _run_and_report(threads, procs, rec, url, dbname)
+    elapsed = report["elapsed"]
     report.update(
         bridges=bridges,
         agents=agents,
@@ -666,6 +659,15 @@ def _saturate(
     threads = [
         threading.Thread(target=driver, args=(p, g)) for p, g in zip(procs, names, strict=True)
     ]
+    out = _run_and_report(threads, procs, rec, url, dbname)
+    out["errors"] = dict(rec.errors)
+    return out
+
+
+def _run_and_report(
+    threads: list[threading.Thread], procs: list[BridgeProc], rec: Recorder, url: str, dbname: str
+) -> dict[str, Any]:
+    """Run the drivers to the end, wait for the last wakes, and report them (with `elapsed`)."""
     t0 = time.monotonic()
     for t in threads:
         t.start()
@@ -674,9 +676,9 @@ def _saturate(
     elapsed = time.monotonic() - t0
     _drain(procs, rec, 20)
     _created(url, dbname, rec)
-    out = _wake_report(rec, elapsed)
-    out["errors"] = dict(rec.errors)
-    return out
+    report = _wake_report(rec, elapsed)
+    report["elapsed"] = elapsed
+    return report
 
 
 # -- the baseline: plain psycopg2 INSERT + pg_notify -------------------------------------------
