@@ -70,6 +70,9 @@ class Phase:
     short: int = 0
     max_gap: float = 0.0  # ms between two consecutive replies (or the start and the first)
     unanswered: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process over the phase
+    replies: int = 0  # all replies, the drained ones after the window included
+    wall: float = 0.0  # seconds from the first request to the last reply (drain included)
 
     @property
     def rate(self) -> float:
@@ -89,6 +92,61 @@ def exe(name: str, module: str) -> list[str]:
 
 def params_for(query: str) -> dict[str, Any]:
     return {"query": query, "limit": LIMIT}
+
+
+# --- CPU by process ---------------------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds of `pid` (with `children`: plus its reaped children's), 0 when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / TICK
+
+
+class CpuMeter:
+    """CPU seconds so far of the server under test, of PostgreSQL (the postmaster, its reaped
+    children and its live backends; only for the pgserver this bench started) and of this
+    process (the clients)."""
+
+    def __init__(self, server_pid: int, pg_dir: Path | None) -> None:
+        self.server_pid = server_pid
+        self.postmaster = None
+        pidfile = pg_dir / "postmaster.pid" if pg_dir else None
+        if pidfile and pidfile.exists():
+            self.postmaster = int(pidfile.read_text().split()[0])
+
+    def _postgres(self) -> float:
+        if self.postmaster is None:
+            return float("nan")
+        total = _proc_cpu(self.postmaster, children=True)
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid == self.postmaster:
+                    total += _proc_cpu(int(d.name))
+        return total
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "server": _proc_cpu(self.server_pid),
+            "postgres": self._postgres(),
+            "client": time.process_time(),
+        }
+
+    @staticmethod
+    def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: after[k] - before[k] for k in before}
 
 
 # --- the bridge -------------------------------------------------------------------------------
@@ -157,6 +215,7 @@ class Bridge:
         last = [start]
 
         def on_reply(now: float, ms: float, obj: dict[str, Any]) -> None:
+            phase.replies += 1
             if now <= end:
                 phase.lat.append(ms)
                 phase.max_gap = max(phase.max_gap, (now - last[0]) * 1000)
@@ -176,6 +235,7 @@ class Bridge:
         if not done.wait(DRAIN_S) and self.outstanding():
             phase.unanswered = self.outstanding()
         phase.seconds = seconds
+        phase.wall = time.perf_counter() - start
         self._on_reply = None
 
     def close(self) -> None:
@@ -187,8 +247,11 @@ class Bridge:
             self._err.close()
 
 
-def measure_bridge(data_dir: Path, workdir: Path, queries: list[str], s: float, c: int) -> list:
+def measure_bridge(
+    data_dir: Path, workdir: Path, pg_dir: Path | None, queries: list[str], s: float, c: int
+) -> list:
     bridge = Bridge(data_dir, workdir / "bridge.stderr")
+    meter = CpuMeter(bridge.proc.pid, pg_dir)
     try:
         warm = Phase("bridge", 1)
         bridge.run(warm, queries, min(5.0, s))  # first recall loads caches; not reported
@@ -196,7 +259,9 @@ def measure_bridge(data_dir: Path, workdir: Path, queries: list[str], s: float, 
         for clients in (1, c):
             br.log(f"bridge: {clients} in flight for {s:.0f} s (load {br.load_avg()})")
             phase = Phase("bridge", clients)
+            before = meter.snapshot()
             bridge.run(phase, queries, s)
+            phase.cpu = meter.delta(before, meter.snapshot())
             out.append(phase)
         return out
     finally:
@@ -226,7 +291,9 @@ def mcp_token(data_dir: Path) -> str:
     return out.stdout.strip()
 
 
-async def mcp_phases(url: str, token: str, queries: list[str], s: float, c: int) -> list:
+async def mcp_phases(
+    url: str, token: str, meter: CpuMeter, queries: list[str], s: float, c: int
+) -> list:
     import httpx2
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
@@ -261,6 +328,7 @@ async def mcp_phases(url: str, token: str, queries: list[str], s: float, c: int)
                     except Exception as exc:  # transport failures count as errors
                         code, short = type(exc).__name__, False
                     now = time.perf_counter()
+                    phase.replies += 1
                     if now <= end:
                         phase.lat.append((now - t) * 1000)
                         phase.max_gap = max(phase.max_gap, (now - last[0]) * 1000)
@@ -272,18 +340,23 @@ async def mcp_phases(url: str, token: str, queries: list[str], s: float, c: int)
 
             await asyncio.gather(*(client() for _ in range(phase.clients)))
             phase.seconds = seconds
+            phase.wall = time.perf_counter() - start
 
         await run(Phase("mcp", 1), min(5.0, s))  # warm-up, not reported
         out = []
         for clients in (1, c):
             br.log(f"mcp: {clients} in flight for {s:.0f} s (load {br.load_avg()})")
             phase = Phase("mcp", clients)
+            before = meter.snapshot()
             await run(phase, s)
+            phase.cpu = meter.delta(before, meter.snapshot())
             out.append(phase)
         return out
 
 
-def measure_mcp(data_dir: Path, workdir: Path, queries: list[str], s: float, c: int) -> list:
+def measure_mcp(
+    data_dir: Path, workdir: Path, pg_dir: Path | None, queries: list[str], s: float, c: int
+) -> list:
     token = mcp_token(data_dir)
     port = free_port()
     err = (workdir / "mcp.stderr").open("ab")
@@ -303,7 +376,9 @@ def measure_mcp(data_dir: Path, workdir: Path, queries: list[str], s: float, c: 
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the MCP server did not start; see {err.name}") from None
                 time.sleep(0.1)
-        return asyncio.run(mcp_phases(f"http://127.0.0.1:{port}/mcp", token, queries, s, c))
+        url = f"http://127.0.0.1:{port}/mcp"
+        meter = CpuMeter(proc.pid, pg_dir)
+        return asyncio.run(mcp_phases(url, token, meter, queries, s, c))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -352,6 +427,35 @@ def print_table(phases: list[Phase], cores: int) -> list[str]:
     return verdicts
 
 
+def print_cpu(phases: list[Phase]) -> None:
+    print(
+        "CPU per call (ms) and cores busy (CPU s / wall s) by process: the server under test "
+        "(bridge or MCP server), PostgreSQL (all its processes), this bench (the clients); over "
+        "the whole phase, the drain of the last in-flight requests included\n"
+    )
+    print(
+        "| surface | in flight | server ms/call | postgres ms/call | client ms/call | server cores "
+        "| postgres cores | client cores | all cores |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for p in phases:
+        n = max(1, p.replies)
+        cells = [
+            f"{p.cpu.get(k, float('nan')) * 1000 / n:.1f}" for k in ("server", "postgres", "client")
+        ]
+        busy = [
+            p.cpu.get(k, float("nan")) / max(p.wall, 1e-9) for k in ("server", "postgres", "client")
+        ]
+        total = sum(busy)
+        print(
+            f"| {p.surface} | {p.clients} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(f"{b:.2f}" for b in busy)
+            + f" | {total:.2f} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="memories (100000)")
@@ -384,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = [q.text for q in rd.make_queries(corpus, args.queries, seed=br.SEED + 1)]
     notes: list[str] = []
     server_url, server = br.pg_server(workdir)
+    pg_dir = workdir / "pg" if server is not None else None
     phases: list[Phase] = []
     try:
         setup, _ = br.prepare(
@@ -405,10 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         surfaces = [x.strip() for x in args.surfaces.split(",") if x.strip()]
         if "bridge" in surfaces:
             phases += measure_bridge(
-                setup.data_dir, workdir, queries, args.seconds, args.concurrency
+                setup.data_dir, workdir, pg_dir, queries, args.seconds, args.concurrency
             )
         if "mcp" in surfaces:
-            phases += measure_mcp(setup.data_dir, workdir, queries, args.seconds, args.concurrency)
+            phases += measure_mcp(
+                setup.data_dir, workdir, pg_dir, queries, args.seconds, args.concurrency
+            )
     finally:
         dispose_engines()
         if server is not None:
@@ -420,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.n} memories, embedder {args.embedder}, {cores} cores\n"
     )
     verdicts = print_table(phases, cores)
+    print()
+    print_cpu(phases)
     print()
     for note in notes:
         print(note)
