@@ -464,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=300, help="distinct queries cycled (300)")
     ap.add_argument("--embedder", choices=["hash", "local"], default="hash")
     ap.add_argument("--surfaces", default="bridge,mcp")
+    ap.add_argument("--pool-size", type=int, default=None, help="postgres.pool_size (default 5)")
+    ap.add_argument(
+        "--max-overflow", type=int, default=None, help="postgres.max_overflow (default 10)"
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     ap.add_argument("--keep", action="store_true", help="keep --workdir (database) afterwards")
     ap.add_argument(
@@ -504,9 +508,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         dispose_engines()
         config = setup.data_dir / "config.json"
-        config.write_bytes(
-            orjson.dumps({"database": {"url": setup.url}, "embedder": args.embedder})
-        )
+        cfg: dict[str, Any] = {"database": {"url": setup.url}, "embedder": args.embedder}
+        pool = {"pool_size": args.pool_size, "max_overflow": args.max_overflow}
+        if any(v is not None for v in pool.values()):
+            cfg["postgres"] = {k: v for k, v in pool.items() if v is not None}
+        config.write_bytes(orjson.dumps(cfg))
         surfaces = [x.strip() for x in args.surfaces.split(",") if x.strip()]
         if "bridge" in surfaces:
             phases += measure_bridge(
@@ -524,7 +530,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n## memory_recall (limit {LIMIT}, {len(queries)} queries cycled), PostgreSQL "
-        f"{args.n} memories, embedder {args.embedder}, {cores} cores\n"
+        f"{args.n} memories, embedder {args.embedder}, {cores} cores, pool "
+        + ("default" if args.pool_size is None else str(args.pool_size))
+        + " + overflow "
+        + ("default" if args.max_overflow is None else str(args.max_overflow))
+        + "\n"
     )
     verdicts = print_table(phases, cores)
     print()
