@@ -104,9 +104,11 @@ def new_message(b, msg_id: int, database: str) -> list[dict]:
 @pytest.mark.postgres
 def test_bridge_releases_idle_listeners_and_replays_on_return(spawn, make_palace, pg_url) -> None:
     team, kept = f"team_{uuid.uuid4().hex[:6]}", f"kept_{uuid.uuid4().hex[:6]}"
-    b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"}, resources=IDLE)
-    b.result("message", {"action": "get", "instance_id": "sandy", "database": team})
+    # Long enough that, on a busy host, nothing is released between two steps that must see
+    # it held (creating a database alone can take a second there).
+    b = spawn(pg_url, env={"MEMORY_PALACE_INSTANCE_ID": "sandy"}, resources={"idle_timeout": 3})
     b.result("_subscribe", {"instance": "sandy", "database": kept})
+    b.result("message", {"action": "get", "instance_id": "sandy", "database": team})
     b.result("message", {"action": "get", "instance_id": "bob"})  # bob: served by a call only
     health = b.result("_health")
     assert set(health["listeners"]) == {"default", team, kept}
