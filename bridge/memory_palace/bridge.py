@@ -540,7 +540,7 @@ class Bridge:
                 "database": self.palace.catalog.resolve(database)[0],
                 "mode": None,
                 "state": "held until _deliver",
-                "served": self.listeners.served(),
+                "served": sorted({*self.listeners.served(), *(n for n, _ in self._held)}),
             }
         listener = self.listeners.serve(name, database)
         return {

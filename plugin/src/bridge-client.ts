@@ -154,8 +154,9 @@ export class BridgeClient {
     const proc = this.proc;
     if (!proc || !proc.ready || proc.ended || !proc.paused) return;
     try {
-      await this.call("_deliver", {}, { timeoutMs: this.opts.announceTimeoutMs ?? ANNOUNCE_TIMEOUT_MS });
+      const result = await this.call("_deliver", {}, { timeoutMs: this.opts.announceTimeoutMs ?? ANNOUNCE_TIMEOUT_MS });
       proc.paused = false;
+      this.servedInstances.noteReported(result);
     } catch (error) {
       this.opts.logger.warn(`memory-palace: the bridge did not start delivering: ${String(error)}`);
     }

@@ -150,7 +150,8 @@ export class ServedInstances {
     this.timer.unref();
   }
 
-  private noteReported(result: unknown): void {
+  /** Record the instances a bridge reply says it serves (`_subscribe`, `_unsubscribe`, `_deliver`). */
+  noteReported(result: unknown): void {
     const served = (result as { served?: unknown } | null)?.served;
     if (Array.isArray(served)) this.reportedValue = served.filter((s): s is string => typeof s === "string");
   }
