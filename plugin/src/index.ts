@@ -29,13 +29,14 @@ function register(api: OpenClawPluginApi): void {
   // before the service does (a gateway restart with a request already waiting), and the bridge
   // replays missed messages at once, which must wake the sessions learned before the restart.
   const stateDir = stateDirOf(api);
-  const attach = () => {
+  const attach = (serviceStarted = false) => {
     const h = acquireHost(config, api.logger, runtime);
+    if (serviceStarted) h.serviceStarted = true; // a host replaced under a running service
     if (stateDir) persistRegistry(h, stateDir, api.logger);
     return h;
   };
   let host = attach();
-  const current = () => (host.bridge.state === "stopped" ? (host = attach()) : host);
+  const current = () => (host.bridge.state === "stopped" ? (host = attach(host.serviceStarted)) : host);
 
   api.registerTool(
     (ctx) => {
@@ -99,6 +100,7 @@ function register(api: OpenClawPluginApi): void {
       void live.bridge.resumeDelivery();
     },
     async stop() {
+      host.serviceStarted = false;
       await releaseHost(host, api.logger);
     },
   });

@@ -124,7 +124,6 @@ export async function createSearchManager(deps: MemoryRuntimeDeps, agentId: stri
   const timeoutMs = deps.config.requestTimeoutMs;
   const call = (method: string, params: Record<string, unknown>, signal?: AbortSignal) =>
     deps.bridge().call(method, params, { timeoutMs, caller: instance, ...(signal ? { signal } : {}) });
-  const ownsBridge = !deps.serviceRunning();
 
   // status() is synchronous in OpenClaw's contract: read the numbers now, refresh them after each search.
   let status: PalaceStatus;
@@ -170,7 +169,8 @@ export async function createSearchManager(deps: MemoryRuntimeDeps, agentId: stri
       return status.vector.available ?? true;
     },
     async close(): Promise<void> {
-      if (ownsBridge) await deps.release();
+      // Asked when closing: a service that started meanwhile (the gateway) keeps its bridge.
+      if (!deps.serviceRunning()) await deps.release();
     },
   };
 }
