@@ -566,10 +566,23 @@ class Bridge:
         missed, and serve the `_subscribe`s held meanwhile. Idempotent."""
         if not self.delivering:
             self.delivering = True
-            self.listeners.ensure()
-            for name, database in list(self._held):
-                self.listeners.serve(name, database)
-            self._held.clear()
+            held, self._held = list(self._held), {}
+            # Each is served from now on even if its database is down: its listener starts
+            # when the database is back (the default database's is retried as at start).
+            try:
+                self.listeners.ensure()
+            except MemoryPalaceError as exc:
+                retrying = self.database_error is not None  # down since start: already retried
+                self.database_error = exc.to_dict()
+                if not retrying:
+                    threading.Thread(
+                        target=self._retry_start, name="mp-start-retry", daemon=True
+                    ).start()
+            for name, database in held:
+                try:
+                    self.listeners.serve(name, database)
+                except MemoryPalaceError as exc:
+                    log.warning("delivery for %s waits for its database: %s", name, exc.message)
         return {"delivering": True, "served": self.listeners.served()}
 
 
