@@ -14,9 +14,10 @@ rest of `error.data` is that error's data.
 
 Management methods: _health, _shutdown, _get_instance_routes, _cancel {id} (a cancelled request
 gets no reply), _subscribe / _unsubscribe {instance, database?}: deliver (or stop delivering)
-`new_message` events for that instance, _deliver: start delivering after `--no-deliver`. Events
-name the served instances they are for in `data.recipients`. The ready line lists the tools this
-bridge serves, its extensions and its identity.
+`new_message` events for that instance, _deliver {received?}: start delivering after
+`--no-deliver`, first recording the wakes the consumer already received from an earlier
+bridge. Events name the served instances they are for in `data.recipients`. The ready line
+lists the tools this bridge serves, its extensions and its identity.
 
 Delivery. `--no-deliver` (env MEMORY_PALACE_NO_DELIVER=1) starts a bridge that serves calls only:
 no listener, no replay, nothing recorded as delivered, and `_subscribe`s are held. A process
@@ -51,7 +52,7 @@ from .config import load_settings
 from .errors import InvalidParams, MemoryPalaceError, PermissionDenied, to_wire
 from .listener import Listeners, valid_name
 from .palace import Palace
-from .services import names
+from .services import delivery, names
 from .services.access import Caller
 from .tools import Tool
 
@@ -561,9 +562,13 @@ class Bridge:
         self.listeners.unserve(name)
         return {"success": True, "instance": name, "served": self.listeners.served()}
 
-    def m_deliver(self) -> dict[str, Any]:
+    def m_deliver(self, received: list[Any] | None = None) -> dict[str, Any]:
         """Start delivering (a bridge started with --no-deliver): listen, replay what was
-        missed, and serve the `_subscribe`s held meanwhile. Idempotent."""
+        missed, and serve the `_subscribe`s held meanwhile. Idempotent. `received`: the wakes
+        the consumer already got from an earlier bridge ({database?, message_id | memory_id,
+        recipients}); they are recorded as delivered first, so a bridge killed between writing
+        wakes and committing them does not make this one repeat them."""
+        recorded = self._record_received(_received(received)) if received else 0
         if not self.delivering:
             self.delivering = True
             held, self._held = list(self._held), {}
@@ -583,7 +588,27 @@ class Bridge:
                     self.listeners.serve(name, database)
                 except MemoryPalaceError as exc:
                     log.warning("delivery for %s waits for its database: %s", name, exc.message)
-        return {"delivering": True, "served": self.listeners.served()}
+        return {"delivering": True, "served": self.listeners.served(), "recorded": recorded}
+
+    def _record_received(self, received: dict[str | None, tuple[Ids, Ids]]) -> int:
+        """Record handed-over wakes of the instances this bridge serves (or holds); a database
+        that cannot be reached is skipped with a warning: its wakes may then repeat."""
+        mine = {*self.listeners.served(), *(n for n, _ in self._held)}
+        count = 0
+        for database, kinds in received.items():
+            msgs, mems = (
+                {i: w for i, who in k.items() if (w := sorted(mine & who))} for k in kinds
+            )
+            if not msgs and not mems:
+                continue
+            try:
+                db = self.palace.database(database)
+                count += delivery.record_received(db, msgs, mems, f"{delivery.bridge_name()}*")
+            except MemoryPalaceError as exc:
+                log.warning(
+                    "_deliver: received wakes of %s not recorded: %s", database, exc.message
+                )
+        return count
 
 
 MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -593,8 +618,44 @@ MANAGEMENT_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "_cancel": {"id": ((str, int), True)},
     "_subscribe": {"instance": ((str,), True), "database": ((str,), False)},
     "_unsubscribe": {"instance": ((str,), True), "database": ((str,), False)},
-    "_deliver": {},
+    "_deliver": {"received": ((list,), False)},
 }
+MAX_RECEIVED = 10_000
+Ids = dict[int, set[str]]
+
+
+def _received(items: list[Any]) -> dict[str | None, tuple[Ids, Ids]]:
+    """Validate `_deliver`'s received list: {database: ({message id: recipients},
+    {memory id: recipients})}."""
+    if len(items) > MAX_RECEIVED:
+        raise InvalidParams(
+            f"_deliver: received lists {len(items)} wakes; at most {MAX_RECEIVED} (the newest "
+            "are the ones that matter)",
+            param="received",
+        )
+    out: dict[str | None, tuple[Ids, Ids]] = {}
+    for n, item in enumerate(items):
+        item = item if isinstance(item, dict) else {}
+        kind = "memory_id" if "memory_id" in item else "message_id"
+        key, who, database = item.get(kind), item.get("recipients"), item.get("database")
+        if not (
+            isinstance(key, int)
+            and not isinstance(key, bool)
+            and isinstance(who, list)
+            and all(isinstance(w, str) for w in who)
+            and (database is None or isinstance(database, str))
+        ):
+            raise InvalidParams(
+                f'_deliver: received[{n}] must be {{"database"?: str, "message_id" or '
+                '"memory_id": int, "recipients": [str]}, as in the new_message and new_memory '
+                "events",
+                param="received",
+            )
+        ids = out.setdefault(database, ({}, {}))[kind == "memory_id"]
+        ids.setdefault(key, set()).update(who)
+    return out
+
+
 MANAGEMENT = tuple(MANAGEMENT_PARAMS)
 INLINE = ("_health", "_cancel")  # answered on the reading thread, never queued
 AS_CALLER = ("_subscribe",)  # management methods that act for the request's caller

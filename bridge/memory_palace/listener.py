@@ -43,6 +43,8 @@ from .services import delivery, messages, names, watch
 log = logging.getLogger("memory_palace.listener")
 
 Emit = Callable[[dict[str, Any]], None]
+EmitWake = Callable[[dict[str, Any], list[str]], None]  # one wake: payload, recipients
+Claimed = delivery.Claimed
 
 TICK = 0.1  # select() timeout and SQLite poll interval, seconds
 FIRST_RETRY = 0.05
@@ -86,6 +88,7 @@ class Listener(threading.Thread):
         self.settings: Any = None  # set by Listeners (overdue notices are sent messages)
         self._swept = 0.0
         self._held: Any = None  # the listener thread's connection for claims
+        self._unsettled: list[tuple[Any, Claimed]] = []  # emitted, claim not committed
         self.emitted = 0
         self.reconnects = 0
         self.caught_up = 0
@@ -232,12 +235,41 @@ class Listener(threading.Thread):
                 items.append((payload, recipients))
         if not items:
             return 0
-        held = self._held_conn()  # the listener thread keeps one connection
+        return self._claim(delivery.claim, items, self._emit_one)
+
+    def _claim(self, claim: Any, items: Claimed, emit: EmitWake) -> int:
+        """Run `claim` on the listener thread's own connection (elsewhere a pooled one). Wakes
+        emitted by a claim whose commit then failed are claimed again, silently, before the
+        next one: this process never emits a wake twice."""
+        held = self._held_conn()
+        sent: Claimed = []
+
+        def emit_and_note(payload: dict[str, Any], recipients: list[str]) -> None:
+            sent.append((payload, recipients))
+            emit(payload, recipients)
+
         try:
-            return len(delivery.claim(self.db, items, self.by, self._emit_one, held))
+            self._settle(held)
+            return len(claim(self.db, items, self.by, emit_and_note, held))
         except Exception:
+            if sent:
+                with self._lock:
+                    self._unsettled.append((claim, sent))
             self._drop_held()
             raise
+
+    def _settle(self, held: Any) -> None:
+        with self._lock:
+            unsettled, self._unsettled = self._unsettled, []
+        try:
+            while unsettled:
+                claim, sent = unsettled[0]
+                claim(self.db, sent, self.by, delivery.silent, held)
+                unsettled.pop(0)
+        finally:
+            if unsettled:
+                with self._lock:
+                    self._unsettled[:0] = unsettled
 
     def _held_conn(self) -> Any:
         """The listener thread's own connection for claims (None on other threads)."""
@@ -282,15 +314,7 @@ class Listener(threading.Thread):
             if not merged:
                 return count
             items = [merged[i] for i in sorted(merged)]
-            try:
-                count += len(
-                    delivery.claim_memories(
-                        self.db, items, self.by, self._emit_memory, self._held_conn()
-                    )
-                )
-            except Exception:
-                self._drop_held()
-                raise
+            count += self._claim(delivery.claim_memories, items, self._emit_memory)
             if ids is not None or not full:
                 break
         return count

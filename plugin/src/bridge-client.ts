@@ -103,12 +103,15 @@ type State = "idle" | "starting" | "ready" | "backoff" | "stopping" | "stopped";
 
 const STDERR_TAIL = 20;
 const ANNOUNCE_TIMEOUT_MS = 30_000;
+/** Wakes handed to the next bridge: more than one claim batch of the bridge (500). */
+const RECEIVED_KEPT = 1000;
 const DEFAULT_BACKOFF = { initialMs: 250, maxMs: 30_000 } as const;
 
 export class BridgeClient {
   private readonly opts: BridgeClientOptions;
   private readonly pending = new Map<number, Pending>();
   private readonly servedInstances: ServedInstances;
+  private readonly received: Array<Record<string, unknown>> = [];
   private extensionsValue: readonly string[] = [];
   private identityValue: BridgeIdentity | undefined;
   private identityErrorValue: string | undefined;
@@ -146,15 +149,17 @@ export class BridgeClient {
   }
 
   /**
-   * Tell a bridge started without delivery (`delivering()` was false) to deliver now: it listens,
-   * replays what its instances missed and serves the held announcements. A no-op otherwise; a
-   * failure is logged and the next ready line tries again.
+   * Tell a bridge started without delivery to deliver now: it records the wakes received from
+   * earlier bridges (one killed after writing wakes but before committing them would otherwise
+   * make this one repeat them), listens, replays what its instances missed and serves the held
+   * announcements. A no-op otherwise; a failure is logged and the next ready line tries again.
    */
   async resumeDelivery(): Promise<void> {
     const proc = this.proc;
     if (!proc || !proc.ready || proc.ended || !proc.paused) return;
     try {
-      const result = await this.call("_deliver", {}, { timeoutMs: this.opts.announceTimeoutMs ?? ANNOUNCE_TIMEOUT_MS });
+      const received = this.received.slice();
+      const result = await this.call("_deliver", received.length ? { received } : {}, { timeoutMs: this.opts.announceTimeoutMs ?? ANNOUNCE_TIMEOUT_MS });
       proc.paused = false;
       this.servedInstances.noteReported(result);
     } catch (error) {
@@ -305,8 +310,9 @@ export class BridgeClient {
     const { launch, logger, readyTimeoutMs } = this.opts;
     this.stateValue = "starting";
     const generation = this.generation++;
-    const paused = this.opts.delivering ? !this.opts.delivering() : false;
-    const delivery = this.opts.delivering ? { MEMORY_PALACE_NO_DELIVER: paused ? "1" : "0" } : {};
+    // A restart hands the received wakes over before delivering (see resumeDelivery).
+    const paused = this.received.length > 0 || (this.opts.delivering ? !this.opts.delivering() : false);
+    const delivery = this.opts.delivering || paused ? { MEMORY_PALACE_NO_DELIVER: paused ? "1" : "0" } : {};
     return new Promise<ReadyInfo>((resolve, reject) => {
       let child: ChildProcessWithoutNullStreams;
       try {
@@ -404,6 +410,7 @@ export class BridgeClient {
       const reason = (msg.error as { message?: unknown } | undefined)?.message;
       proc.settleStart?.(new BridgeError(PLUGIN_CODES.unavailable, `the Memory Palace bridge refused to start: ${String(reason ?? "no reason given")}`));
     } else if (typeof msg.event === "string") {
+      this.noteReceived(msg.event, msg.data);
       try {
         this.opts.onEvent?.(msg.event, msg.data);
       } catch (error) {
@@ -426,6 +433,15 @@ export class BridgeClient {
       const err = msg.error as { message?: unknown };
       this.opts.logger.warn(`memory-palace: bridge rejected a request line: ${String(err.message)}`);
     }
+  }
+
+  /** Keep the newest wakes (only the last batch of a killed bridge can be unrecorded). */
+  private noteReceived(event: string, data: unknown): void {
+    const key = event === "new_message" ? "message_id" : event === "new_memory" ? "memory_id" : undefined;
+    const d = data as Record<string, unknown> | undefined;
+    if (!key || !d || !Number.isSafeInteger(d[key]) || !Array.isArray(d.recipients)) return;
+    this.received.push({ [key]: d[key], recipients: d.recipients, ...(typeof d.database === "string" ? { database: d.database } : {}) });
+    if (this.received.length > RECEIVED_KEPT) this.received.splice(0, this.received.length - RECEIVED_KEPT);
   }
 
   private onReadyLine(proc: Proc, line: Record<string, unknown>): void {
@@ -458,7 +474,7 @@ export class BridgeClient {
       this.opts.logger.error(`memory-palace: could not list the instances to serve: ${String(error)}`);
     }
     this.servedInstances.onReady(proc.generation, targets, info.instanceId);
-    if (proc.paused && this.opts.delivering?.()) void this.resumeDelivery();
+    if (proc.paused && (this.opts.delivering?.() ?? true)) void this.resumeDelivery();
     proc.settleStart?.(undefined, info);
     for (const waiter of this.restartWaiters.splice(0)) waiter.resolve(info);
     try {

@@ -53,7 +53,7 @@ function realClient(
   });
   if (health) client.setHealth({ reportFailure: (e) => health.failures.push(e), clearFailure: () => health.cleared++ });
   clients.push(client);
-  return { client, logger, events };
+  return { client, logger, events, dataDir };
 }
 
 interface Health {
@@ -123,6 +123,28 @@ describe("BridgeClient with the real bridge", () => {
     await until(() => events.some((e) => e.event === "new_message" && e.data.message_id === sent.id), 10_000, "the held wake");
     await new Promise((r) => setTimeout(r, 700));
     expect(events.filter((e) => e.event === "new_message" && e.data.message_id === sent.id)).toHaveLength(1);
+  });
+
+  it("hands the wakes it received to the next bridge after a SIGKILL, so none is repeated", async () => {
+    const { client, events, dataDir } = realClient(undefined, () => [{ instance: "b" }]);
+    const sent = (await client.call("message", { action: "send", from_instance: "a", to_instance: "b", content: "x" }, { timeoutMs: 20_000 })) as { id: number };
+    await until(() => events.some((e) => e.event === "new_message" && e.data.message_id === sent.id), 10_000, "the wake");
+    const pid = client.pid as number;
+    process.kill(pid, "SIGSTOP");
+    // As if the bridge died after writing the wake but before committing its claim.
+    const db = `import sqlite3; c = sqlite3.connect(${JSON.stringify(join(dataDir, "memories.db"))})`;
+    execFileSync(PYTHON, ["-c", `${db}; c.execute("DELETE FROM message_deliveries"); c.commit()`]);
+    process.kill(pid, "SIGKILL");
+    await until(() => client.pid !== undefined && client.pid !== pid && client.state === "ready", 20_000, "the next bridge");
+    const end = Date.now() + 10_000;
+    while (!((await client.call("_health", {}, { timeoutMs: 5000 })) as { delivering: boolean }).delivering) {
+      if (Date.now() > end) throw new Error("the next bridge never started delivering");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await new Promise((r) => setTimeout(r, 1500)); // a replay would have come by now
+    expect(events.filter((e) => e.event === "new_message" && e.data.message_id === sent.id)).toHaveLength(1);
+    const recorded = execFileSync(PYTHON, ["-c", `${db}; print(c.execute("SELECT count(*) FROM message_deliveries").fetchone()[0])`]);
+    expect(String(recorded).trim()).toBe("1"); // recorded again, from the hand-over
   });
 
   it("carries the bridge's domain code on a refusal: NOT_FOUND, and refuses the old channel param", async () => {

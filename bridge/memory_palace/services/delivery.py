@@ -4,10 +4,11 @@ A bridge claims a (message, instance) pair by inserting it into `message_deliver
 writes the event inside that transaction, before the commit. A second bridge serving the same
 instance, a reconnect or a restart finds the pair claimed and emits nothing. A bridge killed
 after writing a batch of events but before its commit (a few milliseconds: the bookkeeping
-UPDATEs and the commit) leaves those pairs unclaimed, so the next bridge emits them again:
-delivery is at least once across crashes, exactly once otherwise, and the plugin drops a
-repeated (database, message id, instance) for the life of the gateway. The other order
-(commit, then write) would lose the wakes instead.
+UPDATEs and the commit) leaves those pairs unclaimed; the other order (commit, then write) would
+lose the wakes instead. So the consumer closes the gap: it starts the next bridge with
+`--no-deliver` and hands the wakes it received over in `_deliver {received}`, which
+`record_received` claims without emitting before anything is replayed — exactly once across
+SIGKILLs. (A bridge whose commit fails while it keeps running does the same for itself.)
 Replay covers every message after the database's delivery floor that an instance
 has neither been woken for nor read (expired messages are skipped): the floor is the newest
 message id when delivery records began (the first send or listener on the database), so an
@@ -29,7 +30,15 @@ from sqlalchemy.engine import Connection
 from ..db.engine import Database
 from ..db.errors import translate_db_errors
 from ..db.values import decode_time, utcnow
-from .messages import COLUMNS, FLOOR_KEY, NOT_EXPIRED, ensure_floor, message_dict, notify_payload
+from .messages import (
+    COLUMNS,
+    FLOOR_KEY,
+    NOT_EXPIRED,
+    ensure_floor,
+    message_dict,
+    notify_payload,
+    read_floor,
+)
 
 REPLAY_BATCH = 500
 
@@ -43,12 +52,14 @@ def bridge_name() -> str:
 
 
 def floor(db: Database) -> int:
-    """Messages with a larger id are delivered durably (recorded on first use)."""
-    with db.write() as conn:
-        ensure_floor(conn)
-        value = conn.execute(
-            text("SELECT value FROM palace_meta WHERE key = :k"), {"k": FLOOR_KEY}
-        ).scalar_one()
+    """Messages with a larger id are delivered durably (recorded on first use; once recorded
+    it never changes, so each process reads it once per database)."""
+    value = db.cache.get(FLOOR_KEY)
+    if value is None:
+        with db.write() as conn:
+            ensure_floor(conn)
+            value = read_floor(conn)
+        db.cache[FLOOR_KEY] = value
     return int(value)
 
 
@@ -74,7 +85,7 @@ def undelivered(
                 "now": db.backend.encode("time", utcnow()),
             },
         ).all()
-    return [notify_payload(message_dict(r)) for r in rows]
+    return [_payload(r) for r in rows]
 
 
 @contextmanager
@@ -150,6 +161,37 @@ def claim(
     return out
 
 
+def silent(payload: dict[str, Any], recipients: list[str]) -> None:
+    """The emit of a claim whose wakes were already received."""
+
+
+def record_received(
+    db: Database, messages: dict[int, list[str]], memories: dict[int, list[str]], by: str
+) -> int:
+    """Claim, without emitting, wakes a consumer says it already received (from an earlier
+    bridge that may have died before committing them): `{id: recipients}` per kind. Ack
+    deadlines start as if just delivered. Returns the pairs newly recorded."""
+    count = 0
+    if messages:
+        with db.read() as conn:
+            rows = conn.execute(
+                text(
+                    f"SELECT {COLUMNS} FROM messages m WHERE m.id IN :ids ORDER BY m.id"
+                ).bindparams(bindparam("ids", expanding=True)),
+                {"ids": sorted(messages)},
+            ).all()
+        items = [(p, messages[int(p["message_id"])]) for p in map(_payload, rows)]
+        count += sum(len(who) for _, who in claim(db, items, by, silent))
+    if memories:
+        items = [({"memory_id": i}, who) for i, who in sorted(memories.items())]
+        count += sum(len(who) for _, who in claim_memories(db, items, by, silent))
+    return count
+
+
+def _payload(row: Any) -> dict[str, Any]:
+    return notify_payload(message_dict(row))
+
+
 def due_rewakes(db: Database, served: list[str], limit: int = 200) -> list[Any]:
     """Deliveries to served instances whose acknowledgement deadline passed unacknowledged."""
     if not served:
@@ -197,7 +239,7 @@ def payload_of(db: Database, message_id: int) -> dict[str, Any] | None:
         row = conn.execute(
             text(f"SELECT {COLUMNS} FROM messages m WHERE m.id = :id"), {"id": message_id}
         ).first()
-    return None if row is None else notify_payload(message_dict(row))
+    return None if row is None else _payload(row)
 
 
 def claim_memories(
