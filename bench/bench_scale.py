@@ -10,7 +10,9 @@ by kind, lost and duplicate wakes (each message must wake its recipient exactly 
 backends on the database (pg_stat_activity) and peak RSS per bridge. Then `--saturate` seconds
 of sends only, as fast as the bridges take them. The baseline, in the same run: plain psycopg2
 INSERT + pg_notify in one transaction from N connections at the same rate, N connections
-LISTENing on the agents' channels, then saturated; the ratio is its messages/s over ours.
+LISTENing on the agents' channels, then saturated; the ratios are its messages/s over ours and
+our CPU per message (the whole machine's busy CPU time during a saturated phase, per message:
+bridges, PostgreSQL and the driver) over its.
 
 agents (`--mode agents`): throughput and p95 of a mixed load at 1, 4 and 16 concurrent agent
 processes, each its own Palace, directly and through PgBouncer in transaction mode. Each agent
@@ -668,17 +670,29 @@ def _run_and_report(
     threads: list[threading.Thread], procs: list[BridgeProc], rec: Recorder, url: str, dbname: str
 ) -> dict[str, Any]:
     """Run the drivers to the end, wait for the last wakes, and report them (with `elapsed`)."""
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), busy_cpu_s()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
     _drain(procs, rec, 20)
+    cpu = busy_cpu_s() - cpu0  # the wakes of the last sends included
     _created(url, dbname, rec)
     report = _wake_report(rec, elapsed)
     report["elapsed"] = elapsed
+    report["cpu_ms_per_msg"] = cpu * 1000 / max(len(rec.sent), 1)
     return report
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy (not idle or waiting on I/O) since boot: every
+    process of a phase counts (bridges, PostgreSQL backends and its writers, this driver),
+    which is the cost per message when nothing else runs."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the baseline: plain psycopg2 INSERT + pg_notify -------------------------------------------
@@ -776,13 +790,14 @@ def run_baseline(
             conn.close()
 
         threads = [threading.Thread(target=sender, args=(b,)) for b in range(bridges)]
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), busy_cpu_s()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.monotonic() - t0
         time.sleep(1.0)
+        cpu = busy_cpu_s() - cpu0
         with lock:
             got = [wakes.get(m, []) for m in sent]
             ms = [max(0.0, w[0] - sent[m]) * 1000 for m, w in zip(sent, got, strict=True) if w]
@@ -794,6 +809,7 @@ def run_baseline(
             "lost_wakes": sum(1 for w in got if not w),
             "duplicate_wakes": sum(len(w) - 1 for w in got if w),
             "errors": dict(errors),
+            "cpu_ms_per_msg": cpu * 1000 / max(len(sent), 1),
         }
 
     out = {"paced": phase(msg_rate, seconds)}
@@ -839,6 +855,14 @@ def gateway_table(r: dict[str, Any], base: dict[str, Any]) -> str:
             f"lost {sat['lost_wakes']}, dup {sat['duplicate_wakes']}), baseline "
             f"{bsat['msgs_per_s']:.1f} msgs/s: cost per message "
             f"{bsat['msgs_per_s'] / max(sat['msgs_per_s'], 1e-9):.2f}x the baseline's."
+        )
+        lines.append("")
+        lines.append(
+            f"CPU per message (whole machine, saturated): Memory Palace "
+            f"{sat['cpu_ms_per_msg']:.2f} ms, baseline {bsat['cpu_ms_per_msg']:.2f} ms: "
+            f"{sat['cpu_ms_per_msg'] / max(bsat['cpu_ms_per_msg'], 1e-9):.2f}x; paced: "
+            f"{r['cpu_ms_per_msg']:.2f} ms (sends + recalls + writes) vs "
+            f"{base['paced']['cpu_ms_per_msg']:.2f} ms."
         )
     return "\n".join(lines)
 

@@ -80,6 +80,7 @@ def _first_line(exc: BaseException) -> str:
     return text_.splitlines()[0] if text_ else type(exc).__name__
 
 
+NOTIFY = text("SELECT pg_notify(:ch, :payload)")  # parsed once: it runs for every message
 LISTENER_APP = "memory-palace-listener"  # application_name of LISTEN connections
 
 
@@ -534,9 +535,7 @@ class PostgresBackend(Backend):
     # -- messaging --------------------------------------------------------------------------
     def notify(self, conn: Connection, channels: list[str], payload: str) -> list[str]:
         for channel in channels:  # bind parameters: channel names are data, never SQL
-            conn.execute(
-                text("SELECT pg_notify(:ch, :payload)"), {"ch": channel, "payload": payload}
-            )
+            conn.execute(NOTIFY, {"ch": channel, "payload": payload})
         return list(channels)
 
     def open_listen(self, url: str) -> ListenConnection:

@@ -128,6 +128,9 @@ def notify_payload(msg: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+INSERT_KEY = "messages.insert"  # db.cache key of the parsed INSERT of a message
+
+
 def ensure_floor(conn: Any) -> None:
     """Record the delivery floor once (the newest message id now); later calls change nothing."""
     conn.execute(
@@ -275,10 +278,18 @@ def send(
     targets = ([] if to.startswith(CHANNEL_ONLY) else [to]) + (
         [channel] if channel is not None and channel != to else []
     )
+    floor = db.cache.get(FLOOR_KEY)
     with db.write() as conn:
-        ensure_floor(conn)  # delivery records start no later than the first message
+        if floor is None:  # delivery records start no later than the first message
+            ensure_floor(conn)
+            floor = read_floor(conn)
+        insert = db.cache.get(INSERT_KEY)
+        if insert is None:  # parsed once per database: it runs for every message
+            insert = db.cache[INSERT_KEY] = text(
+                db.backend.insert_sql(MESSAGES, values, returning="id")
+            )
         msg_id = conn.execute(
-            text(db.backend.insert_sql(MESSAGES, values, returning="id")),
+            insert,
             db.backend.encode_row(MESSAGES, values),
         ).scalar_one()
         payload = orjson.dumps(
@@ -287,6 +298,7 @@ def send(
             )
         ).decode()
         channels = db.backend.notify(conn, [pg_channel(t) for t in targets], payload)
+    db.cache[FLOOR_KEY] = floor  # committed: it never changes again
     out: dict[str, Any] = {
         "success": True,
         "id": int(msg_id),
