@@ -162,33 +162,36 @@ def test_wakes_handed_over_in_deliver_are_not_repeated(spawn, make_palace, db_ur
 
 FAIL_CLAIMS = {
     "sqlite": [
-        "CREATE TRIGGER fail_claims BEFORE UPDATE OF delivery_status ON messages "
-        "WHEN NEW.delivery_status = 'delivered' BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        "CREATE TRIGGER fail_claims BEFORE UPDATE OF next_wake_at ON message_deliveries "
+        "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
     ],
     "postgresql": [
         "CREATE FUNCTION fail_claims() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "RAISE EXCEPTION USING ERRCODE = '08006', MESSAGE = 'connection failure'; END $$",
-        "CREATE TRIGGER fail_claims BEFORE UPDATE OF delivery_status ON messages FOR EACH ROW "
-        "WHEN (NEW.delivery_status = 'delivered') EXECUTE FUNCTION fail_claims()",
+        "CREATE TRIGGER fail_claims BEFORE UPDATE OF next_wake_at ON message_deliveries "
+        "FOR EACH ROW EXECUTE FUNCTION fail_claims()",
     ],
 }
 
 
 def test_a_claim_whose_commit_failed_is_not_emitted_again(spawn, make_palace, db_url) -> None:
-    """The wake was written, then the claim's transaction failed (a lost connection): the
-    bridge records it before its next claim instead of emitting it again on the retry."""
+    """The wake was written, then the claim's transaction failed (a lost connection, here
+    where the claim sets the acknowledgement deadline): the bridge records it before its next
+    claim instead of emitting it again on the retry."""
     sender = make_palace(db_url, instances=["prime", "sandy"])
     b = spawn(db_url, env=SANDY)
     kind = db_url.split(":")[0].split("+")[0]
     with sender.database().write() as conn:
         for ddl in FAIL_CLAIMS[kind]:
             conn.execute(text(ddl))
-    first = send(sender, to_instance="sandy", content="claim fails")["id"]
+    first = send(sender, to_instance="sandy", content="claim fails", ack_within_s=600)["id"]
     b.wait_for(lambda: first in delivered([b]), timeout=10)
     time.sleep(1.0)  # the listener retries, reconnects and replays meanwhile
     with sender.database().write() as conn:
         conn.execute(
-            text("DROP TRIGGER fail_claims" + (" ON messages" if kind != "sqlite" else ""))
+            text(
+                "DROP TRIGGER fail_claims" + ("" if kind == "sqlite" else " ON message_deliveries")
+            )
         )
     later = send(sender, to_instance="sandy", content="claim works")["id"]
     b.wait_for(lambda: later in delivered([b]), timeout=10)

@@ -114,15 +114,15 @@ def claim(
     conn: Connection | None = None,
 ) -> Claimed:
     """Claim each (payload, recipients) for the recipients nobody woke yet and who have not read
-    it (one INSERT ... RETURNING), call `emit(payload, claimed)` for each, mark the messages
-    delivered (and set ack deadlines), then commit: a crash before the commit leaves them to be
-    replayed."""
+    it (one INSERT ... RETURNING: the message reads as delivered from then on), call
+    `emit(payload, claimed)` for each, set ack deadlines, then commit: a crash before the commit
+    leaves them to be replayed."""
     items = list(items)
     if not items:
         return []
     now = db.backend.encode("time", utcnow())
     with _transaction(db, conn) as conn:
-        out, got = _claim_and_emit(
+        out = _claim_and_emit(
             conn,
             items,
             "message_id",
@@ -136,14 +136,6 @@ def claim(
             {"now": now, "by": by},
             emit,
         )
-        if got:
-            conn.execute(
-                text(
-                    "UPDATE messages SET delivery_status = 'delivered', delivered_at = :now "
-                    "WHERE id IN :ids AND delivery_status = 'pending'"
-                ).bindparams(bindparam("ids", expanding=True)),
-                {"ids": sorted(got), "now": now},
-            )
         for payload, mine in out:
             due = decode_time(payload.get("ack_due_at"))
             if due is not None:  # the first deadline of an ack_within_s message
@@ -255,7 +247,7 @@ def claim_memories(
     if not items:
         return []
     with _transaction(db, conn) as conn:
-        out, _ = _claim_and_emit(
+        out = _claim_and_emit(
             conn,
             items,
             "memory_id",
@@ -277,13 +269,13 @@ def _claim_and_emit(
     insert: str,
     params: dict[str, Any],
     emit: Callable[[dict[str, Any], list[str]], None],
-) -> tuple[Claimed, dict[int, set[str]]]:
+) -> Claimed:
     """Run `insert` (its `{rows}` = one (:iN, :wN) per (payload[key], recipient) pair; it
     RETURNS the pairs it claimed), then emit each payload to its claimed recipients, in order.
-    Returns what was emitted and the claimed recipients by id."""
+    Returns what was emitted."""
     pairs = [(int(p[key]), who) for p, recipients in items for who in recipients]
     if not pairs:
-        return [], {}
+        return []
     params = dict(params)
     for n, (item_id, who) in enumerate(pairs):
         params[f"i{n}"], params[f"w{n}"] = item_id, who
@@ -297,4 +289,4 @@ def _claim_and_emit(
         if mine:
             out.append((payload, mine))
             emit(payload, mine)
-    return out, got
+    return out

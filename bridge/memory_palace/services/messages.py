@@ -47,9 +47,14 @@ MessageType = Literal["handoff", "status", "question", "fyi", "context", "event"
 ACTIONS: tuple[str, ...] = get_args(Action)
 MESSAGE_TYPES: tuple[str, ...] = get_args(MessageType)
 
+#: A message's row stores pending or read; "delivered" and its time come from its delivery
+#: records, so a claim (one per wake) writes only `message_deliveries`, never the message.
 COLUMNS = (
     "m.id, m.created_at, m.from_instance, m.to_instance, m.message_type, m.subject, "
-    "m.content, m.channel, m.priority, m.expires_at, m.delivery_status, m.delivered_at, "
+    "m.content, m.channel, m.priority, m.expires_at, CASE WHEN m.delivery_status = 'pending' "
+    "AND EXISTS (SELECT 1 FROM message_deliveries d WHERE d.message_id = m.id) THEN 'delivered' "
+    "ELSE m.delivery_status END AS delivery_status, coalesce(m.delivered_at, (SELECT "
+    "min(d.delivered_at) FROM message_deliveries d WHERE d.message_id = m.id)) AS delivered_at, "
     "m.thread_id, m.reply_to, m.ack_required, m.ack_within_s"
 )
 NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > :now)"
