@@ -30,7 +30,7 @@ from tests.fixtures.db import build_palace
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTS = 16
-SECONDS = 8.0  # long enough for every agent to contend; bench_scale runs longer
+SECONDS = 5.0  # long enough for every agent to contend; bench_scale runs longer
 ONE_CONNECTION = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 20.0}
 
 
