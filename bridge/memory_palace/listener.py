@@ -221,14 +221,18 @@ class Listener(threading.Thread):
 
     def _deliver_many(self, payloads: list[dict[str, Any]]) -> int:
         """Claim and emit each message for the served instances it is for; returns how many
-        messages woke someone."""
-        items = []
+        messages woke someone. A message notified on two of the names listened to (direct and a
+        channel) is in a burst twice: claimed once."""
+        items, seen = [], set()
         for payload in payloads:
             try:
                 msg_id = int(payload["message_id"])
             except (KeyError, TypeError, ValueError):
                 log.warning("ignoring a notification without message_id on %s", self.database)
                 continue
+            if msg_id in seen:
+                continue
+            seen.add(msg_id)
             self.last_id = max(self.last_id, msg_id)
             recipients = self.recipients(payload)
             if recipients:  # else listened for another reason (its sender's own broadcast)
@@ -324,9 +328,6 @@ class Listener(threading.Thread):
             with contextlib.suppress(Exception):
                 self._held.close()
             self._held = None
-
-    def _deliver(self, payload: dict[str, Any]) -> None:
-        self._deliver_many([payload])
 
     def replay(self, instances: list[str] | None = None) -> int:
         """Emit, oldest first, what the served instances (or `instances`) were not woken for and
@@ -479,6 +480,10 @@ class PushListener(Listener):
             pass
 
     def _read(self) -> None:
+        """Claim every message notified since the last read in one transaction (a burst costs
+        one commit, not one per message), then the memory wakes."""
+        found: list[dict[str, Any]] = []
+        memory_ids: list[int] = []
         for raw in self._conn.payloads():
             try:
                 payload = orjson.loads(raw)
@@ -487,11 +492,15 @@ class PushListener(Listener):
                 continue
             if isinstance(payload, dict) and "memory_id" in payload:
                 try:
-                    self.deliver_memories([int(payload["memory_id"])])
+                    memory_ids.append(int(payload["memory_id"]))
                 except (TypeError, ValueError):
                     log.warning("ignoring a malformed memory notification on %s", self.database)
             elif isinstance(payload, dict):
-                self._deliver(payload)
+                found.append(payload)
+        for start in range(0, len(found), delivery.REPLAY_BATCH):
+            self._deliver_many(found[start : start + delivery.REPLAY_BATCH])
+        if memory_ids:
+            self.deliver_memories(memory_ids)
 
     def _wait(self, idle_since: float) -> float:
         """One select() round: apply name changes, read notifications. Returns idle_since."""
