@@ -73,7 +73,7 @@ def _wake(palace: Palace, notifier: WakeNotifier, sent: dict[str, Any], database
 
     def accepted(instance: str) -> None:
         try:
-            delivery.claim(db, [(payload, [instance])], "http-wake", lambda *_: None)
+            delivery.claim(db, [(payload, [instance])], "http-wake", delivery.silent)
         except MemoryPalaceError as exc:
             log.warning("recording the wake of %s: %s", instance, exc.message)
 

@@ -152,7 +152,7 @@ export class BridgeClient {
    * Tell a bridge started without delivery to deliver now: it records the wakes received from
    * earlier bridges (one killed after writing wakes but before committing them would otherwise
    * make this one repeat them), listens, replays what its instances missed and serves the held
-   * announcements. A no-op otherwise; a failure is logged and the next ready line tries again.
+   * announcements. A no-op otherwise; a failure is logged and retried while this bridge runs.
    */
   async resumeDelivery(): Promise<void> {
     const proc = this.proc;
@@ -163,7 +163,10 @@ export class BridgeClient {
       proc.paused = false;
       this.servedInstances.noteReported(result);
     } catch (error) {
-      this.opts.logger.warn(`memory-palace: the bridge did not start delivering: ${String(error)}`);
+      this.opts.logger.warn(`memory-palace: the bridge did not start delivering (retrying in 1 s): ${String(error)}`);
+      setTimeout(() => {
+        if (this.proc === proc) void this.resumeDelivery();
+      }, 1000).unref();
     }
   }
 

@@ -3,8 +3,8 @@
 A bridge claims a (message, instance) pair by inserting it into `message_deliveries` and
 writes the event inside that transaction, before the commit. A second bridge serving the same
 instance, a reconnect or a restart finds the pair claimed and emits nothing. A bridge killed
-after writing a batch of events but before its commit (a few milliseconds: the bookkeeping
-UPDATEs and the commit) leaves those pairs unclaimed; the other order (commit, then write) would
+after writing a batch of events but before its commit (a few milliseconds: the ack-deadline
+updates and the commit) leaves those pairs unclaimed; the other order (commit, then write) would
 lose the wakes instead. So the consumer closes the gap: it starts the next bridge with
 `--no-deliver` and hands the wakes it received over in `_deliver {received}`, which
 `record_received` claims without emitting before anything is replayed — exactly once across
@@ -154,7 +154,7 @@ def claim(
 
 
 def silent(payload: dict[str, Any], recipients: list[str]) -> None:
-    """The emit of a claim whose wakes were already received."""
+    """The emit of a claim whose wakes were already received (or go out another way)."""
 
 
 def record_received(
