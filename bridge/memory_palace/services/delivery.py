@@ -34,10 +34,9 @@ from .messages import (
     COLUMNS,
     FLOOR_KEY,
     NOT_EXPIRED,
-    ensure_floor,
+    floor_of,
     message_dict,
     notify_payload,
-    read_floor,
 )
 
 REPLAY_BATCH = 500
@@ -54,13 +53,11 @@ def bridge_name() -> str:
 def floor(db: Database) -> int:
     """Messages with a larger id are delivered durably (recorded on first use; once recorded
     it never changes, so each process reads it once per database)."""
-    value = db.cache.get(FLOOR_KEY)
-    if value is None:
+    if FLOOR_KEY not in db.cache:
         with db.write() as conn:
-            ensure_floor(conn)
-            value = read_floor(conn)
+            value = floor_of(db, conn)
         db.cache[FLOOR_KEY] = value
-    return int(value)
+    return int(db.cache[FLOOR_KEY])
 
 
 def undelivered(

@@ -147,6 +147,16 @@ def ensure_floor(conn: Any) -> None:
     )
 
 
+def floor_of(db: Database, conn: Any) -> int:
+    """The delivery floor: known to this process, or recorded now on `conn`. Once committed it
+    never changes, so the caller keeps it in `db.cache` after its commit."""
+    known = db.cache.get(FLOOR_KEY)
+    if known is None:
+        ensure_floor(conn)
+        known = read_floor(conn)
+    return int(known)
+
+
 def read_floor(conn: Any) -> int | None:
     """The delivery floor, if delivery records began."""
     value = conn.execute(
@@ -283,11 +293,8 @@ def send(
     targets = ([] if to.startswith(CHANNEL_ONLY) else [to]) + (
         [channel] if channel is not None and channel != to else []
     )
-    floor = db.cache.get(FLOOR_KEY)
     with db.write() as conn:
-        if floor is None:  # delivery records start no later than the first message
-            ensure_floor(conn)
-            floor = read_floor(conn)
+        floor = floor_of(db, conn)  # delivery records start no later than the first message
         insert = db.cache.get(INSERT_KEY)
         if insert is None:  # parsed once per database: it runs for every message
             insert = db.cache[INSERT_KEY] = text(
