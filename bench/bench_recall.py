@@ -487,11 +487,11 @@ def print_kinds(cells: list[Cell]) -> None:
 STAGES = [
     ("embed", "query embedding (_query_vector)"),
     ("vector", "vector leg (vectors.search)"),
-    ("kw_cand", "keyword candidates (backend.keyword_candidates)"),
-    ("kw_docs", "keyword documents (_documents: fetch + tokenise uncached)"),
-    ("kw_count", "filter size (backend.count_estimate)"),
-    ("kw_df", "word counts when capped (backend.word_counts)"),
-    ("bm25", "BM25 scoring (lexical.Bm25.score)"),
+    ("kw_index", "keyword scores (backend.keyword_scores)"),
+    ("kw_text", "identifier texts (_texts)"),
+    ("kw_cand", "  PostgreSQL: GIN candidates (_keyword_candidates)"),
+    ("kw_docs", "  PostgreSQL: term counts (_documents: fetch + tokenise uncached)"),
+    ("kw_df", "  PostgreSQL: word counts when capped (_word_counts)"),
     ("kw_rest", "rest of the keyword leg (identifiers, sort)"),
     ("sims", "cosines of keyword-only candidates (vectors.similarities)"),
     ("rank", "ranking (recall.rank)"),
@@ -511,35 +511,42 @@ class StageTimer:
         self._undo: list[tuple[Any, str, Any]] = []
 
     def wrap(self, owner: Any, name: str, stage: str, size: bool = False) -> None:
-        orig = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        # a class's own attribute (not the bound method); an inherited one is set on `owner`
+        orig = (
+            owner.__dict__.get(name, getattr(owner, name))
+            if isinstance(owner, type)
+            else getattr(owner, name)
+        )
         timer = self
+        call = orig.__func__ if isinstance(orig, staticmethod) else orig
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             t = time.perf_counter()
             try:
-                out = orig(*args, **kwargs)
-                if size:
-                    timer.sizes[stage] = len(out)
+                out = call(*args, **kwargs)
+                if size and out is not None:
+                    timer.sizes[stage] = len(getattr(out, "scored", out))
                 return out
             finally:
                 timer.now[stage] += (time.perf_counter() - t) * 1000
 
-        setattr(owner, name, timed)
+        setattr(owner, name, staticmethod(timed) if isinstance(orig, staticmethod) else timed)
         self._undo.append((owner, name, orig))
 
     @contextmanager
     def installed(self, db: Database) -> Iterator[StageTimer]:
-        from memory_palace.services import graph, lexical, recall, vectors
+        from memory_palace.services import graph, recall, vectors
 
         backend = type(db.backend)
         self.wrap(recall, "_query_vector", "embed")
         self.wrap(vectors, "search", "vector")
         self.wrap(recall, "_keyword_leg", "kw_leg")
-        self.wrap(backend, "keyword_candidates", "kw_cand", size=True)
-        self.wrap(recall, "_documents", "kw_docs")
-        self.wrap(backend, "count_estimate", "kw_count")
-        self.wrap(backend, "word_counts", "kw_df")
-        self.wrap(lexical.Bm25, "score", "bm25")
+        self.wrap(backend, "keyword_scores", "kw_index", size=True)
+        self.wrap(recall, "_texts", "kw_text")
+        if hasattr(backend, "_keyword_candidates"):  # inside keyword_scores
+            self.wrap(backend, "_keyword_candidates", "kw_cand", size=True)
+            self.wrap(backend, "_documents", "kw_docs")
+            self.wrap(backend, "_word_counts", "kw_df")
         self.wrap(vectors, "similarities", "sims")
         self.wrap(recall, "rank", "rank", size=True)
         self.wrap(recall, "fetch", "cards")
@@ -554,15 +561,16 @@ class StageTimer:
     def take(self, total: float) -> dict[str, float]:
         s = dict(self.now)
         s.setdefault("kw_leg", 0.0)
-        inner = sum(s.get(k, 0.0) for k in ("kw_cand", "kw_docs", "kw_count", "kw_df", "bm25"))
+        inner = sum(s.get(k, 0.0) for k in ("kw_index", "kw_text"))
         s["kw_rest"] = s["kw_leg"] - inner
         outer = sum(
             s.get(k, 0.0) for k in ("embed", "vector", "kw_leg", "sims", "rank", "cards", "graph")
         )
         s["rest"] = total - outer
         s["total"] = total
-        s["capped"] = float(self.sizes.get("kw_cand", 0) > 500)
-        s["n_kw"] = float(self.sizes.get("kw_cand", 0))
+        found = self.sizes.get("kw_cand", self.sizes.get("kw_index", 0))  # before the cap
+        s["capped"] = float(found > 500)
+        s["n_kw"] = float(found)
         s["n_pool"] = float(self.sizes.get("rank", 0))
         self.now.clear()
         self.sizes.clear()

@@ -49,6 +49,35 @@ def test_migrations_run_twice_are_idempotent(palace: Palace) -> None:
     assert schema.schema_version(db) == schema.SCHEMA_VERSION
 
 
+def test_sqlite_schema_2_loses_fts5_and_logs_text_changes(make_palace, sqlite_url: str) -> None:
+    """A database from before schema 3 (FTS5 keyword search, text edits not logged) upgrades:
+    FTS5 is dropped and an edit of the text reaches the in-process keyword index."""
+    palace = make_palace(sqlite_url)
+    db = palace.database()
+    mid = palace.call("memory_set", {"content": "an otter in the reeds", "auto_link": False})["id"]
+    with db.write() as conn:  # what schema 2 had
+        conn.exec_driver_sql(
+            "CREATE VIRTUAL TABLE memories_fts USING fts5(subject, content, keywords, "
+            "content='memories', content_rowid='id')"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER memories_fts_ai AFTER INSERT ON memories BEGIN "
+            "INSERT INTO memories_fts(rowid, content) VALUES (new.id, new.content); END"
+        )
+        conn.exec_driver_sql("DROP TRIGGER memory_changes_au")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER memory_changes_au AFTER UPDATE OF embedding ON memories BEGIN "
+            "INSERT INTO memory_changes(memory_id) VALUES (new.id); END"
+        )
+        conn.execute(text("UPDATE palace_meta SET value = '2' WHERE key = 'schema_version'"))
+    db.schema_ready = False  # as a process opening it for the first time
+    assert palace.call("memory_recall", {"query": "otter"})["count"] == 1
+    assert "memories_fts" not in tables(db)
+    assert schema.schema_version(db) == schema.SCHEMA_VERSION
+    palace.call("memory_update", {"memory_id": mid, "keywords": ["kw9"], "reason": "tag"})
+    assert [m["id"] for m in palace.call("memory_recall", {"query": "kw9"})["memories"]] == [mid]
+
+
 def test_sqlite_pragmas(make_palace, sqlite_url: str) -> None:
     db = make_palace(sqlite_url).database()
     with db.read() as conn:
@@ -176,7 +205,7 @@ def test_mixed_backends_pg_default_sqlite_named(make_palace, pg_url: str, tmp_pa
         }
     )
     assert palace.database().kind == "postgres" and palace.database("side").kind == "sqlite"
-    assert "memories_fts" in tables(palace.database("side"))
+    assert "memory_changes" in tables(palace.database("side"))
 
 
 @pytest.mark.postgres

@@ -496,10 +496,9 @@ def test_recall_falls_back_to_keywords_when_the_embedder_is_down(
     assert out["search_method"] == "keyword" and "cannot reach Ollama" in out["warning"]
 
 
-def test_keyword_candidates_are_the_best_ranked_that_pass_the_filter(palace: Palace) -> None:
-    """Whatever path a backend takes (ranking the index alone, or through the filter when the
-    filter drops most matches), the candidates are the full keyword ranking restricted to the
-    filter, cut at the cap."""
+def test_keyword_scores_are_the_best_ranked_that_pass_the_filter(palace: Palace) -> None:
+    """Keyword scores cover exactly the memories the filter allows, best first, cut at the
+    cap; statistics come from that set."""
     for i in range(40):
         words = " ".join(["harbor"] * (1 + i % 5))
         add(palace, f"{words} crane schedule {i}", project="ten" if i % 10 == 0 else "rest")
@@ -511,17 +510,55 @@ def test_keyword_candidates_are_the_best_ranked_that_pass_the_filter(palace: Pal
                 "WHERE id % 4 <> 0"
             )
         )
-    backend = db.backend
-    everything = [m for m, _ in backend.keyword_candidates(db, "harbor", Filters.make(), 1000)]
+    recall_cfg = palace.settings.recall
+
+    def scored(f: Filters, cap: int) -> list[int]:
+        cfg = recall_cfg.model_copy(update={"keyword_candidates": cap})
+        return [m for m, _ in db.backend.keyword_scores(db, "harbor", f, cfg, []).scored]
+
+    everything = scored(Filters.make(), 1000)
     assert len(everything) == 40
     mine = Filters.make(access=Access("me"))
     for f, cap in (
         (Filters.make(), 8),
         (Filters.make(project="ten"), 3),
         (Filters.make(), 40),
-        (mine, 4),  # visibility drops most of what the index ranks first
+        (mine, 4),  # visibility drops most of what ranks first
         (mine, 30),
     ):
-        allowed = {m for m, _ in backend.keyword_candidates(db, "harbor", f, 1000)}
-        got = [m for m, _ in backend.keyword_candidates(db, "harbor", f, cap)]
-        assert got == [m for m in everything if m in allowed][:cap], (f, cap)
+        allowed = set(scored(f, 1000))
+        assert (allowed <= set(everything) and len(allowed) < 40) or f == Filters.make()
+        assert scored(f, cap) == [m for m in everything if m in allowed][:cap], (f, cap)
+    # A word in every memory of the filter is worth little there, though rare elsewhere.
+    pilot = add(palace, "harbor pilot boarding", project="ten")
+    ten = db.backend.keyword_scores(db, "crane pilot", Filters.make(project="ten"), recall_cfg, [])
+    assert ten.scored[0][0] == pilot and ten.total == 5
+    assert all(cov < ten.scored[0][1] / 2 for _, cov in ten.scored[1:])
+
+
+def test_keyword_search_sees_other_processes_changes_and_forgets(
+    make_palace: Callable[..., Palace], db_url: str
+) -> None:
+    """Another process's edits and deletions reach this process's keyword search at once,
+    and a deleted memory's words leave this process's keyword index."""
+    mine, other = make_palace(db_url), make_palace(db_url)
+    mid = add(mine, "the zebra crossing near the quarry")
+    add(mine, "a quarry of granite")
+    assert [m for m, _ in recall(mine, "zebra", search="keyword")] == [mid]
+    other.call(
+        "memory_update",
+        {"memory_id": mid, "content": "the yak pasture near the quarry", "reason": "moved"},
+    )
+    assert recall(mine, "zebra", search="keyword") == []
+    assert [m for m, _ in recall(mine, "yak", search="keyword")] == [mid]
+    granite = recall(mine, "granite", search="keyword")[0][0]
+    other.call("memory_update", {"memory_id": granite, "keywords": ["kw777"], "reason": "tag"})
+    assert [m for m, _ in recall(mine, "kw777", search="keyword")] == [granite]
+    other.call("memory_forget", {"memory_ids": [mid], "dry_run": False})
+    assert recall(mine, "yak", search="keyword") == []
+    db = mine.database()
+    if db.backend.kind == "sqlite":
+        from memory_palace.db.sqlite_index import keyword_index
+
+        postings = keyword_index(db, mine.settings.recall.fields).m.postings
+        assert "yak" not in postings and "zebra" not in postings and "granit" in postings

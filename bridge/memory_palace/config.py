@@ -99,7 +99,7 @@ class Recall(_Strict):
 
     @property
     def fields(self) -> tuple[float, float, float]:
-        """(subject, content, keywords) weights, in lexical.Document's order."""
+        """(subject, content, keywords) weights, in search_text.memory_fields' order."""
         w = self.field_weights
         return (w.subject, w.content, w.keywords)
 

@@ -8,7 +8,8 @@ DDL generated from `tables.py`, and the codec dispatch by column kind.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,10 +20,20 @@ from sqlalchemy.engine import Connection
 from .tables import Column, Index, Table
 
 if TYPE_CHECKING:
+    from ..config import Recall
     from .engine import Database
     from .filters import Filters
 
 Hits = list[tuple[int, float]]
+
+
+@dataclass
+class KeywordHits:
+    """The best keyword matches among the memories a filter allows."""
+
+    scored: Hits  # (id, BM25 coverage), best first
+    total: int  # memories searched
+    holding: set[int]  # scored ids holding every term of one of the `whole` term lists
 
 
 class Backend(ABC):
@@ -169,21 +180,13 @@ class Backend(ABC):
 
     # -- search -----------------------------------------------------------------------------
     @abstractmethod
-    def keyword_candidates(
-        self, db: Database, query: str, f: Filters, cap: int
-    ) -> list[tuple[int, Any]]:
-        """(id, updated_at) of memories matching `f` that hold any word of `query`, the
-        full-text index's best first, at most `cap` (services score them; see lexical.py)."""
-
-    @abstractmethod
-    def word_counts(self, db: Database, words: list[str], f: Filters) -> dict[str, int]:
-        """How many memories matching `f` hold each word (for document frequencies when the
-        candidates were capped)."""
-
-    @abstractmethod
-    def count_estimate(self, db: Database, vector: tuple[str, int] | None, f: Filters) -> int:
-        """About how many memories match `f` (cheap: the vector index of (model, dim), or the
-        planner's estimate)."""
+    def keyword_scores(
+        self, db: Database, query: str, f: Filters, cfg: Recall, whole: Sequence[Sequence[str]]
+    ) -> KeywordHits:
+        """The `cfg.keyword_candidates` memories matching `f` with the best BM25 coverage for
+        `query` (search_text.bm25_coverage over subject, content and keywords weighted
+        `cfg.fields`, statistics of the memories `f` allows), and which of them hold every
+        term of one of the `whole` term lists (identifier candidates)."""
 
     @abstractmethod
     def vector_search(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,7 +19,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import QueuePool
 
-from ..config import Postgres
+from ..config import Postgres, Recall
 from ..errors import (
     BackendUnavailable,
     Conflict,
@@ -27,11 +29,12 @@ from ..errors import (
     PermissionDenied,
     TransactionAborted,
 )
-from .backend import Backend, Hits
+from .backend import Backend, Hits, KeywordHits
 from .filters import Filters, like_escape, where
+from .search_text import bm25_coverage, memory_fields, terms, weighted_terms
 from .tables import NOW
 from .urls import mask_url, pg_database_name, sqlalchemy_url
-from .values import as_utc
+from .values import as_utc, decode_strings
 
 if TYPE_CHECKING:
     from .engine import Database
@@ -418,9 +421,10 @@ class PostgresBackend(Backend):
         return f"{column} LIKE :{name} ESCAPE '\\'"
 
     # -- search -----------------------------------------------------------------------------
-    def keyword_candidates(
+    def _keyword_candidates(
         self, db: Database, query: str, f: Filters, cap: int
     ) -> list[tuple[int, Any]]:
+        """(id, updated_at) of memories matching `f` with any query word, ts_rank_cd first."""
         cond, params = where(db, f, "m")
         # websearch_to_tsquery ANDs the words (and drops stop words); OR them, so a memory
         # with any query word is a candidate. Built from the parsed query, never from text.
@@ -436,7 +440,8 @@ class PostgresBackend(Backend):
                 for r in conn.execute(text(sql_), {**params, "q": query, "k": cap})
             ]
 
-    def word_counts(self, db: Database, words: list[str], f: Filters) -> dict[str, int]:
+    @staticmethod
+    def _word_counts(db: Database, words: list[str], f: Filters) -> dict[str, int]:
         cond, params = where(db, f, "m")
         sql_ = text(
             "SELECT count(*) FROM memories m WHERE "
@@ -445,10 +450,63 @@ class PostgresBackend(Backend):
         with db.read() as conn:
             return {w: int(conn.execute(sql_, {**params, "w": w}).scalar()) for w in words}
 
-    def count_estimate(self, db: Database, vector: tuple[str, int] | None, f: Filters) -> int:
+    @staticmethod
+    def _documents(
+        db: Database, cfg: Recall, found: list[tuple[int, Any]]
+    ) -> dict[int, tuple[Counter[str], float]]:
+        """Weighted term counts and length of each candidate, cached by (id, updated_at)."""
+        cache: dict[tuple[int, Any], tuple[Counter[str], float]] = db.cache.setdefault(
+            ("documents", cfg.fields), {}
+        )
+        missing = [mid for mid, stamp in found if (mid, stamp) not in cache]
+        if missing:
+            stmt = text(
+                "SELECT id, updated_at, subject, content, keywords FROM memories "
+                "WHERE id = ANY(:ids)"
+            )
+            with db.read() as conn:
+                for r in conn.execute(stmt, {"ids": missing}):
+                    fields = memory_fields(r.subject, r.content, decode_strings(r.keywords))
+                    cache[(int(r.id), r.updated_at)] = weighted_terms(fields, cfg.fields)
+            if len(cache) > cfg.document_cache:
+                for key in list(cache)[: len(cache) - cfg.document_cache]:
+                    cache.pop(key, None)
+        return {mid: cache[(mid, stamp)] for mid, stamp in found if (mid, stamp) in cache}
+
+    def keyword_scores(
+        self, db: Database, query: str, f: Filters, cfg: Recall, whole: Sequence[Sequence[str]]
+    ) -> KeywordHits:
+        # The GIN index finds candidates; they are scored here with statistics of the filter:
+        # its size from the planner, and exact counts of the query's words when the
+        # candidates were capped (they then miss some holders of common words).
+        cap = cfg.keyword_candidates
+        found = self._keyword_candidates(db, query, f, cap + 1)
+        docs = self._documents(db, cfg, found[:cap])
         cond, params = where(db, f)
         with db.read() as conn:
-            return int(_estimate(conn, cond, params))
+            total = max(int(_estimate(conn, cond, params)), len(docs))
+        df: dict[str, int] = {}
+        if len(found) > cap:
+            raw = [w for w in dict.fromkeys(query.lower().split()) if terms(w)]
+            df = {terms(w)[0]: n for w, n in self._word_counts(db, raw, f).items()}
+        ids = list(docs)
+        lengths = np.array([docs[i][1] for i in ids], np.float64)
+        postings = []
+        for t in dict.fromkeys(terms(query)):
+            rows = [r for r, i in enumerate(ids) if t in docs[i][0]]
+            tf = np.array([docs[ids[r]][0][t] for r in rows], np.float64)
+            held = max(len(rows), df.get(t, 0)) if rows else 0
+            postings.append((np.array(rows, np.int64), tf, held))
+        avg = float(lengths.mean()) if len(ids) else 0.0
+        rows, coverage = bm25_coverage(cfg.bm25.k1, cfg.bm25.b, total, avg, lengths, postings)
+        scored = sorted(
+            ((ids[r], float(c)) for r, c in zip(rows, coverage, strict=True)),
+            key=lambda kv: (-kv[1], kv[0]),
+        )
+        holding = {
+            i for i, _ in scored if any(all(t in docs[i][0] for t in need) for need in whole)
+        }
+        return KeywordHits(scored, total, holding)
 
     def vector_search(
         self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters

@@ -24,7 +24,7 @@ from .tables import META, TABLES
 
 log = logging.getLogger("memory_palace.db")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_LOCK_KEY = 0x6D706C63  # "mplc": advisory lock id for schema changes
 
 Step = Callable[[Connection, Database], None]
@@ -37,6 +37,7 @@ def _backend_step(version: int) -> Step:
 # Non-additive changes, by the version they bring the schema to. Never edit an applied one.
 STEPS: list[tuple[int, Step]] = [
     (2, _backend_step(2)),  # SQLite: log visibility and expiry changes for the vector index
+    (3, _backend_step(3)),  # SQLite: keyword postings in process replace FTS5; log text changes
 ]
 
 

@@ -4,57 +4,48 @@ index (`sqlite_index.py`), FTS5 keyword search, polling instead of NOTIFY."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import orjson
-from sqlalchemy import bindparam, create_engine, event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 from ..errors import BackendUnavailable, ConfigError, InvalidParams, PermissionDenied
-from .backend import Backend, Hits
+from .backend import Backend, Hits, KeywordHits
 from .filters import Filters, where
-from .search_text import fts5_query
-from .sqlite_index import sqlite_index
+from .search_text import terms
+from .sqlite_index import keyword_index, sqlite_index
 from .tables import NOW
 from .urls import sqlite_path
 from .values import as_utc
 
 if TYPE_CHECKING:
+    from ..config import Recall
     from .engine import Database
 
 BUSY_TIMEOUT_MS = 30_000
 POOL = {"pool_size": 5, "max_overflow": 10}
 
-# Columns the in-process vector index holds: a change to any of them is logged for it.
+# Columns the in-process indexes hold: a change to any of them is logged for them.
 INDEXED_COLUMNS = (
     "embedding, embedding_model, is_archived, projects, memory_type, instance_id, "
-    "foundational, visibility, expires_at"
+    "foundational, visibility, expires_at, subject, content, keywords"
+)
+# Keyword search before schema 3: an FTS5 table and its triggers (the postings replaced them).
+FTS5_OBJECTS = (
+    "DROP TRIGGER IF EXISTS memories_fts_ai",
+    "DROP TRIGGER IF EXISTS memories_fts_ad",
+    "DROP TRIGGER IF EXISTS memories_fts_au",
+    "DROP TABLE IF EXISTS memories_fts",
 )
 
-# Keyword search: an external-content FTS5 table kept in sync by triggers; and a change log that
-# the in-process vector index of every process reads to see other processes' writes.
+# A change log that the in-process indexes (vectors, keyword postings) of every process read to
+# see other processes' writes.
 SEARCH_DDL = [
-    """CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
-        subject, content, keywords, content='memories', content_rowid='id',
-        tokenize='porter unicode61')""",
-    """CREATE TRIGGER IF NOT EXISTS memories_fts_ai AFTER INSERT ON memories BEGIN
-        INSERT INTO memories_fts(rowid, subject, content, keywords)
-        VALUES (new.id, new.subject, new.content, new.keywords);
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS memories_fts_ad AFTER DELETE ON memories BEGIN
-        INSERT INTO memories_fts(memories_fts, rowid, subject, content, keywords)
-        VALUES ('delete', old.id, old.subject, old.content, old.keywords);
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS memories_fts_au AFTER UPDATE OF subject, content, keywords
-        ON memories BEGIN
-        INSERT INTO memories_fts(memories_fts, rowid, subject, content, keywords)
-        VALUES ('delete', old.id, old.subject, old.content, old.keywords);
-        INSERT INTO memories_fts(rowid, subject, content, keywords)
-        VALUES (new.id, new.subject, new.content, new.keywords);
-    END""",
     """CREATE TABLE IF NOT EXISTS memory_changes (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, memory_id INTEGER NOT NULL)""",
     """CREATE TRIGGER IF NOT EXISTS memory_changes_ai AFTER INSERT ON memories BEGIN
@@ -69,9 +60,6 @@ SEARCH_DDL = [
     END""",
 ]
 
-# Keyword rank of a match: subject, content and keywords weighted 4 : 1 : 2.
-FTS_RANK = "bm25(memories_fts, 4.0, 1.0, 2.0)"
-WORD_COUNT_CACHE = 20_000  # (filter, word) counts kept between changes to `memories`
 
 # SQLite primary result codes (sqlite3.h) and what each means for the caller.
 _UNAVAILABLE = {
@@ -154,20 +142,24 @@ class SqliteBackend(Backend):
         return list(SEARCH_DDL)
 
     def upgrade(self, conn: Connection, version: int) -> None:
-        if version == 2:  # the vector index also holds visibility and expiry: log changes
+        # 2: the vector index also holds visibility and expiry; 3: the keyword index holds
+        # subject, content and keywords, and replaces FTS5. Log changes to what they hold.
+        if version in (2, 3):
             conn.exec_driver_sql("DROP TRIGGER IF EXISTS memory_changes_au")
             conn.exec_driver_sql(next(s for s in SEARCH_DDL if "memory_changes_au" in s))
+        if version == 3:
+            for stmt in FTS5_OBJECTS:
+                conn.exec_driver_sql(stmt)
 
     def existing_columns(self, conn: Connection, table: str) -> set[str]:
         return {r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
 
-    # -- forgetting for good: deleted text must not linger in free pages, FTS5 segments
-    # (a delete only adds a tombstone until segments merge) or the WAL.
+    # -- forgetting for good: deleted text must not linger in free pages or the WAL (nor in
+    # the in-process keyword index: sqlite_index purges a deleted memory's postings).
     def scrub_begin(self, conn: Connection) -> None:
         conn.exec_driver_sql("PRAGMA secure_delete = ON")  # zero freed cells and pages
 
     def scrub_end(self, conn: Connection) -> None:
-        conn.exec_driver_sql("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
         conn.exec_driver_sql("PRAGMA secure_delete = OFF")
 
     def scrub_after(self, db: Database) -> None:
@@ -221,106 +213,31 @@ class SqliteBackend(Backend):
         return f"{column} GLOB :{name}"
 
     # -- search -----------------------------------------------------------------------------
-    def keyword_candidates(
-        self, db: Database, query: str, f: Filters, cap: int
-    ) -> list[tuple[int, Any]]:
-        match = fts5_query(query)
-        if match is None:
-            return []
-        cond, params = where(db, f, "m")
-        # Without a narrowing filter, rank in the FTS index alone, then keep the ranked ids
-        # the filter allows: ranking through a join with `memories` costs 1.5x. When the
-        # filter (visibility) drops so many that fewer than `cap` of the over-fetched ids
-        # remain, or it narrows by design, rank through the join. Either way the result is
-        # the same: the `cap` best-ranked matches that pass the filter.
-        fetch = cap + cap // 4
-        with db.read() as conn:
-            if f.selective:
-                return self._ranked_through(conn, match, cond, params, cap)
-            ranked = [
-                int(r[0])
-                for r in conn.execute(
-                    text(
-                        f"SELECT rowid FROM memories_fts WHERE memories_fts MATCH :q "
-                        f"ORDER BY {FTS_RANK}, rowid LIMIT :k"
-                    ),
-                    {"q": match, "k": fetch},
-                )
-            ]
-            if not ranked:
-                return []
-            stmt = text(
-                f"SELECT m.id, m.updated_at FROM memories m WHERE m.id IN :ids AND {cond}"
-            ).bindparams(bindparam("ids", expanding=True))
-            allowed = dict(conn.execute(stmt, {**params, "ids": ranked}).all())
-            kept = [(i, allowed[i]) for i in ranked if i in allowed]
-            if len(ranked) < fetch or len(kept) >= cap:
-                return kept[:cap]
-            return self._ranked_through(conn, match, cond, params, cap)
-
     @staticmethod
-    def _ranked_through(
-        conn: Connection, match: str, cond: str, params: dict[str, Any], cap: int
-    ) -> list[tuple[int, Any]]:
-        sql = (
-            "SELECT m.id, m.updated_at FROM memories_fts JOIN memories m ON "
-            f"m.id = memories_fts.rowid WHERE memories_fts MATCH :q AND {cond} "
-            f"ORDER BY {FTS_RANK}, m.id LIMIT :k"
-        )
-        return [
-            (int(r[0]), r[1]) for r in conn.execute(text(sql), {**params, "q": match, "k": cap})
-        ]
-
-    def word_counts(self, db: Database, words: list[str], f: Filters) -> dict[str, int]:
-        """How many filtered memories hold each word. Counting a common word visits thousands
-        of rows, so counts are kept until the next change to `memories` (the change log's
-        sequence moves) for the same filter; the expiry clock alone does not drop them."""
-        cond, params = where(db, f, "m")
-        sql = text(
-            "SELECT count(*) FROM memories_fts JOIN memories m ON m.id = "
-            f"memories_fts.rowid WHERE memories_fts MATCH :q AND {cond}"
-        )
-        signature = (cond, tuple(sorted((k, str(v)) for k, v in params.items() if k != "f_now")))
+    def _allowed(db: Database, f: Filters) -> set[int] | None:
+        """The indexes hold no subjects nor event times: pre-select ids for those filters."""
+        if not (f.subject or f.since is not None or f.until is not None):
+            return None
+        cond, params = where(db, f)
         with db.read() as conn:
-            seq = conn.execute(text("SELECT coalesce(max(seq), 0) FROM memory_changes")).scalar()
-            known = db.cache.get("word_counts")
-            if known is None or known[0] != seq or len(known[1]) > WORD_COUNT_CACHE:
-                known = (seq, {})
-                db.cache["word_counts"] = known
-            counts = known[1]
-            out = {}
-            for w in words:
-                if '"' in w:
-                    continue
-                key = (signature, w)
-                if key not in counts:
-                    counts[key] = int(conn.execute(sql, {**params, "q": f'"{w}"'}).scalar())
-                out[w] = counts[key]
-            return out
+            return {
+                int(r[0])
+                for r in conn.execute(text(f"SELECT id FROM memories WHERE {cond}"), params)
+            }
 
-    def count_estimate(self, db: Database, vector: tuple[str, int] | None, f: Filters) -> int:
-        counted = sqlite_index(db, *vector).count(f) if vector else 0
-        if counted:
-            return counted
-        cond, params = where(db, f)  # nothing embedded yet: count the rows
-        with db.read() as conn:
-            return int(
-                conn.execute(text(f"SELECT count(*) FROM memories WHERE {cond}"), params).scalar()
-            )
+    def keyword_scores(
+        self, db: Database, query: str, f: Filters, cfg: Recall, whole: Sequence[Sequence[str]]
+    ) -> KeywordHits:
+        bm25 = (cfg.bm25.k1, cfg.bm25.b)
+        index = keyword_index(db, cfg.fields)
+        return index.search(
+            terms(query), f, self._allowed(db, f), bm25, cfg.keyword_candidates, whole
+        )
 
     def vector_search(
         self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
     ) -> Hits:
-        allowed = None
-        # The index holds no subjects nor event times: pre-select ids for those filters.
-        if f.subject or f.since is not None or f.until is not None:
-            cond, params = where(db, f)
-            with db.read() as conn:
-                allowed = {
-                    int(r[0])
-                    for r in conn.execute(text(f"SELECT id FROM memories WHERE {cond}"), params)
-                }
-        return sqlite_index(db, model, dim).search(q, k, f, allowed)
+        return sqlite_index(db, model, dim).search(q, k, f, self._allowed(db, f))
 
     def similarities(
         self, db: Database, model: str, dim: int, q: np.ndarray, ids: list[int]

@@ -1,39 +1,24 @@
-"""Keyword relevance computed here, identically for every backend: BM25 over subject, content
-and keywords with IDF from the memories a query is searched in (its filter), and exact matches
-of identifier-like tokens (OPS-4417, E2881, db-replica-18.fra.example.internal, KW200).
+"""Keyword relevance: BM25 coverage over subject, content and keywords with statistics of the
+memories a query is searched in (its filter), so a speaker's name that starts every turn of a
+conversation is worth ~0, and exact matches of identifier-like tokens (OPS-4417, E2881,
+db-replica-18.fra.example.internal, KW200).
 
-The backend's full-text index only finds the candidates (memories holding any query word);
-scoring happens here, so SQLite and PostgreSQL rank the same way and the statistics are those
-of the filtered set: a speaker's name that starts every turn of a conversation is worth ~0.
+Both backends score with the one formula in db/search_text.py (`bm25_coverage`): SQLite over
+every filtered memory from in-process postings (db/sqlite_index.py), PostgreSQL over the GIN
+index's best candidates (db/postgres.py). Identifiers are matched here.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
-from functools import lru_cache
 
-import Stemmer
-
-from ..db.search_text import STOP_WORDS, TOKEN_RE
+from ..db.search_text import memory_fields, terms
 
 #: A span joined by -_.:/@# (hostnames, ticket ids, paths, dates) or a word with a digit.
 ID_RE = re.compile(r"[A-Za-z0-9]+(?:[-_.:/@#][A-Za-z0-9]+)+|\w+")
 JOINERS = "-_.:/@#"
-_STEMMER = Stemmer.Stemmer("english")
-
-
-@lru_cache(maxsize=200_000)
-def stem(word: str) -> str:
-    return _STEMMER.stemWord(word)
-
-
-def terms(text: str) -> list[str]:
-    """Lowercased, stemmed words without stop words (the BM25 vocabulary)."""
-    return [stem(w) for w in (t.lower() for t in TOKEN_RE.findall(text)) if w not in STOP_WORDS]
+__all__ = ["identifier_match", "identifiers", "memory_text", "terms"]
 
 
 def identifiers(query: str) -> list[str]:
@@ -62,77 +47,6 @@ def identifier_match(ids: list[str], text: str) -> float:
     return found / len(ids)
 
 
-@dataclass(frozen=True)
-class Document:
-    """A memory as keyword search sees it: weighted term counts and length."""
-
-    counts: Counter[str]
-    length: float
-    text: str  # subject, content and keywords, for identifier matching
-
-    @classmethod
-    def make(
-        cls,
-        subject: str | None,
-        content: str,
-        keywords: Iterable[str] | None,
-        weights: tuple[float, float, float],
-    ) -> Document:
-        counts: Counter[str] = Counter()
-        length = 0.0
-        fields = (subject or "", content, " ".join(keywords or ()))
-        for text, weight in zip(fields, weights, strict=True):
-            toks = terms(text)
-            length += weight * len(toks)
-            for t in toks:
-                counts[t] += weight
-        return cls(counts, length, "\n".join(fields))
-
-
-@dataclass(frozen=True)
-class Bm25:
-    """BM25 parameters (Robertson/Lucene form)."""
-
-    k1: float = 1.2
-    b: float = 0.4
-
-    def score(
-        self,
-        query: list[str],
-        docs: dict[int, Document],
-        total: int,
-        df: dict[str, int] | None = None,
-    ) -> dict[int, float]:
-        """Coverage in [0, 1] per document: its BM25 over the most any document could score
-        for this query (every term, tf -> infinity), so scores mean the same across queries.
-
-        `total` is the number of memories searched (the filter's size); document frequencies
-        are counted in `docs`, which must hold every searched memory that has a query term,
-        unless `df` gives them (when the candidates were capped).
-        """
-        unique = list(dict.fromkeys(query))
-        if not docs or not unique:
-            return {}
-        avg = sum(d.length for d in docs.values()) / len(docs) or 1.0
-        n = max(total, len(docs))
-        idf = {}
-        for t in unique:
-            seen = sum(1 for d in docs.values() if t in d.counts)
-            count = max(seen, (df or {}).get(t, 0))
-            if seen:
-                n = max(n, count)
-                idf[t] = math.log(1 + (n - count + 0.5) / (count + 0.5))
-        best = sum(idf.values()) * (self.k1 + 1)
-        if best <= 0:
-            return {}
-        out = {}
-        for mid, d in docs.items():
-            norm = self.k1 * (1 - self.b + self.b * d.length / avg)
-            s = sum(
-                w * d.counts[t] * (self.k1 + 1) / (d.counts[t] + norm)
-                for t, w in idf.items()
-                if t in d.counts
-            )
-            if s > 0:
-                out[mid] = s / best
-        return out
+def memory_text(subject: str | None, content: str, keywords: Iterable[str] | None) -> str:
+    """What identifier matching reads: subject, content and keywords."""
+    return "\n".join(memory_fields(subject, content, keywords))

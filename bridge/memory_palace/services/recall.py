@@ -131,57 +131,31 @@ def _query_vector(
         )
 
 
-def _documents(
-    db: Database, cfg: RecallConfig, found: list[tuple[int, Any]]
-) -> dict[int, lexical.Document]:
-    """Keyword view of each candidate, cached per database by (id, updated_at)."""
-    cache: dict[tuple[int, Any], lexical.Document] = db.cache.setdefault(
-        ("lexical", cfg.fields), {}
+def _texts(db: Database, ids: set[int]) -> dict[int, str]:
+    """Subject, content and keywords of memories, for identifier matching."""
+    if not ids:
+        return {}
+    stmt = text("SELECT id, subject, content, keywords FROM memories WHERE id IN :ids").bindparams(
+        bindparam("ids", expanding=True)
     )
-    missing = [mid for mid, stamp in found if (mid, stamp) not in cache]
-    if missing:
-        stmt = text(
-            "SELECT id, updated_at, subject, content, keywords FROM memories WHERE id IN :ids"
-        ).bindparams(bindparam("ids", expanding=True))
-        with db.read() as conn:
-            for r in conn.execute(stmt, {"ids": missing}):
-                cache[(int(r.id), r.updated_at)] = lexical.Document.make(
-                    r.subject, r.content, decode_strings(r.keywords), cfg.fields
-                )
-        if len(cache) > cfg.document_cache:
-            for key in list(cache)[: len(cache) - cfg.document_cache]:
-                cache.pop(key, None)
-    return {mid: cache[(mid, stamp)] for mid, stamp in found if (mid, stamp) in cache}
+    with db.read() as conn:
+        return {
+            int(r.id): lexical.memory_text(r.subject, r.content, decode_strings(r.keywords))
+            for r in conn.execute(stmt, {"ids": list(ids)})
+        }
 
 
-def _keyword_leg(
-    db: Database, embedder: Embedder, cfg: RecallConfig, query: str, f: Filters, out: Found
-) -> None:
-    found = db.backend.keyword_candidates(db, query, f, cfg.keyword_candidates + 1)
-    capped = len(found) > cfg.keyword_candidates
-    docs = _documents(db, cfg, found[: cfg.keyword_candidates])
-    words = lexical.terms(query)
-    # The vector index counts the filtered memories for free; without a working embedder the
-    # backend counts rows instead (its dimension may be unknown then).
-    vector = (embedder.id, embedder.dim) if out.embedded_query else None
-    total = db.backend.count_estimate(db, vector, f)
-    df = None
-    if capped:  # the candidates miss some memories with common words: count those exactly
-        raw = [w for w in dict.fromkeys(query.lower().split()) if lexical.terms(w)]
-        df = {lexical.terms(w)[0]: n for w, n in db.backend.word_counts(db, raw, f).items()}
-    bm25 = lexical.Bm25(cfg.bm25.k1, cfg.bm25.b)
-    coverage = bm25.score(words, docs, total, df)
+def _keyword_leg(db: Database, cfg: RecallConfig, query: str, f: Filters, out: Found) -> None:
     ids = lexical.identifiers(query)
-    ranked = sorted(coverage.items(), key=lambda kv: -kv[1])
-    for position, (mid, cov) in enumerate(ranked, start=1):
+    hits = db.backend.keyword_scores(db, query, f, cfg, [lexical.terms(i) for i in ids])
+    for position, (mid, cov) in enumerate(hits.scored, start=1):
         c = out.get(mid)
         c.keyword_rank, c.coverage = position, cov
-    if ids:
-        for mid, doc in docs.items():
-            match = lexical.identifier_match(ids, doc.text)
-            if match:
-                out.get(mid).identifier = match
-    out.keyword_hits = len(ranked)
+    for mid, body in _texts(db, hits.holding).items() if ids else ():
+        match = lexical.identifier_match(ids, body)
+        if match:
+            out.get(mid).identifier = match
+    out.keyword_hits = len(hits.scored)
 
 
 def gather(
@@ -206,7 +180,7 @@ def gather(
             c.vector_rank, c.cosine = position, cos
         out.vector_hits = len(hits)
     if search != "vector":
-        _keyword_leg(db, embedder, cfg, query, f, out)
+        _keyword_leg(db, cfg, query, f, out)
         if qvec is not None:  # keyword-only candidates get their cosine from stored vectors
             missing = [m for m, c in out.candidates.items() if c.cosine is None]
             for mid, cos in vectors.similarities(db, embedder, qvec, missing).items():
