@@ -241,6 +241,37 @@ def test_repeated_recalls_do_not_change_other_rankings(palace: Palace) -> None:
     assert {q: recall(palace, q, limit=10) for q in queries} == before
 
 
+def test_a_short_recall_is_the_head_of_a_long_one(palace: Palace) -> None:
+    """The vector leg fetches only `limit` hits (recall.vector_depth): what it leaves out
+    could not have ranked in the top `limit` anyway, so a recall of 5 is the first 5 of a
+    recall of 60, in every search mode and under a filter. Four words of ten make many
+    memories alike (equal cosines): ties go by id in every leg."""
+    rng = np.random.default_rng(3)
+    words = [
+        "harbor",
+        "crane",
+        "schedule",
+        "pilot",
+        "tide",
+        "cargo",
+        "berth",
+        "manifest",
+        "customs",
+        "ledger",
+    ]
+    for i in range(120):
+        text_ = " ".join(rng.choice(words, size=4)) + f" note {i}"
+        add(palace, text_, project="odd" if i % 2 else "even")
+
+    def ranked(query: str, limit: int, **extra: Any) -> list[tuple[int, float]]:
+        params = {"query": query, "include_graph": False, "limit": limit, **extra}
+        return [(m["id"], m["score"]) for m in palace.call("memory_recall", params)["memories"]]
+
+    for query in ("pilot tide", "customs ledger cargo", "note 17", "an unrelated question"):
+        for extra in ({}, {"project": "odd"}, {"search": "vector"}):
+            assert ranked(query, 5, **extra) == ranked(query, 60, **extra)[:5], (query, extra)
+
+
 def test_search_modes(palace: Palace) -> None:
     err = add(palace, "clients log ERR_CONN_RESET when the proxy restarts")
     cat = add(palace, "the cat sleeps on the warm windowsill")
@@ -415,6 +446,35 @@ def test_filtered_hnsw_recall_fills_the_limit(
     if path == "fallback":  # ef_search too small to fill: the exact scan must take over
         monkeypatch.setattr(postgres, "OVERFETCH", 0.2)
     check_filtered_recall(bulk)
+
+
+@pytest.mark.parametrize("bulk", [POSTGRES], indirect=True)
+def test_hnsw_may_return_fewer_than_wanted_but_never_fewer_than_needed(
+    bulk: Bulk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a filter, HNSW (pgvector < 0.8) keeps what its largest ef_search leaves: fewer
+    than the k wanted is accepted when it holds the `need`ed rows, instead of an exact scan."""
+    monkeypatch.setattr(postgres, "EXACT_SCAN_ROWS", 0)
+    monkeypatch.setattr(postgres, "EF_MAX", 300)  # leaves ~30 of the 10 % filter
+    db, vecs, id_of = bulk.palace.database(), bulk.vecs, bulk.id_of
+    ten = np.array([i for i in range(BULK_ROWS) if i % 10 == 0])
+    rng = np.random.default_rng(2)
+    with db.read() as conn:  # the searches below share this connection
+        # at 6,000 rows the planner would rather scan the filter's rows than the HNSW index
+        conn.exec_driver_sql("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        try:
+            for _ in range(3):
+                q = vecs[rng.integers(0, BULK_ROWS)] + 0.3 * rng.normal(size=384)
+                q = (q / np.linalg.norm(q)).astype(np.float32)
+                f = Filters.make(project="ten")
+                some = db.backend.vector_search(db, MODEL, 384, q, 100, f, need=20)
+                assert 20 <= len(some) < 100
+                want = {id_of[int(i)] for i in ten[np.argsort(-(vecs[ten] @ q))[:20]]}
+                assert len(want & {h for h, _ in some[:20]}) >= 14  # approximate, ef 300
+                full = db.backend.vector_search(db, MODEL, 384, q, 100, f)  # need = k
+                assert len(full) == 100
+        finally:
+            conn.exec_driver_sql("RESET enable_seqscan; RESET enable_bitmapscan")
 
 
 def check_filtered_recall(bulk: Bulk) -> None:

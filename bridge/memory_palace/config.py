@@ -91,6 +91,8 @@ class Recall(_Strict):
     half_life_days: float = Field(30.0, gt=0, le=36500)  # of the recency weight
     bm25: Bm25Params = Bm25Params()
     field_weights: FieldWeights = FieldWeights()
+    # vector hits per recall when access, centrality or recency weigh in (else the limit is
+    # enough: services/recall.py vector_depth)
     candidates: int = Field(100, ge=1, le=1000)
     keyword_candidates: int = Field(500, ge=10, le=10_000)
     document_cache: int = Field(50_000, ge=0, le=10_000_000)

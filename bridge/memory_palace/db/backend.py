@@ -190,9 +190,18 @@ class Backend(ABC):
 
     @abstractmethod
     def vector_search(
-        self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
+        self,
+        db: Database,
+        model: str,
+        dim: int,
+        q: np.ndarray,
+        k: int,
+        f: Filters,
+        need: int | None = None,
     ) -> Hits:
-        """Top-k (id, cosine similarity) among memories embedded by `model` matching `f`."""
+        """Top-k (id, cosine similarity) among memories embedded by `model` matching `f`.
+        With `need` < k an approximate index may return fewer than k, never fewer than
+        `need` (when that many match)."""
 
     @abstractmethod
     def similarities(

@@ -509,7 +509,14 @@ class PostgresBackend(Backend):
         return KeywordHits(scored, total, holding)
 
     def vector_search(
-        self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
+        self,
+        db: Database,
+        model: str,
+        dim: int,
+        q: np.ndarray,
+        k: int,
+        f: Filters,
+        need: int | None = None,
     ) -> Hits:
         cond, params = where(db, f)
         cond += " AND embedding IS NOT NULL AND embedding_model = :model"
@@ -517,7 +524,7 @@ class PostgresBackend(Backend):
         qv = self.bind("vector", "q")
         exact = (
             f"SELECT id, 1 - d AS sim FROM (SELECT id, embedding <=> {qv} AS d FROM "
-            f"memories WHERE {cond} OFFSET 0) s ORDER BY d LIMIT :k"
+            f"memories WHERE {cond} OFFSET 0) s ORDER BY d, id LIMIT :k"
         )
         ann = (
             f"SELECT id, 1 - (embedding <=> {qv}) AS sim FROM memories WHERE {cond} "
@@ -531,11 +538,15 @@ class PostgresBackend(Backend):
             total = _estimate(conn, "true", {})
             matching = _estimate(conn, cond, params) if f.selective else total
             iterative = pg_iterative(db.facts.get("pgvector_version"))
+            need = min(need or k, k)
             ef = pg_ef_search(k, matching, total)
             # Without iterative scans (pgvector < 0.8) HNSW returns at most ef_search candidates
-            # before the filter: when even the largest ef cannot fill k, the exact scan is
-            # cheaper than an ANN pass that is bound to fall back to it.
-            if matching <= EXACT_SCAN_ROWS or (ef is None and not iterative):
+            # before the filter: when even the largest ef cannot return `need`, the exact scan
+            # is cheaper than an ANN pass that is bound to fall back to it. When it can, the
+            # ANN pass runs at the largest ef and may return fewer than k (but >= need).
+            if matching <= EXACT_SCAN_ROWS or (
+                pg_ef_search(need, matching, total) is None and not iterative
+            ):
                 return run(conn, exact)
             # SET LOCAL needs a transaction: on this autocommit connection, statements sent in
             # one query string run as one implicit transaction.
@@ -543,7 +554,7 @@ class PostgresBackend(Backend):
             if iterative:
                 settings += "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true); "
             hits = run(conn, settings + ann)
-            if len(hits) < k:  # post-filtering dropped rows: an exact scan fills the limit
+            if len(hits) < need:  # post-filtering dropped rows: an exact scan fills the limit
                 hits = run(conn, exact)
             hits.sort(key=lambda h: -h[1])
             return hits

@@ -235,8 +235,15 @@ class SqliteBackend(Backend):
         )
 
     def vector_search(
-        self, db: Database, model: str, dim: int, q: np.ndarray, k: int, f: Filters
-    ) -> Hits:
+        self,
+        db: Database,
+        model: str,
+        dim: int,
+        q: np.ndarray,
+        k: int,
+        f: Filters,
+        need: int | None = None,
+    ) -> Hits:  # exact: always k
         return sqlite_index(db, model, dim).search(q, k, f, self._allowed(db, f))
 
     def similarities(

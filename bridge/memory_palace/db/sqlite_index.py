@@ -280,8 +280,11 @@ class SqliteVectorIndex(_ChangeFed):
             else:
                 scores = np.einsum("ij,j->i", m.vecs[: m.n], q)[rows]
             k = min(k, count)
-            top = np.argpartition(-scores, k - 1)[:k] if k < count else np.arange(count)
-            top = top[np.argsort(-scores[top], kind="stable")]
+            top = np.arange(count)
+            if k < count:  # the k best, and every tie of the k-th: ties go by id below
+                kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+                top = np.flatnonzero(scores >= kth)
+            top = top[np.lexsort((m.ids[rows[top]], -scores[top]))][:k]
             return [(int(m.ids[rows[i]]), float(scores[i])) for i in top]
 
     def similarities(self, q: np.ndarray, ids: list[int]) -> dict[int, float]:
@@ -290,7 +293,8 @@ class SqliteVectorIndex(_ChangeFed):
             rows = [(i, m.row_of[i]) for i in ids if i in m.row_of and m.valid[m.row_of[i]]]
             if not rows:
                 return {}
-            sims = m.vecs[[r for _, r in rows]] @ np.asarray(q, np.float32)
+            # the same einsum as search(): a memory's cosine does not depend on the leg
+            sims = np.einsum("ij,j->i", m.vecs[[r for _, r in rows]], np.asarray(q, np.float32))
             return {i: float(v) for (i, _), v in zip(rows, sims, strict=False)}
 
     def pairwise_max(

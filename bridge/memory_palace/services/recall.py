@@ -4,7 +4,8 @@
     score     = weights.similarity * relevance + weights.access * access
                 + weights.centrality * centrality + weights.recency * recency
 
-- cosine: the query's similarity to the memory's vector (top `candidates` by the vector index);
+- cosine: the query's similarity to the memory's vector (the vector index's top `limit` hits,
+  see vector_depth, and every keyword candidate);
 - keyword: coverage above keyword_threshold, rescaled to [0, 1]. Coverage is BM25 over the
   filtered memories divided by the most any memory could score for the query (lexical.py), so
   a keyword match counts the same in every query, and a leg that found nothing adds nothing
@@ -158,23 +159,39 @@ def _keyword_leg(db: Database, cfg: RecallConfig, query: str, f: Filters, out: F
     out.keyword_hits = len(hits.scored)
 
 
+def vector_depth(settings: Settings, limit: int) -> int:
+    """How many vector hits a recall of `limit` results needs. The score grows with the
+    cosine plus non-negative keyword terms, and the keyword leg brings every memory it
+    matches with its cosine, so a memory past the `limit`-th vector hit that the keyword leg
+    did not find scores below all of those hits: `limit` hits are enough. Access,
+    centrality and recency weights can lift deeper hits: then `recall.candidates`."""
+    w = settings.weights
+    if w["access"] or w["centrality"] or w.get("recency"):
+        return max(settings.recall.candidates, limit)
+    return limit
+
+
 def gather(
     db: Database,
     embedder: Embedder,
-    cfg: RecallConfig,
+    settings: Settings,
     query: str,
     f: Filters,
     search: str,
     limit: int,
 ) -> Found:
     """Candidates from the legs `search` asks for, with every signal filled in."""
+    cfg = settings.recall
     out = Found()
     qvec = None
     if search != "keyword":
         qvec, out.warning = _query_vector(db, embedder, query)
     if qvec is not None:
         out.embedded_query = True
-        hits = vectors.search(db, embedder, qvec, max(cfg.candidates, limit), f)
+        # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is
+        # fine as long as it fills the limit: no exact scan then
+        depth = vector_depth(settings, limit)
+        hits = vectors.search(db, embedder, qvec, depth, f, need=limit)
         for position, (mid, cos) in enumerate(hits, start=1):
             c = out.get(mid)
             c.vector_rank, c.cosine = position, cos
@@ -343,7 +360,7 @@ def recall(
         until=end,
     )
     with db.read():  # every read below shares this one pooled connection
-        found = gather(db, embedder, settings.recall, query, f, search, limit)
+        found = gather(db, embedder, settings, query, f, search, limit)
         top = rank(db, settings, embedder, found, search)[:limit]
         rows = fetch(db, [c.id for c in top])
         memories = []

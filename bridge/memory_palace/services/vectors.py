@@ -16,9 +16,12 @@ from ..embeddings import Embedder
 from ..errors import Conflict
 
 
-def search(db: Database, embedder: Embedder, q: np.ndarray, k: int, f: Filters) -> Hits:
-    """Top-k (id, cosine similarity) among memories embedded by `embedder` matching `f`."""
-    return db.backend.vector_search(db, embedder.id, embedder.dim, q, k, f)
+def search(
+    db: Database, embedder: Embedder, q: np.ndarray, k: int, f: Filters, need: int | None = None
+) -> Hits:
+    """Top-k (id, cosine similarity) among memories embedded by `embedder` matching `f`; at
+    least `need` (default k) of them when that many match (Backend.vector_search)."""
+    return db.backend.vector_search(db, embedder.id, embedder.dim, q, k, f, need)
 
 
 def similarities(
