@@ -177,6 +177,16 @@ class _Matrix(_Rows):
             self.vecs[r] = 0.0
 
 
+def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest scores, best first; ties go by id (so a shorter search
+    returns the head of a longer one)."""
+    top = np.arange(len(scores))
+    if k < len(scores):
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        top = np.flatnonzero(scores >= kth)
+    return top[np.lexsort((ids[top], -scores[top]))][:k]
+
+
 class _ChangeFed:
     """A per-process cache of rows of `memories`, kept fresh through the `memory_changes` log:
     each call reads the log's newest sequence, then reloads only the memories changed since."""
@@ -279,12 +289,7 @@ class SqliteVectorIndex(_ChangeFed):
                 scores = np.einsum("ij,j->i", m.vecs[rows], q)
             else:
                 scores = np.einsum("ij,j->i", m.vecs[: m.n], q)[rows]
-            k = min(k, count)
-            top = np.arange(count)
-            if k < count:  # the k best, and every tie of the k-th: ties go by id below
-                kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
-                top = np.flatnonzero(scores >= kth)
-            top = top[np.lexsort((m.ids[rows[top]], -scores[top]))][:k]
+            top = _best(scores, m.ids[rows], k)
             return [(int(m.ids[rows[i]]), float(scores[i])) for i in top]
 
     def similarities(self, q: np.ndarray, ids: list[int]) -> dict[int, float]:
@@ -409,11 +414,8 @@ class SqliteKeywordIndex(_ChangeFed):
                 postings.append((rows[keep], tf[keep], int(keep.sum())))
             avg = float(m.lengths[: m.n][mask].mean())
             rows, coverage = bm25_coverage(*bm25, total, avg, m.lengths, postings)
-            if len(rows) > cap:
-                top = np.argpartition(-coverage, cap - 1)[:cap]
-                rows, coverage = rows[top], coverage[top]
-            order = np.lexsort((m.ids[rows], -coverage))
-            rows, coverage = rows[order], coverage[order]
+            top = _best(coverage, m.ids[rows], cap)
+            rows, coverage = rows[top], coverage[top]
             holding: set[int] = set()
             for needed in whole:
                 has = np.ones(len(rows), bool)

@@ -159,6 +159,15 @@ def _keyword_leg(db: Database, cfg: RecallConfig, query: str, f: Filters, out: F
     out.keyword_hits = len(hits.scored)
 
 
+def keyword_scale(cfg: RecallConfig, embedder: Embedder) -> tuple[float, float]:
+    """(keyword_weight, keyword_threshold): configured, else chosen by the embedder kind."""
+    weight, floor = KEYWORD_DEFAULTS[bool(getattr(embedder, "semantic", True))]
+    return (
+        weight if cfg.keyword_weight is None else cfg.keyword_weight,
+        floor if cfg.keyword_threshold is None else cfg.keyword_threshold,
+    )
+
+
 def vector_depth(settings: Settings, limit: int) -> int:
     """How many vector hits a recall of `limit` results needs. The score grows with the
     cosine plus non-negative keyword terms, and the keyword leg brings every memory it
@@ -182,6 +191,7 @@ def gather(
 ) -> Found:
     """Candidates from the legs `search` asks for, with every signal filled in."""
     cfg = settings.recall
+    depth = vector_depth(settings, limit)
     out = Found()
     qvec = None
     if search != "keyword":
@@ -190,7 +200,6 @@ def gather(
         out.embedded_query = True
         # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is
         # fine as long as it fills the limit: no exact scan then
-        depth = vector_depth(settings, limit)
         hits = vectors.search(db, embedder, qvec, depth, f, need=limit)
         for position, (mid, cos) in enumerate(hits, start=1):
             c = out.get(mid)
@@ -200,6 +209,16 @@ def gather(
         _keyword_leg(db, cfg, query, f, out)
         if qvec is not None:  # keyword-only candidates get their cosine from stored vectors
             missing = [m for m, c in out.candidates.items() if c.cosine is None]
+            if out.vector_hits >= depth == limit:
+                # A keyword candidate below the threshold adds nothing to its cosine, and its
+                # cosine is below the limit-th vector hit's (else the leg had found it): it
+                # cannot rank, so it is neither scored nor kept.
+                floor = keyword_scale(cfg, embedder)[1]
+                for mid in missing:
+                    c = out.candidates[mid]
+                    if c.coverage <= floor and not c.identifier:
+                        del out.candidates[mid]
+                missing = [m for m in missing if m in out.candidates]
             for mid, cos in vectors.similarities(db, embedder, qvec, missing).items():
                 out.candidates[mid].cosine = cos
     return out
@@ -252,9 +271,7 @@ def rank(
 ) -> list[Candidate]:
     """Score every candidate (see the module docstring), best first."""
     cfg, w = settings.recall, settings.weights
-    weight, floor = KEYWORD_DEFAULTS[bool(getattr(embedder, "semantic", True))]
-    weight = weight if cfg.keyword_weight is None else cfg.keyword_weight
-    floor = floor if cfg.keyword_threshold is None else cfg.keyword_threshold
+    weight, floor = keyword_scale(cfg, embedder)
     pool = list(found.candidates.values())
     if w["access"] or w["centrality"]:
         pop = _popularity(db, [c.id for c in pool])
