@@ -1,5 +1,5 @@
-"""The SQLite adapter: JSON-text arrays, float32 BLOB vectors searched by an in-process numpy
-index (`sqlite_index.py`), FTS5 keyword search, polling instead of NOTIFY."""
+"""The SQLite adapter: JSON-text arrays, float32 BLOB vectors and BM25 keyword postings searched
+in process (`sqlite_index.py`, fed by a change log), polling instead of NOTIFY."""
 
 from __future__ import annotations
 
