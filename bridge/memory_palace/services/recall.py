@@ -134,16 +134,10 @@ def _query_vector(
 
 def _texts(db: Database, ids: set[int]) -> dict[int, str]:
     """Subject, content and keywords of memories, for identifier matching."""
-    if not ids:
-        return {}
-    stmt = text("SELECT id, subject, content, keywords FROM memories WHERE id IN :ids").bindparams(
-        bindparam("ids", expanding=True)
-    )
-    with db.read() as conn:
-        return {
-            int(r.id): lexical.memory_text(r.subject, r.content, decode_strings(r.keywords))
-            for r in conn.execute(stmt, {"ids": list(ids)})
-        }
+    return {
+        mid: lexical.memory_text(r.subject, r.content, decode_strings(r.keywords))
+        for mid, r in fetch(db, list(ids)).items()
+    }
 
 
 def _keyword_leg(db: Database, cfg: RecallConfig, query: str, f: Filters, out: Found) -> None:
