@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -427,19 +427,18 @@ class SqliteKeywordIndex(_ChangeFed):
             return KeywordHits(scored, total, holding)
 
 
-def keyword_index(db: Database, weights: tuple[float, float, float]) -> SqliteKeywordIndex:
+def _shared(db: Database, key: tuple[Any, ...], make: Callable[[], _ChangeFed]) -> Any:
+    """The index of `db` under `key`, made once per database and process."""
     with db.lock:
-        key = ("keyword_index", weights)
         index = db.cache.get(key)
         if index is None:
-            index = db.cache[key] = SqliteKeywordIndex(db, weights)
+            index = db.cache[key] = make()
         return index
+
+
+def keyword_index(db: Database, weights: tuple[float, float, float]) -> SqliteKeywordIndex:
+    return _shared(db, ("keyword_index", weights), lambda: SqliteKeywordIndex(db, weights))
 
 
 def sqlite_index(db: Database, model: str, dim: int) -> SqliteVectorIndex:
-    with db.lock:
-        key = ("vector_index", model)
-        index = db.cache.get(key)
-        if index is None:
-            index = db.cache[key] = SqliteVectorIndex(db, model, dim)
-        return index
+    return _shared(db, ("vector_index", model), lambda: SqliteVectorIndex(db, model, dim))
