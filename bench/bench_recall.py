@@ -561,6 +561,8 @@ class StageTimer:
     def take(self, total: float) -> dict[str, float]:
         s = dict(self.now)
         s.setdefault("kw_leg", 0.0)
+        # identifier texts are read through memories.fetch too: count them once, in the leg
+        s["cards"] = s.get("cards", 0.0) - s.get("kw_text", 0.0)
         inner = sum(s.get(k, 0.0) for k in ("kw_index", "kw_text"))
         s["kw_rest"] = s["kw_leg"] - inner
         outer = sum(
