@@ -130,10 +130,20 @@ describe("BridgeClient with the real bridge", () => {
     const sent = (await client.call("message", { action: "send", from_instance: "a", to_instance: "b", content: "x" }, { timeoutMs: 20_000 })) as { id: number };
     await until(() => events.some((e) => e.event === "new_message" && e.data.message_id === sent.id), 10_000, "the wake");
     const pid = client.pid as number;
-    process.kill(pid, "SIGSTOP");
-    // As if the bridge died after writing the wake but before committing its claim.
-    const db = `import sqlite3; c = sqlite3.connect(${JSON.stringify(join(dataDir, "memories.db"))})`;
-    execFileSync(PYTHON, ["-c", `${db}; c.execute("DELETE FROM message_deliveries"); c.commit()`]);
+    // As if the bridge died after writing the wake but before committing its claim. SIGSTOP can
+    // freeze it inside a write transaction (its periodic ack sweep): then let it run and retry.
+    const db = `import sqlite3; c = sqlite3.connect(${JSON.stringify(join(dataDir, "memories.db"))}, timeout=0.2)`;
+    for (let attempt = 1; ; attempt++) {
+      process.kill(pid, "SIGSTOP");
+      try {
+        execFileSync(PYTHON, ["-c", `${db}; c.execute("DELETE FROM message_deliveries"); c.commit()`], { stdio: "pipe" });
+        break;
+      } catch (error) {
+        if (attempt >= 20) throw error;
+        process.kill(pid, "SIGCONT");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
     process.kill(pid, "SIGKILL");
     await until(() => client.pid !== undefined && client.pid !== pid && client.state === "ready", 20_000, "the next bridge");
     const end = Date.now() + 10_000;
