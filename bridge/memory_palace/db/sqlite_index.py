@@ -47,6 +47,8 @@ class _Rows:
     by_instance: dict[str | None, set[int]] = field(default_factory=dict)
     by_type: dict[str | None, set[int]] = field(default_factory=dict)
     by_visibility: dict[str, set[int]] = field(default_factory=dict)
+    #: (index name, key) -> its rows as an array, built on first use; emptied by any change
+    arrays: dict[tuple[str, Any], np.ndarray] = field(default_factory=dict)
     seq: int = 0
 
     @staticmethod
@@ -84,6 +86,7 @@ class _Rows:
     def place(self, row: Any) -> int:
         """The row of memory `row.id` (a new one if it has none) with its filter columns set."""
         mid = int(row.id)
+        self.arrays.clear()
         r = self.row_of.get(mid)
         if r is None:
             r = self.row_of[mid] = self._new_row()
@@ -111,12 +114,14 @@ class _Rows:
         if r is not None:
             self.valid[r] = False
 
-    def _rows(self, index: dict[Any, set[int]], keys: list[Any]) -> np.ndarray:
+    def _rows(self, index: str, keys: list[Any]) -> np.ndarray:
         mask = np.zeros(self.n, bool)
         for k in keys:
-            rows = index.get(k)
-            if rows:
-                mask[np.fromiter(rows, np.int64, len(rows))] = True
+            rows = self.arrays.get((index, k))
+            if rows is None:
+                held = getattr(self, index).get(k, ())
+                rows = self.arrays[index, k] = np.fromiter(held, np.int64, len(held))
+            mask[rows] = True
         return mask
 
     def mask(self, f: Filters, allowed_ids: set[int] | None) -> np.ndarray:
@@ -126,22 +131,20 @@ class _Rows:
         if f.foundational_only:
             m &= self.foundational[: self.n]
         if f.instance_id:
-            m &= self._rows(self.by_instance, [f.instance_id])
+            m &= self._rows("by_instance", [f.instance_id])
         if f.projects is not None:
-            m &= self._rows(self.by_project, list(f.projects))
+            m &= self._rows("by_project", list(f.projects))
         if f.memory_type:
             if "*" in f.memory_type:
                 match = type_matcher(f.memory_type)
                 keys = [t for t in self.by_type if t is not None and match(t)]
             else:
                 keys = [f.memory_type]
-            m &= self._rows(self.by_type, keys)
+            m &= self._rows("by_type", keys)
         if f.access is not None:
             a = f.access
-            seen = self._rows(self.by_visibility, [SHARED, *a.scopes])
-            seen |= self._rows(self.by_visibility, [PRIVATE]) & self._rows(
-                self.by_instance, [a.viewer]
-            )
+            seen = self._rows("by_visibility", [SHARED, *a.scopes])
+            seen |= self._rows("by_visibility", [PRIVATE]) & self._rows("by_instance", [a.viewer])
             m &= seen
         if not f.include_expired:
             m &= self.expires[: self.n] > time.time()
