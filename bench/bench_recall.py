@@ -57,8 +57,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recall_data as rd
 from memory_palace import Palace, load_settings
 from memory_palace.db.engine import Database, dispose_engines
+from memory_palace.db.filters import Filters
+from memory_palace.db.filters import where as filter_where
 from memory_palace.db.postgres import pg_connect
+from memory_palace.db.search_text import bm25_coverage, memory_fields, weighted_terms
+from memory_palace.db.search_text import terms as search_terms
 from memory_palace.db.urls import sqlite_path
+from memory_palace.db.values import decode_strings
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -651,6 +656,111 @@ def print_split(backend: str, n: int, split: dict[str, list[dict[str, float]]], 
     print(f"  {loads}")
 
 
+# --- keyword agreement ------------------------------------------------------------------------
+
+
+class ExactBm25:
+    """BM25 coverage (search_text.bm25_coverage) of every memory a filter allows, in Python:
+    what the keyword leg computes when nothing caps its candidates."""
+
+    def __init__(self, db: Database, fields: tuple[float, float, float]) -> None:
+        ids, lengths, projects, postings = [], [], [], defaultdict(list)
+        with db.read() as conn:
+            rows = conn.execute(
+                text("SELECT id, subject, content, keywords, projects FROM memories ORDER BY id")
+            )
+            for r, row in enumerate(rows):
+                keywords = decode_strings(row.keywords)
+                counts, length = weighted_terms(
+                    memory_fields(row.subject, row.content, keywords), fields
+                )
+                ids.append(int(row.id))
+                lengths.append(length)
+                projects.append(set(decode_strings(row.projects)))
+                for t, tf in counts.items():
+                    postings[t].append((r, tf))
+        self.ids, self.lengths = np.array(ids), np.array(lengths)
+        self.projects = projects
+        self.postings = {
+            t: (np.array([r for r, _ in p]), np.array([tf for _, tf in p]))
+            for t, p in postings.items()
+        }
+
+    def top(self, query: str, project: str | None, k1: float, b: float, k: int) -> list[int]:
+        mask = np.array([project is None or project in p for p in self.projects])
+        held = []
+        for t in dict.fromkeys(search_terms(query)):
+            if t in self.postings:
+                rows, tf = self.postings[t]
+                keep = mask[rows]
+                held.append((rows[keep], tf[keep], int(keep.sum())))
+        avg = float(self.lengths[mask].mean())
+        rows, cov = bm25_coverage(k1, b, int(mask.sum()), avg, self.lengths, held)
+        order = np.lexsort((self.ids[rows], -cov))[:k]
+        return [int(self.ids[rows[i]]) for i in order]
+
+
+def _ts_rank_candidates(
+    self: Any, db: Database, query: str, lexemes: list[str], f: Any, cap: int
+) -> list[tuple[int, Any]]:
+    """The keyword candidates before 2026-12-03: every match ranked by ts_rank_cd."""
+    cond, params = filter_where(db, f, "m")
+    sql_ = (
+        "SELECT m.id, m.updated_at FROM memories m, "
+        "CAST(replace(CAST(websearch_to_tsquery('english', :q) AS text), ' & ', ' | ') "
+        f"AS tsquery) AS q WHERE m.tsv @@ q AND {cond} "
+        "ORDER BY ts_rank_cd(m.tsv, q) DESC, m.id LIMIT :k"
+    )
+    with db.read() as conn:
+        return [
+            (int(r[0]), r[1]) for r in conn.execute(text(sql_), {**params, "q": query, "k": cap})
+        ]
+
+
+def measure_agreement(palace: Palace, backend: str, queries: list[rd.Query], k: int = 10) -> None:
+    """How near the keyword leg's top k is to exact BM25 over the whole filter, per filter:
+    the share of exact top-k ids it returns (overlap@k), and its time."""
+    db = palace.database()
+    cfg = palace.settings.recall
+    t = time.perf_counter()
+    exact = ExactBm25(db, cfg.fields)
+    print(
+        f"{backend}: keyword leg top {k} against exact BM25 over the whole filter "
+        f"({time.perf_counter() - t:.0f} s to build it), {len(queries)} queries, in process"
+    )
+    ways = {"memory_recall's keyword leg": None}
+    if backend == "postgres":
+        ways["ts_rank_cd first (before)"] = _ts_rank_candidates
+    print(f"  {'filter':<7}{'candidates':<30}{'overlap@' + str(k):>11}{'mean ms':>9}{'p95 ms':>8}")
+    cls = type(db.backend)
+    for label, project in FILTERS.items():
+        f = Filters(projects=(project,) if project else None)
+        want = {q.text: exact.top(q.text, project, cfg.bm25.k1, cfg.bm25.b, k) for q in queries}
+        for q in queries:  # warm-up: every candidate's terms cached, as in a long-lived bridge
+            db.backend.keyword_scores(
+                db, q.text, f, cfg.model_copy(update={"keyword_candidates": 2000}), []
+            )
+        for name, replacement in ways.items():
+            original = getattr(cls, "_keyword_candidates", None)
+            if replacement is not None:
+                cls._keyword_candidates = replacement  # type: ignore[method-assign]
+            try:
+                overlap, times = [], []
+                for q in queries:
+                    t = time.perf_counter()
+                    hits = db.backend.keyword_scores(db, q.text, f, cfg, [])
+                    times.append((time.perf_counter() - t) * 1000)
+                    got, exact_top = {i for i, _ in hits.scored[:k]}, set(want[q.text])
+                    overlap.append(len(got & exact_top) / len(exact_top) if exact_top else not got)
+            finally:
+                if replacement is not None:
+                    cls._keyword_candidates = original  # type: ignore[method-assign]
+            print(
+                f"  {label:<7}{name:<30}{statistics.fmean(overlap):11.3f}"
+                f"{statistics.fmean(times):9.1f}{pct(times, 95):8.1f}"
+            )
+
+
 # --- profile ----------------------------------------------------------------------------------
 
 
@@ -839,6 +949,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bridge", action="store_true", help="skip the bridge measurement")
     ap.add_argument("--no-split", action="store_true", help="skip the in-process split")
     ap.add_argument("--profile", action="store_true", help="pyinstrument per backend and filter")
+    ap.add_argument(
+        "--keyword-agreement",
+        action="store_true",
+        help="the keyword leg's top 10 against exact BM25 over the whole filter (PostgreSQL "
+        "caps its candidates; SQLite scores every memory, so it must agree fully)",
+    )
     ap.add_argument("--profile-filters", default="none,10%,1%")
     args = ap.parse_args(argv)
     if args.quick:
@@ -908,8 +1024,11 @@ def main(argv: list[str] | None = None) -> int:
                 print_cells(cells, base, loads)
                 print_kinds(cells)
                 all_cells += cells
-            if not args.no_split or args.profile:
+            if not args.no_split or args.profile or args.keyword_agreement:
                 palace = Palace(load_settings(setup.data_dir, env={}), embedder=embedder)
+                if args.keyword_agreement:
+                    print()
+                    measure_agreement(palace, backend, qs)
                 if not args.no_split:
                     before = load_avg()
                     split = measure_split(palace, qs, 20, True)

@@ -596,6 +596,58 @@ def test_keyword_scores_are_the_best_ranked_that_pass_the_filter(palace: Palace)
     assert all(cov < ten.scored[0][1] / 2 for _, cov in ten.scored[1:])
 
 
+def test_a_word_postgres_drops_is_weighed_as_common_as_it_is(palace: Palace) -> None:
+    """ "her" is one of PostgreSQL's stop words (not ours): its index finds no memory by it, so
+    only the candidates some other word found can count it. Counted among them alone, it
+    looked rare and outweighed the word that found them; its weight must follow how common it
+    is in the filter, as on SQLite, where every memory is counted."""
+    for i in range(40):
+        words = ["harbor", f"note{i}"] + ["her"] * (i % 2 == 0) + ["decide"] * (i % 5 == 0)
+        add(palace, " ".join(words))
+    db = palace.database()
+    hits = db.backend.keyword_scores(db, "decide her", Filters.make(), palace.settings.recall, [])
+    with db.read() as conn:
+        body = dict(conn.execute(text("SELECT id, content FROM memories")).all())
+    both = [c for m, c in hits.scored if "decide" in body[m] and "her" in body[m]]
+    alone = [c for m, c in hits.scored if "decide" in body[m] and "her" not in body[m]]
+    assert len(both) == len(alone) == 4
+    # "her" is in half the memories, "decide" in a fifth: "her" adds under half of what
+    # "decide" is worth (counted among the 8 candidates alone, it more than doubled it)
+    assert max(both) < 1.5 * min(alone), (both, alone)
+
+
+def test_capped_keyword_candidates_keep_the_rare_words(palace: Palace) -> None:
+    """When more memories match than the keyword leg scores, the ones it keeps hold the
+    query's rare words, not the common word many times over."""
+    rare = add(palace, "the zeppelin mooring mast")
+    for i in range(30):
+        add(palace, f"harbor harbor harbor crane {i}")
+    db = palace.database()
+    with db.write() as conn:  # the statistics PostgreSQL's autovacuum keeps on a live table
+        conn.execute(text("ANALYZE memories"))
+    cfg = palace.settings.recall.model_copy(update={"keyword_candidates": 10})
+    hits = db.backend.keyword_scores(db, "harbor zeppelin", Filters.make(), cfg, [])
+    assert hits.scored[0][0] == rare, hits.scored
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "the of and",  # stop words only
+        "\\\\ '' :: & | !",  # tsquery operators, quotes and backslashes, no word
+        "o'neil's a\\b foo:AB (x|y) !z <-> *",
+        "zeppelin " * 300,
+    ],
+)
+def test_any_text_is_a_query(palace: Palace, query: str) -> None:
+    add(palace, "o'neil moored the zeppelin at foo")
+    for search in ("keyword", "hybrid"):
+        out = palace.call("memory_recall", {"query": query, "search": search})
+        assert isinstance(out["memories"], list)
+        if "zeppelin" in query or "neil" in query:
+            assert len(out["memories"]) == 1, (query, search)
+
+
 def test_keyword_search_sees_other_processes_changes_and_forgets(
     make_palace: Callable[..., Palace], db_url: str
 ) -> None:

@@ -291,6 +291,13 @@ def _estimate(conn: Connection, cond: str, params: dict[str, Any]) -> float:
     return float(plan[0]["Plan"]["Plan Rows"])
 
 
+LEXEME_STATS_TTL = 300.0  # seconds between re-reads of the planner's lexeme statistics
+RARITY_TERMS = 16  # the rarest query lexemes that order capped keyword candidates
+# A word in the subject or keywords (tsv weights A, B; field weight 2) against the content:
+# BM25's tf 2 over tf 1 at average length, k1 1.2.
+FIELD_BOOST = 1.375
+
+
 class PostgresBackend(Backend):
     kind = "postgres"
     listen_mode = "listen"
@@ -421,18 +428,80 @@ class PostgresBackend(Backend):
         return f"{column} LIKE :{name} ESCAPE '\\'"
 
     # -- search -----------------------------------------------------------------------------
+    @staticmethod
+    def _lexeme_shares(db: Database) -> tuple[dict[str, float], float]:
+        """The share of memories holding each common lexeme, from the planner's statistics of
+        the tsv column (ANALYZE's sample), and the least share listed (any lexeme not listed
+        is rarer). Re-read every LEXEME_STATS_TTL seconds; empty before the first ANALYZE."""
+        now = time.monotonic()
+        held = db.cache.get("lexeme_shares")
+        if held is not None and now - held[0] < LEXEME_STATS_TTL:
+            return held[1], held[2]
+        with db.read() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT CAST(CAST(most_common_elems AS text) AS text[]), "
+                    "most_common_elem_freqs FROM pg_stats WHERE schemaname = current_schema() "
+                    "AND tablename = 'memories' AND attname = 'tsv'"
+                )
+            ).first()
+        shares: dict[str, float] = {}
+        least = 1.0
+        if row is not None and row[0] and row[1]:
+            elems, values = list(row[0]), [float(v) for v in row[1]]
+            shares = dict(zip(elems, values, strict=False))
+            # after one share per element come the least and the greatest of them
+            least = values[len(elems)] if len(values) > len(elems) else min(values)
+        db.cache["lexeme_shares"] = (now, shares, least)
+        return shares, least
+
+    @staticmethod
+    def _lexemes(db: Database, words: list[str]) -> dict[str, list[str]]:
+        """Each word's lexemes in the tsv column (none for PostgreSQL's stop words)."""
+        with db.read() as conn:
+            return {
+                w: list(lexemes or [])
+                for w, lexemes in conn.execute(
+                    text(
+                        "SELECT w, tsvector_to_array(to_tsvector('english', w)) "
+                        "FROM unnest(CAST(:ws AS text[])) AS w"
+                    ),
+                    {"ws": words},
+                )
+            }
+
     def _keyword_candidates(
-        self, db: Database, query: str, f: Filters, cap: int
+        self, db: Database, query: str, lexemes: list[str], f: Filters, cap: int
     ) -> list[tuple[int, Any]]:
-        """(id, updated_at) of memories matching `f` with any query word, ts_rank_cd first."""
+        """(id, updated_at) of memories matching `f` with any query word. When more than `cap`
+        match, those kept hold the rarest query `lexemes` in sum (each one's IDF from the
+        planner's statistics, FIELD_BOOST times in the subject or keywords), the most frequent
+        (ts_rank) first among equals: nearer to BM25 than ts_rank_cd alone, which knows no IDF
+        (bench_recall --keyword-agreement, bench/README.md)."""
         cond, params = where(db, f, "m")
+        shares, least = self._lexeme_shares(db)
+        idf = {}
+        for x in lexemes:
+            share = shares.get(x, least / 2)
+            idf[x] = math.log(1 + (1 - share) / share)
+        rarity = []
+        for i, lexeme in enumerate(sorted(idf, key=lambda x: -idf[x])[:RARITY_TERMS]):
+            params[f"lx{i}"], params[f"lw{i}"] = lexeme, idf[lexeme]
+            rarity.append(
+                f"CASE WHEN m.tsv @@ CAST(quote_literal(:lx{i}) || '\\:AB' AS tsquery) "
+                f"THEN :lw{i} * {FIELD_BOOST} "
+                f"WHEN m.tsv @@ CAST(quote_literal(:lx{i}) AS tsquery) THEN :lw{i} ELSE 0 END"
+            )
+        order = ", ".join(
+            [f"{' + '.join(rarity)} DESC"] * bool(rarity) + ["ts_rank(m.tsv, q) DESC", "m.id"]
+        )
         # websearch_to_tsquery ANDs the words (and drops stop words); OR them, so a memory
         # with any query word is a candidate. Built from the parsed query, never from text.
         sql_ = (
             "SELECT m.id, m.updated_at FROM memories m, "
             "CAST(replace(CAST(websearch_to_tsquery('english', :q) AS text), ' & ', ' | ') "
-            "AS tsquery) AS q "
-            f"WHERE m.tsv @@ q AND {cond} ORDER BY ts_rank_cd(m.tsv, q) DESC, m.id LIMIT :k"
+            f"AS tsquery) AS q WHERE m.tsv @@ q AND {cond} "
+            f"ORDER BY {order} LIMIT :k"
         )
         with db.read() as conn:
             return [
@@ -480,15 +549,23 @@ class PostgresBackend(Backend):
         # its size from the planner, and exact counts of the query's words when the
         # candidates were capped (they then miss some holders of common words).
         cap = cfg.keyword_candidates
-        found = self._keyword_candidates(db, query, f, cap + 1)
+        raw = [w for w in dict.fromkeys(query.lower().split()) if terms(w)]
+        lexemes = self._lexemes(db, raw) if raw else {}
+        found = self._keyword_candidates(
+            db, query, [x for w in raw for x in lexemes.get(w, ())], f, cap + 1
+        )
         docs = self._documents(db, cfg, found[:cap])
         cond, params = where(db, f)
         with db.read() as conn:
             total = max(int(_estimate(conn, cond, params)), len(docs))
         df: dict[str, int] = {}
         if len(found) > cap:
-            raw = [w for w in dict.fromkeys(query.lower().split()) if terms(w)]
-            df = {terms(w)[0]: n for w, n in self._word_counts(db, raw, f).items()}
+            counted = self._word_counts(db, [w for w in raw if lexemes.get(w)], f)
+            df = {terms(w)[0]: n for w, n in counted.items()}
+        # A word PostgreSQL drops (its stop words are more than ours: "her", "all", ...) finds
+        # no candidate and cannot be counted; its holders among the candidates would make it
+        # look rare. Its frequency is taken as its share of the candidates instead.
+        unseen = {t for w in raw if not lexemes.get(w) for t in terms(w)}
         ids = list(docs)
         lengths = np.array([docs[i][1] for i in ids], np.float64)
         postings = []
@@ -496,6 +573,8 @@ class PostgresBackend(Backend):
             rows = [r for r, i in enumerate(ids) if t in docs[i][0]]
             tf = np.array([docs[ids[r]][0][t] for r in rows], np.float64)
             held = max(len(rows), df.get(t, 0)) if rows else 0
+            if rows and t in unseen:
+                held = max(held, round(len(rows) / len(ids) * total))
             postings.append((np.array(rows, np.int64), tf, held))
         avg = float(lengths.mean()) if len(ids) else 0.0
         rows, coverage = bm25_coverage(cfg.bm25.k1, cfg.bm25.b, total, avg, lengths, postings)
