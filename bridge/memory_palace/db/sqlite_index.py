@@ -119,7 +119,9 @@ class _Rows:
         for k in keys:
             rows = self.arrays.get((index, k))
             if rows is None:
-                held = getattr(self, index).get(k, ())
+                held = getattr(self, index).get(k)
+                if not held:  # a name nothing holds is not kept: callers may name any
+                    continue
                 rows = self.arrays[index, k] = np.fromiter(held, np.int64, len(held))
             mask[rows] = True
         return mask
