@@ -509,6 +509,21 @@ class PostgresBackend(Backend):
                 for r in conn.execute(text(sql_), {**params, "q": query, "k": cap})
             ]
 
+    def _holders(
+        self, db: Database, words: dict[str, list[str]], f: Filters, total: int
+    ) -> dict[str, int]:
+        """How many memories of the filter hold each word (given with its lexemes). Without a
+        selective filter, a word common enough to be in the planner's statistics is estimated
+        from them (counting a common word is what costs: 15 ms for a query at 100k); the
+        others are counted."""
+        estimated = {}
+        if not f.selective:
+            shares, _ = self._lexeme_shares(db)
+            for w, lexemes in words.items():
+                if all(x in shares for x in lexemes):
+                    estimated[w] = round(min(shares[x] for x in lexemes) * total)
+        return estimated | self._word_counts(db, [w for w in words if w not in estimated], f)
+
     @staticmethod
     def _word_counts(db: Database, words: list[str], f: Filters) -> dict[str, int]:
         cond, params = where(db, f, "m")
@@ -560,8 +575,8 @@ class PostgresBackend(Backend):
             total = max(int(_estimate(conn, cond, params)), len(docs))
         df: dict[str, int] = {}
         if len(found) > cap:
-            counted = self._word_counts(db, [w for w in raw if lexemes.get(w)], f)
-            df = {terms(w)[0]: n for w, n in counted.items()}
+            visible = {w: lexemes[w] for w in raw if lexemes.get(w)}
+            df = {terms(w)[0]: n for w, n in self._holders(db, visible, f, total).items()}
         # A word PostgreSQL drops (its stop words are more than ours: "her", "all", ...) finds
         # no candidate and cannot be counted; its holders among the candidates would make it
         # look rare. Its frequency is taken as its share of the candidates instead.
