@@ -18,6 +18,9 @@ What it does:
      keyword candidates (FTS5 / tsvector), keyword documents, counts, BM25, cosines of
      keyword-only candidates, ranking, result cards, graph context, the rest.
   5. --profile: pyinstrument over a loop of recalls per backend and filter; the top functions.
+  6. --keyword-agreement: per filter, the share of the exact BM25 top 10 over every memory the
+     filter allows (computed in Python) that the keyword leg returns, and its time; on
+     PostgreSQL also with the old candidate order (ts_rank_cd) as the baseline.
 
 Usage:
   python bench/bench_recall.py                      # SQLite 10k + PostgreSQL 100k (~15 min)
