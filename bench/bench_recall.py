@@ -704,7 +704,7 @@ class ExactBm25:
 
 
 def _ts_rank_candidates(
-    self: Any, db: Database, query: str, lexemes: list[str], f: Any, cap: int
+    self: Any, db: Database, query: str, lexemes: list[str], f: Any, cfg: Any, total: float
 ) -> list[tuple[int, Any]]:
     """The keyword candidates before 2026-12-03: every match ranked by ts_rank_cd."""
     cond, params = filter_where(db, f, "m")
@@ -716,7 +716,10 @@ def _ts_rank_candidates(
     )
     with db.read() as conn:
         return [
-            (int(r[0]), r[1]) for r in conn.execute(text(sql_), {**params, "q": query, "k": cap})
+            (int(r[0]), r[1])
+            for r in conn.execute(
+                text(sql_), {**params, "q": query, "k": cfg.keyword_candidates + 1}
+            )
         ]
 
 

@@ -31,7 +31,14 @@ from ..errors import (
 )
 from .backend import Backend, Hits, KeywordHits
 from .filters import Filters, like_escape, where
-from .search_text import bm25_coverage, memory_fields, terms, weighted_terms
+from .search_text import (
+    bm25_coverage,
+    inverse_frequency,
+    memory_fields,
+    terms,
+    tf_weight,
+    weighted_terms,
+)
 from .tables import NOW
 from .urls import mask_url, pg_database_name, sqlalchemy_url
 from .values import as_utc, decode_strings
@@ -293,9 +300,6 @@ def _estimate(conn: Connection, cond: str, params: dict[str, Any]) -> float:
 
 LEXEME_STATS_TTL = 300.0  # seconds between re-reads of the planner's lexeme statistics
 RARITY_TERMS = 16  # the rarest query lexemes that order capped keyword candidates
-# A word in the subject or keywords (tsv weights A, B; field weight 2) against the content:
-# BM25's tf 2 over tf 1 at average length, k1 1.2.
-FIELD_BOOST = 1.375
 
 
 class PostgresBackend(Backend):
@@ -471,25 +475,32 @@ class PostgresBackend(Backend):
             }
 
     def _keyword_candidates(
-        self, db: Database, query: str, lexemes: list[str], f: Filters, cap: int
+        self,
+        db: Database,
+        query: str,
+        lexemes: list[str],
+        f: Filters,
+        cfg: Recall,
+        total: float,
     ) -> list[tuple[int, Any]]:
-        """(id, updated_at) of memories matching `f` with any query word. When more than `cap`
-        match, those kept hold the rarest query `lexemes` in sum (each one's IDF from the
-        planner's statistics, FIELD_BOOST times in the subject or keywords), the most frequent
-        (ts_rank) first among equals: nearer to BM25 than ts_rank_cd alone, which knows no IDF
-        (bench_recall --keyword-agreement, bench/README.md)."""
+        """(id, updated_at) of memories matching `f` with any query word, at most one more
+        than `cfg.keyword_candidates`. When more match, those kept hold the rarest query
+        `lexemes` in sum (each one's IDF among the `total` memories of the filter, from the
+        planner's statistics; a match in the subject or keywords weighs as BM25 weighs their
+        field weight), the most frequent (ts_rank) first among equals: nearer to BM25 than
+        ts_rank_cd alone, which knows no IDF (bench_recall --keyword-agreement)."""
         cond, params = where(db, f, "m")
         shares, least = self._lexeme_shares(db)
-        idf = {}
-        for x in lexemes:
-            share = shares.get(x, least / 2)
-            idf[x] = math.log(1 + (1 - share) / share)
+        idf = {x: inverse_frequency(total, shares.get(x, least / 2) * total) for x in lexemes}
+        # the subject and keywords (tsv weights A, B) against the content
+        subject, content, keywords = cfg.fields
+        params["boost"] = tf_weight(max(subject, keywords) / (content or 1.0), cfg.bm25.k1)
         rarity = []
         for i, lexeme in enumerate(sorted(idf, key=lambda x: -idf[x])[:RARITY_TERMS]):
             params[f"lx{i}"], params[f"lw{i}"] = lexeme, idf[lexeme]
             rarity.append(
                 f"CASE WHEN m.tsv @@ CAST(quote_literal(:lx{i}) || '\\:AB' AS tsquery) "
-                f"THEN :lw{i} * {FIELD_BOOST} "
+                f"THEN :lw{i} * :boost "
                 f"WHEN m.tsv @@ CAST(quote_literal(:lx{i}) AS tsquery) THEN :lw{i} ELSE 0 END"
             )
         order = ", ".join(
@@ -506,7 +517,9 @@ class PostgresBackend(Backend):
         with db.read() as conn:
             return [
                 (int(r[0]), r[1])
-                for r in conn.execute(text(sql_), {**params, "q": query, "k": cap})
+                for r in conn.execute(
+                    text(sql_), {**params, "q": query, "k": cfg.keyword_candidates + 1}
+                )
             ]
 
     def _holders(
@@ -566,13 +579,14 @@ class PostgresBackend(Backend):
         cap = cfg.keyword_candidates
         raw = [w for w in dict.fromkeys(query.lower().split()) if terms(w)]
         lexemes = self._lexemes(db, raw) if raw else {}
-        found = self._keyword_candidates(
-            db, query, [x for w in raw for x in lexemes.get(w, ())], f, cap + 1
-        )
-        docs = self._documents(db, cfg, found[:cap])
         cond, params = where(db, f)
         with db.read() as conn:
-            total = max(int(_estimate(conn, cond, params)), len(docs))
+            estimated = _estimate(conn, cond, params)
+        found = self._keyword_candidates(
+            db, query, [x for w in raw for x in lexemes.get(w, ())], f, cfg, max(estimated, 1.0)
+        )
+        docs = self._documents(db, cfg, found[:cap])
+        total = max(int(estimated), len(docs))
         df: dict[str, int] = {}
         if len(found) > cap:
             visible = {w: lexemes[w] for w in raw if lexemes.get(w)}

@@ -111,6 +111,16 @@ def weighted_terms(
     return counts, length
 
 
+def inverse_frequency(n: float, df: float) -> float:
+    """BM25's (Lucene's) IDF of a term that `df` of `n` documents hold."""
+    return math.log(1 + (n - df + 0.5) / (df + 0.5))
+
+
+def tf_weight(tf: float, k1: float) -> float:
+    """BM25's weight of `tf` occurrences in a document of average length (one weighs 1)."""
+    return tf * (k1 + 1) / (tf + k1)
+
+
 def bm25_coverage(
     k1: float,
     b: float,
@@ -132,7 +142,7 @@ def bm25_coverage(
     if not held:
         return np.zeros(0, np.int64), np.zeros(0)
     n = max([total] + [df for _, _, df in held])
-    idf = [math.log(1 + (n - df + 0.5) / (df + 0.5)) for _, _, df in held]
+    idf = [inverse_frequency(n, df) for _, _, df in held]
     best = sum(idf) * (k1 + 1)
     if best <= 0:
         return np.zeros(0, np.int64), np.zeros(0)
