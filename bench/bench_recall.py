@@ -493,7 +493,8 @@ def print_kinds(cells: list[Cell]) -> None:
 
 
 STAGES = [
-    ("embed", "query embedding (_query_vector)"),
+    ("embed", "query embedding (its own thread, beside the keyword leg)"),
+    ("embed_wait", "waiting for it after the keyword leg"),
     ("vector", "vector leg (vectors.search)"),
     ("kw_index", "keyword scores (backend.keyword_scores)"),
     ("kw_text", "identifier texts (_texts)"),
@@ -546,7 +547,8 @@ class StageTimer:
         from memory_palace.services import graph, recall, vectors
 
         backend = type(db.backend)
-        self.wrap(recall, "_query_vector", "embed")
+        self.wrap(recall._QueryVector, "_embed", "embed")
+        self.wrap(recall._QueryVector, "result", "embed_wait")
         self.wrap(vectors, "search", "vector")
         self.wrap(recall, "_keyword_leg", "kw_leg")
         self.wrap(backend, "keyword_scores", "kw_index", size=True)
@@ -574,7 +576,8 @@ class StageTimer:
         inner = sum(s.get(k, 0.0) for k in ("kw_index", "kw_text"))
         s["kw_rest"] = s["kw_leg"] - inner
         outer = sum(
-            s.get(k, 0.0) for k in ("embed", "vector", "kw_leg", "sims", "rank", "cards", "graph")
+            s.get(k, 0.0)
+            for k in ("embed_wait", "vector", "kw_leg", "sims", "rank", "cards", "graph")
         )
         s["rest"] = total - outer
         s["total"] = total

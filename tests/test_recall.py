@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -674,3 +675,55 @@ def test_keyword_search_sees_other_processes_changes_and_forgets(
 
         postings = keyword_index(db, mine.settings.recall.fields).m.postings
         assert "yak" not in postings and "zebra" not in postings and "granit" in postings
+
+
+class WaitingEmbedder(HashingEmbedder):
+    """Embeds a query only once the keyword leg has run (or 5 s have passed)."""
+
+    def __init__(self, dim: int, keyword_ran: threading.Event) -> None:
+        super().__init__(dim)
+        self.keyword_ran = keyword_ran
+        self.saw_keyword_leg: list[bool] = []
+        self.patience = 5.0
+
+    def embed_query(self, text: str) -> np.ndarray:
+        self.saw_keyword_leg.append(self.keyword_ran.wait(self.patience))
+        return super().embed_query(text)
+
+
+def test_the_query_is_embedded_while_the_keyword_leg_runs(
+    make_palace: Callable[..., Palace], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = threading.Event()
+    palace = make_palace(db_url, embedder=WaitingEmbedder(384, ran))
+    hit = add(palace, "the VPN endpoint is vpn.example.org")
+    add(palace, "unrelated lunch note")
+    backend = type(palace.database().backend)
+    keyword_scores = backend.keyword_scores
+
+    def scores(self: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.set()
+        return keyword_scores(self, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "keyword_scores", scores)
+    out = palace.call("memory_recall", {"query": "VPN endpoint", "include_graph": False})
+    assert palace.embedder.saw_keyword_leg == [True]  # embedded after the leg began, not before
+    assert out["memories"][0]["id"] == hit and out["search_method"] == "hybrid"
+    ran.clear()  # a vector-only recall has no keyword leg to wait for: embedded in line
+    palace.embedder.patience = 0.1
+    out = palace.call("memory_recall", {"query": "VPN endpoint", "search": "vector"})
+    assert palace.embedder.saw_keyword_leg[-1] is False and out["memories"][0]["id"] == hit
+
+
+class BrokenQueryEmbedder(HashingEmbedder):
+    def embed_query(self, text: str) -> np.ndarray:
+        raise RuntimeError("model bug 42")
+
+
+def test_an_embedder_failure_on_its_thread_reaches_the_caller(
+    make_palace: Callable[..., Palace], db_url: str
+) -> None:
+    palace = make_palace(db_url, embedder=BrokenQueryEmbedder(384))
+    add(palace, "the VPN endpoint is vpn.example.org")
+    with pytest.raises(RuntimeError, match="model bug 42"):
+        palace.call("memory_recall", {"query": "VPN endpoint"})

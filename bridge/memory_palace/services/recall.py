@@ -22,6 +22,7 @@ so a recall cannot change the next one's ranking.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -120,16 +121,43 @@ class Found:
         return "vector" if self.vector_hits else "keyword" if self.keyword_hits else "none"
 
 
-def _query_vector(
-    db: Database, embedder: Embedder, query: str
-) -> tuple[np.ndarray | None, str | None]:
-    try:
+class _QueryVector:
+    """The query's embedding. With `overlap` it runs on a thread of its own while the caller
+    runs the keyword leg: the model call releases the GIL (onnxruntime, or an HTTP request to
+    Ollama), so the two legs take the longer one's time instead of their sum. The embedder
+    check (a cached database read) stays on the caller's thread: a recall holds at most one
+    pooled connection at a time."""
+
+    def __init__(self, db: Database, embedder: Embedder, query: str, overlap: bool) -> None:
         vectors.check_embedder(db, embedder)  # a mismatch (Conflict) still raises: needs a fix
-        return embedder.embed_query(query), None
-    except EmbedderUnavailable as exc:  # keyword search still answers
-        return None, (
-            f"vector search skipped: {exc.message}; results come from keyword search only"
-        )
+        self.vector: np.ndarray | None = None
+        self.warning: str | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if overlap:
+            self._thread = threading.Thread(
+                target=self._embed, args=(embedder, query), name="mp-query-vector", daemon=True
+            )
+            self._thread.start()
+        else:
+            self._embed(embedder, query)
+
+    def _embed(self, embedder: Embedder, query: str) -> None:
+        try:
+            self.vector = embedder.embed_query(query)
+        except EmbedderUnavailable as exc:  # keyword search still answers
+            self.warning = (
+                f"vector search skipped: {exc.message}; results come from keyword search only"
+            )
+        except BaseException as exc:  # raised on the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> tuple[np.ndarray | None, str | None]:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.vector, self.warning
 
 
 def _texts(db: Database, ids: set[int]) -> dict[int, str]:
@@ -187,34 +215,38 @@ def gather(
     cfg = settings.recall
     depth = vector_depth(settings, limit)
     out = Found()
-    qvec = None
+    pending = None
     if search != "keyword":
-        qvec, out.warning = _query_vector(db, embedder, query)
-    if qvec is not None:
-        out.embedded_query = True
-        # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is
-        # fine as long as it fills the limit: no exact scan then
-        hits = vectors.search(db, embedder, qvec, depth, f, need=limit)
-        for position, (mid, cos) in enumerate(hits, start=1):
-            c = out.get(mid)
-            c.vector_rank, c.cosine = position, cos
-        out.vector_hits = len(hits)
+        pending = _QueryVector(db, embedder, query, overlap=search != "vector")
     if search != "vector":
         _keyword_leg(db, cfg, query, f, out)
-        if qvec is not None:  # keyword-only candidates get their cosine from stored vectors
-            missing = [m for m, c in out.candidates.items() if c.cosine is None]
-            if out.vector_hits >= depth == limit:
-                # A keyword candidate below the threshold adds nothing to its cosine, and its
-                # cosine is below the limit-th vector hit's (else the leg had found it): it
-                # cannot rank, so it is neither scored nor kept.
-                floor = keyword_scale(cfg, embedder)[1]
-                for mid in missing:
-                    c = out.candidates[mid]
-                    if c.coverage <= floor and not c.identifier:
-                        del out.candidates[mid]
-                missing = [m for m in missing if m in out.candidates]
-            for mid, cos in vectors.similarities(db, embedder, qvec, missing).items():
-                out.candidates[mid].cosine = cos
+    qvec = None
+    if pending is not None:
+        qvec, out.warning = pending.result()
+    if qvec is None:
+        return out
+    out.embedded_query = True
+    # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is fine as
+    # long as it fills the limit: no exact scan then
+    hits = vectors.search(db, embedder, qvec, depth, f, need=limit)
+    for position, (mid, cos) in enumerate(hits, start=1):
+        c = out.get(mid)
+        c.vector_rank, c.cosine = position, cos
+    out.vector_hits = len(hits)
+    if search != "vector":  # keyword-only candidates get their cosine from stored vectors
+        missing = [m for m, c in out.candidates.items() if c.cosine is None]
+        if out.vector_hits >= depth == limit:
+            # A keyword candidate below the threshold adds nothing to its cosine, and its
+            # cosine is below the limit-th vector hit's (else the leg had found it): it
+            # cannot rank, so it is neither scored nor kept.
+            floor = keyword_scale(cfg, embedder)[1]
+            for mid in missing:
+                c = out.candidates[mid]
+                if c.coverage <= floor and not c.identifier:
+                    del out.candidates[mid]
+            missing = [m for m in missing if m in out.candidates]
+        for mid, cos in vectors.similarities(db, embedder, qvec, missing).items():
+            out.candidates[mid].cosine = cos
     return out
 
 
