@@ -11,6 +11,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from memory_palace.db import postgres
+from memory_palace.db.postgres import pg_connect
+from memory_palace.errors import BackendUnavailable
 
 pytestmark = pytest.mark.postgres
 
@@ -71,3 +74,36 @@ def test_postgres_outage_then_recovery_in_one_bridge(own_server, tmp_path: Path)
     finally:
         proc.stdin.close()
         proc.wait(30)
+
+
+def _kill_pool(url: str) -> int:
+    """Terminate every other backend on `url`'s database: the Palace's pooled connections."""
+    conn = pg_connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                "datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cur.rowcount
+    finally:
+        conn.close()
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced_before_use(
+    make_palace, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    palace = make_palace(pg_url)
+    palace.call("memory_set", {"content": "kept"})
+    monkeypatch.setattr(postgres, "PING_AFTER_IDLE_S", 0.0)  # every returned one counts as idle
+    assert _kill_pool(pg_url) >= 1
+    out = palace.call("memory_recall", {"query": "kept", "include_graph": False})
+    assert [m["content"] for m in out["memories"]] == ["kept"]
+    # within the window a connection is used unpinged: a backend killed then fails one call
+    # cleanly, and SQLAlchemy drops the pool, so the next call works
+    monkeypatch.setattr(postgres, "PING_AFTER_IDLE_S", 3600.0)
+    assert _kill_pool(pg_url) >= 1
+    with pytest.raises(BackendUnavailable, match="can be retried"):
+        palace.call("memory_recall", {"query": "kept", "include_graph": False})
+    out = palace.call("memory_recall", {"query": "kept", "include_graph": False})
+    assert [m["content"] for m in out["memories"]] == ["kept"]
