@@ -129,11 +129,15 @@ class _QueryVector:
     pooled connection at a time."""
 
     def __init__(self, db: Database, embedder: Embedder, query: str, overlap: bool) -> None:
-        vectors.check_embedder(db, embedder)  # a mismatch (Conflict) still raises: needs a fix
         self.vector: np.ndarray | None = None
         self.warning: str | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        try:  # a mismatch (Conflict) still raises: it needs a fix
+            vectors.check_embedder(db, embedder)
+        except EmbedderUnavailable as exc:  # e.g. Ollama down while its model is detected
+            self._skip(exc)
+            return
         if overlap:
             self._thread = threading.Thread(
                 target=self._embed, args=(embedder, query), name="mp-query-vector", daemon=True
@@ -142,13 +146,16 @@ class _QueryVector:
         else:
             self._embed(embedder, query)
 
+    def _skip(self, exc: EmbedderUnavailable) -> None:  # keyword search still answers
+        self.warning = (
+            f"vector search skipped: {exc.message}; results come from keyword search only"
+        )
+
     def _embed(self, embedder: Embedder, query: str) -> None:
         try:
             self.vector = embedder.embed_query(query)
-        except EmbedderUnavailable as exc:  # keyword search still answers
-            self.warning = (
-                f"vector search skipped: {exc.message}; results come from keyword search only"
-            )
+        except EmbedderUnavailable as exc:
+            self._skip(exc)
         except BaseException as exc:  # raised on the caller's thread by result()
             self._error = exc
 
