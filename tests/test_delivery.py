@@ -12,10 +12,12 @@ import time
 import pytest
 from memory_palace import ConfigError, InvalidParams, NotFound, load_settings
 from memory_palace.cli import main
-from memory_palace.db.postgres import LISTENER_APP, pg_connect
+from memory_palace.db.postgres import LISTENER_APP
 from memory_palace.errors import PermissionDenied
 from memory_palace.services.access import Caller
 from sqlalchemy import bindparam, text
+
+from tests.fixtures.db import pg_execute
 
 SANDY = {"MEMORY_PALACE_INSTANCE_ID": "sandy"}
 
@@ -40,18 +42,13 @@ def kill(bridge) -> None:
 
 def terminate_listeners(url: str) -> int:
     """Force a backend disconnect of every LISTEN connection (PostgreSQL)."""
-    conn = pg_connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                "datname = current_database() AND pid <> pg_backend_pid() AND "
-                "application_name = %s",  # the listeners, not the sender's pool
-                (LISTENER_APP,),
-            )
-            return cur.rowcount
-    finally:
-        conn.close()
+    return pg_execute(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+        "datname = current_database() AND pid <> pg_backend_pid() AND "
+        "application_name = %s",  # the listeners, not the sender's pool
+        (LISTENER_APP,),
+    )[1]
 
 
 def test_messages_sent_while_the_bridge_is_down_wake_it_on_start(

@@ -12,8 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 from memory_palace.db import postgres
-from memory_palace.db.postgres import pg_connect
 from memory_palace.errors import BackendUnavailable
+
+from tests.fixtures.db import pg_execute
 
 pytestmark = pytest.mark.postgres
 
@@ -78,16 +79,11 @@ def test_postgres_outage_then_recovery_in_one_bridge(own_server, tmp_path: Path)
 
 def _kill_pool(url: str) -> int:
     """Terminate every other backend on `url`'s database: the Palace's pooled connections."""
-    conn = pg_connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                "datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            return cur.rowcount
-    finally:
-        conn.close()
+    return pg_execute(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+        "datname = current_database() AND pid <> pg_backend_pid()",
+    )[1]
 
 
 def test_a_pooled_connection_killed_while_idle_is_replaced_before_use(

@@ -26,7 +26,7 @@ from memory_palace.db.postgres import pg_connect
 from memory_palace.errors import ConfigError
 from sqlalchemy.engine import make_url
 
-from tests.fixtures.db import build_palace
+from tests.fixtures.db import build_palace, pg_execute
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTS = 16
@@ -229,13 +229,9 @@ def test_a_deadlock_that_still_happens_is_retried_once(tmp_path: Path, pg_url: s
 
 
 def _waiting_for_a_lock(url: str) -> bool:
-    conn = pg_connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"
-            )
-            return bool(cur.fetchone()[0])
-    finally:
-        conn.close()
+    rows, _ = pg_execute(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'",
+    )
+    return bool(rows[0][0])

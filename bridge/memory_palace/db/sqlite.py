@@ -97,6 +97,16 @@ def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _drop_read_only(ctx: Any) -> None:
+    """A connection opened while the file could not be written stays read-only: one that hits
+    SQLITE_READONLY is closed instead of pooled, so a later call opens the file again and
+    writes once its permissions are back (no restart)."""
+    exc = ctx.original_exception
+    if isinstance(exc, sqlite3.Error) and ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) == 8:
+        ctx.is_disconnect = True
+        ctx.invalidate_pool_on_disconnect = False  # only this connection
+
+
 def _on_begin(conn: Connection) -> None:
     options = conn.get_execution_options()
     if options.get("isolation_level") == "AUTOCOMMIT":
@@ -282,6 +292,7 @@ class SqliteBackend(Backend):
         )
         event.listen(engine, "connect", _on_connect)
         event.listen(engine, "begin", _on_begin)
+        event.listen(engine, "handle_error", _drop_read_only)
         return engine
 
     def probe(self, url: str, tables: tuple[str, ...]) -> dict[str, Any]:
