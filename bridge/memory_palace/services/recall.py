@@ -32,6 +32,7 @@ from sqlalchemy import bindparam, text
 
 from ..config import Recall as RecallConfig
 from ..config import Settings
+from ..db.backend import Hits
 from ..db.engine import Database
 from ..db.filters import Filters
 from ..db.values import decode_strings, decode_time, iso, utcnow
@@ -175,17 +176,18 @@ def _texts(db: Database, ids: set[int]) -> dict[int, str]:
     }
 
 
-def _keyword_leg(db: Database, cfg: RecallConfig, query: str, f: Filters, out: Found) -> None:
+def _keyword_leg(
+    db: Database, cfg: RecallConfig, query: str, f: Filters
+) -> tuple[Hits, dict[int, float]]:
+    """(id, coverage) best first, and the identifier match of the memories holding one."""
     ids = lexical.identifiers(query)
     hits = db.backend.keyword_scores(db, query, f, cfg, [lexical.terms(i) for i in ids])
-    for position, (mid, cov) in enumerate(hits.scored, start=1):
-        c = out.get(mid)
-        c.keyword_rank, c.coverage = position, cov
+    matched = {}
     for mid, body in _texts(db, hits.holding).items() if ids else ():
         match = lexical.identifier_match(ids, body)
         if match:
-            out.get(mid).identifier = match
-    out.keyword_hits = len(hits.scored)
+            matched[mid] = match
+    return hits.scored, matched
 
 
 def keyword_scale(cfg: RecallConfig, embedder: Embedder) -> tuple[float, float]:
@@ -225,33 +227,39 @@ def gather(
     pending = None
     if search != "keyword":
         pending = _QueryVector(db, embedder, query, overlap=search != "vector")
+    scored: Hits = []
+    matched: dict[int, float] = {}
     if search != "vector":
-        _keyword_leg(db, cfg, query, f, out)
+        scored, matched = _keyword_leg(db, cfg, query, f)
+    out.keyword_hits = len(scored)
     qvec = None
     if pending is not None:
         qvec, out.warning = pending.result()
-    if qvec is None:
-        return out
-    out.embedded_query = True
-    # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is fine as
-    # long as it fills the limit: no exact scan then
-    hits = vectors.search(db, embedder, qvec, depth, f, need=limit)
-    for position, (mid, cos) in enumerate(hits, start=1):
-        c = out.get(mid)
-        c.vector_rank, c.cosine = position, cos
-    out.vector_hits = len(hits)
-    if search != "vector":  # keyword-only candidates get their cosine from stored vectors
+    if qvec is not None:
+        out.embedded_query = True
+        # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is fine
+        # as long as it fills the limit: no exact scan then
+        hits = vectors.search(db, embedder, qvec, depth, f, need=limit)
+        for position, (mid, cos) in enumerate(hits, start=1):
+            c = out.get(mid)
+            c.vector_rank, c.cosine = position, cos
+        out.vector_hits = len(hits)
+    # A keyword candidate below the threshold adds nothing to its cosine, and when the vector
+    # leg filled the limit its cosine is below the limit-th hit's (else the leg had found it):
+    # it cannot rank, so it is neither kept nor scored.
+    floor = None
+    if qvec is not None and out.vector_hits >= depth == limit:
+        floor = keyword_scale(cfg, embedder)[1]
+    for position, (mid, cov) in enumerate(scored, start=1):
+        c = out.candidates.get(mid)
+        if c is None:
+            if floor is not None and cov <= floor and mid not in matched:
+                continue
+            c = out.candidates[mid] = Candidate(mid)
+        c.keyword_rank, c.coverage = position, cov
+        c.identifier = matched.get(mid, 0.0)
+    if qvec is not None and scored:  # keyword-only candidates: cosines from stored vectors
         missing = [m for m, c in out.candidates.items() if c.cosine is None]
-        if out.vector_hits >= depth == limit:
-            # A keyword candidate below the threshold adds nothing to its cosine, and its
-            # cosine is below the limit-th vector hit's (else the leg had found it): it
-            # cannot rank, so it is neither scored nor kept.
-            floor = keyword_scale(cfg, embedder)[1]
-            for mid in missing:
-                c = out.candidates[mid]
-                if c.coverage <= floor and not c.identifier:
-                    del out.candidates[mid]
-            missing = [m for m in missing if m in out.candidates]
         for mid, cos in vectors.similarities(db, embedder, qvec, missing).items():
             out.candidates[mid].cosine = cos
     return out
