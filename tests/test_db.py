@@ -90,7 +90,7 @@ def test_sqlite_pragmas(make_palace, sqlite_url: str) -> None:
 def test_postgres_pool_and_indexes(make_palace, pg_url: str) -> None:
     db = make_palace(pg_url).database()
     pool = db.engine.pool
-    assert pool.size() == 5 and pool._max_overflow == 10  # pinging: test_outage.py
+    assert pool.size() == 5 and pool._max_overflow == 10 and db.engine.pool._pre_ping
     with db.read() as conn:
         idx = {
             r[0]: r[1]

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from memory_palace.db import postgres
-from memory_palace.errors import BackendUnavailable
 
 from tests.fixtures.db import pg_execute
 
@@ -86,20 +84,11 @@ def _kill_pool(url: str) -> int:
     )[1]
 
 
-def test_a_pooled_connection_killed_while_idle_is_replaced_before_use(
-    make_palace, pg_url: str, monkeypatch: pytest.MonkeyPatch
+def test_a_pooled_connection_whose_backend_was_killed_is_replaced_before_use(
+    make_palace, pg_url: str
 ) -> None:
     palace = make_palace(pg_url)
     palace.call("memory_set", {"content": "kept"})
-    monkeypatch.setattr(postgres, "PING_AFTER_IDLE_S", 0.0)  # every returned one counts as idle
-    assert _kill_pool(pg_url) >= 1
-    out = palace.call("memory_recall", {"query": "kept", "include_graph": False})
-    assert [m["content"] for m in out["memories"]] == ["kept"]
-    # within the window a connection is used unpinged: a backend killed then fails one call
-    # cleanly, and SQLAlchemy drops the pool, so the next call works
-    monkeypatch.setattr(postgres, "PING_AFTER_IDLE_S", 3600.0)
-    assert _kill_pool(pg_url) >= 1
-    with pytest.raises(BackendUnavailable, match="can be retried"):
-        palace.call("memory_recall", {"query": "kept", "include_graph": False})
+    assert _kill_pool(pg_url) >= 1  # an admin, idle_session_timeout or a firewall did it
     out = palace.call("memory_recall", {"query": "kept", "include_graph": False})
     assert [m["content"] for m in out["memories"]] == ["kept"]

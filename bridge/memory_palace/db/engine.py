@@ -73,7 +73,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """An autocommit connection for reads: no BEGIN/ROLLBACK round trips. Nested read()
-        calls on one thread share it, so a tool call checks out (and maybe pings) one
+        calls on one thread share it, so a tool call checks out (and pre-pings) one
         connection however many helpers it goes through."""
         held = getattr(self._local, "conn", None)
         if held is not None:

@@ -15,8 +15,7 @@ import numpy as np
 import orjson
 import psycopg2
 from psycopg2 import errorcodes, sql
-from sqlalchemy import create_engine, event, text
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import QueuePool
 
@@ -50,10 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("memory_palace.db")
 
 CONNECT_TIMEOUT_S = 10
-#: A pooled connection idle longer than this is pinged before it is handed out (a server
-#: restart, idle_session_timeout or a firewall drops idle connections). One in steady use is
-#: not: a ping per checkout was a round trip per message (see ping_when_idle).
-PING_AFTER_IDLE_S = 2.0
 EXACT_SCAN_ROWS = 3000  # estimated matching rows below which an exact scan is cheaper
 EF_MIN, EF_MAX = 100, 1000  # hnsw.ef_search bounds (1000 is pgvector's maximum)
 OVERFETCH = 1.5  # candidates per wanted row, over the filter's selectivity
@@ -752,17 +747,16 @@ class PostgresBackend(Backend):
         # No session state is kept on pooled connections (settings are SET LOCAL, locks are
         # xact locks, psycopg2 prepares nothing server-side), so PgBouncer in transaction mode
         # can sit in front. LIFO reuse keeps the idle connections few and warm.
-        engine = create_engine(
+        return create_engine(
             sqlalchemy_url(url),
             poolclass=QueuePool,
             pool_size=options.pool_size,
             max_overflow=options.max_overflow,
             pool_timeout=options.pool_timeout,
+            pool_pre_ping=True,
             pool_use_lifo=True,
             connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
         )
-        ping_when_idle(engine)
-        return engine
 
     def lock_rows(self, conn: Connection, table: str, ids: list[int]) -> None:
         # FOR NO KEY UPDATE, like the UPDATE itself: it does not block foreign-key checks
@@ -838,31 +832,6 @@ class PostgresBackend(Backend):
                 "the call can be retried"
             )
         return None
-
-
-def ping_when_idle(engine: Engine) -> None:
-    """SQLAlchemy's pool_pre_ping, but only for connections idle over PING_AFTER_IDLE_S.
-
-    A dead one is replaced before use (DisconnectionError makes the pool reconnect). One
-    returned within the window is used as is: if its server died meanwhile (a restart takes
-    longer than the window, so only a backend killed in it), that call fails with
-    BACKEND_UNAVAILABLE and SQLAlchemy drops the pool's older connections."""
-    dialect = engine.dialect
-
-    def checkin(dbapi_conn: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
-
-    def checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        since = record.info.pop("idle_since", None)
-        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
-            return  # fresh from connect, or in steady use
-        try:
-            dialect.do_ping(dbapi_conn)
-        except psycopg2.Error as exc:
-            raise sa_exc.DisconnectionError(f"a pooled connection is dead: {exc}") from exc
-
-    event.listen(engine, "checkin", checkin)
-    event.listen(engine, "checkout", checkout)
 
 
 def privilege_fix(detail: str, url: str | None) -> str:

@@ -71,9 +71,10 @@ _UNAVAILABLE = {
     14: "the database file cannot be opened",
     26: "the file is not a database",
 }
+SQLITE_READONLY = 8
 _PERMISSION = {
     3: "access permission denied",
-    8: "the database is read-only",
+    SQLITE_READONLY: "the database is read-only",
     23: "authorization denied",
 }
 _INVALID = {
@@ -102,7 +103,8 @@ def _drop_read_only(ctx: Any) -> None:
     SQLITE_READONLY is closed instead of pooled, so a later call opens the file again and
     writes once its permissions are back (no restart)."""
     exc = ctx.original_exception
-    if isinstance(exc, sqlite3.Error) and ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) == 8:
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # primary code of an extended one
+    if isinstance(exc, sqlite3.Error) and code == SQLITE_READONLY:
         ctx.is_disconnect = True
         ctx.invalidate_pool_on_disconnect = False  # only this connection
 

@@ -88,7 +88,7 @@ def undelivered(
 @contextmanager
 def _transaction(db: Database, held: Connection | None) -> Iterator[Connection]:
     """A write transaction on `held` (a listener's own connection: no pool checkout or
-    ping), or on a pooled connection."""
+    pre-ping per message), or on a pooled connection."""
     if held is None:
         with db.write() as conn:
             yield conn
