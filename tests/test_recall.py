@@ -539,17 +539,26 @@ def test_pg_ef_search_sizing() -> None:
     assert postgres.pg_ef_search(10, 0, 0) is None
 
 
-class QueryDownEmbedder(HashingEmbedder):
-    """Stores fine, but the model server is gone when a query comes."""
+class FailingQueryEmbedder(HashingEmbedder):
+    """Stores fine, but raises `error` when a query comes."""
+
+    def __init__(self, dim: int, error: Exception) -> None:
+        super().__init__(dim)
+        self.error = error
 
     def embed_query(self, text: str) -> np.ndarray:
-        raise EmbedderUnavailable("cannot reach Ollama at http://localhost:11434; start it")
+        raise self.error
 
 
 def test_recall_falls_back_to_keywords_when_the_embedder_is_down(
     make_palace: Callable[..., Palace], db_url: str
 ) -> None:
-    palace = make_palace(db_url, embedder=QueryDownEmbedder(384))
+    palace = make_palace(
+        db_url,
+        embedder=FailingQueryEmbedder(
+            384, EmbedderUnavailable("cannot reach Ollama at http://localhost:11434; start it")
+        ),
+    )
     hit = add(palace, "the VPN endpoint is vpn.example.org")
     add(palace, "unrelated lunch note")
     out = palace.call("memory_recall", {"query": "VPN endpoint", "include_graph": False})
@@ -715,15 +724,10 @@ def test_the_query_is_embedded_while_the_keyword_leg_runs(
     assert palace.embedder.saw_keyword_leg[-1] is False and out["memories"][0]["id"] == hit
 
 
-class BrokenQueryEmbedder(HashingEmbedder):
-    def embed_query(self, text: str) -> np.ndarray:
-        raise RuntimeError("model bug 42")
-
-
 def test_an_embedder_failure_on_its_thread_reaches_the_caller(
     make_palace: Callable[..., Palace], db_url: str
 ) -> None:
-    palace = make_palace(db_url, embedder=BrokenQueryEmbedder(384))
+    palace = make_palace(db_url, embedder=FailingQueryEmbedder(384, RuntimeError("model bug 42")))
     add(palace, "the VPN endpoint is vpn.example.org")
     with pytest.raises(RuntimeError, match="model bug 42"):
         palace.call("memory_recall", {"query": "VPN endpoint"})

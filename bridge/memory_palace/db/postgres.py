@@ -300,6 +300,7 @@ def _estimate(conn: Connection, cond: str, params: dict[str, Any]) -> float:
 
 LEXEME_STATS_TTL = 300.0  # seconds between re-reads of the planner's lexeme statistics
 RARITY_TERMS = 16  # the rarest query lexemes that order capped keyword candidates
+LEXEME_WORDS = 50_000  # query words whose lexemes a database's cache keeps
 
 
 class PostgresBackend(Backend):
@@ -461,18 +462,29 @@ class PostgresBackend(Backend):
 
     @staticmethod
     def _lexemes(db: Database, words: list[str]) -> dict[str, list[str]]:
-        """Each word's lexemes in the tsv column (none for PostgreSQL's stop words)."""
-        with db.read() as conn:
-            return {
-                w: list(lexemes or [])
-                for w, lexemes in conn.execute(
-                    text(
-                        "SELECT w, tsvector_to_array(to_tsvector('english', w)) "
-                        "FROM unnest(CAST(:ws AS text[])) AS w"
-                    ),
-                    {"ws": words},
-                )
-            }
+        """Each word's lexemes in the tsv column (none for PostgreSQL's stop words). Asked of
+        the server once per word and database (it parses them); the most recent LEXEME_WORDS
+        words are kept."""
+        known: dict[str, list[str]] = db.cache.setdefault("lexemes", {})
+        out = {w: known[w] for w in words if w in known}
+        missing = [w for w in words if w not in out]
+        if missing:
+            with db.read() as conn:
+                found = {
+                    w: list(lexemes or [])
+                    for w, lexemes in conn.execute(
+                        text(
+                            "SELECT w, tsvector_to_array(to_tsvector('english', w)) "
+                            "FROM unnest(CAST(:ws AS text[])) AS w"
+                        ),
+                        {"ws": missing},
+                    )
+                }
+            if len(known) + len(found) > LEXEME_WORDS:
+                known.clear()
+            known.update(found)
+            out.update(found)
+        return out
 
     def _keyword_candidates(
         self,
