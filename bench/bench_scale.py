@@ -1,8 +1,9 @@
 """Many agents on one PostgreSQL, two shapes.
 
 gateways (default): N bridge processes (`memory-palace-bridge`, one per gateway), each serving M
-agents announced with `_subscribe`, every call carrying its agent as `caller`. An open (Poisson)
-load for `--seconds`: sends between random agents of all bridges at `--msg-rate` per second, and
+agents announced with `_subscribe`, every call carrying its agent as `caller`. First `--idle`
+seconds with no load: the machine's busy CPU then is what the gateways cost doing nothing (the
+baseline's: its LISTEN connections). Then an open (Poisson) load for `--seconds`: sends between random agents of all bridges at `--msg-rate` per second, and
 recalls of a shared hot set plus writes at `--other-rate`. Reported: messages and calls per
 second, wake p50/p99 (the message row's created_at, set in the send's transaction, to the
 moment the recipient's bridge's `new_message` line is read), send/recall/write latency, errors
@@ -466,11 +467,14 @@ def run_gateways(
     pool: dict[str, Any],
     saturate: float = 0.0,
     depth: int = 8,
+    idle: float = 0.0,
 ) -> dict[str, Any]:
-    """`bridges` bridge processes, each serving `agents` agents (announced with _subscribe),
-    under a mixed open-loop load: random sends between all agents at `msg_rate`/s, recalls of
-    a shared hot set and writes at `other_rate`/s together; then, with `saturate` > 0, sends
-    only as fast as they go (each bridge `depth` deep) for that long."""
+    """`bridges` bridge processes, each serving `agents` agents (announced with _subscribe):
+    first `idle` seconds with no load (the machine's busy CPU then is what the gateways cost
+    doing nothing), then a mixed open-loop load: random sends between all agents at
+    `msg_rate`/s, recalls of a shared hot set and writes at `other_rate`/s together; then,
+    with `saturate` > 0, sends only as fast as they go (each bridge `depth` deep) for that
+    long."""
     dbname = f"mp_gw_{uuid.uuid4().hex[:10]}"
     db_url = url_for(url, dbname)
     root = Path(tempfile.mkdtemp(prefix="mp-gw-"))
@@ -497,6 +501,7 @@ def run_gateways(
         )
         assert r and "result" in r, r
         hot.append(topic)
+    idle_cpu = idle_share(idle)
     sampler = Sampler(url, dbname, procs)
     sampler.start()
     shed = Counter()
@@ -559,6 +564,7 @@ def run_gateways(
         },
         errors=dict(rec.errors),
         samples=dict(rec.samples),
+        idle_cpu=idle_cpu,
     )
     if saturate > 0:
         report["saturated"] = _saturate(procs, everyone, names, saturate, depth, url, dbname)
@@ -685,6 +691,16 @@ def _run_and_report(
     return report
 
 
+def idle_share(seconds: float) -> float | None:
+    """The machine's busy CPU over `seconds` with no load, in cores (None: not measured)."""
+    if seconds <= 0:
+        return None
+    time.sleep(min(seconds, 5.0))  # what starting up left running settles first
+    t0, cpu0 = time.monotonic(), busy_cpu_s()
+    time.sleep(seconds)
+    return (busy_cpu_s() - cpu0) / (time.monotonic() - t0)
+
+
 def busy_cpu_s() -> float:
     """CPU seconds the whole machine spent busy (not idle or waiting on I/O) since boot: every
     process of a phase counts (bridges, PostgreSQL backends and its writers, this driver),
@@ -706,6 +722,7 @@ def run_baseline(
     msg_rate: float,
     saturate: float,
     depth: int,
+    idle: float = 0.0,
 ) -> dict[str, Any]:
     """The same message load with no Memory Palace: `bridges` sender connections INSERT a row
     and pg_notify its recipient's channel in one transaction, `bridges` listener connections
@@ -748,6 +765,7 @@ def run_baseline(
 
     reader = threading.Thread(target=listen, daemon=True)
     reader.start()
+    idle_cpu = idle_share(idle)
 
     def phase(rate: float | None, secs: float) -> dict[str, Any]:
         sent: dict[int, float] = {}
@@ -812,7 +830,7 @@ def run_baseline(
             "cpu_ms_per_msg": cpu * 1000 / max(len(sent), 1),
         }
 
-    out = {"paced": phase(msg_rate, seconds)}
+    out: dict[str, Any] = {"paced": phase(msg_rate, seconds), "idle_cpu": idle_cpu}
     if saturate > 0:
         out["saturated"] = phase(None, saturate)
     stop.set()
@@ -864,6 +882,14 @@ def gateway_table(r: dict[str, Any], base: dict[str, Any]) -> str:
             f"{r['cpu_ms_per_msg']:.2f} ms (sends + recalls + writes) vs "
             f"{base['paced']['cpu_ms_per_msg']:.2f} ms."
         )
+    if r.get("idle_cpu") is not None and base.get("idle_cpu") is not None:
+        lines.append("")
+        lines.append(
+            f"Idle (no load, whole machine busy CPU): Memory Palace {r['idle_cpu']:.3f} cores "
+            f"for {r['bridges']} bridges x {r['agents']} agents, baseline "
+            f"{base['idle_cpu']:.3f} cores ({r['bridges']} LISTEN connections): "
+            f"{r['idle_cpu'] / max(base['idle_cpu'], 1e-9):.1f}x."
+        )
     return "\n".join(lines)
 
 
@@ -906,6 +932,9 @@ def main() -> int:
         "--other-rate", type=float, default=10.0, help="gateways: recalls + writes per second"
     )
     ap.add_argument("--saturate", type=float, default=5.0, help="gateways: seconds of sends only")
+    ap.add_argument(
+        "--idle", type=float, default=10.0, help="gateways: seconds of no load, CPU measured"
+    )
     ap.add_argument("--pool-size", type=int, default=2, help="gateways: postgres.pool_size")
     ap.add_argument("--max-overflow", type=int, default=1, help="gateways: postgres.max_overflow")
     ap.add_argument("--no-pgbouncer", action="store_true", help="agents mode")
@@ -928,9 +957,9 @@ def gateways_main(url: str, a: Any) -> int:
         flush=True,
     )
     r = run_gateways(
-        url, a.bridges, agents, seconds, a.msg_rate, a.other_rate, pool, a.saturate, depth
+        url, a.bridges, agents, seconds, a.msg_rate, a.other_rate, pool, a.saturate, depth, a.idle
     )
-    base = run_baseline(url, a.bridges, agents, seconds, a.msg_rate, a.saturate, depth)
+    base = run_baseline(url, a.bridges, agents, seconds, a.msg_rate, a.saturate, depth, idle=a.idle)
     print(gateway_table(r, base))
     for code, sample in r["samples"].items():
         print(f"    {code}: {sample}")

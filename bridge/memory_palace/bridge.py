@@ -604,6 +604,7 @@ class Bridge:
             try:
                 db = self.palace.database(database)
                 count += delivery.record_received(db, msgs, mems, f"{delivery.bridge_name()}*")
+                self.listeners.deadlines_changed(database)
             except MemoryPalaceError as exc:
                 log.warning(
                     "_deliver: received wakes of %s not recorded: %s", database, exc.message

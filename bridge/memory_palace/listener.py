@@ -30,12 +30,14 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from .config import Messaging
 from .db.engine import Database
+from .db.values import decode_time, utcnow
 from .errors import BackendUnavailable, MemoryPalaceError
 from .palace import Palace
 from .services import delivery, messages, names, watch
@@ -51,7 +53,10 @@ FIRST_RETRY = 0.05
 MAX_RETRY = 5.0
 KEEPALIVE = 30.0  # an idle listener checks its connection this often
 REFRESH = 5.0  # how often a listener re-reads the served instances' subscriptions, seconds
-ACK_SWEEP = 0.5  # how often a listener looks for passed acknowledgement deadlines, seconds
+#: The least time between two looks for passed acknowledgement deadlines, seconds. A listener
+#: looks when the earliest deadline it knows of passes (it learns them from its own claims and
+#: from each look), and at least every REFRESH seconds for deadlines set elsewhere.
+ACK_SWEEP = 0.5
 NOTICE_FROM = "palace"  # the sender of overdue notices
 
 
@@ -86,7 +91,8 @@ class Listener(threading.Thread):
         self.last_memory_id = 0
         self.by = delivery.bridge_name()
         self.settings: Any = None  # set by Listeners (overdue notices are sent messages)
-        self._swept = 0.0
+        self._swept = -ACK_SWEEP  # monotonic time of the last look for passed deadlines
+        self._next_sweep = 0.0  # when to look next: at once, then see sweep_acks
         self._held: Any = None  # the listener thread's connection for claims
         self._unsettled: list[tuple[Any, Claimed]] = []  # emitted, claim not committed
         self.emitted = 0
@@ -121,6 +127,7 @@ class Listener(threading.Thread):
             for channel in channels:
                 self._subscribers.setdefault(channel, set()).add(instance)
         self._apply(before, set(self.names()))
+        self.expect_deadline(utcnow())  # its deliveries may have deadlines: look soon
         if self.is_alive():  # else its start replays it (and so does every reconnect)
             try:
                 self.replay([instance])
@@ -148,8 +155,8 @@ class Listener(threading.Thread):
             before = set(self.names())
         served = self.served()
         subscribed: dict[str, set[str]] = {}
-        for instance in served:
-            for channel in messages.subscriptions(self.db, instance):
+        for instance, channels in messages.channels_of(self.db, served).items():
+            for channel in channels:
                 if valid_name(channel):
                     subscribed.setdefault(channel, set()).add(instance)
         watching = bool(watch.watchers(self.db, served))
@@ -251,6 +258,7 @@ class Listener(threading.Thread):
         def emit_and_note(payload: dict[str, Any], recipients: list[str]) -> None:
             sent.append((payload, recipients))
             emit(payload, recipients)
+            self.expect_deadline(decode_time(payload.get("ack_due_at")))
 
         try:
             self._settle(held)
@@ -353,18 +361,34 @@ class Listener(threading.Thread):
             log.info("listener %s replayed %d messages", self.database, count)
         return count
 
+    def expect_deadline(self, due: datetime | None) -> None:
+        """A delivery to a served instance has an acknowledgement deadline `due`: look for
+        passed deadlines once it passes (not before ACK_SWEEP after the last look)."""
+        if due is None:
+            return
+        at = time.monotonic() + max(0.0, (due - utcnow()).total_seconds())
+        with self._lock:
+            self._next_sweep = min(self._next_sweep, at)
+
     def sweep_acks(self, force: bool = False) -> int:
         """Re-wake served recipients whose acknowledgement deadline passed (config
         messaging.ack_rewakes times, one deadline apart), then send the sender an overdue
         notice (a message from NOTICE_FROM in the thread). Each round is claimed in the
         database, so with two bridges exactly one acts. Returns the rounds this bridge took."""
         now = time.monotonic()
-        if not force and now - self._swept < ACK_SWEEP:
-            return 0
-        self._swept = now
+        with self._lock:
+            if not force and now < max(self._next_sweep, self._swept + ACK_SWEEP):
+                return 0
+            self._swept, self._next_sweep = now, now + REFRESH
         taken = 0
         rounds = (self.settings.messaging if self.settings else Messaging()).ack_rewakes
-        for row in delivery.due_rewakes(self.db, self.served()):
+        wall = utcnow()
+        for row in delivery.pending_rewakes(self.db, self.served()):
+            due = decode_time(row.next_wake_at)
+            if due is not None and due > wall:  # the earliest not yet passed: look again then
+                self.expect_deadline(due)
+                break
+            self.expect_deadline(wall)  # a round taken moves its deadline: look again soon
             last = int(row.rewakes) >= rounds
             if not delivery.take_round(self.db, row, last):
                 continue  # another bridge took it
@@ -733,6 +757,15 @@ class Listeners:
     def refresh(self, database: str | None = None) -> None:
         """Subscriptions changed in a database: listen to the served instances' channels."""
         self.ensure(database).refresh()
+
+    def deadlines_changed(self, database: str | None = None) -> None:
+        """Deliveries in a database got acknowledgement deadlines outside the listener's own
+        claims (handed-over wakes): its listener, if running, looks for passed ones soon."""
+        name, _ = self.palace.catalog.resolve(database)
+        with self._lock:
+            listener = self._by_db.get(name)
+        if listener is not None:
+            listener.expect_deadline(utcnow())
 
     def served(self) -> list[str]:
         with self._lock:

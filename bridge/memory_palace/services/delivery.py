@@ -181,17 +181,19 @@ def _payload(row: Any) -> dict[str, Any]:
     return notify_payload(message_dict(row))
 
 
-def due_rewakes(db: Database, served: list[str], limit: int = 200) -> list[Any]:
-    """Deliveries to served instances whose acknowledgement deadline passed unacknowledged."""
+def pending_rewakes(db: Database, served: list[str], limit: int = 200) -> list[Any]:
+    """Unacknowledged deliveries to served instances that have an acknowledgement deadline,
+    the earliest deadline (`next_wake_at`) first: those passed are due, the first one not yet
+    passed says when to look again."""
     if not served:
         return []
     stmt = text(
-        "SELECT d.message_id, d.instance_id, d.rewakes, m.ack_within_s, m.from_instance, "
-        "m.subject FROM message_deliveries d JOIN messages m ON m.id = d.message_id "
-        "WHERE d.next_wake_at IS NOT NULL AND d.next_wake_at <= :now AND d.instance_id IN :served "
+        "SELECT d.message_id, d.instance_id, d.rewakes, d.next_wake_at, m.ack_within_s, "
+        "m.from_instance, m.subject FROM message_deliveries d JOIN messages m "
+        "ON m.id = d.message_id WHERE d.next_wake_at IS NOT NULL AND d.instance_id IN :served "
         f"AND {NOT_EXPIRED} AND NOT EXISTS (SELECT 1 FROM message_reads r WHERE "
         "r.message_id = d.message_id AND r.instance_id = d.instance_id AND r.acked_at IS NOT NULL) "
-        "ORDER BY d.next_wake_at LIMIT :limit"
+        "ORDER BY d.next_wake_at, d.message_id, d.instance_id LIMIT :limit"
     ).bindparams(bindparam("served", expanding=True))
     with db.read() as conn:
         return conn.execute(

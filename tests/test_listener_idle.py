@@ -1,0 +1,113 @@
+"""What an idle listener costs: a bridge serving many instances reads their channel
+subscriptions in one query, not one per instance, and looks for passed acknowledgement
+deadlines only when one can have passed (its own claims tell it when) or every REFRESH seconds
+for deadlines set elsewhere, not twice a second. Both were most of a gateway's idle CPU
+(bench/README.md, "Idle cost")."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from memory_palace import listener as listener_mod
+from memory_palace.listener import Listeners
+from sqlalchemy import event
+
+SERVED = [f"agent{i:02d}" for i in range(30)]
+SWEEP = "d.next_wake_at IS NOT NULL"  # in the statement that looks for passed deadlines
+
+
+class Statements:
+    """Every statement a database's engine runs, with the thread that ran it."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.seen: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        event.listen(engine, "before_cursor_execute", self._note)
+
+    def _note(self, conn, cursor, statement, params, context, executemany) -> None:
+        with self._lock:
+            self.seen.append((threading.current_thread().name, statement))
+
+    def since(self, start: int, thread: str | None = None, containing: str = "") -> list[str]:
+        with self._lock:
+            return [
+                s
+                for t, s in self.seen[start:]
+                if (thread is None or t == thread) and containing in s
+            ]
+
+    def close(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._note)
+
+
+@pytest.fixture
+def gateway(make_palace, db_url):
+    """A palace, its Listeners serving SERVED (each subscribed to a channel), the wakes they
+    emitted, and the statements the default database runs."""
+    palace = make_palace(db_url)
+    for i, name in enumerate(SERVED):
+        palace.call(
+            "message", {"action": "subscribe", "instance_id": name, "channel": f"team{i % 3}"}
+        )
+    events: list[dict] = []
+    listeners = Listeners(palace, events.append)
+    for name in SERVED:
+        listeners.serve(name)
+    statements = Statements(palace.database().engine)
+    yield palace, listeners, events, statements
+    statements.close()
+    listeners.stop()
+
+
+def test_refresh_reads_every_served_instances_channels_in_one_query(gateway) -> None:
+    _, listeners, _, statements = gateway
+    listener = listeners.ensure()
+    start = len(statements.seen)
+    listener.refresh()
+    mine = statements.since(start, threading.current_thread().name, "FROM subscriptions")
+    assert len(mine) == 1, mine  # one per served instance before (30)
+    assert {"team0", "team1", "team2"} <= set(listener.names())
+
+
+def test_an_idle_listener_does_not_look_for_deadlines_twice_a_second(gateway) -> None:
+    _, listeners, _, statements = gateway
+    listener = listeners.ensure()
+    time.sleep(listener_mod.ACK_SWEEP + 0.3)  # the look that serving asked for
+    start = len(statements.seen)
+    time.sleep(2.5 * listener_mod.ACK_SWEEP + 0.5)  # 3 looks before, now none until REFRESH
+    assert statements.since(start, listener.name, SWEEP) == []
+    assert listener.state == "listening" or listener.state == "polling"
+
+
+def test_a_claimed_deadline_is_looked_for_when_it_passes(gateway) -> None:
+    palace, listeners, events, _ = gateway
+    listeners.ensure()
+    time.sleep(listener_mod.ACK_SWEEP + 0.3)
+    sent = palace.call(
+        "message",
+        {
+            "action": "send",
+            "from_instance": "boss",
+            "to_instance": SERVED[0],
+            "content": "ack within a second",
+            "ack_within_s": 1,
+        },
+    )
+    sent_at = time.monotonic()
+
+    def rewoken() -> bool:
+        return any(
+            e["event"] == "new_message"
+            and e["data"]["message_id"] == sent["id"]
+            and e["data"].get("rewake") == 1
+            for e in events
+        )
+
+    deadline = sent_at + listener_mod.REFRESH - 1  # well before the every-REFRESH look
+    while not rewoken():
+        assert time.monotonic() < deadline, "not re-woken when its deadline passed"
+        time.sleep(0.05)
+    assert time.monotonic() - sent_at >= 1.0  # not before its deadline
