@@ -3,17 +3,18 @@
 gateways (default): N bridge processes (`memory-palace-bridge`, one per gateway), each serving M
 agents announced with `_subscribe`, every call carrying its agent as `caller`. First `--idle`
 seconds with no load: the machine's busy CPU then is what the gateways cost doing nothing (the
-baseline's: its LISTEN connections). Then an open (Poisson) load for `--seconds`: sends between random agents of all bridges at `--msg-rate` per second, and
-recalls of a shared hot set plus writes at `--other-rate`. Reported: messages and calls per
-second, wake p50/p99 (the message row's created_at, set in the send's transaction, to the
-moment the recipient's bridge's `new_message` line is read), send/recall/write latency, errors
-by kind, lost and duplicate wakes (each message must wake its recipient exactly once), peak
-backends on the database (pg_stat_activity) and peak RSS per bridge. Then `--saturate` seconds
-of sends only, as fast as the bridges take them. The baseline, in the same run: plain psycopg2
-INSERT + pg_notify in one transaction from N connections at the same rate, N connections
-LISTENing on the agents' channels, then saturated; the ratios are its messages/s over ours and
-our CPU per message (the whole machine's busy CPU time during a saturated phase, per message:
-bridges, PostgreSQL and the driver) over its.
+baseline's: its LISTEN connections). Then an open (Poisson) load for `--seconds`: sends between
+random agents of all bridges at `--msg-rate` per second, and recalls of a shared hot set plus
+writes at `--other-rate`. Reported: messages and calls per second, wake p50/p99 (the message
+row's created_at, set in the send's transaction, to the moment the recipient's bridge's
+`new_message` line is read), send/recall/write latency, errors by kind, lost and duplicate wakes
+(each message must wake its recipient exactly once), peak backends on the database
+(pg_stat_activity) and peak RSS per bridge. Then `--saturate` seconds of sends only, as fast as
+the bridges take them. The baseline, in the same run: plain psycopg2 INSERT + pg_notify in one
+transaction from N connections at the same rate, N connections LISTENing on the agents'
+channels, then saturated; the ratios are its messages/s over ours and our CPU per message (the
+whole machine's busy CPU time during a saturated phase, per message: bridges, PostgreSQL and the
+driver) over its.
 
 agents (`--mode agents`): throughput and p95 of a mixed load at 1, 4 and 16 concurrent agent
 processes, each its own Palace, directly and through PgBouncer in transaction mode. Each agent

@@ -258,17 +258,19 @@ class Listener(threading.Thread):
         def emit_and_note(payload: dict[str, Any], recipients: list[str]) -> None:
             sent.append((payload, recipients))
             emit(payload, recipients)
-            self.expect_deadline(decode_time(payload.get("ack_due_at")))
 
         try:
             self._settle(held)
-            return len(claim(self.db, items, self.by, emit_and_note, held))
+            claimed = claim(self.db, items, self.by, emit_and_note, held)
         except Exception:
             if sent:
                 with self._lock:
                     self._unsettled.append((claim, sent))
             self._drop_held()
             raise
+        for payload, _ in claimed:  # committed: a look for passed deadlines will see them
+            self.expect_deadline(decode_time(payload.get("ack_due_at")))
+        return len(claimed)
 
     def _settle(self, held: Any) -> None:
         with self._lock:
@@ -382,13 +384,10 @@ class Listener(threading.Thread):
             self._swept, self._next_sweep = now, now + REFRESH
         taken = 0
         rounds = (self.settings.messaging if self.settings else Messaging()).ack_rewakes
-        wall = utcnow()
-        for row in delivery.pending_rewakes(self.db, self.served()):
-            due = decode_time(row.next_wake_at)
-            if due is not None and due > wall:  # the earliest not yet passed: look again then
-                self.expect_deadline(due)
-                break
-            self.expect_deadline(wall)  # a round taken moves its deadline: look again soon
+        due, upcoming = delivery.due_rewakes(self.db, self.served())
+        self.expect_deadline(upcoming)
+        for row in due:
+            self.expect_deadline(utcnow())  # a round taken moves its deadline: look again soon
             last = int(row.rewakes) >= rounds
             if not delivery.take_round(self.db, row, last):
                 continue  # another bridge took it

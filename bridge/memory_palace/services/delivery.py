@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -181,25 +181,30 @@ def _payload(row: Any) -> dict[str, Any]:
     return notify_payload(message_dict(row))
 
 
-def pending_rewakes(db: Database, served: list[str], limit: int = 200) -> list[Any]:
-    """Unacknowledged deliveries to served instances that have an acknowledgement deadline,
-    the earliest deadline (`next_wake_at`) first: those passed are due, the first one not yet
-    passed says when to look again."""
+def due_rewakes(
+    db: Database, served: list[str], limit: int = 200
+) -> tuple[list[Any], datetime | None]:
+    """Unacknowledged deliveries to served instances whose acknowledgement deadline passed,
+    the earliest first, and the earliest deadline of theirs not passed yet (None: none), when
+    a listener looks again (an acknowledged or expired one there costs one look for nothing)."""
     if not served:
-        return []
-    stmt = text(
-        "SELECT d.message_id, d.instance_id, d.rewakes, d.next_wake_at, m.ack_within_s, "
-        "m.from_instance, m.subject FROM message_deliveries d JOIN messages m "
-        "ON m.id = d.message_id WHERE d.next_wake_at IS NOT NULL AND d.instance_id IN :served "
+        return [], None
+    due = text(
+        "SELECT d.message_id, d.instance_id, d.rewakes, m.ack_within_s, m.from_instance, "
+        "m.subject FROM message_deliveries d JOIN messages m ON m.id = d.message_id "
+        "WHERE d.next_wake_at IS NOT NULL AND d.next_wake_at <= :now AND d.instance_id IN :served "
         f"AND {NOT_EXPIRED} AND NOT EXISTS (SELECT 1 FROM message_reads r WHERE "
         "r.message_id = d.message_id AND r.instance_id = d.instance_id AND r.acked_at IS NOT NULL) "
-        "ORDER BY d.next_wake_at, d.message_id, d.instance_id LIMIT :limit"
+        "ORDER BY d.next_wake_at LIMIT :limit"
     ).bindparams(bindparam("served", expanding=True))
+    upcoming = text(
+        "SELECT min(next_wake_at) FROM message_deliveries WHERE next_wake_at > :now "
+        "AND instance_id IN :served"
+    ).bindparams(bindparam("served", expanding=True))
+    now = {"now": db.backend.encode("time", utcnow()), "served": served}
     with db.read() as conn:
-        return conn.execute(
-            stmt,
-            {"now": db.backend.encode("time", utcnow()), "served": served, "limit": limit},
-        ).all()
+        rows = conn.execute(due, {**now, "limit": limit}).all()
+        return rows, decode_time(conn.execute(upcoming, now).scalar())
 
 
 def take_round(db: Database, row: Any, last: bool) -> bool:
