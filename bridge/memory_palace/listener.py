@@ -381,10 +381,14 @@ class Listener(threading.Thread):
         with self._lock:
             if not force and now < max(self._next_sweep, self._swept + ACK_SWEEP):
                 return 0
-            self._swept, self._next_sweep = now, now + REFRESH
+            self._swept, self._next_sweep = now, now + REFRESH  # unless a deadline is sooner
         taken = 0
         rounds = (self.settings.messaging if self.settings else Messaging()).ack_rewakes
-        due, upcoming = delivery.due_rewakes(self.db, self.served())
+        try:
+            due, upcoming = delivery.due_rewakes(self.db, self.served())
+        except MemoryPalaceError:
+            self.expect_deadline(utcnow())  # not looked: look again as soon as may be
+            raise
         self.expect_deadline(upcoming)
         for row in due:
             self.expect_deadline(utcnow())  # a round taken moves its deadline: look again soon

@@ -184,9 +184,10 @@ def _payload(row: Any) -> dict[str, Any]:
 def due_rewakes(
     db: Database, served: list[str], limit: int = 200
 ) -> tuple[list[Any], datetime | None]:
-    """Unacknowledged deliveries to served instances whose acknowledgement deadline passed,
-    the earliest first, and the earliest deadline of theirs not passed yet (None: none), when
-    a listener looks again (an acknowledged or expired one there costs one look for nothing)."""
+    """(unacknowledged deliveries to served instances whose acknowledgement deadline passed,
+    the earliest first; the earliest of their deadlines still to come, None if none): a
+    listener looks again then. That deadline may belong to an acknowledged or expired
+    delivery, which costs one look that finds nothing."""
     if not served:
         return [], None
     due = text(

@@ -28,7 +28,6 @@ log = logging.getLogger("memory_palace.messages")
 
 FLOOR_KEY = "delivery_floor"  # palace_meta: messages after this id are delivered durably
 NOTIFY_LIMIT = 7999  # pg_notify payloads must be shorter than 8000 bytes
-SUBSCRIBER_BATCH = 500  # instances per query when reading many instances' subscriptions
 Action = Literal[
     "send",
     "get",
@@ -654,20 +653,15 @@ def subscriptions(db: Database, instance_id: str | None = None) -> list[str]:
 
 def channels_of(db: Database, instances: list[str]) -> dict[str, list[str]]:
     """The channels each of `instances` is subscribed to (those with none are left out), in
-    one query per SUBSCRIBER_BATCH instances: a bridge re-reads this for every instance it
-    serves, and one query each cost a gateway of 50 agents 10 queries a second."""
-    stmt = text(
+    one query for many instances: a bridge re-reads this for every instance it serves, and a
+    query each cost a gateway of 50 agents 10 queries a second."""
+    rows = watch.per_instance(
+        db,
         "SELECT instance_id, channel FROM subscriptions WHERE instance_id IN :who "
-        "ORDER BY instance_id, channel"
-    ).bindparams(bindparam("who", expanding=True))
-    out: dict[str, list[str]] = {}
-    with db.read() as conn:
-        for start in range(0, len(instances), SUBSCRIBER_BATCH):
-            for who, channel in conn.execute(
-                stmt, {"who": instances[start : start + SUBSCRIBER_BATCH]}
-            ):
-                out.setdefault(who, []).append(channel)
-    return out
+        "ORDER BY instance_id, channel",
+        instances,
+    )
+    return {who: [r.channel for r in mine] for who, mine in rows.items()}
 
 
 def subscribers(db: Database, channel: str) -> list[str]:

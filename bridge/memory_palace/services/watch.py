@@ -30,6 +30,7 @@ from .names import pg_channel
 FEED = "##memories"
 SUBJECT_MAX = 500  # a wake names the subject, cut to this many characters
 MATCH_BATCH = 500
+INSTANCE_BATCH = 500  # instances per query when reading many instances' rows
 
 
 def notify(db: Database, conn: Connection, memory_id: int) -> None:
@@ -146,16 +147,25 @@ def unsubscribe(db: Database, instance: str, flt: dict[str, Any]) -> dict[str, A
 
 def watchers(db: Database, instances: list[str]) -> dict[str, list[Any]]:
     """The memory subscriptions of `instances`, by instance (rows for `matching`)."""
-    if not instances:
-        return {}
-    stmt = text(
+    return per_instance(
+        db,
         "SELECT instance_id, projects, memory_type, keywords, after_id FROM memory_subscriptions "
-        "WHERE instance_id IN :who ORDER BY instance_id, filter_key"
-    ).bindparams(bindparam("who", expanding=True))
+        "WHERE instance_id IN :who ORDER BY instance_id, filter_key",
+        instances,
+    )
+
+
+def per_instance(db: Database, select: str, instances: list[str]) -> dict[str, list[Any]]:
+    """The rows of `select` (... WHERE instance_id IN :who ...) by instance_id, in one query
+    per INSTANCE_BATCH instances (a bridge asks for every instance it serves); instances
+    without rows are left out."""
+    stmt = text(select).bindparams(bindparam("who", expanding=True))
+    who = sorted(instances)
     out: dict[str, list[Any]] = {}
     with db.read() as conn:
-        for row in conn.execute(stmt, {"who": sorted(instances)}):
-            out.setdefault(row.instance_id, []).append(row)
+        for start in range(0, len(who), INSTANCE_BATCH):
+            for row in conn.execute(stmt, {"who": who[start : start + INSTANCE_BATCH]}):
+                out.setdefault(row.instance_id, []).append(row)
     return out
 
 
