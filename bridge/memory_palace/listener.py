@@ -48,7 +48,7 @@ Emit = Callable[[dict[str, Any]], None]
 EmitWake = Callable[[dict[str, Any], list[str]], None]  # one wake: payload, recipients
 Claimed = delivery.Claimed
 
-TICK = 0.1  # select() timeout and SQLite poll interval, seconds
+TICK = 0.1  # the SQLite poll interval, seconds
 FIRST_RETRY = 0.05
 MAX_RETRY = 5.0
 KEEPALIVE = 30.0  # an idle listener checks its connection this often
@@ -370,7 +370,18 @@ class Listener(threading.Thread):
             return
         at = time.monotonic() + max(0.0, (due - utcnow()).total_seconds())
         with self._lock:
+            sooner = at < self._next_sweep
             self._next_sweep = min(self._next_sweep, at)
+        if sooner and threading.current_thread() is not self:
+            self._wake()  # a listener waiting for its next chore recomputes when that is
+
+    def _quiet_for(self) -> float:
+        """Seconds until the next chore (a look for passed deadlines, a refresh of the
+        subscriptions), at most REFRESH: how long a listener may wait for a notification."""
+        now = time.monotonic()
+        with self._lock:
+            sweep = max(self._next_sweep, self._swept + ACK_SWEEP)
+        return max(0.0, min(sweep - now, self._refreshed + REFRESH - now, REFRESH))
 
     def sweep_acks(self, force: bool = False) -> int:
         """Re-wake served recipients whose acknowledgement deadline passed (config
@@ -536,7 +547,9 @@ class PushListener(Listener):
             self._read()  # notifications the driver took in during those statements
         self.sweep_acks()
         self.refresh_now_and_then()
-        readable, _, _ = select.select([self._conn, self._pipe_r], [], [], TICK)
+        # Name changes, stops and sooner deadlines write to the pipe: no polling while idle.
+        wait = self._quiet_for()
+        readable, _, _ = select.select([self._conn, self._pipe_r], [], [], wait)
         if self._pipe_r in readable:
             self._drain_pipe()
         if self._conn in readable:
