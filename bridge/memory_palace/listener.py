@@ -401,8 +401,9 @@ class Listener(threading.Thread):
             self.expect_deadline(utcnow())  # not looked: look again as soon as may be
             raise
         self.expect_deadline(upcoming)
+        if due:  # a round taken moves its deadline: look again soon
+            self.expect_deadline(utcnow())
         for row in due:
-            self.expect_deadline(utcnow())  # a round taken moves its deadline: look again soon
             last = int(row.rewakes) >= rounds
             if not delivery.take_round(self.db, row, last):
                 continue  # another bridge took it

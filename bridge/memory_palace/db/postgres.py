@@ -463,8 +463,8 @@ class PostgresBackend(Backend):
     @staticmethod
     def _lexemes(db: Database, words: list[str]) -> dict[str, list[str]]:
         """Each word's lexemes in the tsv column (none for PostgreSQL's stop words). Asked of
-        the server once per word and database (it parses them); the most recent LEXEME_WORDS
-        words are kept."""
+        the server once per word and database (it parses them); the cache holds at most
+        LEXEME_WORDS words and starts over when full."""
         known: dict[str, list[str]] = db.cache.setdefault("lexemes", {})
         out = {w: known[w] for w in words if w in known}
         missing = [w for w in words if w not in out]
