@@ -81,6 +81,18 @@ describe("recall block", () => {
     expect(roomy.ids.length).toBeGreaterThan(1);
     expect(recallBlock("a", [], [], 1000)).toBeUndefined();
   });
+
+  it("keeps room for unread messages however long the memories are", () => {
+    const long = Array.from({ length: 5 }, (_, i) => ({ id: i + 1, content: "word ".repeat(400), score: 0.9 }));
+    const unread = Array.from({ length: 3 }, (_, i) => ({ id: 50 + i, from_instance: "b", subject: `subject ${i}` }));
+    for (const maxTokens of [150, 1000]) {
+      const block = recallBlock("a", long, unread, maxTokens)!;
+      expect(block.tokens).toBeLessThanOrEqual(maxTokens);
+      expect(block.messageIds).toEqual(maxTokens === 1000 ? [50, 51, 52] : [50]); // at most half the budget
+      expect(block.ids[0]).toBe(1); // memories still come first, cut to fit
+      expect(block.text.indexOf('"id": 1,')).toBeLessThan(block.text.indexOf("Unread messages for"));
+    }
+  });
 });
 
 describe("auto-recall", () => {
@@ -113,6 +125,25 @@ describe("auto-recall", () => {
     };
     expect(await autoRecall(d, { prompt: "hello there" }, { agentId: "alice", sessionKey: "agent:alice:main" })).toBeUndefined();
     expect(warnings.join()).toContain("bridge down");
+  });
+
+  it("a failed recall still injects the unread list; a failed listing is recorded", async () => {
+    const { d, warnings } = deps();
+    d.bridge.call = async (method: string) => {
+      if (method === "memory_recall") throw new Error("memory_recall timed out after 8000 ms");
+      return inbox;
+    };
+    const out = await autoRecall(d, { prompt: "anything new?" }, { agentId: "alice", sessionKey: "agent:alice:main" });
+    expect(out?.prependContext).toContain('"id": 3');
+    expect(d.auto.injections.get("agent:alice:main")).toMatchObject({ ids: [], messageIds: [3] });
+    expect(warnings.join()).toContain("could not recall");
+    d.bridge.call = async (method: string) => {
+      if (method === "message") throw new Error("message timed out after 8000 ms");
+      return memories;
+    };
+    const again = await autoRecall(d, { prompt: "deploy key?" }, { agentId: "alice", sessionKey: "agent:alice:main" });
+    expect(again?.prependContext).toContain('"id": 7');
+    expect(d.auto.injections.get("agent:alice:main")).toMatchObject({ ids: [7, 8], messageIds: [], messagesSkipped: "error: message timed out after 8000 ms" });
   });
 
   it("does not recall on its own injected block", async () => {
