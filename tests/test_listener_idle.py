@@ -2,7 +2,8 @@
 subscriptions in one query, not one per instance, and looks for passed acknowledgement
 deadlines only when one can have passed (its own claims tell it when) or every REFRESH seconds
 for deadlines set elsewhere, not twice a second. Both were most of a gateway's idle CPU
-(bench/README.md, "Idle cost")."""
+(bench/README.md, "Idle cost"). A SQLite poller reads messages only after something was
+committed to the file."""
 
 from __future__ import annotations
 
@@ -111,3 +112,59 @@ def test_a_claimed_deadline_is_looked_for_when_it_passes(gateway) -> None:
         assert time.monotonic() < deadline, "not re-woken when its deadline passed"
         time.sleep(0.05)
     assert time.monotonic() - sent_at >= 1.0  # not before its deadline
+
+
+def test_an_idle_sqlite_poller_reads_nothing_until_something_is_committed(
+    make_palace, sqlite_url
+) -> None:
+    palace = make_palace(sqlite_url)
+    events: list[dict] = []
+    listeners = Listeners(palace, events.append)
+    statements = Statements(palace.database().engine)
+    try:
+        listener = listeners.serve("idle-agent")
+        assert listener.kind == "poll"
+        time.sleep(4 * listener_mod.TICK)  # its first look, then quiet
+        start = len(statements.seen)
+        time.sleep(10 * listener_mod.TICK)
+        assert statements.since(start, listener.name, "FROM messages") == []
+        # A commit from another connection (here: another thread's pooled one) is seen.
+        sent = palace.call(
+            "message",
+            {
+                "action": "send",
+                "from_instance": "boss",
+                "to_instance": "idle-agent",
+                "content": "wake up",
+            },
+        )
+        deadline = time.monotonic() + 5
+        while not any(e["data"].get("message_id") == sent["id"] for e in events):
+            assert time.monotonic() < deadline, "the poller missed a committed message"
+            time.sleep(0.02)
+        assert statements.since(start, listener.name, "FROM messages")
+    finally:
+        statements.close()
+        listeners.stop()
+
+
+def test_the_change_probe_says_changed_when_it_cannot_tell_and_never_creates_the_file(
+    tmp_path,
+) -> None:
+    import sqlite3
+
+    from memory_palace.db.sqlite import ChangeProbe
+
+    path = tmp_path / "m.db"
+    probe = ChangeProbe(path)
+    assert probe.changed() is True and probe.changed() is True  # no file: look every time
+    assert not path.exists()
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    assert probe.changed() is True  # first look at the file
+    assert probe.changed() is False
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert probe.changed() is True
+    assert probe.changed() is False
+    probe.close()

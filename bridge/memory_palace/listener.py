@@ -622,12 +622,19 @@ class PollListener(Listener):
                 self._stop_event.wait(TICK)
         self.state = "polling"
         self.ready.set()
+        # Nothing committed since the last look (by anyone, any process): nothing new to read.
+        # A look that failed is repeated whatever the probe says.
+        probe = self.db.backend.change_probe(self.db.url)
+        stale = True
         while not self._stop_event.wait(TICK):
             try:
-                rows = messages.messages_since(self.db, self.last_id, self.names())
-                self._deliver_many(rows)
-                if self._watching:
-                    self.deliver_memories(watch.newer_ids(self.db, self.last_memory_id))
+                if stale or probe is None or probe.changed():
+                    stale = True
+                    rows = messages.messages_since(self.db, self.last_id, self.names())
+                    self._deliver_many(rows)
+                    if self._watching:
+                        self.deliver_memories(watch.newer_ids(self.db, self.last_memory_id))
+                    stale = False
                 self.sweep_acks()
                 self.refresh_now_and_then()
                 if self.state != "polling":
@@ -637,6 +644,8 @@ class PollListener(Listener):
                 if self.state != "error":
                     log.warning("poller %s: %s", self.database, exc.message)
                     self._status_event("error", error=self.last_error)
+        if probe is not None:
+            probe.close()
         self._drop_held()
         self.state = "stopped"
 

@@ -247,6 +247,12 @@ class Backend(ABC):
         """A dedicated connection that LISTENs (only where listen_mode is "listen")."""
         raise NotImplementedError(f"{self.kind} has no LISTEN; it is polled")
 
+    def change_probe(self, url: str) -> Any:
+        """Where listen_mode is "poll": an object whose `changed()` says whether anything was
+        committed to the database since its last call (True when it cannot tell), so an idle
+        poller skips its queries; None: poll every tick."""
+        return None
+
     def notify(self, conn: Connection, channels: list[str], payload: str) -> list[str]:
         """Notify `channels` inside the caller's transaction; returns the channels notified
         (none where the backend polls)."""

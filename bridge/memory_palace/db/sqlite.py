@@ -3,9 +3,11 @@ in process (`sqlite_index.py`, fed by a change log), polling instead of NOTIFY."
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -115,6 +117,35 @@ def _on_begin(conn: Connection) -> None:
         return
     mode = options.get("sqlite_begin", "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class ChangeProbe:
+    """`PRAGMA data_version` on a connection of its own that never writes: it changes when any
+    other connection, in this process or another, commits to the file. One thread uses it."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        self._seen: int | None = None
+
+    def changed(self) -> bool:
+        try:
+            if self._conn is None:
+                uri = f"{Path(self._path).resolve().as_uri()}?mode=rw"  # never creates it
+                self._conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+            version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:  # cannot tell (file gone, locked): look, and reopen next time
+            self.close()
+            return True
+        changed, self._seen = version != self._seen, version
+        return changed
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        self._seen = None
 
 
 class SqliteBackend(Backend):
@@ -296,6 +327,9 @@ class SqliteBackend(Backend):
         event.listen(engine, "begin", _on_begin)
         event.listen(engine, "handle_error", _drop_read_only)
         return engine
+
+    def change_probe(self, url: str) -> ChangeProbe:
+        return ChangeProbe(sqlite_path(url))
 
     def probe(self, url: str, tables: tuple[str, ...]) -> dict[str, Any]:
         try:
