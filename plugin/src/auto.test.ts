@@ -135,7 +135,7 @@ describe("auto-recall", () => {
     };
     const out = await autoRecall(d, { prompt: "anything new?" }, { agentId: "alice", sessionKey: "agent:alice:main" });
     expect(out?.prependContext).toContain('"id": 3');
-    expect(d.auto.injections.get("agent:alice:main")).toMatchObject({ ids: [], messageIds: [3] });
+    expect(d.auto.injections.get("agent:alice:main")).toMatchObject({ ids: [], messageIds: [3], recallSkipped: "error: memory_recall timed out after 8000 ms" });
     expect(warnings.join()).toContain("could not recall");
     d.bridge.call = async (method: string) => {
       if (method === "message") throw new Error("message timed out after 8000 ms");

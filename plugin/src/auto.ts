@@ -213,6 +213,8 @@ export interface InjectionRecord {
   readonly ms: number;
   /** Why nothing was injected (skipped trigger, nothing above minScore, error). */
   readonly skipped?: string;
+  /** Why the recalled memories are missing (the recall failed or timed out). */
+  readonly recallSkipped?: string;
   /** Why the unread messages are missing (the listing failed or timed out). */
   readonly messagesSkipped?: string;
 }
@@ -313,7 +315,8 @@ export async function autoRecall(deps: AutoDeps, event: PromptEvent, ctx: TurnCo
   };
   const note = (record: Omit<InjectionRecord, "at" | "instance" | "ms">, contents: string[] = []) => {
     if (sessionKey) {
-      deps.auto.noteInjection(sessionKey, { at: started, instance, ms: Date.now() - started, ...record, ...(messagesSkipped ? { messagesSkipped } : {}) }, contents);
+      const missing = { ...(recallFailed ? { recallSkipped: recallFailed } : {}), ...(messagesSkipped ? { messagesSkipped } : {}) };
+      deps.auto.noteInjection(sessionKey, { at: started, instance, ms: Date.now() - started, ...record, ...missing }, contents);
     }
   };
   const skip = (why: string) => {
