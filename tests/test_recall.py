@@ -731,3 +731,38 @@ def test_an_embedder_failure_on_its_thread_reaches_the_caller(
     add(palace, "the VPN endpoint is vpn.example.org")
     with pytest.raises(RuntimeError, match="model bug 42"):
         palace.call("memory_recall", {"query": "VPN endpoint"})
+
+
+def test_a_sqlite_recall_reads_the_change_log_once_and_still_sees_every_write(
+    make_palace: Callable[..., Palace], sqlite_url: str
+) -> None:
+    """The in-process indexes (keyword postings, vectors) each check the change log: a recall
+    reads its newest sequence once for all of them, and a write in between (another process's,
+    or this thread's inside the same read) is still seen by the next sync."""
+    from memory_palace.db.sqlite_index import keyword_index
+    from sqlalchemy import event
+
+    mine, other = make_palace(sqlite_url), make_palace(sqlite_url)
+    first = add(mine, "the heron nests by the weir")
+    db = mine.database()
+    seen: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        assert [m for m, _ in recall(mine, "heron")] == [first]  # brings both indexes up
+        del seen[:]
+        assert [m for m, _ in recall(mine, "heron")] == [first]  # hybrid: both indexes
+        assert sum("max(seq)" in s for s in seen) == 1, seen  # was one per index sync
+        second = add(other, "a heron fishing at dawn")
+        assert {m for m, _ in recall(mine, "heron")} == {first, second}
+        index = keyword_index(db, mine.settings.recall.fields)
+        with db.read():
+            index.search(["heron"], Filters.make(), None, (1.2, 0.75), 10)
+            third = add(mine, "the heron flew off")  # this thread writes inside the read
+            hits = index.search(["heron"], Filters.make(), None, (1.2, 0.75), 10)
+        assert {i for i, _ in hits.scored} == {first, second, third}
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)

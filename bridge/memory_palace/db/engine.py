@@ -81,11 +81,16 @@ class Database:
             return
         with self.using(), translate_db_errors(self), self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
-            self._local.conn = conn
+            self._local.conn, self._local.memo = conn, {}
             try:
                 yield conn
             finally:
-                self._local.conn = None
+                self._local.conn = self._local.memo = None
+
+    def read_memo(self) -> dict[str, Any] | None:
+        """Values a helper may read once per outermost read() on this thread and reuse in
+        it (None outside one); a write on this thread empties it."""
+        return getattr(self._local, "memo", None)
 
     @contextmanager
     def using(self) -> Iterator[None]:
@@ -123,6 +128,9 @@ class Database:
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
+        memo = self.read_memo()
+        if memo:
+            memo.clear()  # written within a read: what it read once is stale
 
     def take_created(self) -> bool:
         """True once, for the first caller after this process created the database."""

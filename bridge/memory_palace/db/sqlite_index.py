@@ -192,6 +192,10 @@ def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return top[np.lexsort((ids[top], -scores[top]))][:k]
 
 
+NEWEST_CHANGE = text("SELECT coalesce(max(seq), 0) FROM memory_changes")
+CHANGES_SEQ = "memory_changes.seq"  # its value in a read's memo
+
+
 class _ChangeFed:
     """A per-process cache of rows of `memories`, kept fresh through the `memory_changes` log:
     each call reads the log's newest sequence, then reloads only the memories changed since."""
@@ -211,8 +215,15 @@ class _ChangeFed:
 
     def _sync(self) -> Any:
         with self.db.read() as conn:
-            seq = conn.execute(text("SELECT coalesce(max(seq), 0) FROM memory_changes")).scalar()
             m = self.m
+            # A recall syncs several indexes in one read: the log's newest sequence is read
+            # once there, unless this index stands elsewhere (then it is read afresh).
+            memo = self.db.read_memo()
+            seq = None if memo is None else memo.get(CHANGES_SEQ)
+            if seq is None or m is None or seq != m.seq:
+                seq = conn.execute(NEWEST_CHANGE).scalar()
+                if memo is not None:
+                    memo[CHANGES_SEQ] = seq
             if m is not None and seq == m.seq:
                 return m
             changed: list[int] | None = None
