@@ -766,3 +766,29 @@ def test_a_sqlite_recall_reads_the_change_log_once_and_still_sees_every_write(
         assert {i for i, _ in hits.scored} == {first, second, third}
     finally:
         event.remove(db.engine, "before_cursor_execute", note)
+
+
+def test_a_recall_checks_out_one_pooled_connection(
+    make_palace: Callable[..., Palace], db_url: str
+) -> None:
+    """Access, both legs, result rows and graph context share one checkout (and its pre-ping)."""
+    from sqlalchemy import event
+
+    palace = make_palace(db_url)
+    a = add(palace, "the lighthouse keeper logs the fog")
+    b = add(palace, "fog horns at the lighthouse")
+    palace.call("memory_link", {"source_id": a, "target_id": b, "relation_type": "related"})
+    recall(palace, "lighthouse fog")  # warm: indexes loaded, schema checked
+    engine = palace.database().engine
+    checkouts: list[int] = []
+
+    def note(*_: Any) -> None:
+        checkouts.append(1)
+
+    event.listen(engine, "checkout", note)
+    try:
+        out = palace.call("memory_recall", {"query": "lighthouse fog", "include_graph": True})
+    finally:
+        event.remove(engine, "checkout", note)
+    assert {m["id"] for m in out["memories"]} == {a, b} and out.get("graph_context")
+    assert len(checkouts) == 1

@@ -399,25 +399,25 @@ def recall(
             f"memory_recall: limit {limit} is above the maximum "
             f"{settings.max_limit}; ask for fewer results or page with filters"
         )
-    seen = access_for(db, caller)
     start, end = time_bounds("memory_recall", since, until)
     span = when.find(query, utcnow()) if dates else None
     if span is not None:
         query = span.query
         start = start or span.since
         end = end or span.until
-    f = Filters.make(
-        instance_id,
-        project,
-        memory_type,
-        subject,
-        min_foundational,
-        include_archived,
-        seen,
-        since=start,
-        until=end,
-    )
     with db.read():  # every read below shares this one pooled connection
+        seen = access_for(db, caller)
+        f = Filters.make(
+            instance_id,
+            project,
+            memory_type,
+            subject,
+            min_foundational,
+            include_archived,
+            seen,
+            since=start,
+            until=end,
+        )
         found = gather(db, embedder, settings, query, f, search, limit)
         top = rank(db, settings, embedder, found, search)[:limit]
         rows = fetch(db, [c.id for c in top])
