@@ -780,19 +780,19 @@ def recent(
 ) -> dict[str, Any]:
     """List the newest memories as title cards."""
     start, end = time_bounds("memory_recent", since, until)
-    cond, params = where(
-        db,
-        Filters.make(
-            instance_id,
-            project,
-            memory_type,
-            include_archived=include_archived,
-            access=access_for(db, caller),
-            since=start,
-            until=end,
-        ),
-    )
-    with db.read() as conn:
+    with db.read() as conn:  # the access scopes too: one checkout
+        cond, params = where(
+            db,
+            Filters.make(
+                instance_id,
+                project,
+                memory_type,
+                include_archived=include_archived,
+                access=access_for(db, caller),
+                since=start,
+                until=end,
+            ),
+        )
         total = conn.execute(text(f"SELECT count(*) FROM memories WHERE {cond}"), params).scalar()
         rows = conn.execute(
             text(
