@@ -99,7 +99,7 @@ def params_for(query: str) -> dict[str, Any]:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu(pid: int, children: bool = False) -> float:
+def proc_cpu(pid: int, children: bool = False) -> float:
     """CPU seconds of `pid` (with `children`: plus its reaped children's), 0 when gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -126,7 +126,7 @@ class CpuMeter:
     def _postgres(self) -> float:
         if self.postmaster is None:
             return float("nan")
-        total = _proc_cpu(self.postmaster, children=True)
+        total = proc_cpu(self.postmaster, children=True)
         for d in Path("/proc").iterdir():
             if d.name.isdigit():
                 try:
@@ -134,12 +134,12 @@ class CpuMeter:
                 except (OSError, IndexError, ValueError):
                     continue
                 if ppid == self.postmaster:
-                    total += _proc_cpu(int(d.name))
+                    total += proc_cpu(int(d.name))
         return total
 
     def snapshot(self) -> dict[str, float]:
         return {
-            "server": _proc_cpu(self.server_pid),
+            "server": proc_cpu(self.server_pid),
             "postgres": self._postgres(),
             "client": time.process_time(),
         }

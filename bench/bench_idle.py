@@ -19,6 +19,9 @@ from pathlib import Path
 
 import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_concurrency import proc_cpu
+
 BASELINE = """
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1])
@@ -28,17 +31,10 @@ while True:
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cores_used(pids: list[int], seconds: float) -> float:
-    before = sum(cpu_seconds(p) for p in pids)
+    before = sum(proc_cpu(p) for p in pids)
     time.sleep(seconds)
-    return (sum(cpu_seconds(p) for p in pids) - before) / seconds
+    return (sum(proc_cpu(p) for p in pids) - before) / seconds
 
 
 def start_bridges(data: Path, bridges: int, agents: int) -> list[subprocess.Popen[bytes]]:

@@ -13,35 +13,11 @@ import time
 import pytest
 from memory_palace import listener as listener_mod
 from memory_palace.listener import Listeners
-from sqlalchemy import event
+
+from tests.fixtures.db import Statements
 
 SERVED = [f"agent{i:02d}" for i in range(30)]
 SWEEP = "d.next_wake_at IS NOT NULL"  # in the statement that looks for passed deadlines
-
-
-class Statements:
-    """Every statement a database's engine runs, with the thread that ran it."""
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.seen: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-        event.listen(engine, "before_cursor_execute", self._note)
-
-    def _note(self, conn, cursor, statement, params, context, executemany) -> None:
-        with self._lock:
-            self.seen.append((threading.current_thread().name, statement))
-
-    def since(self, start: int, thread: str | None = None, containing: str = "") -> list[str]:
-        with self._lock:
-            return [
-                s
-                for t, s in self.seen[start:]
-                if (thread is None or t == thread) and containing in s
-            ]
-
-    def close(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._note)
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from memory_palace.db.values import utcnow
 from memory_palace.embeddings import HashingEmbedder
 from memory_palace.errors import EmbedderUnavailable, InvalidParams
 from memory_palace.services.recall import KEYWORD_DEFAULTS
-from sqlalchemy import text
+from sqlalchemy import event, text
 
-from tests.fixtures.db import BACKENDS, POSTGRES, build_palace, pg_url_for
+from tests.fixtures.db import BACKENDS, POSTGRES, Statements, build_palace, pg_url_for
 
 MODEL = "hash:v1-384"
 BULK_ROWS = 6000
@@ -740,22 +740,17 @@ def test_a_sqlite_recall_reads_the_change_log_once_and_still_sees_every_write(
     reads its newest sequence once for all of them, and a write in between (another process's,
     or this thread's inside the same read) is still seen by the next sync."""
     from memory_palace.db.sqlite_index import keyword_index
-    from sqlalchemy import event
 
     mine, other = make_palace(sqlite_url), make_palace(sqlite_url)
     first = add(mine, "the heron nests by the weir")
     db = mine.database()
-    seen: list[str] = []
-
-    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", note)
+    statements = Statements(db.engine)
     try:
         assert [m for m, _ in recall(mine, "heron")] == [first]  # brings both indexes up
-        del seen[:]
+        start = len(statements.seen)
         assert [m for m, _ in recall(mine, "heron")] == [first]  # hybrid: both indexes
-        assert sum("max(seq)" in s for s in seen) == 1, seen  # was one per index sync
+        newest = statements.since(start, containing="max(seq)")
+        assert len(newest) == 1, newest  # was one per index sync
         second = add(other, "a heron fishing at dawn")
         assert {m for m, _ in recall(mine, "heron")} == {first, second}
         index = keyword_index(db, mine.settings.recall.fields)
@@ -765,15 +760,13 @@ def test_a_sqlite_recall_reads_the_change_log_once_and_still_sees_every_write(
             hits = index.search(["heron"], Filters.make(), None, (1.2, 0.75), 10)
         assert {i for i, _ in hits.scored} == {first, second, third}
     finally:
-        event.remove(db.engine, "before_cursor_execute", note)
+        statements.close()
 
 
 def test_a_recall_checks_out_one_pooled_connection(
     make_palace: Callable[..., Palace], db_url: str
 ) -> None:
     """Access, both legs, result rows and graph context share one checkout (and its pre-ping)."""
-    from sqlalchemy import event
-
     palace = make_palace(db_url)
     a = add(palace, "the lighthouse keeper logs the fog")
     b = add(palace, "fog horns at the lighthouse")

@@ -31,6 +31,11 @@ const SEEN_MAX = 5_000;
 /** Replies that say nothing (OpenClaw's silent-turn tokens). */
 const SILENT = /^(?:NO_REPLY|HEARTBEAT_OK)$/;
 
+/** Why a step failed, as recorded in `memoryPalace.sessions` (short, never a stack). */
+function failure(error: unknown): string {
+  return `error: ${String((error as Error)?.message ?? error).slice(0, 200)}`;
+}
+
 /** A documented estimate: about 4 characters per token for English text. */
 export function estimateTokens(text: string): number {
   return Math.ceil(text.length / 4);
@@ -307,15 +312,15 @@ export async function autoRecall(deps: AutoDeps, event: PromptEvent, ctx: TurnCo
   const started = Date.now();
   const sessionKey = ctx.sessionKey ?? "";
   const instance = deps.registry.instanceOfSession(ctx.sessionKey, ctx.agentId);
-  let recallFailed: string | undefined;
+  let recallSkipped: string | undefined;
   let messagesSkipped: string | undefined;
   const failed = (what: string, error: unknown): string => {
     deps.logger.warn(`memory-palace: auto-recall could not ${what} for ${sessionKey || "a turn"}: ${String(error)}`);
-    return `error: ${String((error as Error)?.message ?? error).slice(0, 200)}`;
+    return failure(error);
   };
   const note = (record: Omit<InjectionRecord, "at" | "instance" | "ms">, contents: string[] = []) => {
     if (sessionKey) {
-      const missing = { ...(recallFailed ? { recallSkipped: recallFailed } : {}), ...(messagesSkipped ? { messagesSkipped } : {}) };
+      const missing = { ...(recallSkipped ? { recallSkipped } : {}), ...(messagesSkipped ? { messagesSkipped } : {}) };
       deps.auto.noteInjection(sessionKey, { at: started, instance, ms: Date.now() - started, ...record, ...missing }, contents);
     }
   };
@@ -330,7 +335,7 @@ export async function autoRecall(deps: AutoDeps, event: PromptEvent, ctx: TurnCo
     const recall = query.length >= 2
       ? deps.bridge.call("memory_recall", { query, limit: cfg.limit, include_graph: false, detail_level: "summary" }, { timeoutMs: AUTO_RECALL_TIMEOUT_MS, caller: instance })
           .catch((error: unknown) => {
-            recallFailed = failed("recall", error);
+            recallSkipped = failed("recall", error);
             return { memories: [] };
           })
       : Promise.resolve({ memories: [] });
@@ -346,7 +351,7 @@ export async function autoRecall(deps: AutoDeps, event: PromptEvent, ctx: TurnCo
       .filter((m) => typeof m.score === "number" && m.score >= cfg.minScore);
     const messages = (inbox as { messages?: UnreadMessage[] } | null)?.messages ?? [];
     const block = recallBlock(instance, memories, messages, cfg.maxTokens);
-    if (!block) return skip(recallFailed ?? (query.length >= 2 ? `nothing scored >= ${cfg.minScore}` : "no user message"));
+    if (!block) return skip(recallSkipped ?? (query.length >= 2 ? `nothing scored >= ${cfg.minScore}` : "no user message"));
     note({ ids: block.ids, messageIds: block.messageIds, tokens: block.tokens }, block.contents);
     return { prependContext: block.text };
   } catch (error) {
@@ -412,7 +417,7 @@ export async function autoCapture(deps: AutoDeps, event: EndEvent, ctx: TurnCont
     return finish({ at, instance, ids, redacted: [...redacted] });
   } catch (error) {
     deps.logger.warn(`memory-palace: auto-capture failed for ${sessionKey || "a turn"}: ${String(error)}`);
-    return finish({ at, instance, ids, redacted: [...redacted], skipped: `error: ${String((error as Error)?.message ?? error).slice(0, 200)}` });
+    return finish({ at, instance, ids, redacted: [...redacted], skipped: failure(error) });
   } finally {
     deps.auto.pendingCaptures--;
   }

@@ -131,7 +131,7 @@ class ChangeProbe:
     def changed(self) -> bool:
         try:
             if self._conn is None:
-                uri = f"{Path(self._path).resolve().as_uri()}?mode=rw"  # never creates it
+                uri = f"{self._path.resolve().as_uri()}?mode=rw"  # never creates it
                 self._conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
             version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error:  # cannot tell (file gone, locked): look, and reopen next time

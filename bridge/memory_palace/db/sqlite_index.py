@@ -220,7 +220,7 @@ class _ChangeFed:
             # once there, unless this index stands elsewhere (then it is read afresh).
             memo = self.db.read_memo()
             seq = None if memo is None else memo.get(CHANGES_SEQ)
-            if seq is None or m is None or seq != m.seq:
+            if m is None or seq != m.seq:  # not read in this scope yet, or the index is behind
                 seq = conn.execute(NEWEST_CHANGE).scalar()
                 if memo is not None:
                     memo[CHANGES_SEQ] = seq
