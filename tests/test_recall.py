@@ -805,3 +805,113 @@ def test_a_recall_checks_out_one_pooled_connection(
         event.remove(engine, "checkout", note)
     assert {m["id"] for m in out["memories"]} == {a, b} and out.get("graph_context")
     assert len(checkouts) == 1
+
+
+class TableEmbedder(HashingEmbedder):
+    """A language model stand-in whose vectors are given per text (hashing for the rest)."""
+
+    semantic = True
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        super().__init__(384)
+        self.id = "test:table-384"
+        self.table = {t: v / np.linalg.norm(v) for t, v in table.items()}
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        hashed = HashingEmbedder.embed_query
+        return np.stack([self.table.get(t, hashed(self, t)) for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.table.get(text, super().embed_query(text))
+
+
+def axis(i: int) -> np.ndarray:
+    v = np.zeros(384, np.float32)
+    v[i] = 1.0
+    return v
+
+
+def test_generic_memories_do_not_lead_every_recall(
+    make_palace: Callable[..., Palace], db_url: str
+) -> None:
+    """Thirty generic turns near the filter's centre (axis 0: what they all share, like a
+    speaker's name) are nearer the query by plain cosine than the one turn that answers it
+    (axis 1); centred on the filter, the answer comes first."""
+    generic = {f"Theo: generic turn {i}": axis(0) + 0.15 * axis(2 + i) for i in range(30)}
+    answer = "Theo: my therapist suggested yoga"
+    question = "What did Theo's therapist recommend?"
+    table = {
+        **generic,
+        answer: 0.3 * axis(0) + 0.95 * axis(1),
+        question: 0.9 * axis(0) + 0.44 * axis(1),
+    }
+    for weight, first in ((0.0, False), (None, True)):
+        config = {} if weight is None else {"recall": {"centre_weight": weight}}
+        palace = make_palace(db_url, embedder=TableEmbedder(table), **config)
+        for text_ in generic:
+            add(palace, text_, project="chat")
+        target = add(palace, answer, project="chat")
+        add(palace, "elsewhere", project="other")
+        params = {"query": question, "project": "chat", "search": "vector", "limit": 5}
+        out = palace.call("memory_recall", {**params, "include_graph": False, "explain": True})
+        ids = [m["id"] for m in out["memories"]]
+        assert (ids[0] == target) is first, (weight, ids)
+        if not first:  # plain cosine: every generic turn outranks the answer
+            assert target not in ids
+        top = out["memories"][0]
+        assert top["explain"]["cosine"] == top["similarity_score"]
+        # a short recall is still the head of a long one: the centre moves every score alike
+        longer = palace.call("memory_recall", {**params, "limit": 20, "include_graph": False})
+        assert [m["id"] for m in longer["memories"]][:5] == ids
+
+
+def test_vector_mean_is_the_mean_of_the_newest_matching_vectors(
+    make_palace: Callable[..., Palace], db_url: str
+) -> None:
+    embedder = TableEmbedder({f"m{i}": axis(i) for i in range(6)})
+    palace = make_palace(db_url, embedder=embedder)
+    for i in range(6):
+        add(palace, f"m{i}", project="odd" if i % 2 else "even")
+    db = palace.database()
+    mean, rows = db.backend.vector_mean(db, embedder.id, 384, Filters.make(project="odd"), 2)
+    assert rows == 2 and np.allclose(mean, (axis(3) + axis(5)) / 2, atol=1e-6)
+    mean, rows = db.backend.vector_mean(db, embedder.id, 384, Filters.make(), 100)
+    assert rows == 6 and np.allclose(mean, sum(axis(i) for i in range(6)) / 6, atol=1e-6)
+    assert db.backend.vector_mean(db, embedder.id, 384, Filters.make(project="none"), 5) is None
+
+
+def test_a_sqlite_filter_mean_follows_every_write(
+    make_palace: Callable[..., Palace], sqlite_url: str
+) -> None:
+    """SQLite keeps a filter's mean until its vector index changes (another process's write
+    included); PostgreSQL keeps it VECTOR_MEAN_TTL seconds."""
+    embedder = TableEmbedder({f"m{i}": axis(i) for i in range(4)})
+    mine = make_palace(sqlite_url, embedder=embedder)
+    other = make_palace(sqlite_url, embedder=TableEmbedder({"m3": axis(3)}))
+    for i in range(3):
+        add(mine, f"m{i}")
+    db, f = mine.database(), Filters.make()
+    with db.read():
+        assert db.backend.vector_mean(db, embedder.id, 384, f, 2)[1] == 2
+    add(other, "m3")
+    with db.read():
+        mean, rows = db.backend.vector_mean(db, embedder.id, 384, f, 2)
+    assert rows == 2 and np.allclose(mean, (axis(2) + axis(3)) / 2, atol=1e-6)
+
+
+@pytest.mark.postgres
+def test_postgres_reads_a_filter_mean_once_per_ttl(
+    make_palace: Callable[..., Palace], pg_url: str
+) -> None:
+    """The centre of a filter is averaged once and reused for VECTOR_MEAN_TTL seconds (the
+    expiry cutoff in the filter's parameters, new on every call, is not part of the key)."""
+    palace = make_palace(pg_url, embedder=TableEmbedder({}))
+    for i in range(25):
+        add(palace, f"note {i} about the harbour", project="p")
+    statements = Statements(palace.database().engine)
+    try:
+        for _ in range(3):
+            recall(palace, "harbour", project="p")
+        assert len(statements.since(0, containing="avg(embedding)")) == 1
+    finally:
+        statements.close()

@@ -95,6 +95,9 @@ class Recall(_Strict):
     # enough: services/recall.py vector_depth)
     candidates: int = Field(100, ge=1, le=1000)
     keyword_candidates: int = Field(500, ge=10, le=10_000)
+    # how much of the centre of the memories a filter allows is taken out of the query
+    # (services/vectors.py Query; chosen on bench_quality's dev split); 0: plain cosine
+    centre_weight: float = Field(0.4, ge=0, le=1)
     document_cache: int = Field(50_000, ge=0, le=10_000_000)
     max_limit: int = Field(100, ge=1, le=1000)
     rrf_k: int | None = Field(None, description="accepted from earlier versions; unused")

@@ -204,6 +204,13 @@ class Backend(ABC):
         `need` (when that many match)."""
 
     @abstractmethod
+    def vector_mean(
+        self, db: Database, model: str, dim: int, f: Filters, sample: int
+    ) -> tuple[np.ndarray, int] | None:
+        """(mean, rows averaged) of the `model` vectors of the newest `sample` memories
+        matching `f`; None when none match."""
+
+    @abstractmethod
     def similarities(
         self, db: Database, model: str, dim: int, q: np.ndarray, ids: list[int]
     ) -> dict[int, float]:

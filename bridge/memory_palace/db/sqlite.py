@@ -289,6 +289,11 @@ class SqliteBackend(Backend):
     ) -> Hits:  # exact: always k
         return sqlite_index(db, model, dim).search(q, k, f, self._allowed(db, f))
 
+    def vector_mean(
+        self, db: Database, model: str, dim: int, f: Filters, sample: int
+    ) -> tuple[np.ndarray, int] | None:
+        return sqlite_index(db, model, dim).mean(f, self._allowed(db, f), sample)
+
     def similarities(
         self, db: Database, model: str, dim: int, q: np.ndarray, ids: list[int]
     ) -> dict[int, float]:

@@ -258,6 +258,8 @@ class _ChangeFed:
             return m
 
 
+MEANS_KEPT = 256  # filters whose mean vector an index keeps (starts over when full)
+
 _FILTER_COLUMNS = (
     "id, is_archived, foundational, instance_id, memory_type, projects, visibility, expires_at"
 )
@@ -273,6 +275,7 @@ class SqliteVectorIndex(_ChangeFed):
         super().__init__(db)
         self.model = model
         self.dim = dim
+        self._means: dict[Any, Any] = {}  # mean(): "seq" -> the index version they are of
 
     def _params(self) -> dict[str, Any]:
         return {"model": self.model}
@@ -307,6 +310,28 @@ class SqliteVectorIndex(_ChangeFed):
                 scores = np.einsum("ij,j->i", m.vecs[: m.n], q)[rows]
             top = _best(scores, m.ids[rows], k)
             return [(int(m.ids[rows[i]]), float(scores[i])) for i in top]
+
+    def mean(
+        self, f: Filters, allowed_ids: set[int] | None, sample: int
+    ) -> tuple[np.ndarray, int] | None:
+        """(mean vector, rows averaged) of the newest `sample` rows matching `f`; kept per
+        filter until the index changes."""
+        with self.lock:
+            m = self._sync()
+            key = None if allowed_ids is not None else (f, sample)
+            if self._means.get("seq") != m.seq or len(self._means) > MEANS_KEPT:
+                self._means = {"seq": m.seq}
+            if key in self._means:
+                return self._means[key]
+            out = None
+            rows = np.flatnonzero(m.mask(f, allowed_ids)) if m.n else []
+            if len(rows):
+                if len(rows) > sample:
+                    rows = rows[np.argpartition(-m.ids[rows], sample - 1)[:sample]]
+                out = m.vecs[rows].mean(axis=0), len(rows)
+            if key is not None:
+                self._means[key] = out
+            return out
 
     def similarities(self, q: np.ndarray, ids: list[int]) -> dict[int, float]:
         with self.lock:

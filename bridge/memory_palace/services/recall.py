@@ -4,8 +4,9 @@
     score     = weights.similarity * relevance + weights.access * access
                 + weights.centrality * centrality + weights.recency * recency
 
-- cosine: the query's similarity to the memory's vector (the vector index's top `limit` hits,
-  see vector_depth, and every keyword candidate);
+- cosine: the query's similarity to the memory's vector, centred on the memories the filter
+  allows so that generic ones do not lead every list (vectors.Query; recall.centre_weight);
+  the vector index's top `limit` hits, see vector_depth, and every keyword candidate;
 - keyword: coverage above keyword_threshold, rescaled to [0, 1]. Coverage is BM25 over the
   filtered memories divided by the most any memory could score for the query (lexical.py), so
   a keyword match counts the same in every query, and a leg that found nothing adds nothing
@@ -235,14 +236,16 @@ def gather(
     qvec = None
     if pending is not None:
         qvec, out.warning = pending.result()
+    centred = None
     if qvec is not None:
         out.embedded_query = True
+        centred = vectors.query(db, embedder, qvec, f, cfg.centre_weight)
         # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is fine
         # as long as it fills the limit: no exact scan then
-        hits = vectors.search(db, embedder, qvec, depth, f, need=limit)
+        hits = vectors.search(db, embedder, centred.vector, depth, f, need=limit)
         for position, (mid, cos) in enumerate(hits, start=1):
             c = out.get(mid)
-            c.vector_rank, c.cosine = position, cos
+            c.vector_rank, c.cosine = position, centred.score(cos)
         out.vector_hits = len(hits)
     # A keyword candidate below the threshold adds nothing to its cosine, and when the vector
     # leg filled the limit its cosine is below the limit-th hit's (else the leg had found it):
@@ -258,10 +261,10 @@ def gather(
             c = out.candidates[mid] = Candidate(mid)
         c.keyword_rank, c.coverage = position, cov
         c.identifier = matched.get(mid, 0.0)
-    if qvec is not None and scored:  # keyword-only candidates: cosines from stored vectors
+    if centred is not None and scored:  # keyword-only candidates: from stored vectors
         missing = [m for m, c in out.candidates.items() if c.cosine is None]
-        for mid, cos in vectors.similarities(db, embedder, qvec, missing).items():
-            out.candidates[mid].cosine = cos
+        for mid, cos in vectors.similarities(db, embedder, centred.vector, missing).items():
+            out.candidates[mid].cosine = centred.score(cos)
     return out
 
 

@@ -6,6 +6,8 @@ SQLite, HNSW or an exact scan on PostgreSQL, both filling the limit under filter
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..db import schema
@@ -14,6 +16,52 @@ from ..db.engine import Database
 from ..db.filters import Filters
 from ..embeddings import Embedder
 from ..errors import Conflict
+
+CENTRE_SAMPLE = 1000  # the newest vectors of a filter averaged for its centre
+#: Fewer memories than this in a filter and its centre is mostly the candidates themselves:
+#: recall then ranks by plain cosine.
+CENTRE_MIN_ROWS = 20
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query vector as recall compares memories to it.
+
+    Plain cosine lists short generic texts ("Theo: All the time, honestly.") first for
+    almost any query: they sit near the centre of the memories a filter allows, and what
+    all of those share (a speaker's name, a date, a project's words) is near every query
+    ("hubs"). Centred with weight w, a memory d scores d.q - w (d.mu - |mu|^2) for the
+    centre mu (the mean of the filter's newest CENTRE_SAMPLE vectors): its plain cosine,
+    less w times how much nearer the centre it is than the average memory. That is about
+    the plain cosine for a typical memory and lower for a generic one, and it orders
+    memories as their cosine to q - w mu does: an index is searched by `vector`, and
+    `score` maps the cosines it returns.
+    """
+
+    vector: np.ndarray  # what the index is searched by: the unit vector of q - w mu
+    scale: float = 1.0  # |q - w mu|
+    offset: float = 0.0  # w |mu|^2
+
+    def score(self, cosine: float) -> float:
+        """The centred score of a memory from its cosine to `vector`."""
+        return self.scale * cosine + self.offset
+
+
+def query(db: Database, embedder: Embedder, q: np.ndarray, f: Filters, weight: float) -> Query:
+    """The query centred with `weight` on the memories `f` allows (plain when the weight is 0
+    or fewer than CENTRE_MIN_ROWS of them have vectors)."""
+    q = np.asarray(q, np.float32)
+    got = None
+    if weight > 0:
+        got = db.backend.vector_mean(db, embedder.id, embedder.dim, f, CENTRE_SAMPLE)
+    if got is None or got[1] < CENTRE_MIN_ROWS:
+        return Query(q)
+    mu = weight * got[0].astype(np.float32)
+    off = q - mu
+    norm = float(np.linalg.norm(off))
+    if norm < 1e-6:
+        return Query(q)
+    return Query(off / norm, norm, float(mu @ got[0]))
 
 
 def search(
