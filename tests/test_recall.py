@@ -95,11 +95,13 @@ def test_score_is_cosine_plus_keyword_coverage_and_explains_itself(palace: Palac
     assert why["vector_rank"] == 1 and why["keyword_rank"] == 1
     assert why["cosine"] == pytest.approx(top["similarity_score"], abs=1e-4)
     assert 0 < why["keyword_coverage"] <= 1 and why["identifier_match"] == 0
-    # relevance = cosine + weight * coverage above the threshold, rescaled; the defaults
-    # depend on the embedder (the hashing one is not semantic); access and centrality weigh 0
+    # relevance = (centred) cosine + weight * coverage above the threshold, rescaled; the
+    # defaults depend on the embedder (the hashing one is not semantic); access and centrality
+    # weigh 0. Two memories are too few to centre on: the centred cosine is the plain one.
     weight, floor = KEYWORD_DEFAULTS[False]
     keyword = (why["keyword_coverage"] - floor) / (1 - floor)
-    assert why["relevance"] == pytest.approx(why["cosine"] + weight * keyword, abs=1e-3)
+    assert why["centred_cosine"] == why["cosine"]
+    assert why["relevance"] == pytest.approx(why["centred_cosine"] + weight * keyword, abs=1e-3)
     assert top["score"] == pytest.approx(why["relevance"], abs=1e-3) == why["score"]
     # the second memory shares no word: the keyword leg adds nothing to it
     second = out["memories"][1]["explain"]
@@ -859,7 +861,10 @@ def test_generic_memories_do_not_lead_every_recall(
         if not first:  # plain cosine: every generic turn outranks the answer
             assert target not in ids
         top = out["memories"][0]
-        assert top["explain"]["cosine"] == top["similarity_score"]
+        # results report the plain cosine; the ranking used the centred one
+        assert top["explain"]["cosine"] == top["similarity_score"] <= 1.0
+        centred = top["explain"]["centred_cosine"]
+        assert (centred > top["similarity_score"]) is first  # the answer gained, hubs lost
         # a short recall is still the head of a long one: the centre moves every score alike
         longer = palace.call("memory_recall", {**params, "limit": 20, "include_graph": False})
         assert [m["id"] for m in longer["memories"]][:5] == ids

@@ -69,7 +69,8 @@ KEYWORD_DEFAULTS = {True: (0.3, 0.2), False: (5.0, 0.0)}
 class Candidate:
     id: int
     vector_rank: int | None = None
-    cosine: float | None = None
+    cosine: float | None = None  # what relevance adds: centred (vectors.Query) or plain
+    plain: float | None = None  # the plain cosine, for results (recall.plain_cosines)
     keyword_rank: int | None = None
     coverage: float = 0.0
     identifier: float = 0.0
@@ -91,7 +92,8 @@ class Candidate:
     def explain(self) -> dict[str, Any]:
         return {
             "vector_rank": self.vector_rank,
-            "cosine": None if self.cosine is None else round(self.cosine, 4),
+            "cosine": None if self.plain is None else round(self.plain, 4),
+            "centred_cosine": None if self.cosine is None else round(self.cosine, 4),
             "keyword_rank": self.keyword_rank,
             "keyword_coverage": round(self.coverage, 4),
             "identifier_match": round(self.identifier, 4),
@@ -112,6 +114,8 @@ class Found:
     keyword_hits: int = 0
     embedded_query: bool = False
     warning: str | None = None
+    query_vector: np.ndarray | None = None  # the embedded query, before centring
+    centred: bool = False  # the cosines are centred (vectors.Query), not plain
 
     def get(self, mid: int) -> Candidate:
         return self.candidates.setdefault(mid, Candidate(mid))
@@ -240,6 +244,7 @@ def gather(
     if qvec is not None:
         out.embedded_query = True
         centred = vectors.query(db, embedder, qvec, f, cfg.centre_weight)
+        out.query_vector, out.centred = qvec, centred.vector is not qvec
         # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is fine
         # as long as it fills the limit: no exact scan then
         hits = vectors.search(db, embedder, centred.vector, depth, f, need=limit)
@@ -308,6 +313,19 @@ def _recency(db: Database, ids: list[int], half_life_days: float) -> dict[int, f
             age = max(0.0, (now - decode_time(at)).total_seconds()) if at is not None else 0.0
             out[int(mid)] = 1.0 if foundational else 0.5 ** (age / half_life)
     return out
+
+
+def plain_cosines(db: Database, embedder: Embedder, found: Found, top: list[Candidate]) -> None:
+    """The plain cosine of each result, which users read as "how similar" (1 for the same
+    text); ranking used the centred one."""
+    if not found.centred or found.query_vector is None:
+        for c in top:
+            c.plain = c.cosine
+        return
+    ids = [c.id for c in top if c.cosine is not None]
+    plain = vectors.similarities(db, embedder, found.query_vector, ids) if ids else {}
+    for c in top:
+        c.plain = plain.get(c.id)
 
 
 def rank(
@@ -423,6 +441,7 @@ def recall(
         )
         found = gather(db, embedder, settings, query, f, search, limit)
         top = rank(db, settings, embedder, found, search)[:limit]
+        plain_cosines(db, embedder, found, top)
         rows = fetch(db, [c.id for c in top])
         memories = []
         for c in top:
@@ -431,8 +450,8 @@ def recall(
             item = memory_dict(rows[c.id], detail_level)
             item["found_by"] = c.found_by
             item["score"] = round(c.score, 4)
-            if c.cosine is not None:
-                item["similarity_score"] = round(c.cosine, 4)
+            if c.plain is not None:
+                item["similarity_score"] = round(c.plain, 4)
             if explain:
                 item["explain"] = c.explain()
             memories.append(item)
