@@ -275,7 +275,8 @@ class SqliteVectorIndex(_ChangeFed):
         super().__init__(db)
         self.model = model
         self.dim = dim
-        self._means: dict[Any, Any] = {}  # mean(): "seq" -> the index version they are of
+        self._means: dict[Any, Any] = {}  # mean() per (filter, sample), of index version:
+        self._means_seq: Any = None
 
     def _params(self) -> dict[str, Any]:
         return {"model": self.model}
@@ -319,8 +320,8 @@ class SqliteVectorIndex(_ChangeFed):
         with self.lock:
             m = self._sync()
             key = None if allowed_ids is not None else (f, sample)
-            if self._means.get("seq") != m.seq or len(self._means) > MEANS_KEPT:
-                self._means = {"seq": m.seq}
+            if self._means_seq != m.seq or len(self._means) >= MEANS_KEPT:
+                self._means, self._means_seq = {}, m.seq
             if key in self._means:
                 return self._means[key]
             out = None

@@ -114,8 +114,7 @@ class Found:
     keyword_hits: int = 0
     embedded_query: bool = False
     warning: str | None = None
-    query_vector: np.ndarray | None = None  # the embedded query, before centring
-    centred: bool = False  # the cosines are centred (vectors.Query), not plain
+    query: vectors.Query | None = None  # the embedded query, as the cosines were taken
 
     def get(self, mid: int) -> Candidate:
         return self.candidates.setdefault(mid, Candidate(mid))
@@ -243,8 +242,7 @@ def gather(
     centred = None
     if qvec is not None:
         out.embedded_query = True
-        centred = vectors.query(db, embedder, qvec, f, cfg.centre_weight)
-        out.query_vector, out.centred = qvec, centred.vector is not qvec
+        centred = out.query = vectors.query(db, embedder, qvec, f, cfg.centre_weight)
         # an index that returns fewer than wanted (PostgreSQL's HNSW under a filter) is fine
         # as long as it fills the limit: no exact scan then
         hits = vectors.search(db, embedder, centred.vector, depth, f, need=limit)
@@ -318,12 +316,12 @@ def _recency(db: Database, ids: list[int], half_life_days: float) -> dict[int, f
 def plain_cosines(db: Database, embedder: Embedder, found: Found, top: list[Candidate]) -> None:
     """The plain cosine of each result, which users read as "how similar" (1 for the same
     text); ranking used the centred one."""
-    if not found.centred or found.query_vector is None:
+    if found.query is None or not found.query.centred:
         for c in top:
             c.plain = c.cosine
         return
     ids = [c.id for c in top if c.cosine is not None]
-    plain = vectors.similarities(db, embedder, found.query_vector, ids) if ids else {}
+    plain = vectors.similarities(db, embedder, found.query.plain, ids) if ids else {}
     for c in top:
         c.plain = plain.get(c.id)
 

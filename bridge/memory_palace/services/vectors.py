@@ -38,9 +38,14 @@ class Query:
     `score` maps the cosines it returns.
     """
 
+    plain: np.ndarray  # the query as embedded
     vector: np.ndarray  # what the index is searched by: the unit vector of q - w mu
     scale: float = 1.0  # |q - w mu|
     offset: float = 0.0  # w |mu|^2
+
+    @property
+    def centred(self) -> bool:
+        return self.vector is not self.plain
 
     def score(self, cosine: float) -> float:
         """The centred score of a memory from its cosine to `vector`."""
@@ -55,13 +60,13 @@ def query(db: Database, embedder: Embedder, q: np.ndarray, f: Filters, weight: f
     if weight > 0:
         got = db.backend.vector_mean(db, embedder.id, embedder.dim, f, CENTRE_SAMPLE)
     if got is None or got[1] < CENTRE_MIN_ROWS:
-        return Query(q)
+        return Query(q, q)
     mu = weight * got[0].astype(np.float32)
     off = q - mu
     norm = float(np.linalg.norm(off))
     if norm < 1e-6:
-        return Query(q)
-    return Query(off / norm, norm, float(mu @ got[0]))
+        return Query(q, q)
+    return Query(q, off / norm, norm, float(mu @ got[0]))
 
 
 def search(
